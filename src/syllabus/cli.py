@@ -1,0 +1,60 @@
+"""The ``syllabus`` command.
+
+Each area of the package contributes its subcommands through a ``register(subparsers)``
+function in its ``commands`` module, listed below and imported lazily so ``syllabus --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMAND_MODULES = [
+    "syllabus.pool.commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from syllabus import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="syllabus",
+        description="Model-centric data selection: ingest a pool, score it with the target model, "
+        "select, fine-tune and evaluate.",
+    )
+    parser.add_argument("--version", action="version", version=f"syllabus {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except Exception as exc:  # a sentence, not a traceback, for the user; -v shows the traceback
+        if args.verbose:
+            raise
+        print(f"syllabus {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

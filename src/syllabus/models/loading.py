@@ -1,0 +1,76 @@
+"""Load a model and tokenizer from a :class:`ModelRef`, once per process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from syllabus.models.ref import ModelRef, default_device, fingerprint, resolve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    ref: ModelRef
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any  # transformers PreTrainedTokenizerFast
+    fingerprint: str
+    device: str
+    dtype: Any  # torch.dtype
+
+
+_CACHE: dict[tuple, LoadedModel] = {}
+_LOCK = threading.Lock()
+
+
+def pick_dtype(device: str, dtype: str | None = None):
+    import torch
+
+    if dtype:
+        try:
+            return getattr(torch, dtype)
+        except AttributeError as exc:
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype; use float32, bfloat16 or float16") from exc
+    # fp32 on CPU (bf16 matmuls are slow there), bf16 on GPU.
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def load_model(
+    spec: str | ModelRef,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = "sdpa",
+    reuse: bool = True,
+) -> LoadedModel:
+    """Load (or reuse from this process's cache) the model named by ``spec``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ref = spec if isinstance(spec, ModelRef) else resolve(spec)
+    device = device or default_device()
+    torch_dtype = pick_dtype(device, dtype)
+    key = (ref, device, str(torch_dtype), trust_remote_code, attn_implementation)
+    with _LOCK:
+        if reuse and key in _CACHE:
+            return _CACHE[key]
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if ref.kind == "gguf":
+            kwargs["gguf_file"] = ref.gguf_file
+        if ref.kind == "hub" and ref.revision:
+            kwargs["revision"] = ref.revision
+        log.info("loading model %s on %s (%s)", ref.spec, device, torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(ref.path, **kwargs)
+        model_kwargs = dict(kwargs, dtype=torch_dtype)
+        if attn_implementation:
+            model_kwargs["attn_implementation"] = attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(ref.path, **model_kwargs)
+        model.to(device).eval()
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        loaded = LoadedModel(ref, model, tokenizer, fingerprint(ref), device, torch_dtype)
+        if reuse:
+            _CACHE[key] = loaded
+        return loaded

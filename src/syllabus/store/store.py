@@ -1,0 +1,231 @@
+"""fsspec-backed object store with checksummed, marker-committed writes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import socket
+import time
+import uuid
+from typing import Any, Iterable, Mapping
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+MARKER_SUFFIX = ".done.json"
+DEFAULT_STORE_ENV = "SYLLABUS_STORE"
+DEFAULT_STORE = "./syllabus-store"
+
+
+class MissingObjectError(FileNotFoundError):
+    """A key was read that has no committed object."""
+
+
+class CorruptObjectError(IOError):
+    """An object's bytes do not match the checksum recorded in its marker."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def content_hash(obj: Any, length: int = 16) -> str:
+    """A stable hash of a JSON-serialisable object (sorted keys, no whitespace)."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:length]
+
+
+def _device_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except Exception:  # torch is optional for the store itself
+        pass
+    return f"cpu@{socket.gethostname()}"
+
+
+class Store:
+    """An object store rooted at ``url``.
+
+    ``storage_options`` go to fsspec unchanged (for S3: ``endpoint_url``, ``key``, ``secret``
+    ...); when absent for ``s3://`` URLs, ``AWS_ENDPOINT_URL``/``MLFLOW_S3_ENDPOINT_URL`` and the
+    usual AWS variables are honoured by s3fs/botocore.
+    """
+
+    def __init__(self, url: str | None = None, storage_options: Mapping[str, Any] | None = None):
+        url = url or os.environ.get(DEFAULT_STORE_ENV) or DEFAULT_STORE
+        options = dict(storage_options or {})
+        if url.startswith("s3://") and "endpoint_url" not in options and "client_kwargs" not in options:
+            endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+            if endpoint:
+                options["endpoint_url"] = endpoint
+        self.fs, root = fsspec.core.url_to_fs(url, **options)
+        self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.root = root.rstrip("/")
+        self.storage_options = options
+        if self.protocol == "file":
+            self.root = os.path.abspath(self.root)
+            self.fs.makedirs(self.root, exist_ok=True)
+
+    # ------------------------------------------------------------------ paths
+    def path(self, key: str) -> str:
+        key = key.lstrip("/")
+        if ".." in key.split("/"):
+            raise ValueError(f"store key {key!r} contains '..'; keys are relative to the store root")
+        return posixpath.join(self.root, key) if self.protocol != "file" else os.path.join(self.root, key)
+
+    def url(self, key: str) -> str:
+        """A full URL for ``key`` that ``Store.open_url`` (and fsspec) can read."""
+        if self.protocol == "file":
+            return self.path(key)
+        return f"{self.protocol}://{self.path(key).lstrip('/')}" if self.protocol == "s3" else f"{self.protocol}://{self.path(key)}"
+
+    def key_of(self, url: str) -> str:
+        """Inverse of :meth:`url` for URLs inside this store."""
+        prefix = self.url("")
+        if not url.startswith(prefix.rstrip("/")):
+            raise ValueError(f"{url} is not inside the store {self.url('')}")
+        return url[len(prefix.rstrip("/")) :].lstrip("/")
+
+    def __repr__(self) -> str:
+        return f"Store({self.url('')!r})"
+
+    # ------------------------------------------------------------- raw access
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys under ``prefix`` (recursive), without markers."""
+        base = self.path(prefix)
+        if not self.fs.exists(base):
+            return []
+        found = self.fs.find(base)
+        root = self.root.lstrip("/") if self.protocol != "file" else self.root
+        keys = []
+        for p in found:
+            p_norm = p.lstrip("/") if self.protocol != "file" else p
+            rel = p_norm[len(root) :].lstrip("/")
+            if not rel.endswith(MARKER_SUFFIX) and ".tmp-" not in rel:
+                keys.append(rel)
+        return sorted(keys)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write atomically: readers see the old object or the new one, never half of one."""
+        path = self.path(key)
+        parent = posixpath.dirname(path) if self.protocol != "file" else os.path.dirname(path)
+        if self.protocol == "file":
+            self.fs.makedirs(parent, exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        else:
+            # An S3 PUT is atomic by itself; memory:// writes the value in one assignment.
+            self.fs.pipe_file(path, data)
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(key))
+        except FileNotFoundError as exc:
+            raise MissingObjectError(f"{self.url(key)} does not exist in the store") from exc
+
+    def delete(self, key: str) -> None:
+        for k in (key, key + MARKER_SUFFIX):
+            if self.fs.exists(self.path(k)):
+                self.fs.rm(self.path(k))
+
+    def write_json(self, key: str, obj: Any) -> None:
+        self.write_bytes(key, json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode("utf-8"))
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_bytes(key))
+
+    # ---------------------------------------------------------- commit/verify
+    def marker_key(self, key: str) -> str:
+        return key + MARKER_SUFFIX
+
+    def commit(self, key: str, data: bytes, meta: Mapping[str, Any] | None = None) -> dict:
+        """Write ``data`` at ``key``, then its marker. Returns the marker."""
+        start = time.perf_counter()
+        self.write_bytes(key, data)
+        marker = {
+            "key": key,
+            "bytes": len(data),
+            "sha256": sha256_bytes(data),
+            "device": _device_name(),
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **dict(meta or {}),
+        }
+        marker.setdefault("seconds", round(time.perf_counter() - start, 4))
+        self.write_json(self.marker_key(key), marker)
+        return marker
+
+    def marker(self, key: str) -> dict | None:
+        try:
+            return self.read_json(self.marker_key(key))
+        except (MissingObjectError, json.JSONDecodeError):
+            return None
+
+    def is_committed(self, key: str, verify: bool = True) -> bool:
+        """True when ``key`` has a marker and (with ``verify``) its bytes match the checksum."""
+        marker = self.marker(key)
+        if marker is None:
+            return False
+        if not verify:
+            return self.exists(key)
+        try:
+            self.read_committed(key, marker=marker)
+        except (MissingObjectError, CorruptObjectError) as exc:
+            log.warning("%s; it will be recomputed", exc)
+            return False
+        return True
+
+    def read_committed(self, key: str, marker: Mapping[str, Any] | None = None) -> bytes:
+        marker = marker if marker is not None else self.marker(key)
+        if marker is None:
+            raise MissingObjectError(f"{self.url(key)} has no commit marker; it was never finished")
+        data = self.read_bytes(key)
+        actual = sha256_bytes(data)
+        if actual != marker.get("sha256"):
+            raise CorruptObjectError(
+                f"{self.url(key)} is corrupt: its sha256 is {actual[:12]}... but its marker records "
+                f"{str(marker.get('sha256'))[:12]}...; delete it or rerun to recompute"
+            )
+        return data
+
+    # ---------------------------------------------------------------- parquet
+    @staticmethod
+    def table_bytes(table: pa.Table) -> bytes:
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        return sink.getvalue()
+
+    def commit_table(self, key: str, table: pa.Table, meta: Mapping[str, Any] | None = None) -> dict:
+        return self.commit(key, self.table_bytes(table), {"rows": table.num_rows, **dict(meta or {})})
+
+    def read_table(self, key: str, verify: bool = True, columns: Iterable[str] | None = None) -> pa.Table:
+        data = self.read_committed(key) if verify else self.read_bytes(key)
+        return pq.read_table(io.BytesIO(data), columns=list(columns) if columns else None)
+
+    # -------------------------------------------------------------- from URLs
+    @classmethod
+    def open_url(cls, url: str, storage_options: Mapping[str, Any] | None = None) -> tuple["Store", str]:
+        """Split a full object URL into (store rooted at its parent, key)."""
+        if "://" in url and not url.startswith("file://"):
+            proto, rest = url.split("://", 1)
+            parent, name = posixpath.split(rest)
+            return cls(f"{proto}://{parent}", storage_options), name
+        path = url[len("file://") :] if url.startswith("file://") else url
+        parent, name = os.path.split(os.path.abspath(path))
+        return cls(parent, storage_options), name
