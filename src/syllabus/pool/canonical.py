@@ -1,0 +1,216 @@
+"""The canonical sample, and the normalisation and validation of one raw record into it.
+
+Every pool format ends here: Alpaca (instruction/input/output), question/answer pairs (or any
+field names mapped with :class:`FieldMap`), and ShareGPT/OpenAI conversations
+(``conversations``/``messages``; multi-turn kept). A record that cannot become a sample
+raises :class:`RecordRejected` with a machine code and a sentence saying what to fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import pyarrow as pa
+
+SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("source", pa.string()),
+        ("instruction", pa.string()),
+        ("input", pa.string()),
+        ("output", pa.string()),
+        ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+        ("metadata", pa.string()),
+    ]
+)
+COLUMNS = SCHEMA.names
+
+DEFAULT_MAX_CHARS = 200_000
+_ROLE_ALIASES = {
+    "user": "user",
+    "human": "user",
+    "prompter": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "chatgpt": "assistant",
+    "system": "system",
+}
+
+
+class RecordRejected(ValueError):
+    """A raw record that cannot become a sample. ``code`` groups reasons for summaries."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Which raw fields hold what. Each role lists candidates, the first present one wins."""
+
+    instruction: tuple[str, ...] = ("instruction", "question", "prompt", "query", "problem")
+    input: tuple[str, ...] = ("input", "context")
+    output: tuple[str, ...] = ("output", "answer", "response", "completion", "solution")
+    messages: tuple[str, ...] = ("messages", "conversations", "conversation")
+    id: tuple[str, ...] = ("id", "sample_id", "uid", "uuid", "_id")
+
+    @classmethod
+    def from_overrides(cls, overrides: Mapping[str, str] | None) -> "FieldMap":
+        """``{"instruction": "Q", "output": "A"}`` makes those the only candidates for their roles."""
+        if not overrides:
+            return cls()
+        roles = {f for f in cls.__dataclass_fields__}
+        unknown = set(overrides) - roles
+        if unknown:
+            raise ValueError(
+                f"unknown field role(s) {', '.join(sorted(unknown))}; use one of {', '.join(sorted(roles))}, "
+                "e.g. --field instruction=question_text"
+            )
+        return cls(**{k: (v,) for k, v in overrides.items()})
+
+
+@dataclass
+class Sample:
+    sample_id: str
+    source: str
+    instruction: str
+    input: str
+    output: str
+    messages: list[dict[str, str]]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    content_hash: str = ""
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "sample_id": self.sample_id,
+            "source": self.source,
+            "instruction": self.instruction,
+            "input": self.input,
+            "output": self.output,
+            "messages": self.messages,
+            "metadata": json.dumps(self.metadata, ensure_ascii=False, sort_keys=True, default=str),
+        }
+
+
+def _first(record: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str | None, Any]:
+    for name in names:
+        if name in record and record[name] is not None:
+            return name, record[name]
+    return None, None
+
+
+def _check_text(name: str, value: Any, required: bool) -> str:
+    if value is None:
+        if required:
+            raise RecordRejected("missing_field", f'field "{name}" is missing')
+        return ""
+    if not isinstance(value, str):
+        raise RecordRejected(
+            "wrong_type", f'field "{name}" is a {type(value).__name__}, expected text; convert it to a string'
+        )
+    if "\x00" in value:
+        raise RecordRejected("nul_byte", f'field "{name}" contains a NUL byte; remove it and re-ingest')
+    bad = next((c for c in value if "\udc80" <= c <= "\udcff"), None)
+    if bad is not None:
+        raise RecordRejected(
+            "invalid_utf8",
+            f'field "{name}" is not valid UTF-8 (byte 0x{ord(bad) - 0xDC00:02x}); re-encode the file as UTF-8',
+        )
+    if required and not value.strip():
+        raise RecordRejected("empty_field", f'field "{name}" is empty')
+    return value
+
+
+def _conversation(name: str, turns: Any) -> list[dict[str, str]]:
+    if not isinstance(turns, list) or not turns:
+        raise RecordRejected("bad_conversation", f'field "{name}" must be a non-empty list of turns')
+    out = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, Mapping):
+            raise RecordRejected("bad_conversation", f'{name}[{i}] is a {type(turn).__name__}, expected an object')
+        role = turn.get("role", turn.get("from"))
+        content = turn.get("content", turn.get("value"))
+        role_norm = _ROLE_ALIASES.get(str(role).lower()) if isinstance(role, str) else None
+        if role_norm is None:
+            raise RecordRejected(
+                "bad_conversation",
+                f"{name}[{i}] has role {role!r}; expected one of {', '.join(sorted(set(_ROLE_ALIASES)))}",
+            )
+        content = _check_text(f"{name}[{i}].content", content, required=role_norm != "system")
+        out.append({"role": role_norm, "content": content})
+    if out[-1]["role"] != "assistant":
+        raise RecordRejected(
+            "bad_conversation", f'the last turn of "{name}" is from {out[-1]["role"]}; it must be the assistant\'s answer'
+        )
+    if not any(t["role"] == "user" for t in out[:-1]):
+        raise RecordRejected("bad_conversation", f'"{name}" has no user turn before the final answer')
+    return out
+
+
+def messages_hash(messages: list[dict[str, str]]) -> str:
+    blob = json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def normalise(
+    record: Any, source: str, fields: FieldMap = FieldMap(), max_chars: int = DEFAULT_MAX_CHARS
+) -> Sample:
+    """Turn one raw record into a :class:`Sample` or raise :class:`RecordRejected`."""
+    if not isinstance(record, Mapping):
+        raise RecordRejected("wrong_type", f"the record is a JSON {type(record).__name__}, expected an object")
+    used: set[str] = set()
+    msg_name, turns = _first(record, fields.messages)
+    if msg_name is not None:
+        messages = _conversation(msg_name, turns)
+        used.add(msg_name)
+        last_user = max(i for i, t in enumerate(messages[:-1]) if t["role"] == "user")
+        instruction, input_text, output = messages[last_user]["content"], "", messages[-1]["content"]
+    else:
+        ins_name, ins_val = _first(record, fields.instruction)
+        out_name, out_val = _first(record, fields.output)
+        if ins_name is None:
+            raise RecordRejected(
+                "missing_field",
+                f"no instruction field (looked for {', '.join(fields.instruction)}); "
+                "map yours with --field instruction=NAME",
+            )
+        if out_name is None:
+            raise RecordRejected(
+                "missing_field",
+                f"no response field (looked for {', '.join(fields.output)}); map yours with --field output=NAME",
+            )
+        inp_name, inp_val = _first(record, fields.input)
+        instruction = _check_text(ins_name, ins_val, required=True)
+        output = _check_text(out_name, out_val, required=True)
+        input_text = _check_text(inp_name, inp_val, required=False) if inp_name else ""
+        used.update(n for n in (ins_name, out_name, inp_name) if n)
+        user = instruction if not input_text.strip() else f"{instruction}\n\n{input_text}"
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+
+    size = sum(len(t["content"]) for t in messages)
+    if size > max_chars:
+        raise RecordRejected(
+            "too_long", f"the record has {size:,} characters, over the limit of {max_chars:,} (--max-chars)"
+        )
+    id_name, id_val = _first(record, fields.id)
+    content = messages_hash(messages)
+    if id_name is not None:
+        if isinstance(id_val, bool) or not isinstance(id_val, (str, int)) or not str(id_val).strip():
+            raise RecordRejected("wrong_type", f'id field "{id_name}" must be a non-empty string or integer')
+        sample_id = str(id_val)
+        _check_text(id_name, sample_id, required=True)
+        used.add(id_name)
+    else:
+        sample_id = content
+    metadata = {k: v for k, v in record.items() if k not in used}
+    for key, value in metadata.items():
+        if isinstance(value, str):
+            _check_text(key, value, required=False)
+    return Sample(sample_id, source, instruction, input_text, output, messages, metadata, content)

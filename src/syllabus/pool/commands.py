@@ -1,0 +1,115 @@
+"""``syllabus ingest`` (and, until the pipeline lands, ``syllabus run``: the demo ingest)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+from syllabus.pool.canonical import DEFAULT_MAX_CHARS, FieldMap
+from syllabus.pool.ingest import DEFAULT_SHARD_SIZE, IngestResult, ingest_pool
+from syllabus.pool.manifest import iter_shards
+from syllabus.pool.readers import PoolInputError
+from syllabus.store import Store
+
+
+def _field_overrides(values: list[str]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"--field {item!r} must look like ROLE=NAME, e.g. --field output=answer_text")
+        role, name = item.split("=", 1)
+        out[role.strip()] = name.strip()
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ingest",
+        help="read, validate and shard an instruction pool into the store",
+        description="Read instruction pools (Alpaca, question/answer, ShareGPT/OpenAI conversations; JSONL, JSON, "
+        "Parquet, CSV/TSV, .gz, directories, saved datasets, s3:// URLs), quarantine bad records with a reason, "
+        "and write deterministic Parquet shards plus a manifest to the store.",
+    )
+    p.add_argument("pool", nargs="+", metavar="POOL", help="files, directories or URLs")
+    _add_common(p)
+    p.set_defaults(func=cmd_ingest)
+
+    r = sub.add_parser("run", help="run the main job on the embedded demo pool (currently: ingest and summarise it)")
+    r.add_argument("--store", default=None, help="store URL (default: $SYLLABUS_STORE or ./syllabus-store)")
+    r.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    r.set_defaults(func=cmd_run)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default=None, help="store URL: a directory, s3://bucket/prefix or memory://name (default: $SYLLABUS_STORE or ./syllabus-store)")
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help=f"valid records per shard (default {DEFAULT_SHARD_SIZE})")
+    p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS, help=f"reject records longer than this (default {DEFAULT_MAX_CHARS:,})")
+    p.add_argument("--field", action="append", default=[], metavar="ROLE=NAME", help="map a field: roles instruction, input, output, messages, id (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+
+
+def _run_ingest(inputs: list[str], args: argparse.Namespace) -> int:
+    try:
+        fields = FieldMap.from_overrides(_field_overrides(getattr(args, "field", [])))
+        store = Store(args.store)
+        result = ingest_pool(
+            inputs, store,
+            shard_size=getattr(args, "shard_size", DEFAULT_SHARD_SIZE),
+            fields=fields,
+            max_chars=getattr(args, "max_chars", DEFAULT_MAX_CHARS),
+        )
+    except (PoolInputError, ValueError, argparse.ArgumentTypeError) as exc:
+        print(f"syllabus ingest: {exc}", file=sys.stderr)
+        return 2
+    print(render_summary(result))
+    if args.json:
+        print(json.dumps(result.summary()))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    return _run_ingest(args.pool, args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from syllabus.pool.demo import demo_pool_inputs
+
+    return _run_ingest(demo_pool_inputs(), args)
+
+
+def _pct(values: list[int], q: float) -> int:
+    if not values:
+        return 0
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]
+
+
+def render_summary(result: IngestResult) -> str:
+    """A human summary: counts per file, reasons, length and turn statistics, where things are."""
+    m = result.manifest
+    lines = [f"Pool {m['pool_fingerprint']}: {m['records_ok']:,} samples in {len(m['shards'])} shards "
+             f"({result.shards_written} written, {result.shards_reused} reused)"]
+    width = max(len(f) for f in m["per_file"])
+    width = min(max(width, 4), 70)
+    lines.append(f"  {'file':<{width}}  {'in':>7} {'ok':>7} {'rejected':>8} {'dupes':>6}")
+    for name, s in m["per_file"].items():
+        shown = name if len(name) <= width else "..." + name[-(width - 3):]
+        lines.append(f"  {shown:<{width}}  {s['records_in']:>7,} {s['records_ok']:>7,} {s['records_rejected']:>8,} {s['duplicates']:>6,}")
+    lines.append(f"  {'total':<{width}}  {m['records_in']:>7,} {m['records_ok']:>7,} {m['records_rejected']:>8,} {m['duplicates']:>6,}")
+    if m["rejected_by_reason"]:
+        lines.append("  quarantined by reason: " + ", ".join(f"{k} {v:,}" for k, v in m["rejected_by_reason"].items()))
+    ins_len, out_len, turns = [], [], []
+    for _, table in iter_shards(m):
+        ins_len += [len(x) for x in table.column("instruction").to_pylist()]
+        out_len += [len(x) for x in table.column("output").to_pylist()]
+        turns += [len(x) for x in table.column("messages").to_pylist()]
+    lines.append(f"  instruction chars: median {statistics.median(ins_len):,.0f}, p95 {_pct(ins_len, .95):,}, max {max(ins_len):,}")
+    lines.append(f"  response chars:    median {statistics.median(out_len):,.0f}, p95 {_pct(out_len, .95):,}, max {max(out_len):,}")
+    multi = sum(1 for t in turns if t > 2)
+    lines.append(f"  conversations with more than one exchange or a system turn: {multi:,}")
+    lines.append(f"  manifest:   {result.manifest_url}")
+    lines.append(f"  quarantine: {result.quarantine_url}")
+    return "\n".join(lines)
+

@@ -1,0 +1,247 @@
+"""Ingest a pool: read, validate, deduplicate, shard, and commit to the store.
+
+Every input record ends in exactly one place: a shard (``records_ok``), or the quarantine
+file with its location and reason (``records_rejected`` and ``duplicates``), so
+``records_in == records_ok + records_rejected + duplicates`` always holds.
+
+Sharding is per input file, in order, ``shard_size`` valid records at a time. Appending
+lines to one file therefore changes only that file's last shard (and adds new ones); a new
+file adds new shards; every other shard keeps its content hash, and so its cached scores.
+Shards are content-addressed in the store (``shards/<content_hash>.parquet``), so an
+unchanged shard is not even rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from syllabus.pool.canonical import DEFAULT_MAX_CHARS, SCHEMA, FieldMap, RecordRejected, Sample, normalise
+from syllabus.pool.readers import RawRecord, expand, read
+from syllabus.store import Store, content_hash
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHARD_SIZE = 1000
+MANIFEST_VERSION = 1
+
+
+class NothingValidError(ValueError):
+    """No input record survived validation."""
+
+
+@dataclass
+class FileStats:
+    records_in: int = 0
+    records_ok: int = 0
+    records_rejected: int = 0
+    duplicates: int = 0
+
+
+@dataclass
+class IngestResult:
+    manifest: dict[str, Any]
+    manifest_url: str
+    quarantine_url: str
+    shards_written: int
+    shards_reused: int
+    reasons: Counter = field(default_factory=Counter)
+    per_file: dict[str, FileStats] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "records_in": m["records_in"],
+            "records_ok": m["records_ok"],
+            "records_rejected": m["records_rejected"],
+            "duplicates": m["duplicates"],
+            "shards": len(m["shards"]),
+            "shards_written": self.shards_written,
+            "shards_reused": self.shards_reused,
+            "pool_fingerprint": m["pool_fingerprint"],
+            "manifest": self.manifest_url,
+            "quarantine": self.quarantine_url,
+            "rejected_by_reason": dict(sorted(self.reasons.items())),
+        }
+
+
+def shard_content_hash(rows: list[dict[str, Any]]) -> str:
+    """Hash of a shard's canonical rows: independent of Parquet encoding and library versions."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(row, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+        h.update(b"\n")
+    return h.hexdigest()[:20]
+
+
+def _slug(name: str) -> str:
+    tail = "/".join(name.replace("\\", "/").split("/")[-2:])
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", tail).strip("_")[:80] or "pool"
+
+
+class _Sharder:
+    """Collects valid rows of one file and commits them in fixed-size, content-addressed shards."""
+
+    def __init__(self, store: Store, shard_size: int):
+        self.store, self.shard_size = store, shard_size
+        self.shards: list[dict[str, Any]] = []
+        self.written = self.reused = 0
+
+    def flush(self, source: str, index: int, rows: list[dict[str, Any]]) -> None:
+        digest = shard_content_hash(rows)
+        key = f"shards/{digest}.parquet"
+        if self.store.is_committed(key):
+            self.reused += 1
+        else:
+            table = pa.Table.from_pylist(rows, schema=SCHEMA)
+            self.store.commit_table(key, table, {"content_hash": digest, "source": source})
+            self.written += 1
+        self.shards.append(
+            {
+                "name": f"shard-{_slug(source)}-{index:05d}",
+                "source": source,
+                "index": index,
+                "key": key,
+                "url": self.store.url(key),
+                "content_hash": digest,
+                "rows": len(rows),
+                "first_sample_id": rows[0]["sample_id"],
+                "last_sample_id": rows[-1]["sample_id"],
+            }
+        )
+
+
+def _quarantine_entry(rec: RawRecord, code: str, reason: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"location": rec.location, "file": rec.file, "code": code, "reason": reason}
+    if rec.line is not None:
+        entry["line"] = rec.line
+    if rec.row is not None:
+        entry["row"] = rec.row
+    if rec.raw is not None:
+        entry["raw"] = rec.raw
+    elif rec.raw_b64 is not None:
+        entry["raw_b64"] = rec.raw_b64
+    elif rec.value is not None:
+        entry["raw"] = json.dumps(rec.value, ensure_ascii=True, default=str)
+    return entry
+
+
+def ingest_pool(
+    inputs: Iterable[str],
+    store: Store,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    fields: FieldMap = FieldMap(),
+    max_chars: int = DEFAULT_MAX_CHARS,
+    progress: bool | None = None,
+) -> IngestResult:
+    """Ingest ``inputs`` (files, directories, saved datasets, URLs) into ``store``."""
+    if shard_size < 1:
+        raise ValueError(f"shard size {shard_size} must be at least 1")
+    started = time.perf_counter()
+    files = expand(list(inputs))
+    sharder = _Sharder(store, shard_size)
+    quarantine: list[dict[str, Any]] = []
+    reasons: Counter = Counter()
+    per_file: dict[str, FileStats] = {}
+    seen_content: dict[str, str] = {}  # content hash -> location of the first copy
+    seen_ids: dict[str, tuple[str, str]] = {}  # sample id -> (content hash, location)
+
+    bar = tqdm(desc="ingest", unit="rec", disable=progress is False if progress is not None else None)
+    for url, kind in files:
+        stats = per_file.setdefault(url, FileStats())
+        rows: list[dict[str, Any]] = []
+        index = 0
+        for rec in read(url, kind):
+            bar.update(1)
+            stats.records_in += 1
+            code, reason, duplicate = None, None, False
+            sample: Sample | None = None
+            if rec.error is not None:
+                code, reason = rec.error
+            else:
+                try:
+                    sample = normalise(rec.value, rec.file, fields, max_chars)
+                except RecordRejected as exc:
+                    code, reason = exc.code, exc.reason
+            if sample is not None:
+                first = seen_content.get(sample.content_hash)
+                prior = seen_ids.get(sample.sample_id)
+                if first is not None:
+                    code, reason, duplicate = "duplicate_content", f"exact duplicate of the record at {first}", True
+                elif prior is not None:
+                    code = "duplicate_id"
+                    reason = f'id "{sample.sample_id}" is already used by the record at {prior[1]} with different content; give the records distinct ids'
+                else:
+                    seen_content[sample.content_hash] = rec.location
+                    seen_ids[sample.sample_id] = (sample.content_hash, rec.location)
+            if code is not None:
+                quarantine.append(_quarantine_entry(rec, code, reason))
+                reasons[code] += 1
+                if duplicate:
+                    stats.duplicates += 1
+                else:
+                    stats.records_rejected += 1
+                continue
+            stats.records_ok += 1
+            rows.append(sample.row())
+            if len(rows) == shard_size:
+                sharder.flush(url, index, rows)
+                rows, index = [], index + 1
+        if rows:
+            sharder.flush(url, index, rows)
+    bar.close()
+
+    totals = FileStats()
+    for s in per_file.values():
+        for k in vars(totals):
+            setattr(totals, k, getattr(totals, k) + getattr(s, k))
+    assert totals.records_in == totals.records_ok + totals.records_rejected + totals.duplicates
+
+    if totals.records_ok == 0:
+        where = ", ".join(per_file) or ", ".join(inputs)
+        top = ", ".join(f"{n} {c}" for c, n in reasons.most_common(3)) or "no records at all"
+        raise NothingValidError(
+            f"no valid record was read from {where} ({totals.records_in} records: {top}); "
+            "check the format and field names (map them with --field role=NAME)"
+        )
+
+    pool_fingerprint = content_hash([s["content_hash"] for s in sharder.shards], length=20)
+    quarantine_blob = "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in quarantine).encode("utf-8", "surrogatepass")
+    ingest_id = content_hash([pool_fingerprint, hashlib.sha256(quarantine_blob).hexdigest()], length=16)
+    quarantine_key = f"ingests/{ingest_id}/quarantine.jsonl"
+    manifest_key = f"ingests/{ingest_id}/manifest.json"
+    store.commit(quarantine_key, quarantine_blob, {"rows": len(quarantine)})
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "pool_fingerprint": pool_fingerprint,
+        "ingest_id": ingest_id,
+        "store": store.url(""),
+        "inputs": list(per_file),
+        "shard_size": shard_size,
+        "max_chars": max_chars,
+        "records_in": totals.records_in,
+        "records_ok": totals.records_ok,
+        "records_rejected": totals.records_rejected,
+        "duplicates": totals.duplicates,
+        "per_file": {k: vars(v) for k, v in per_file.items()},
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "quarantine": store.url(quarantine_key),
+        "shards": sharder.shards,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    store.commit(manifest_key, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"), {"pool_fingerprint": pool_fingerprint})
+    log.info(
+        "ingested %d records: %d ok, %d rejected, %d duplicates; %d shards (%d new, %d reused)",
+        totals.records_in, totals.records_ok, totals.records_rejected, totals.duplicates,
+        len(sharder.shards), sharder.written, sharder.reused,
+    )
+    return IngestResult(manifest, store.url(manifest_key), store.url(quarantine_key), sharder.written, sharder.reused, reasons, per_file)
