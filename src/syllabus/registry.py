@@ -13,7 +13,15 @@ from typing import Any
 
 _REGISTRY: dict[str, dict[str, str]] = {
     "scorer": {},
-    "selector": {},
+    "selector": {
+        "threshold": "syllabus.selection.threshold:ThresholdSelector",
+        "band": "syllabus.selection.band:BandSelector",
+        "kcenter": "syllabus.selection.kcenter:KCenterSelector",
+        "quadrant": "syllabus.selection.quadrant:QuadrantSelector",
+        "topk": "syllabus.selection.topk:TopKSelector",
+        "random": "syllabus.selection.baselines:RandomSelector",
+        "full": "syllabus.selection.baselines:FullSelector",
+    },
 }
 
 
