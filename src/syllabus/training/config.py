@@ -1,0 +1,40 @@
+"""Fine-tuning configuration: the 3DS paper's LoRA defaults, every one overridable."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FinetuneConfig(BaseModel):
+    """LoRA supervised fine-tuning settings.
+
+    Defaults follow the 3DS paper (arXiv 2410.10901, section 4.1): LoRA rank 8 on all linear
+    layers, learning rate 5e-5, cosine schedule with warmup ratio 0.1, one epoch, cutoff 1024
+    tokens, batch 64. The effective batch is reached by gradient accumulation over
+    micro-batches of ``micro_batch_size`` samples, so memory does not depend on it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    # "all-linear": every nn.Linear of the transformer blocks (peft excludes the output head).
+    target_modules: str | tuple[str, ...] = "all-linear"
+    learning_rate: float = Field(5e-5, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    epochs: float = Field(1.0, gt=0)
+    cutoff: int = Field(1024, ge=8)
+    batch_size: int = Field(64, ge=1)  # effective batch (samples per optimizer step)
+    micro_batch_size: int = Field(4, ge=1)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    dtype: str | None = None  # None: bf16 on GPU, fp32 on CPU (load_model's rule)
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return -(-self.batch_size // self.micro_batch_size)

@@ -1,0 +1,181 @@
+"""LoRA fine-tuning on a tiny random Llama: masking, exact accumulation, seeding, store round trip."""
+
+from __future__ import annotations
+
+import io
+import math
+import tarfile
+import uuid
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import make_tiny_llama
+from syllabus.models.chat import encode_pair
+from syllabus.store import Store
+from syllabus.training.config import FinetuneConfig
+from syllabus.training.data import IGNORE_INDEX, build_examples, collate, load_samples
+from syllabus.training.lora import (
+    accumulate_gradients,
+    finetune,
+    load_adapter,
+    make_lora_model,
+    read_adapter_manifest,
+    response_loss,
+    train_lora,
+)
+
+SAMPLES = [
+    {"sample_id": f"s{i}", "instruction": q, "input": "", "output": a, "messages": None}
+    for i, (q, a) in enumerate(
+        [
+            ("What is anemia?", "A lack of healthy red blood cells."),
+            ("What causes gout?", "Uric acid crystals in the joints."),
+            ("Name a symptom of flu.", "Fever."),
+            ("How is asthma treated?", "With inhaled bronchodilators and steroids."),
+            ("What does insulin do?", "It lowers blood sugar by helping cells take up glucose."),
+            ("What is a fracture?", "A broken bone."),
+        ]
+    )
+]
+
+
+def test_labels_mask_prompt_positions(smol_tokenizer):
+    examples, counts = build_examples(smol_tokenizer, SAMPLES[:2], cutoff=1024)
+    for sample, ex in zip(SAMPLES, examples):
+        enc = encode_pair(smol_tokenizer, sample)
+        assert ex.input_ids == enc.input_ids
+        assert ex.labels[: enc.prompt_len] == [IGNORE_INDEX] * enc.prompt_len
+        assert ex.labels[enc.prompt_len :] == enc.input_ids[enc.prompt_len :]
+        assert smol_tokenizer.decode(ex.input_ids[enc.prompt_len :]) == sample["output"] + "<|im_end|>"
+    # a prompt over the cutoff is skipped, not trained on a truncated prompt
+    examples, counts = build_examples(smol_tokenizer, SAMPLES[:1], cutoff=10)
+    assert examples == [] and counts["too_long"] == 1
+
+
+def test_prompt_tokens_contribute_nothing_to_loss_or_gradient(smol_tokenizer):
+    examples, _ = build_examples(smol_tokenizer, SAMPLES[:2], cutoff=1024)
+    batch = collate(examples, smol_tokenizer.pad_token_id)
+    b, length = batch["input_ids"].shape
+    torch.manual_seed(0)
+    logits = torch.randn(b, length, 50, requires_grad=True)
+    ids = batch["input_ids"] % 50  # the fake model's vocabulary
+    batch = dict(batch, input_ids=ids, labels=torch.where(batch["labels"] == IGNORE_INDEX, IGNORE_INDEX, ids))
+    fake = lambda input_ids, attention_mask: SimpleNamespace(logits=logits)  # noqa: E731
+    n_targets = sum(e.n_targets for e in examples)
+    loss, total = response_loss(fake, batch, n_targets)
+
+    # hand computation: -log softmax at t-1 of token t, over label positions only
+    logp = torch.log_softmax(logits.detach(), dim=-1)
+    expected = 0.0
+    for row, ex in enumerate(examples):
+        for t in range(1, len(ex.input_ids)):
+            if ex.labels[t] != IGNORE_INDEX:
+                expected -= float(logp[row, t - 1, ids[row, t]])
+    assert float(total) == pytest.approx(expected, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(expected / n_targets, rel=1e-5)
+
+    loss.backward()
+    grad_rows = logits.grad.abs().sum(-1)  # [B, L]
+    for row, ex in enumerate(examples):
+        prompt_len = ex.labels.index(next(t for t in ex.labels if t != IGNORE_INDEX))
+        # logits at positions 0..prompt_len-2 predict prompt tokens: no gradient at all
+        assert torch.all(grad_rows[row, : prompt_len - 1] == 0)
+        # the last position of each row predicts nothing (end of sequence or padding)
+        assert torch.all(grad_rows[row, len(ex.input_ids) - 1 :] == 0)
+        assert torch.all(grad_rows[row, prompt_len - 1 : len(ex.input_ids) - 1] > 0)
+
+
+def test_accumulation_is_exact_and_training_is_seeded(smol_tokenizer):
+    examples, _ = build_examples(smol_tokenizer, SAMPLES, cutoff=1024)
+    cfg = FinetuneConfig(batch_size=6, micro_batch_size=6, learning_rate=1e-3, warmup_ratio=0.0, lora_dropout=0.0)
+
+    def grads(micro_batch_size):
+        model = make_lora_model(make_tiny_llama(len(smol_tokenizer)), cfg)
+        # B = 0 at init gives A no gradient; a non-zero B makes every LoRA gradient non-trivial
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.02)
+        nll = accumulate_gradients(model, examples, micro_batch_size, smol_tokenizer.pad_token_id, "cpu")
+        return nll, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    nll_full, g_full = grads(6)
+    nll_micro, g_micro = grads(2)
+    assert nll_full == pytest.approx(nll_micro, rel=1e-5)
+    assert len(g_full) > 0
+    for name in g_full:
+        assert torch.allclose(g_full[name], g_micro[name], rtol=1e-4, atol=1e-7), name
+    assert any(float(g.abs().sum()) > 0 for n, g in g_full.items() if "lora_A" in n)
+
+    def run():
+        return train_lora(make_tiny_llama(len(smol_tokenizer)), smol_tokenizer, examples, cfg, progress=False)[1]
+
+    first, again = run(), run()
+    assert first["losses"] == again["losses"]
+    assert first["steps"] == 1 and first["samples_seen"] == 6
+
+
+def test_loss_goes_down_with_steps(smol_tokenizer):
+    examples, _ = build_examples(smol_tokenizer, SAMPLES, cutoff=1024)
+    cfg = FinetuneConfig(batch_size=2, micro_batch_size=2, learning_rate=5e-3, epochs=4, lr_scheduler="constant",
+                         warmup_ratio=0.0, lora_dropout=0.0, lora_rank=16)
+    _, stats = train_lora(make_tiny_llama(len(smol_tokenizer)), smol_tokenizer, examples, cfg, progress=False)
+    assert stats["steps"] == 12
+    first, last = sum(stats["losses"][:3]) / 3, sum(stats["losses"][-3:]) / 3
+    assert last < first
+
+
+def test_adapter_round_trips_through_memory_store(smol_tokenizer):
+    store = Store(f"memory://adapters-{uuid.uuid4().hex[:8]}")
+    cfg = FinetuneConfig(batch_size=3, micro_batch_size=3, learning_rate=1e-2, warmup_ratio=0.0, lora_dropout=0.0)
+    trained = make_tiny_llama(len(smol_tokenizer), seed=7)
+    result = finetune(trained, smol_tokenizer, SAMPLES, cfg, store, "sha256:tiny", base_model="tiny", progress=False)
+    assert result.samples == 6 and result.steps == 2 and not result.cached
+    assert store.is_committed(result.adapter_key)
+    assert result.adapter_url.startswith("memory://")
+
+    ids = torch.tensor([encode_pair(smol_tokenizer, SAMPLES[0]).input_ids])
+    with torch.no_grad():
+        want = trained(input_ids=ids).logits
+        base = make_tiny_llama(len(smol_tokenizer), seed=7)
+        base_logits = base(input_ids=ids).logits
+        loaded = load_adapter(base, result.adapter_url, merge=True)
+        got = loaded(input_ids=ids).logits
+    assert not torch.allclose(base_logits, want, atol=1e-4)  # the adapter changes the model
+    assert torch.allclose(got, want, atol=1e-4)
+
+    manifest = read_adapter_manifest(result.adapter_url)
+    assert manifest["config"]["lora_rank"] == 8 and manifest["sample_ids"] == [s["sample_id"] for s in SAMPLES]
+    assert manifest["train_loss"] == result.train_loss and math.isfinite(result.train_loss)
+    with tarfile.open(fileobj=io.BytesIO(store.read_committed(result.adapter_key))) as tar:
+        assert {"adapter_config.json", "adapter_model.safetensors", "training.json"} <= set(tar.getnames())
+
+    # the same inputs are a cache hit; a corrupted object is refused
+    again = finetune(make_tiny_llama(len(smol_tokenizer), seed=7), smol_tokenizer, SAMPLES, cfg, store, "sha256:tiny",
+                     progress=False)
+    assert again.cached and again.adapter_url == result.adapter_url and again.losses == result.losses
+    store.write_bytes(result.adapter_key, b"garbage")
+    with pytest.raises(Exception, match="corrupt"):
+        load_adapter(make_tiny_llama(len(smol_tokenizer), seed=7), result.adapter_url)
+
+
+def test_load_samples_reads_question_answer_and_selection_files(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("\n".join(json.dumps({"question": f"Q{i}?", "answer": f"A{i}."}) for i in range(3)))
+    samples, counts = load_samples(str(qa))
+    assert [s["instruction"] for s in samples] == ["Q0?", "Q1?", "Q2?"] and samples[0]["output"] == "A0."
+    table = pa.table({
+        "sample_id": ["x"], "source": ["p"], "instruction": ["Why?"], "input": [""], "output": ["Because."],
+        "messages": [[{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Because."}]],
+        "metadata": ["{}"], "threeds_quality": [91.0], "rank": [1],
+    })
+    pq.write_table(table, tmp_path / "sel.parquet")
+    samples, counts = load_samples(str(tmp_path / "sel.parquet"))
+    assert samples[0]["sample_id"] == "x" and samples[0]["output"] == "Because." and counts["rejected"] == 0
