@@ -34,13 +34,15 @@ def make_tiny_llama(vocab_size: int, seed: int = 0, attn_implementation: str = "
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
         attn_implementation=attn_implementation,
     )
     model = LlamaForCausalLM(config)
-    # Random init gives near-uniform predictions; scale the embeddings up so NLLs differ.
+    # Random init gives near-uniform predictions; scale the weights up so NLLs differ (and
+    # untied, so the model does not just repeat its last input token).
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(20.0)
+        model.lm_head.weight.mul_(20.0)
     return model.eval()
 
 
