@@ -226,11 +226,11 @@ def _read_parquet(url: str, fh) -> Iterator[RawRecord]:
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(fh)
+        pf = pq.ParquetFile(fh, pre_buffer=False)
     except Exception as exc:
         raise PoolInputError(f"cannot read Parquet file {url}: {exc}") from exc
     row = 0
-    for batch in pf.iter_batches(batch_size=2048):
+    for batch in pf.iter_batches(batch_size=2048, use_threads=False):
         for rec in batch.to_pylist():
             yield RawRecord(url, None, row, value=rec, raw=None)
             row += 1

