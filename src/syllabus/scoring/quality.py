@@ -1,0 +1,364 @@
+"""3DS Stage 1: quality rating by the target model (Ding et al., EMNLP 2025; arXiv 2410.10901).
+
+The model rates an (instruction, response) pair on one overall 0-100 score guided by five
+criteria (instruction complexity, response relevance, thoroughness, logic, knowledge
+richness), rubric bands and three worked examples (methods.md, "Stage 1"). The rubric text
+here is the project's own wording, in English and Chinese, with a configurable domain word.
+Higher = better; selection keeps score >= delta (paper 90, its code 85).
+
+Modes:
+- ``expected`` (default, ours): one forward pass; the score is the expectation of the number
+  the model would write first. Tokenizers that spell numbers digit by digit (SmolLM2, Qwen,
+  Llama 2) are read as a digit tree inside that one pass: the ten first-digit tokens and the
+  "0" after "1" are appended to the sequence as branches that see the prompt but not each
+  other (a 4D attention mask, shared position ids), so ``p(a)``, ``p(b | a)`` and
+  ``p(0 | "10")`` all come from one forward. ``V(a) = p_end(a) a + sum_b p(b|a) (10a + b)``
+  (with ``"10"`` followed by ``"0"`` read as 100) and ``score = sum_a p(a) V(a) / sum_a p(a)``.
+  Tokenizers with one token per number 0..100 are read at one position.
+- ``generate`` (paper): greedy generation, the first number in the reply parsed; a reply
+  without a number in 0..100 gets status ``parse_failed``.
+
+The rubric prefix (template head + rubric text, everything before the pair) is the same for
+every sample: its key/value cache is computed once and reused for every batch.
+
+Columns: ``quality_score`` (0-100), ``quality_raw`` (the reply, or JSON with the first-digit
+distribution and the probability mass on digits), ``quality_status``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import re
+from collections import Counter
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from syllabus.models.chat import DEFAULT_CUTOFF, has_chat_template, instruction_text
+from syllabus.models.engines import TransformersEngine, decoder_and_head
+from syllabus.scoring.base import Failed, Scorer, ScorerConfig, error_status, per_item_fallback
+
+log = logging.getLogger(__name__)
+
+RUBRIC_EN = """You are an experienced {domain} expert reviewing training data for an AI assistant. \
+Judge how valuable the question-and-answer pair below is as a teaching example, and give it one \
+overall score from 0 to 100.
+
+Consider five aspects together:
+1. Question complexity: does the question require real {domain} knowledge or reasoning?
+2. Relevance: does the answer address what was actually asked?
+3. Thoroughness: does the answer cover the important points in enough depth?
+4. Logic: is the answer well organised, consistent and correct in its reasoning?
+5. Knowledge: does the answer contain accurate, specific {domain} information?
+
+Score bands: 80-100 excellent, 60-79 good, 40-59 fair, 20-39 poor, 0-19 very poor.
+
+Examples of how to score:
+- A careful answer from a specialist that explains causes, the tests to run and the treatment \
+options, with caveats where they matter: about 90.
+- A short, generic answer that is not wrong but gives little specific information: about 40.
+- An answer that only says "please see a doctor" without addressing the question: about 5."""
+
+RUBRIC_ZH = """你是一名资深的{domain}专家，正在审阅用于训练智能助手的数据。请判断下面这组问答作为教学样例的价值，\
+并给出一个 0 到 100 之间的总分。
+
+请综合考虑以下五个方面：
+1. 问题复杂度：回答该问题是否需要真正的{domain}知识或推理？
+2. 相关性：回答是否针对所提出的问题？
+3. 完整性：回答是否足够深入地覆盖了要点？
+4. 逻辑性：回答是否条理清晰、前后一致、推理正确？
+5. 知识性：回答是否包含准确、具体的{domain}信息？
+
+分数档次：80-100 优秀，60-79 良好，40-59 一般，20-39 较差，0-19 很差。
+
+评分示例：
+- 专科医生给出的细致回答，解释了病因、需要做的检查和治疗方案，并在必要处说明注意事项：约 90 分。
+- 简短、笼统的回答，没有错误但几乎没有具体信息：约 40 分。
+- 只说“请去看医生”而没有回答问题的回答：约 5 分。"""
+
+PAIR = {
+    "en": "Question:\n{question}\n\nAnswer:\n{answer}",
+    "zh": "问题：\n{question}\n\n回答：\n{answer}",
+}
+CLOSING = {
+    "en": "Reply with the score only: a single integer from 0 to 100, no other words.",
+    "zh": "只输出分数：一个 0 到 100 之间的整数，不要输出其他内容。",
+}
+DEFAULT_DOMAIN = {"en": "medical", "zh": "医学"}
+
+
+class QualityConfig(ScorerConfig):
+    mode: Literal["expected", "generate"] = "expected"
+    language: Literal["en", "zh"] = "en"
+    domain: str | None = None  # "medical" / "医学" when unset
+    cutoff: int = DEFAULT_CUTOFF
+    max_response_tokens: int = 768  # the answer is shortened to this many tokens inside the prompt
+    max_new_tokens: int = 8  # generate mode
+    batch_size: int = 8
+    max_batch_tokens: int = 16384
+    bucket: bool = True
+    reuse_prefix_cache: bool = True
+    collapse_share: float = 0.9  # warn when this share of samples gets the same rounded score
+
+
+def rubric_text(cfg: QualityConfig) -> str:
+    domain = cfg.domain or DEFAULT_DOMAIN[cfg.language]
+    return (RUBRIC_EN if cfg.language == "en" else RUBRIC_ZH).format(domain=domain)
+
+
+_NUMBER = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d+)?)")
+
+
+def parse_score(reply: str) -> float | None:
+    """The first number in ``reply`` if it lies in 0..100, else None."""
+    m = _NUMBER.search(reply)
+    if not m:
+        return None
+    value = float(m.group(1))
+    return value if 0 <= value <= 100 else None
+
+
+def rater_health(scores: list[float], statuses: list[str], collapse_share: float = 0.9) -> dict:
+    """Histogram (10-point bins), parse-failure share, and whether scores collapsed (nearly
+    every sample at the same rounded score)."""
+    ok = [s for s, st in zip(scores, statuses) if st == "ok" and math.isfinite(s)]
+    hist = [0] * 10
+    for s in ok:
+        hist[min(int(s // 10), 9)] += 1
+    top_share = Counter(round(s) for s in ok).most_common(1)[0][1] / len(ok) if ok else 0.0
+    collapsed = len(ok) >= 5 and (top_share >= collapse_share or float(np.std(ok)) < 0.5)
+    health = {
+        "histogram": {f"{10 * k}-{10 * k + 9 if k < 9 else 100}": hist[k] for k in range(10)},
+        "parse_failed_share": round(sum(st == "parse_failed" for st in statuses) / len(statuses), 4)
+        if statuses else 0.0,
+        "mean": round(float(np.mean(ok)), 3) if ok else None,
+        "std": round(float(np.std(ok)), 3) if ok else None,
+        "top_score_share": round(top_share, 4),
+        "collapsed": collapsed,
+    }
+    if collapsed:
+        log.warning("quality scores collapsed: %.0f%% of samples got the same score (std %.2f); the rater is "
+                    "not discriminating, check the model, the prompt language or use --mode generate",
+                    100 * top_share, health["std"])
+    return health
+
+
+class RatingPrompts:
+    """Token ids of the rating prompt, split into the shared prefix and the per-sample rest."""
+
+    def __init__(self, tokenizer: Any, cfg: QualityConfig):
+        self.tok = tokenizer
+        self.cfg = cfg
+        self.templated = has_chat_template(tokenizer)
+        self.rubric = rubric_text(cfg)
+        probe = self.render("Q", "A")
+        self.prefix_text = probe[: probe.index(self.rubric) + len(self.rubric) + 2]
+        self.prefix_ids = list(tokenizer(self.prefix_text, add_special_tokens=not self.templated)["input_ids"])
+
+    def render(self, question: str, answer: str) -> str:
+        lang = self.cfg.language
+        content = self.rubric + "\n\n" + PAIR[lang].format(question=question, answer=answer) + "\n\n" + CLOSING[lang]
+        if not self.templated:
+            return content + "\n"
+        return self.tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                            add_generation_prompt=True)
+
+    def rest_ids(self, sample: Any) -> list[int]:
+        answer_ids = self.tok(sample["output"] or "", add_special_tokens=False)["input_ids"]
+        answer = sample["output"] or ""
+        if len(answer_ids) > self.cfg.max_response_tokens:
+            answer = self.tok.decode(answer_ids[: self.cfg.max_response_tokens]) + " ..."
+        text = self.render(instruction_text(sample), answer)
+        if not text.startswith(self.prefix_text):
+            raise ValueError("the rating prompt does not start with the shared rubric prefix")
+        return list(self.tok(text[len(self.prefix_text) :], add_special_tokens=False)["input_ids"])
+
+
+class ScoreReader:
+    """Which tokens spell a score, and how to turn their probabilities into an expectation."""
+
+    def __init__(self, tokenizer: Any):
+        def single(s: str) -> int | None:
+            ids = tokenizer(s, add_special_tokens=False)["input_ids"]
+            return ids[0] if len(ids) == 1 else None
+
+        numbers = [single(str(v)) for v in range(101)]
+        if all(i is not None for i in numbers) and len(set(numbers)) == 101:
+            self.kind = "numbers"
+            self.number_ids = numbers
+        else:
+            digits = [single(str(d)) for d in range(10)]
+            if any(d is None for d in digits):
+                raise ValueError("the tokenizer spells neither the numbers 0-100 nor the digits 0-9 as single "
+                                 "tokens; use quality mode 'generate'")
+            self.kind = "digits"
+            self.digit_ids = digits
+
+    @property
+    def branch_ids(self) -> list[int]:
+        """Tokens appended after the prompt: the ten digits, then "0" after the "1" branch."""
+        return [] if self.kind == "numbers" else self.digit_ids + [self.digit_ids[0]]
+
+    def expectation(self, probs: torch.Tensor) -> tuple[float, dict]:
+        """``probs``: next-token probabilities at the prompt end (row 0) and, in digit mode,
+        after each branch token (rows 1..11)."""
+        probs = probs.double()
+        if self.kind == "numbers":
+            p = probs[0, self.number_ids]
+            mass = float(p.sum())
+            score = float((p * torch.arange(101, dtype=p.dtype)).sum() / p.sum())
+            return score, {"score_token_mass": round(mass, 6)}
+        d = self.digit_ids
+        first = probs[0, d]
+        mass = float(first.sum())
+        values = []
+        for a in range(10):
+            second = probs[1 + a, d]
+            end = max(0.0, 1.0 - float(second.sum()))
+            v2 = torch.tensor([10.0 * a + b for b in range(10)], dtype=probs.dtype)
+            if a == 1:  # "10" then "0" is 100
+                r = float(probs[11, d[0]])
+                v2[0] = r * 100.0 + (1 - r) * 10.0
+            values.append(end * a + float((second * v2).sum()))
+        score = float((first * torch.tensor(values, dtype=probs.dtype)).sum() / first.sum())
+        return score, {"first_digit": [round(float(x / first.sum()), 4) for x in first], "digit_mass": round(mass, 6)}
+
+
+def _branch_layout(n_rest: int, n_branch: int) -> tuple[list[int], list[list[int]]]:
+    """For a row of ``rest + branches``: position offsets and, per branch query, the branch
+    indices (within the row) it may see besides the whole rest."""
+    offsets = list(range(n_rest))
+    extra_visible: list[list[int]] = []
+    if n_branch:
+        offsets += [n_rest] * 10 + [n_rest + 1]
+        extra_visible = [[n_rest + a] for a in range(10)] + [[n_rest + 1, n_rest + 10]]
+    return offsets, extra_visible
+
+
+class QualityScorer(Scorer):
+    name: ClassVar[str] = "quality"
+    version: ClassVar[int] = 1
+    config_cls: ClassVar[type[ScorerConfig]] = QualityConfig
+
+    def columns(self) -> list[str]:
+        return ["quality_score", "quality_raw", "quality_status"]
+
+    # -- expected mode ------------------------------------------------------------------------
+    def _prefix_cache(self, model: Any, prefix_ids: list[int]):
+        body, _ = decoder_and_head(model)
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            out = body(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
+        return out.past_key_values
+
+    def expected_batch(self, model: Any, engine: TransformersEngine, prompts: RatingPrompts, reader: ScoreReader,
+                       rests: list[list[int]], prefix_cache: Any | None) -> list[tuple[float, dict]]:
+        """One forward over ``[prefix +] rest + branches`` for a batch, with a 4D mask that keeps
+        branches apart; returns (expected score, raw) per row."""
+        body, head = decoder_and_head(model)
+        device = next(model.parameters()).device
+        branch = reader.branch_ids
+        n_prefix = len(prompts.prefix_ids)
+        lead = [] if prefix_cache is not None else prompts.prefix_ids
+        past = n_prefix if prefix_cache is not None else 0
+        rows = [lead + r + branch for r in rests]
+        width = max(len(r) for r in rows)
+        b = len(rows)
+        ids = torch.full((b, width), engine.pad_id, dtype=torch.long)
+        pos = torch.zeros((b, width), dtype=torch.long)
+        allowed = torch.zeros((b, width, past + width), dtype=torch.bool)
+        allowed[:, :, :past] = True  # every query sees the cached prefix
+        reads = []
+        for k, row in enumerate(rows):
+            n_causal = len(lead) + len(rests[k])
+            offsets, extra = _branch_layout(n_causal, len(branch))
+            ids[k, : len(row)] = torch.tensor(row)
+            pos[k, : len(row)] = past + torch.tensor(offsets)
+            allowed[k, :n_causal, past : past + n_causal] = torch.ones(n_causal, n_causal, dtype=torch.bool).tril()
+            for q, vis in enumerate(extra):
+                allowed[k, n_causal + q, past : past + n_causal] = True
+                allowed[k, n_causal + q, [past + v for v in vis]] = True
+            for q in range(len(row), width):  # padding queries see themselves only (no empty softmax)
+                allowed[k, q, past + q] = True
+            reads.append([n_causal - 1] + [n_causal + q for q in range(len(branch))])
+        mask = torch.zeros(allowed.shape, dtype=model.dtype).masked_fill(~allowed, torch.finfo(model.dtype).min)
+        kwargs: dict[str, Any] = {}
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(b)
+            kwargs["past_key_values"] = cache
+        with torch.inference_mode():
+            hidden = body(input_ids=ids.to(device), attention_mask=mask[:, None].to(device),
+                          position_ids=pos.to(device), use_cache=prefix_cache is not None, **kwargs).last_hidden_state
+            out = []
+            for k in range(b):
+                probs = torch.softmax(head(hidden[k, reads[k]]).float(), dim=-1)
+                out.append(reader.expectation(probs))
+        return out
+
+    # -- scoring ------------------------------------------------------------------------------
+    def score(self, table: pa.Table, lm: Any, engine: TransformersEngine | None = None) -> pa.Table:
+        cfg: QualityConfig = self.config
+        tok, model = lm.tokenizer, lm.model
+        engine = engine or TransformersEngine(model, tok, batch_size=cfg.batch_size,
+                                              max_batch_tokens=cfg.max_batch_tokens, bucket=cfg.bucket)
+        prompts = RatingPrompts(tok, cfg)
+        rows = table.to_pylist()
+        n = len(rows)
+        scores = [math.nan] * n
+        raw: list[str | None] = [None] * n
+        status = ["ok"] * n
+        rests: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            try:
+                rest = prompts.rest_ids(row)
+                if len(prompts.prefix_ids) + len(rest) > cfg.cutoff:
+                    status[i] = "too_long"
+                    continue
+                rests[i] = rest
+            except Exception as exc:
+                status[i] = error_status(exc)
+        order = sorted(rests)
+        if cfg.mode == "generate":
+            replies = engine.generate([prompts.prefix_ids + rests[i] for i in order], cfg.max_new_tokens)
+            for i, ids in zip(order, replies):
+                raw[i] = tok.decode(ids, skip_special_tokens=True)
+                value = parse_score(raw[i])
+                if value is None:
+                    status[i] = "parse_failed"
+                else:
+                    scores[i] = value
+        else:
+            reader = ScoreReader(tok)
+            cache = self._prefix_cache(model, prompts.prefix_ids) if cfg.reuse_prefix_cache and order else None
+
+            def run(idx: list[int]) -> list[tuple[float, dict]]:
+                return self.expected_batch(model, engine, prompts, reader, [rests[order[k]] for k in idx], cache)
+
+            extra = 0 if cache is not None else len(prompts.prefix_ids)
+            results = engine.map_batches([len(rests[i]) + extra for i in order], per_item_fallback(run),
+                                         desc="quality")
+            for i, res in zip(order, results):
+                if isinstance(res, Failed):
+                    status[i] = res.status
+                    continue
+                scores[i], info = res
+                raw[i] = json.dumps(info)
+        self.last_stats = {
+            "engine": engine.stats.as_dict(),
+            "prefix_tokens": len(prompts.prefix_ids),
+            "health": rater_health(scores, status, cfg.collapse_share),
+        }
+        return pa.table(
+            {
+                "sample_id": table.column("sample_id"),
+                "quality_score": pa.array(scores, pa.float64()),
+                "quality_raw": pa.array(raw, pa.string()),
+                "quality_status": pa.array(status, pa.string()),
+            }
+        )

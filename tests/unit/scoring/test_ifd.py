@@ -1,0 +1,40 @@
+"""IFD on the tiny model: batched == plain per-sample loss ratio; too_long handled."""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+import torch
+from reference_impl import full_forward, nll_list
+from test_difficulty import SAMPLES, _lm
+
+from syllabus.models.chat import encode_pair
+from syllabus.scoring.ifd import IFDScorer, response_alone_ids
+
+
+def test_ifd_matches_plain_ratio(tiny_llama, smol_tokenizer):
+    tok = smol_tokenizer
+    out = IFDScorer(batch_size=2).score(pa.Table.from_pylist(SAMPLES), _lm(tiny_llama, tok)).to_pylist()
+    for s, r in zip(SAMPLES, out):
+        enc = encode_pair(tok, s)
+        nll = nll_list(full_forward(tiny_llama, enc.input_ids)[0], enc.input_ids)
+        cond = sum(nll[enc.prompt_len :]) / (len(enc.input_ids) - enc.prompt_len)
+        alone_ids = response_alone_ids(tok, s["output"], 1024)
+        nll_a = nll_list(full_forward(tiny_llama, alone_ids)[0], alone_ids)[1:]
+        alone = sum(nll_a) / len(nll_a)
+        assert r["ifd_status"] == "ok"
+        assert math.isclose(r["ifd_nll_conditioned"], cond, rel_tol=1e-5)
+        assert math.isclose(r["ifd_nll_alone"], alone, rel_tol=1e-5)
+        assert math.isclose(r["ifd_score"], cond / alone, rel_tol=1e-5)
+
+
+def test_response_alone_starts_with_start_token(smol_tokenizer):
+    ids = response_alone_ids(smol_tokenizer, "Hello.", 1024)
+    assert ids[0] == smol_tokenizer.bos_token_id
+    assert smol_tokenizer.decode(ids[1:]) == "Hello.<|im_end|>"
+
+
+def test_ifd_too_long(tiny_llama, smol_tokenizer):
+    out = IFDScorer(cutoff=8).score(pa.Table.from_pylist(SAMPLES[:1]), _lm(tiny_llama, smol_tokenizer)).to_pylist()
+    assert out[0]["ifd_status"] == "too_long" and math.isnan(out[0]["ifd_score"])

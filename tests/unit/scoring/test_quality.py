@@ -1,0 +1,109 @@
+"""3DS Stage 1 on the tiny model: the one-pass digit-tree expectation (with and without the
+reused rubric KV cache, padded mixed-length batches) == plain sequential forwards."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow as pa
+import pytest
+import torch
+from test_difficulty import SAMPLES, _lm
+
+from syllabus.scoring.quality import (
+    QualityConfig,
+    QualityScorer,
+    RatingPrompts,
+    ScoreReader,
+    parse_score,
+    rater_health,
+    rubric_text,
+)
+
+
+def _plain_expected(model, tok, cfg, sample):
+    prompts = RatingPrompts(tok, cfg)
+    reader = ScoreReader(tok)
+    full = prompts.prefix_ids + prompts.rest_ids(sample)
+
+    def next_probs(ids):
+        with torch.no_grad():
+            return torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+
+    rows = [next_probs(full)] + [next_probs(full + [d]) for d in reader.digit_ids]
+    rows.append(next_probs(full + [reader.digit_ids[1], reader.digit_ids[0]]))
+    return reader.expectation(torch.stack(rows))[0]
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_expected_score_equals_sequential_forwards(tiny_llama, smol_tokenizer, reuse):
+    tok = smol_tokenizer
+    cfg = QualityConfig(batch_size=3, reuse_prefix_cache=reuse)
+    out = QualityScorer(cfg).score(pa.Table.from_pylist(SAMPLES), _lm(tiny_llama, tok)).to_pylist()
+    for s, r in zip(SAMPLES, out):
+        assert r["quality_status"] == "ok"
+        assert 0 <= r["quality_score"] <= 100
+        assert math.isclose(r["quality_score"], _plain_expected(tiny_llama, tok, cfg, s), rel_tol=1e-4, abs_tol=1e-4)
+        raw = json.loads(r["quality_raw"])
+        assert len(raw["first_digit"]) == 10 and 0 < raw["digit_mass"] <= 1
+
+
+def test_cache_and_no_cache_agree_and_scores_differ_between_samples(tiny_llama, smol_tokenizer):
+    t = pa.Table.from_pylist(SAMPLES)
+    a = QualityScorer(reuse_prefix_cache=True).score(t, _lm(tiny_llama, smol_tokenizer)).column("quality_score")
+    b = QualityScorer(reuse_prefix_cache=False, batch_size=1).score(t, _lm(tiny_llama, smol_tokenizer))
+    assert torch.allclose(torch.tensor(a.to_pylist()), torch.tensor(b.column("quality_score").to_pylist()), atol=1e-4)
+    assert len({round(x, 6) for x in a.to_pylist()}) == 3
+
+
+def test_digit_tree_expectation_golden(smol_tokenizer):
+    reader = ScoreReader(smol_tokenizer)
+    assert reader.kind == "digits"
+    v = len(smol_tokenizer)
+    probs = torch.zeros(12, v)
+    d = reader.digit_ids
+    probs[0, d[8]] = 0.5  # first digit 8 or 1, equally
+    probs[0, d[1]] = 0.5
+    probs[1 + 8, d[5]] = 1.0  # "8" -> "85"
+    probs[1 + 1, d[0]] = 1.0  # "1" -> "10"
+    probs[11, d[0]] = 0.5  # "10" -> "100" half the time, else ends at 10
+    for a in range(10):
+        if a not in (1, 8):
+            probs[1 + a, d[0]] = 1.0
+    score, info = reader.expectation(probs)
+    assert math.isclose(score, 0.5 * 85 + 0.5 * (0.5 * 100 + 0.5 * 10))
+    assert info["digit_mass"] == 1.0
+
+
+def test_parse_score():
+    assert parse_score("85") == 85
+    assert parse_score("Score: 72.5 points") == 72.5
+    assert parse_score("I would say 150") is None
+    assert parse_score("excellent") is None
+
+
+def test_generate_mode_records_reply_and_parse_status(tiny_llama, smol_tokenizer):
+    out = QualityScorer(mode="generate", max_new_tokens=3).score(pa.Table.from_pylist(SAMPLES),
+                                                                  _lm(tiny_llama, smol_tokenizer)).to_pylist()
+    for r in out:
+        assert isinstance(r["quality_raw"], str)
+        expected = parse_score(r["quality_raw"])
+        assert r["quality_status"] == ("parse_failed" if expected is None else "ok")
+
+
+def test_rater_health_flags_collapse():
+    h = rater_health([50.0] * 9 + [70.0], ["ok"] * 10)
+    assert h["collapsed"] and h["histogram"]["50-59"] == 9 and h["histogram"]["70-79"] == 1
+    h = rater_health([10.0, 30.0, 50.0, 70.0, 90.0, float("nan")], ["ok"] * 5 + ["parse_failed"])
+    assert not h["collapsed"] and math.isclose(h["parse_failed_share"], 1 / 6, rel_tol=1e-3)
+
+
+def test_rubric_languages_and_domain():
+    assert "legal" in rubric_text(QualityConfig(domain="legal")) and "medical" in rubric_text(QualityConfig())
+    assert "医学" in rubric_text(QualityConfig(language="zh"))
+
+
+def test_too_long_rating_prompt(tiny_llama, smol_tokenizer):
+    out = QualityScorer(cutoff=50).score(pa.Table.from_pylist(SAMPLES[:1]), _lm(tiny_llama, smol_tokenizer))
+    assert out.column("quality_status").to_pylist() == ["too_long"]
