@@ -14,6 +14,7 @@ import sys
 
 COMMAND_MODULES = [
     "syllabus.pool.commands",
+    "syllabus.selection.commands",
 ]
 
 

@@ -168,4 +168,4 @@ def fmt(x: float) -> str:
 
 
 def fewer_than_budget_note(n: int, budget: int, stage: str) -> str:
-    return f"{stage}: fewer survivors ({n}) than the budget ({budget}); all {n} were kept"
+    return f"fewer survivors ({n}) than the budget ({budget}); all {n} were kept"

@@ -48,7 +48,7 @@ from syllabus.selection.base import (
 log = logging.getLogger(__name__)
 
 _U32 = 2.0**-24  # unit roundoff of float32
-_BLOCK = 8192  # rows per block when centring and taking norms: bounds the float64 temporaries
+_BLOCK = 2048  # rows per block when centring and taking norms: bounds the float64 temporaries
 
 
 @dataclass(frozen=True)

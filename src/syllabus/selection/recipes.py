@@ -72,7 +72,10 @@ class Recipe(BaseModel):
         names = registry.names("selector")
         for spec in self.selectors:
             if spec.name not in names:
-                registry.lookup("selector", spec.name)  # raises with "did you mean"
+                try:
+                    registry.lookup("selector", spec.name)
+                except registry.UnknownNameError as exc:  # a KeyError; pydantic reports ValueErrors
+                    raise ValueError(str(exc)) from None
         return self
 
     def build_selectors(self) -> list[Selector]:
@@ -98,10 +101,11 @@ class Recipe(BaseModel):
         return built
 
     def check_scorers(self) -> None:
-        """Every scorer exists in the registry and its config validates against its ``Config``."""
+        """Every scorer exists in the registry and its config validates against its
+        ``config_cls`` (the scorers' pydantic config)."""
         for spec in self.scorers:
             obj = registry.lookup("scorer", spec.name)
-            config_cls = getattr(obj, "Config", None) or getattr(obj, "config_class", None)
+            config_cls = getattr(obj, "config_cls", None) or getattr(obj, "Config", None)
             if isinstance(config_cls, type) and issubclass(config_cls, BaseModel):
                 try:
                     config_cls.model_validate(spec.config)

@@ -1,0 +1,85 @@
+"""``syllabus select``: run a method's selectors on cached scores (no model, seconds)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from syllabus.selection.base import Budget
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "select",
+        help="select a subset from cached scores with a method recipe (3ds, diq, ifd, less, random, full)",
+        description="Join score tables on sample_id, run the method's selectors (threshold, band, kcenter, "
+        "quadrant, topk, random, full) and commit the chosen samples, a per-candidate 'why' table, a JSON "
+        "report and pictures to the store. Needs no model.",
+    )
+    p.add_argument("--method", required=True, metavar="M", help="a shipped recipe name (3ds, diq, ifd, less, random, full) or a recipe .yaml path")
+    p.add_argument("--scores", nargs="+", default=[], metavar="URL", help="score manifest JSONs (printed by `syllabus score --json`) or score Parquet files")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget", type=int, metavar="N", help="select N samples")
+    budget.add_argument("--ratio", type=float, metavar="R", help="select this fraction of the pool, e.g. 0.1")
+    p.add_argument("--pool", default=None, metavar="MANIFEST_URL", help="pool manifest URL (default: the one named by the score manifests)")
+    p.add_argument("--seed", type=int, default=None, help="seed for K-Center's first centre and random sampling (default: the recipe's)")
+    p.add_argument("--compare", nargs="+", default=[], metavar="SELECTION_URL", help="other selections (selected.parquet or report.json) to report the Jaccard overlap with")
+    p.add_argument("--store", default=None, help="store URL: a directory, s3://bucket/prefix or memory://name (default: $SYLLABUS_STORE or ./syllabus-store)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG pictures")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    p.set_defaults(func=cmd_select)
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from syllabus.selection.recipes import load_recipe, run_recipe
+    from syllabus.selection.report import write_selection
+    from syllabus.selection.scores import load_candidates
+    from syllabus.store import Store
+
+    start = time.perf_counter()
+    recipe = load_recipe(args.method)
+    if args.budget is not None:
+        budget = Budget(count=args.budget)
+    elif args.ratio is not None:
+        budget = Budget(ratio=args.ratio)
+    else:
+        budget = recipe.budget
+    if budget is None and recipe.needs_budget():
+        raise ValueError(f"method {recipe.name!r} has no default budget; pass --budget N or --ratio R")
+    if not args.scores and recipe.required_columns():
+        raise ValueError(
+            f"method {recipe.name!r} reads {', '.join(recipe.required_columns())}; pass the score manifests "
+            f"that hold them with --scores (scorers: {', '.join(s.name for s in recipe.scorers)})"
+        )
+    candidates = load_candidates(args.scores, args.pool)
+    result = run_recipe(candidates.frame, recipe, budget, args.seed)
+    report = write_selection(
+        Store(args.store), recipe, result, candidates,
+        budget_request=budget.model_dump(exclude_none=True) if budget is not None else None,
+        compare=args.compare, plots=not args.no_plots, seconds=time.perf_counter() - start,
+    )
+
+    width = max(len(c["stage"]) for c in report["counts"])
+    for c in report["counts"]:
+        print(f"  {c['stage']:<{width}}  {c['n']:>9,}")
+    for note in report["notes"]:
+        print(f"  note: {note}")
+    for o in report["overlap"]:
+        print(f"  overlap with {o['selection']}: {o['n_both']:,} shared, Jaccard {o['jaccard']:.4f}")
+    print(f"selected {report['n_selected']:,} of {report['n_candidates']:,} with {recipe.name} (seed {report['seed']})")
+    print(f"report: {report['outputs']['report']}")
+    if args.json:
+        print(json.dumps({
+            "selected": report["outputs"]["selected"],
+            "report": report["outputs"]["report"],
+            "candidates": report["outputs"]["candidates"],
+            "plots": report["outputs"]["plots"],
+            "n_selected": report["n_selected"],
+            "n_candidates": report["n_candidates"],
+            "method": recipe.name,
+            "seed": report["seed"],
+            "budget": report["budget"]["resolved"],
+            "counts": {c["stage"]: c["n"] for c in report["counts"]},
+        }))
+    return 0

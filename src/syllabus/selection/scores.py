@@ -1,0 +1,181 @@
+"""Reading the candidates of a selection: score tables joined on sample_id, and the pool.
+
+A score input is a score-manifest JSON written by ``syllabus score`` (``{"scorer", "version",
+"config", "model_fingerprint", "pool_manifest", "shards": [{"shard", "url", ...}]}``) or a
+single score Parquet file (``sample_id`` plus ``<scorer>_<metric>`` columns). Inputs are
+joined on ``sample_id``. When a pool manifest is known (named by the score manifests or
+passed explicitly) the candidates are exactly the pool's samples, each with its full record;
+a pool sample that a scorer did not score has missing values and is dropped, with a reason,
+by any stage that needs them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from syllabus.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def read_url_bytes(url: str) -> bytes:
+    """The bytes at ``url``, checksum-verified when the object has a commit marker."""
+    store, key = Store.open_url(url)
+    if store.marker(key) is not None:
+        return store.read_committed(key)
+    log.info("%s has no commit marker; read without checksum verification", url)
+    return store.read_bytes(key)
+
+
+def _table_of(url: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(read_url_bytes(url)))
+
+
+@dataclass
+class ScoreInput:
+    url: str
+    kind: str  # "manifest" or "parquet"
+    scorer: str | None
+    version: Any
+    model_fingerprint: str | None
+    pool_manifest: str | None
+    rows: int
+    columns: list[str]
+    config: dict[str, Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "url": self.url, "kind": self.kind, "scorer": self.scorer, "version": self.version,
+            "config": self.config, "model_fingerprint": self.model_fingerprint,
+            "pool_manifest": self.pool_manifest, "rows": self.rows, "columns": self.columns,
+        }
+
+
+def read_score_input(url: str) -> tuple[pa.Table, ScoreInput]:
+    """One score input as an Arrow table plus what it is."""
+    if url.endswith(".json"):
+        try:
+            manifest = json.loads(read_url_bytes(url))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{url} is not JSON; pass a score manifest (.json) or a score Parquet file") from exc
+        if not isinstance(manifest, dict) or "shards" not in manifest:
+            raise ValueError(
+                f"{url} is not a score manifest (no 'shards'); pass the 'scores' URL printed by `syllabus score --json`"
+            )
+        tables = [_table_of(shard["url"]) for shard in manifest["shards"]]
+        table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({"sample_id": pa.array([], pa.string())})
+        info = ScoreInput(
+            url=url, kind="manifest", scorer=manifest.get("scorer"), version=manifest.get("version"),
+            model_fingerprint=manifest.get("model_fingerprint"), pool_manifest=manifest.get("pool_manifest"),
+            rows=table.num_rows, columns=[c for c in table.column_names if c != "sample_id"],
+            config=manifest.get("config"),
+        )
+    else:
+        table = _table_of(url)
+        info = ScoreInput(
+            url=url, kind="parquet", scorer=None, version=None, model_fingerprint=None, pool_manifest=None,
+            rows=table.num_rows, columns=[c for c in table.column_names if c != "sample_id"],
+        )
+    if "sample_id" not in table.column_names:
+        raise ValueError(f"score table {url} has no sample_id column; score tables must carry the pool's sample_id")
+    table = table.set_column(table.column_names.index("sample_id"), "sample_id", pc.cast(table["sample_id"], pa.string()))
+    ids = table["sample_id"].to_numpy(zero_copy_only=False)
+    uniq, counts = np.unique(ids.astype(str), return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(
+            f"score table {url} lists sample_id {uniq[counts > 1][0]!r} {counts.max()} times; "
+            "each sample must be scored once per scorer: pass each score manifest once"
+        )
+    return table, info
+
+
+@dataclass
+class Candidates:
+    """Everything a selection reads: one pandas row per candidate (sample_id + scores), and
+    the Arrow tables to gather full records from."""
+
+    frame: pd.DataFrame
+    pool: pa.Table | None
+    score_tables: list[pa.Table]
+    inputs: list[ScoreInput]
+    pool_url: str | None
+    notes: list[str] = field(default_factory=list)
+
+    def records(self, sample_ids: list[str]) -> pa.Table:
+        """Full records plus scores for ``sample_ids``, in that order (pool columns first)."""
+        out = pa.table({"sample_id": pa.array(sample_ids, pa.string())})
+        sources = ([self.pool] if self.pool is not None else []) + self.score_tables
+        for table in sources:
+            index = {sid: i for i, sid in enumerate(table["sample_id"].to_pylist())}
+            take = pa.array([index.get(s) for s in sample_ids], pa.int64())  # None -> null row
+            for name in table.column_names:
+                if name != "sample_id" and name not in out.column_names:
+                    out = out.append_column(name, table[name].take(take))
+        return out
+
+
+def load_candidates(score_urls: list[str], pool_url: str | None = None) -> Candidates:
+    """Join the score inputs on sample_id and attach the pool (explicit, or named by the
+    score manifests)."""
+    tables: list[pa.Table] = []
+    inputs: list[ScoreInput] = []
+    owner: dict[str, str] = {}
+    for url in score_urls:
+        table, info = read_score_input(url)
+        for col in info.columns:
+            if col in owner:
+                raise ValueError(
+                    f"column {col!r} comes from both {owner[col]} and {url}; pass each scorer's scores once"
+                )
+            owner[col] = url
+        tables.append(table)
+        inputs.append(info)
+
+    notes: list[str] = []
+    named = sorted({i.pool_manifest for i in inputs if i.pool_manifest})
+    if pool_url is None and len(named) > 1:
+        raise ValueError(
+            f"the score manifests name different pools ({', '.join(named)}); pass --pool with the one to select from"
+        )
+    pool_url = pool_url or (named[0] if named else None)
+    if pool_url and named and any(n != pool_url for n in named):
+        notes.append(f"--pool {pool_url} overrides the pool named by the score manifests ({', '.join(named)})")
+
+    pool = None
+    if pool_url:
+        from syllabus.pool.manifest import load_manifest, read_pool
+
+        pool = read_pool(load_manifest(pool_url))
+        if "sample_id" not in pool.column_names:
+            raise ValueError(f"pool {pool_url} has no sample_id column; re-ingest it with `syllabus ingest`")
+        pool = pool.set_column(pool.column_names.index("sample_id"), "sample_id", pc.cast(pool["sample_id"], pa.string()))
+        frame = pd.DataFrame({"sample_id": pool["sample_id"].to_pylist()})
+    elif tables:
+        ids = sorted(set().union(*[set(t["sample_id"].to_pylist()) for t in tables]))
+        frame = pd.DataFrame({"sample_id": ids})
+        notes.append("no pool manifest (none named by the scores, no --pool): the selected Parquet holds scores only")
+    else:
+        raise ValueError("nothing to select from: pass --scores with score manifests or Parquet files, or --pool")
+
+    known = set(frame["sample_id"])
+    for table, info in zip(tables, inputs):
+        scores = table.to_pandas()
+        extra = ~scores["sample_id"].isin(known)
+        if extra.any():
+            notes.append(f"{int(extra.sum())} scored samples of {info.url} are not in the pool and were ignored")
+            scores = scores[~extra]
+        unscored = len(frame) - len(scores)
+        if unscored:
+            notes.append(f"{unscored} pool samples have no score in {info.url}")
+        frame = frame.merge(scores, on="sample_id", how="left")
+    return Candidates(frame=frame, pool=pool, score_tables=tables, inputs=inputs, pool_url=pool_url, notes=notes)
