@@ -14,6 +14,7 @@ import sys
 
 COMMAND_MODULES = [
     "syllabus.pool.commands",
+    "syllabus.scoring.commands",
     "syllabus.selection.commands",
 ]
 

@@ -12,7 +12,11 @@ import importlib
 from typing import Any
 
 _REGISTRY: dict[str, dict[str, str]] = {
-    "scorer": {},
+    "scorer": {
+        "quality": "syllabus.scoring.quality:QualityScorer",
+        "difficulty": "syllabus.scoring.difficulty:DifficultyScorer",
+        "ifd": "syllabus.scoring.ifd:IFDScorer",
+    },
     "selector": {
         "threshold": "syllabus.selection.threshold:ThresholdSelector",
         "band": "syllabus.selection.band:BandSelector",

@@ -1,0 +1,124 @@
+"""``syllabus score``: score a pool with the target model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score a pool with the target model (3DS quality/difficulty, IFD)",
+        description="Score every sample of a pool with the target model and commit per-shard score tables, "
+        "a score manifest and one combined table to the store. Shards already scored with the same "
+        "scorer, version, config and model are skipped.",
+    )
+    p.add_argument("pool", nargs="*", metavar="POOL",
+                   help="pool files/directories to ingest first (or use --pool with a manifest URL)")
+    p.add_argument("--pool", dest="pool_manifest", default=None, metavar="MANIFEST_URL",
+                   help="URL of a pool manifest printed by `syllabus ingest --json`")
+    p.add_argument("--method", required=True, choices=["quality", "difficulty", "ifd", "3ds"],
+                   help="3ds = quality then difficulty on every sample")
+    p.add_argument("--model", required=True, help="model alias, .gguf file, HF directory or hub id")
+    p.add_argument("--store", default=None, help="store URL (default: $SYLLABUS_STORE or ./syllabus-store)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N samples of the pool")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="generation length for D2 / generate-mode rating")
+    p.add_argument("--quality-mode", choices=["expected", "generate"], default=None,
+                   help="expected (default, one forward) or generate (paper: greedy reply, parsed)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--cutoff", type=int, default=None, help="max tokens per sequence (default 1024)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: fp32 on CPU, bf16 on GPU)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    p.add_argument("--force", action="store_true", help="recompute even when a committed result exists")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    p.set_defaults(func=cmd_score)
+
+
+def scorer_configs(args: argparse.Namespace) -> dict[str, dict]:
+    common = {k: v for k, v in {"batch_size": args.batch_size, "cutoff": args.cutoff}.items() if v is not None}
+    quality = dict(common)
+    if args.quality_mode:
+        quality["mode"] = args.quality_mode
+    difficulty = dict(common)
+    if args.max_new_tokens is not None:
+        difficulty["max_new_tokens"] = args.max_new_tokens
+        if args.quality_mode == "generate":
+            quality["max_new_tokens"] = args.max_new_tokens
+    return {"quality": quality, "difficulty": difficulty, "ifd": dict(common)}
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from syllabus.models import load_model
+    from syllabus.scoring.pool import METHOD_SCORERS, combined_table, commit_combined, make_scorer, score_pool
+    from syllabus.store import Store
+
+    if bool(args.pool) == bool(args.pool_manifest):
+        print("syllabus score: give either pool files to ingest or --pool MANIFEST_URL (exactly one of them)",
+              file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 1:
+        print(f"syllabus score: --limit {args.limit} must be at least 1", file=sys.stderr)
+        return 2
+    store = Store(args.store)
+    manifest_url = args.pool_manifest
+    if args.pool:
+        from syllabus.pool.ingest import ingest_pool
+
+        manifest_url = ingest_pool(args.pool, store).manifest_url
+    configs = scorer_configs(args)
+    start = time.perf_counter()
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    load_seconds = time.perf_counter() - start
+    manifests = []
+    stages = {}
+    for name in METHOD_SCORERS[args.method]:
+        scorer = make_scorer(name, configs[name])
+        m = score_pool(manifest_url, scorer, lm, store, limit=args.limit, force=args.force)
+        manifests.append(m)
+        stages[name] = {
+            "scores": m["url"],
+            "seconds": m["seconds"],
+            "samples_per_second": round(m["samples"] / m["seconds"], 3) if m["seconds"] else None,
+            "ok": sum(e["ok"] or 0 for e in m["shards"]),
+            "failed": sum(e["failed"] or 0 for e in m["shards"]),
+            "skipped_shards": sum(e["skipped"] for e in m["shards"]),
+        }
+        health = [e["stats"]["health"] for e in m["shards"] if e.get("stats") and "health" in e["stats"]]
+        if health:
+            stages[name]["health"] = health[0] if len(health) == 1 else health
+    table = combined_table(manifests, store, manifest_url, args.limit)
+    table_url = commit_combined(table, store, args.method, manifests)
+    scores_url = manifests[0]["url"]
+    if len(manifests) > 1:
+        key = f"scores/manifests/{args.method}-{table_url.rsplit('-', 1)[-1].split('.')[0]}.json"
+        composite = {"scorer": args.method, "components": {m["scorer"]: m["url"] for m in manifests},
+                     "pool_manifest": manifest_url, "model_fingerprint": lm.fingerprint, "table": table_url}
+        store.commit(key, json.dumps(composite, indent=1, sort_keys=True).encode(), {"scorer": args.method})
+        scores_url = store.url(key)
+    seconds = sum(m["seconds"] for m in manifests)
+    result = {
+        "scores": scores_url,
+        "table": table_url,
+        "method": args.method,
+        "model": args.model,
+        "model_fingerprint": lm.fingerprint,
+        "pool_manifest": manifest_url,
+        "samples": table.num_rows,
+        "seconds": round(seconds, 3),
+        "samples_per_second": round(table.num_rows / seconds, 3) if seconds else None,
+        "model_load_seconds": round(load_seconds, 3),
+        "stages": stages,
+    }
+    for name, st in stages.items():
+        print(f"{name}: {st['ok']} ok, {st['failed']} failed, {st['samples_per_second']} samples/s -> {st['scores']}")
+    print(f"scores table ({table.num_rows} rows): {table_url}")
+    if args.json:
+        print(json.dumps(result))
+    return 0
