@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "syllabus.pool.commands",
     "syllabus.scoring.commands",
     "syllabus.selection.commands",
+    "syllabus.training.commands",
+    "syllabus.evaluation.commands",
 ]
 
 

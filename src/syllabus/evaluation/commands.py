@@ -1,0 +1,76 @@
+"""``syllabus evaluate``: benchmarks on a model, optionally with a LoRA adapter."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from syllabus.evaluation.benchmarks import FieldMap
+from syllabus.evaluation.multiple_choice import MCConfig
+from syllabus.evaluation.runner import EvalConfig, run_evaluation
+from syllabus.store import Store
+
+
+def _fields(values: list[str]) -> FieldMap | None:
+    if not values:
+        return None
+    out: dict = {}
+    for item in values:
+        if "=" not in item:
+            raise ValueError(f"--field {item!r} must look like ROLE=COLUMN, e.g. --field question=stem")
+        role, name = (x.strip() for x in item.split("=", 1))
+        if role == "options" and "," in name:
+            out[role] = [c.strip() for c in name.split(",")]
+        elif role == "answer_index_base":
+            out[role] = int(name)
+        else:
+            out[role] = name
+    try:
+        return FieldMap(**out)
+    except Exception as exc:
+        raise ValueError(f"--field: {exc}; roles are question, options, answer, subject, id, reference, answer_index_base") from exc
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a model (and LoRA adapter) on multiple-choice and open-QA benchmarks",
+        description="Multiple choice (cloze or letter scoring, per-subject accuracy with bootstrap 95%% intervals) "
+        "and open QA (reference NLL, BLEU-1/4, ROUGE). Built-in benchmarks: mmlu-medical, mmlu:<topic>; or any "
+        "JSONL/CSV/Parquet file of items. Per-item results are committed to the store as Parquet.",
+    )
+    p.add_argument("--model", required=True, help="model alias, .gguf file, HF directory or hub id")
+    p.add_argument("--adapter", default=None, help="URL of a committed LoRA adapter (from `syllabus finetune`)")
+    p.add_argument("--bench", nargs="+", required=True, metavar="NAME_OR_FILE", help="mmlu-medical, mmlu:anatomy, or a file")
+    p.add_argument("--limit", type=int, default=None, help="a seeded random subset of N items per benchmark")
+    p.add_argument("--mc", choices=["cloze", "letter", "both"], default="cloze", help="multiple-choice scoring (default cloze)")
+    p.add_argument("--norm", choices=["char", "token", "none"], default="char", help="cloze length normalisation (default char)")
+    p.add_argument("--no-generate", action="store_true", help="open QA: reference NLL only, no generated answers/BLEU/ROUGE")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="open QA answer length (default 256)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
+    p.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN",
+                   help="map benchmark columns: question, options (a list column or A,B,C,D), answer, subject, id, reference")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--store", default=None, help="store URL (default: $SYLLABUS_STORE or ./syllabus-store)")
+    p.add_argument("--force", action="store_true", help="recompute even when the results are committed")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    methods = ("cloze", "letter") if args.mc == "both" else (args.mc,)
+    config = EvalConfig(mc_methods=methods, mc=MCConfig(normalisation=args.norm), generate=not args.no_generate,
+                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit, seed=args.seed)
+    result = run_evaluation(args.model, args.bench, Store(args.store), adapter_url=args.adapter, config=config,
+                            fields=_fields(args.field), force=args.force)
+    out = result.to_json()
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+    else:
+        print(f"results: {out['results']}  ({out['rows']} rows, {out['seconds']} s{', cached' if out['cached'] else ''})")
+        for name, value in out["metrics"].items():
+            if name.count("/") <= 2 and not name.endswith(("_ci_low", "_ci_high")):
+                lo, hi = out["metrics"].get(f"{name}_ci_low"), out["metrics"].get(f"{name}_ci_high")
+                ci = f"  [{lo:.4f}, {hi:.4f}]" if isinstance(lo, float) and isinstance(hi, float) else ""
+                print(f"  {name}: {value:.4f}{ci}" if isinstance(value, float) else f"  {name}: {value}")
+    return 0

@@ -1,0 +1,200 @@
+"""Run benchmarks on a model (optionally with a LoRA adapter) and commit the per-item results.
+
+The per-item results go to the store as one Parquet table (``benchmark``, ``method``,
+``item_id``, ``subject``, ``correct``, scores ...) under a key made of the model fingerprint,
+the adapter checksum, the evaluation config and the benchmark items, with the metrics in
+its marker and in a committed ``metrics.json`` beside it. A committed key is reused.
+
+Metric names are flat (``<bench>/<method>/accuracy``, ``<bench>/<method>/<subject>/accuracy``,
+``<bench>/open_qa/ref_nll`` ...) so they go into MLflow unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from syllabus.evaluation import metrics as M
+from syllabus.evaluation.benchmarks import Benchmark, FieldMap, load_benchmark
+from syllabus.evaluation.multiple_choice import MCConfig, score_cloze, score_letter
+from syllabus.evaluation.openqa import generate_answers, reference_nll, score_generations, summarise_nll
+from syllabus.store import Store, content_hash
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+EVAL_PREFIX = "evaluations"
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mc_methods: tuple[Literal["cloze", "letter"], ...] = ("cloze",)
+    mc: MCConfig = MCConfig()
+    generate: bool = True  # open QA: greedy answers for BLEU/ROUGE (reference NLL is always computed)
+    max_new_tokens: int = Field(256, ge=1)
+    cutoff: int = Field(1024, ge=8)
+    batch_size: int = Field(8, ge=1)
+    limit: int | None = Field(None, ge=1)  # items per benchmark, a seeded random subset
+    seed: int = 0
+    bootstrap: int = Field(1000, ge=10)
+
+
+@dataclass
+class EvalResult:
+    results_url: str
+    metrics: dict
+    rows: int
+    seconds: float
+    cached: bool = False
+
+    def to_json(self) -> dict:
+        # NaN is not JSON: an undefined metric (no items) is null.
+        clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in self.metrics.items()}
+        return {"results": self.results_url, "metrics": clean, "rows": self.rows,
+                "seconds": round(self.seconds, 2), "cached": self.cached}
+
+
+def _accuracy_metrics(prefix: str, rows: Sequence[dict], key: str, config: EvalConfig, suffix: str = "accuracy") -> dict:
+    summary = M.accuracy_summary([bool(r[key]) for r in rows], [r["subject"] for r in rows],
+                                 n_resamples=config.bootstrap, seed=config.seed)
+    out = {f"{prefix}/{suffix}": summary["accuracy"], f"{prefix}/{suffix}_ci_low": summary["ci_low"],
+           f"{prefix}/{suffix}_ci_high": summary["ci_high"]}
+    if suffix == "accuracy":
+        out[f"{prefix}/n"] = summary["n"]
+        if len(summary["per_subject"]) > 1:
+            for subject, s in summary["per_subject"].items():
+                out[f"{prefix}/{subject}/accuracy"] = s["accuracy"]
+                out[f"{prefix}/{subject}/n"] = s["n"]
+    return out
+
+
+def evaluate_benchmarks(engine: Any, benchmarks: Sequence[Benchmark], config: EvalConfig) -> tuple[list[dict], dict]:
+    """Score every benchmark with ``engine``; returns (per-item rows, flat metrics)."""
+    rows: list[dict] = []
+    metrics: dict = {}
+    for bench in benchmarks:
+        bench = bench.limit(config.limit, seed=config.seed)
+        start = time.perf_counter()
+        if bench.kind == "mc":
+            for method in config.mc_methods:
+                t0 = time.perf_counter()
+                scored = (score_cloze if method == "cloze" else score_letter)(engine, bench.items, config.mc)
+                prefix = f"{bench.name}/{method}"
+                metrics.update(_accuracy_metrics(prefix, scored, "correct", config))
+                if method == "cloze":
+                    for norm in ("char", "token", "none"):
+                        metrics.update(_accuracy_metrics(prefix, scored, f"correct_{norm}", config, f"accuracy_{norm}"))
+                else:
+                    metrics.update(_accuracy_metrics(prefix, scored, "exact_match", config, "exact_match"))
+                metrics[f"{prefix}/seconds"] = round(time.perf_counter() - t0, 2)
+                rows.extend(dict(r, benchmark=bench.name) for r in scored)
+                log.info("%s: accuracy %.4f on %d items in %.1f s", prefix, metrics[f"{prefix}/accuracy"],
+                         len(scored), metrics[f"{prefix}/seconds"])
+        else:
+            prefix = f"{bench.name}/open_qa"
+            nll_rows = reference_nll(engine, bench.items, cutoff=config.cutoff)
+            metrics.update({f"{prefix}/{k}": v for k, v in summarise_nll(nll_rows).items()})
+            if config.generate:
+                t0 = time.perf_counter()
+                answers = generate_answers(engine, [it.question for it in bench.items], config.max_new_tokens, config.cutoff)
+                per_item, summary = score_generations(answers, [it.reference for it in bench.items])
+                metrics.update({f"{prefix}/{k}": v for k, v in summary.items() if k != "lang"})
+                metrics[f"{prefix}/generate_seconds"] = round(time.perf_counter() - t0, 2)
+                for r, answer, scores in zip(nll_rows, answers, per_item):
+                    r.update(prediction=answer, **scores)
+            metrics[f"{prefix}/seconds"] = round(time.perf_counter() - start, 2)
+            rows.extend(dict(r, benchmark=bench.name, method="open_qa") for r in nll_rows)
+            log.info("%s: reference NLL %.4f on %d items", prefix, metrics[f"{prefix}/ref_nll"], len(nll_rows))
+    return rows, metrics
+
+
+def rows_to_table(rows: Sequence[dict]) -> pa.Table:
+    """Rows with different keys (MC and open QA) as one table; absent values are null."""
+    keys: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in keys:
+                keys.append(k)
+    first = ["benchmark", "method", "item_id", "subject"]
+    keys = [k for k in first if k in keys] + [k for k in keys if k not in first]
+    return pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
+
+
+def load_eval_model(model_spec: str, adapter_url: str | None = None, device: str | None = None):
+    """The model to evaluate: the base from ``load_model``, or a private copy with the
+    adapter merged in (a cached base model must not be modified)."""
+    from syllabus.models import load_model
+    from syllabus.training.lora import load_adapter
+
+    if not adapter_url:
+        return load_model(model_spec, device=device)
+    lm = load_model(model_spec, device=device, reuse=False)
+    lm.model = load_adapter(lm.model, adapter_url, merge=True).eval()
+    return lm
+
+
+def adapter_checksum(adapter_url: str | None) -> str | None:
+    if not adapter_url:
+        return None
+    store, key = Store.open_url(adapter_url)
+    marker = store.marker(key)
+    if marker is None:
+        raise FileNotFoundError(f"adapter {adapter_url} has no commit marker; run `syllabus finetune` to make it")
+    return marker["sha256"]
+
+
+def run_evaluation(
+    model_spec: Any,
+    bench_specs: Sequence[str | Benchmark],
+    store: Store,
+    adapter_url: str | None = None,
+    config: EvalConfig | None = None,
+    fields: FieldMap | None = None,
+    force: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate ``model_spec`` (a model string, or an already loaded ``LoadedModel``, plus an
+    optional adapter) on the benchmarks and commit the results."""
+    from syllabus.models.engines import TransformersEngine
+    from syllabus.models.ref import fingerprint, resolve
+
+    config = config or EvalConfig()
+    start = time.perf_counter()
+    benches = [b if isinstance(b, Benchmark) else load_benchmark(b, fields) for b in bench_specs]
+    key_parts = {
+        "v": VERSION,
+        "model": model_spec.fingerprint if hasattr(model_spec, "fingerprint") else fingerprint(resolve(model_spec)),
+        "adapter": adapter_checksum(adapter_url),
+        "config": config.model_dump(mode="json"),
+        "benchmarks": [[b.name, b.kind, content_hash([list(map(str, vars(i).values())) for i in b.items], 20)] for b in benches],
+    }
+    digest = content_hash(key_parts, 20)
+    key = f"{EVAL_PREFIX}/{digest}/results.parquet"
+    metrics_key = f"{EVAL_PREFIX}/{digest}/metrics.json"
+    if not force and store.is_committed(key) and store.is_committed(metrics_key):
+        log.info("evaluation %s already committed; reusing it", store.url(key))
+        metrics = json.loads(store.read_committed(metrics_key))
+        return EvalResult(store.url(key), metrics, store.marker(key)["rows"], time.perf_counter() - start, True)
+    if hasattr(model_spec, "model"):
+        lm = model_spec
+        if adapter_url:
+            from syllabus.training.lora import load_adapter
+
+            lm.model = load_adapter(lm.model, adapter_url, merge=True).eval()
+    else:
+        lm = load_eval_model(model_spec, adapter_url, device=device)
+    engine = TransformersEngine.from_loaded(lm, batch_size=config.batch_size, progress=progress)
+    rows, metrics = evaluate_benchmarks(engine, benches, config)
+    metrics["seconds"] = round(time.perf_counter() - start, 2)
+    table = rows_to_table(rows)
+    store.commit_table(key, table, {"kind": "evaluation", "model": str(getattr(getattr(model_spec, "ref", None), "spec", model_spec)), "adapter": adapter_url, **key_parts})
+    store.commit(metrics_key, json.dumps(metrics, indent=2, sort_keys=True).encode("utf-8"), {"kind": "evaluation_metrics"})
+    return EvalResult(store.url(key), metrics, table.num_rows, time.perf_counter() - start)
