@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import torch
 from conftest import make_tiny_llama
-from reference_impl import d1_plain, embedding_plain, greedy_plain, wd_plain
+from syllabus.scoring.reference import d1_plain, embedding_plain, greedy_plain, wd_plain
 
 from syllabus.models.attention import LastLayerCapture, token_importance
 from syllabus.models.chat import encode_pair, encode_prompt

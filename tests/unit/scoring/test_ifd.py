@@ -6,7 +6,7 @@ import math
 
 import pyarrow as pa
 import torch
-from reference_impl import full_forward, nll_list
+from syllabus.scoring.reference import full_forward, nll_list
 from test_difficulty import SAMPLES, _lm
 
 from syllabus.models.chat import encode_pair

@@ -11,29 +11,16 @@ import pytest
 import torch
 from test_difficulty import SAMPLES, _lm
 
+from syllabus.scoring.reference import expected_quality_plain
+
 from syllabus.scoring.quality import (
     QualityConfig,
     QualityScorer,
-    RatingPrompts,
     ScoreReader,
     parse_score,
     rater_health,
     rubric_text,
 )
-
-
-def _plain_expected(model, tok, cfg, sample):
-    prompts = RatingPrompts(tok, cfg)
-    reader = ScoreReader(tok)
-    full = prompts.prefix_ids + prompts.rest_ids(sample)
-
-    def next_probs(ids):
-        with torch.no_grad():
-            return torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
-
-    rows = [next_probs(full)] + [next_probs(full + [d]) for d in reader.digit_ids]
-    rows.append(next_probs(full + [reader.digit_ids[1], reader.digit_ids[0]]))
-    return reader.expectation(torch.stack(rows))[0]
 
 
 @pytest.mark.parametrize("reuse", [True, False])
@@ -44,7 +31,7 @@ def test_expected_score_equals_sequential_forwards(tiny_llama, smol_tokenizer, r
     for s, r in zip(SAMPLES, out):
         assert r["quality_status"] == "ok"
         assert 0 <= r["quality_score"] <= 100
-        assert math.isclose(r["quality_score"], _plain_expected(tiny_llama, tok, cfg, s), rel_tol=1e-4, abs_tol=1e-4)
+        assert math.isclose(r["quality_score"], expected_quality_plain(tiny_llama, tok, cfg, s), rel_tol=1e-4, abs_tol=1e-4)
         raw = json.loads(r["quality_raw"])
         assert len(raw["first_digit"]) == 10 and 0 < raw["digit_mass"] <= 1
 
