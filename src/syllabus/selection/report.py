@@ -14,7 +14,6 @@ budget, seed, inputs), so re-running the same selection writes to the same place
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -22,11 +21,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from syllabus.selection.recipes import Recipe, SelectionResult
 from syllabus.selection.scores import Candidates, read_url_bytes
 from syllabus.store import Store, content_hash
+from syllabus.store.store import read_parquet_bytes
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ def read_selection_ids(url: str) -> set[str]:
         if not selected:
             raise ValueError(f"{url} is not a selection report (no outputs.selected); pass a report.json or selected.parquet")
         url = selected
-    table = pq.read_table(io.BytesIO(read_url_bytes(url)), columns=["sample_id"])
+    table = read_parquet_bytes(read_url_bytes(url), columns=["sample_id"])
     return set(map(str, table["sample_id"].to_pylist()))
 
 

@@ -11,7 +11,6 @@ by any stage that needs them.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from dataclasses import dataclass, field
@@ -21,9 +20,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from syllabus.store import Store
+from syllabus.store.store import read_parquet_bytes
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ def read_url_bytes(url: str) -> bytes:
 
 
 def _table_of(url: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(read_url_bytes(url)))
+    return read_parquet_bytes(read_url_bytes(url))
 
 
 @dataclass

@@ -89,5 +89,6 @@ class TopKSelector(Selector):
             reasons=reasons,
             thresholds={cfg.column: {"drop_above": cfg.drop_above, "drop_below": cfg.drop_below, "last_kept_value": cut}},
             notes=notes,
-            details={"kept_ranges": {cfg.column: [cfg.drop_below, cfg.drop_above]}},
+            # The values actually chosen: from the last kept value to the drop bound.
+            details={"kept_ranges": {cfg.column: [cut, cfg.drop_above] if cfg.descending else [cfg.drop_below, cut]}},
         )
