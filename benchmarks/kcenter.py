@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 import tracemalloc
@@ -83,7 +84,8 @@ def main() -> None:
     args = ap.parse_args()
 
     X = np.random.default_rng(args.seed).standard_normal((args.n, args.d), dtype=np.float32)
-    print(f"points: {args.n:,} x {args.d} float32 ({X.nbytes / 2**20:,.0f} MiB), k = {args.k:,}")
+    print(f"points: {args.n:,} x {args.d} float32 ({X.nbytes / 2**20:,.0f} MiB), k = {args.k:,}; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other work on the machine slows every figure)")
 
     result, seconds, peak = measure(lambda: kcenter_greedy(X, args.k, args.seed, progress=False))
     per_pick = seconds / args.k
@@ -108,10 +110,11 @@ def main() -> None:
           f"peak {full_peak / 2**20:,.0f} MiB; ours {ours_sub_s:.2f} s, peak {ours_sub_peak / 2**20:,.0f} MiB "
           f"(memory ratio {full_peak / ours_sub_peak:.1f}x, time ratio {full_s / ours_sub_s:.1f}x); identical picks: {agree_full}")
 
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(f"process max RSS: {max_rss / 2**20:,.0f} MiB")
     print(json.dumps({
-        "n": args.n, "d": args.d, "k": args.k,
+        "n": args.n, "d": args.d, "k": args.k, "load_average_end": round(os.getloadavg()[0], 2),
         "seconds": round(seconds, 2), "ms_per_pick": round(per_pick * 1e3, 3),
         "peak_mib": round(peak / 2**20, 1), "max_rss_mib": round(max_rss / 2**20, 1),
         "nxn_matrix_over_peak": round(matrix_bytes / peak, 1),

@@ -61,7 +61,7 @@ def score_columns(ids: list[str], seed: int, dim: int = 8) -> dict[str, pa.Table
     }
 
 
-def write_pool_and_scores(store: Store, n: int = 300, shard_size: int = 120, seed: int = 0) -> tuple[str, dict[str, str]]:
+def write_pool_and_scores(store: Store, n: int = 300, shard_size: int = 120, seed: int = 0, dim: int = 8) -> tuple[str, dict[str, str]]:
     """(pool manifest URL, scorer -> score manifest URL)."""
     shards = []
     per_scorer: dict[str, list[dict]] = {}
@@ -71,7 +71,7 @@ def write_pool_and_scores(store: Store, n: int = 300, shard_size: int = 120, see
         key = f"pool/{name}.parquet"
         store.commit_table(key, table)
         shards.append({"name": name, "key": key, "url": store.url(key), "content_hash": name, "rows": table.num_rows})
-        for scorer, scores in score_columns(table["sample_id"].to_pylist(), seed + s).items():
+        for scorer, scores in score_columns(table["sample_id"].to_pylist(), seed + s, dim).items():
             skey = f"scores/{scorer}/{name}.parquet"
             store.commit_table(skey, scores)
             per_scorer.setdefault(scorer, []).append({"shard": name, "url": store.url(skey), "rows": scores.num_rows, "ok": scores.num_rows, "failed": 0})
