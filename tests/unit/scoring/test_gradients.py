@@ -1,0 +1,233 @@
+"""Gradient features on the tiny model: batched per-sample LoRA gradients equal one backward
+per sample; the projection is deterministic across processes and preserves dot products
+within the Johnson-Lindenstrauss bound; golden store key; the model is restored."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from syllabus.models.chat import encode_pair
+from syllabus.models.loading import LoadedModel
+from syllabus.models.losses import token_nll
+from syllabus.scoring.gradients import (
+    GradientsConfig,
+    GradientsScorer,
+    LoraGradients,
+    LoraSettings,
+    ProjectionSettings,
+    Projector,
+    adam_precondition,
+    projection_block,
+    vectors_column,
+    vectors_of,
+)
+from syllabus.store import Store
+
+SAMPLES = [
+    {"sample_id": "a", "instruction": "What is anemia?", "input": "", "output": "A lack of healthy red blood cells.",
+     "messages": None},
+    {"sample_id": "b", "instruction": "List two symptoms of flu and explain each briefly.", "input": "Adult patient.",
+     "output": "Fever: the body raises its temperature. Cough: irritation of the airways, often dry.",
+     "messages": None},
+    {"sample_id": "c", "instruction": "Define BMI.", "input": "",
+     "output": "Body mass index: weight in kilograms divided by height in metres squared.", "messages": None},
+    {"sample_id": "d", "instruction": "Is aspirin an NSAID?", "input": "", "output": "Yes.", "messages": None},
+]
+
+
+def _lm(model, tok):
+    return LoadedModel(ref=None, model=model, tokenizer=tok, fingerprint="sha256:tiny", device="cpu",
+                       dtype=torch.float32)
+
+
+def _one_backward_per_sample(lora: LoraGradients, seq: list[int], prompt_len: int) -> dict[str, torch.Tensor]:
+    """The plain definition: the sample alone, mean response NLL from full logits, .grad."""
+    for p in lora.peft_model.parameters():
+        p.grad = None
+    ids = torch.tensor([seq])
+    with torch.enable_grad():
+        logits = lora.peft_model(input_ids=ids).logits
+        nll = token_nll(logits, ids)[0, prompt_len:]
+        nll.mean().backward()
+    out = {}
+    for m in lora.modules:
+        out[f"{m.name}.lora_A"] = m.a.weight.grad.detach().clone().reshape(-1)
+        out[f"{m.name}.lora_B"] = m.b.weight.grad.detach().clone().reshape(-1)
+    for p in lora.peft_model.parameters():
+        p.grad = None
+    return out
+
+
+@pytest.mark.parametrize("random_b", [False, True])
+def test_batched_per_sample_gradients_equal_one_backward_each(tiny_llama, smol_tokenizer, random_b):
+    tok = smol_tokenizer
+    encs = [encode_pair(tok, s) for s in SAMPLES]  # mixed lengths: right padding inside the batch
+    with LoraGradients(tiny_llama, LoraSettings(rank=4)) as lora:
+        if random_b:  # a warmed-up adapter: B != 0, so the A gradients are non-zero too
+            torch.manual_seed(1)
+            with torch.no_grad():
+                for m in lora.modules:
+                    m.b.weight.normal_(0, 0.5)
+        grads, losses, counts = lora.per_sample([e.input_ids for e in encs], [e.prompt_len for e in encs],
+                                                tok.pad_token_id)
+        assert (f"{lora.modules[0].name}.lora_A" in grads) == random_b
+        for i, e in enumerate(encs):
+            want = _one_backward_per_sample(lora, e.input_ids, e.prompt_len)
+            assert counts[i] == len(e.input_ids) - e.prompt_len
+            for name, w in want.items():
+                got = grads[name][i] if name in grads else torch.zeros_like(w)
+                assert w.abs().max() > 0 or not (random_b or name.endswith("lora_B"))
+                assert torch.allclose(got, w, rtol=1e-3, atol=1e-5 * float(w.abs().max())), name
+
+
+def test_model_restored_after_wrapping(tiny_llama, smol_tokenizer):
+    ids = torch.tensor([encode_pair(smol_tokenizer, SAMPLES[0]).input_ids])
+    keys = sorted(tiny_llama.state_dict())
+    flags = {n: p.requires_grad for n, p in tiny_llama.named_parameters()}
+    with torch.no_grad():
+        before = tiny_llama(input_ids=ids).logits
+    with LoraGradients(tiny_llama, LoraSettings()) as lora:
+        with torch.no_grad():
+            for m in lora.modules:
+                m.b.weight.fill_(0.3)  # would change the output if left behind
+    with torch.no_grad():
+        after = tiny_llama(input_ids=ids).logits
+    assert sorted(tiny_llama.state_dict()) == keys
+    assert {n: p.requires_grad for n, p in tiny_llama.named_parameters()} == flags
+    assert torch.equal(before, after)
+
+
+def test_adam_preconditioning_formula():
+    g = {"w": torch.tensor([[1.0, -2.0], [0.0, 0.5]])}
+    m0, v0 = torch.tensor([0.1, 0.2]), torch.tensor([0.01, 0.04])
+    out = adam_precondition(g, {"w": (m0, v0)}, eps=1e-8)["w"]
+    m = 0.9 * m0 + 0.1 * g["w"]
+    v = 0.999 * v0 + 0.001 * g["w"] ** 2
+    assert torch.allclose(out, m / (v.sqrt() + 1e-8))
+
+
+_CHILD = """
+import json, sys, numpy as np, torch
+from syllabus.scoring.gradients import ProjectionSettings, Projector, projection_block
+s = ProjectionSettings(**json.loads(sys.argv[1]))
+block = projection_block(s, "layers.0.self_attn.q_proj.lora_B", 1, 40).numpy()
+x = torch.from_numpy(np.arange(3 * 300, dtype=np.float32).reshape(3, 300) / 300.0)
+y = Projector(s).project({"p": x}).numpy()
+print(json.dumps({"block": block.tolist(), "y": y.tolist()}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_projection_deterministic_across_processes(kind):
+    s = ProjectionSettings(kind=kind, dim=64, seed=7)
+    child = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(s.model_dump())], capture_output=True,
+                           text=True, check=True)
+    theirs = json.loads(child.stdout)
+    block = projection_block(s, "layers.0.self_attn.q_proj.lora_B", 1, 40).numpy()
+    assert np.array_equal(np.asarray(theirs["block"], dtype=np.float32), block)
+    x = torch.from_numpy(np.arange(3 * 300, dtype=np.float32).reshape(3, 300) / 300.0)
+    y = Projector(s).project({"p": x}).numpy()
+    assert np.allclose(np.asarray(theirs["y"], dtype=np.float32), y, rtol=1e-6, atol=1e-6)
+    if kind == "rademacher":
+        assert set(np.unique(block)) == {-1.0, 1.0}
+    # A different seed, parameter or block gives a different matrix.
+    assert not np.array_equal(projection_block(s, "layers.0.self_attn.q_proj.lora_B", 0, 40).numpy(), block)
+    other = ProjectionSettings(kind=kind, dim=64, seed=8)
+    assert not np.array_equal(projection_block(other, "layers.0.self_attn.q_proj.lora_B", 1, 40).numpy(), block)
+
+
+def test_projection_blocking_and_grouping_do_not_change_the_result():
+    rng = np.random.default_rng(0)
+    grads = {"a": torch.from_numpy(rng.standard_normal((5, 1000)).astype(np.float32)),
+             "b": torch.from_numpy(rng.standard_normal((5, 37)).astype(np.float32))}
+    big = Projector(ProjectionSettings(dim=128)).project(grads)
+    one_by_one = torch.cat([Projector(ProjectionSettings(dim=128)).project({k: v[i : i + 1] for k, v in grads.items()})
+                            for i in range(5)])
+    assert torch.allclose(big, one_by_one, rtol=1e-5, atol=1e-4)
+    # A parameter whose gradient is zero contributes nothing, so skipping it is exact.
+    with_zero = dict(grads, z=torch.zeros(5, 500))
+    assert torch.allclose(Projector(ProjectionSettings(dim=128)).project(with_zero), big, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_projected_dot_products_within_jl_bound(kind):
+    """Known inner products: unit vectors u_i in R^D with u_0 . u_i = c_i. For one vector x,
+    P(| |Px|^2 - |x|^2 | > eps |x|^2) <= 2 exp(-k (eps^2/2 - eps^3/3) / 2) (Achlioptas 2003, for
+    +-1 and Gaussian entries). A union bound over the 2 n^2 vectors u_i +- u_j gives, when
+    k >= 2 ln(4 n^2 / delta) / (eps^2/2 - eps^3/3), with probability >= 1 - delta that
+    |<Pu_i, Pu_j> - <u_i, u_j>| <= eps for every pair (polarisation: the error is at most
+    eps (|u_i + u_j|^2 + |u_i - u_j|^2) / 4 = eps for unit vectors)."""
+    d, k, n, delta = 5000, 2048, 12, 0.01
+    eps = 0.2
+    assert k >= 2 * math.log(4 * n * n / delta) / (eps**2 / 2 - eps**3 / 3)
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(d)
+    base /= np.linalg.norm(base)
+    cos = np.linspace(-0.9, 0.9, n - 1)
+    vecs = [base]
+    for c in cos:
+        r = rng.standard_normal(d)
+        r -= r.dot(base) * base
+        r /= np.linalg.norm(r)
+        vecs.append(c * base + math.sqrt(1 - c * c) * r)
+    u = torch.from_numpy(np.stack(vecs).astype(np.float32))
+    true = (u @ u.T).numpy()
+    assert np.allclose(true[0, 1:], cos, atol=1e-5)  # the true values are known by construction
+    half = d // 2  # two parameters: the projection spans both
+    pu = Projector(ProjectionSettings(kind=kind, dim=k, seed=11)).project(
+        {"p0": u[:, :half], "p1": u[:, half:]}).double().numpy()
+    approx = pu @ pu.T
+    err = np.abs(approx - true)
+    assert err.max() <= eps
+    # And typically much better: the standard deviation of one estimate is about sqrt(2/k).
+    assert np.median(err) < 3 * math.sqrt(2 / k)
+
+
+def test_vectors_column_roundtrip_through_parquet():
+    v = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    v[1] = np.nan
+    t = pa.table({"sample_id": ["a", "b", "c"], "gradients_vector": vectors_column(v),
+                  "gradients_status": ["ok", "too_long", "ok"]})
+    store = Store("memory://grad-roundtrip")
+    store.commit_table("x.parquet", t, {})
+    back = vectors_of(store.read_table("x.parquet"))
+    assert np.isnan(back[1]).all()
+    assert np.allclose(back[[0, 2]], v[[0, 2]].astype(np.float16).astype(np.float32))
+
+
+def test_scorer_features_and_statuses(tiny_llama, smol_tokenizer):
+    cfg = GradientsConfig(lora=LoraSettings(rank=2), projection=ProjectionSettings(dim=64), batch_size=2,
+                          projection_group=3)
+    rows = SAMPLES + [{"sample_id": "long", "instruction": "word " * 200, "input": "", "output": "x", "messages": None}]
+    table = pa.Table.from_pylist(rows)
+    scorer = GradientsScorer(cfg.model_copy(update={"cutoff": 64}))
+    out = scorer.score(table, _lm(tiny_llama, smol_tokenizer))
+    st = out.column("gradients_status").to_pylist()
+    assert st == ["ok", "ok", "ok", "ok", "too_long"]
+    vec = vectors_of(out)
+    assert vec.shape == (5, 64) and np.isfinite(vec[:4]).all() and np.isnan(vec[4]).all()
+    # Equals projecting the one-backward-per-sample gradients of the same adapters.
+    with LoraGradients(tiny_llama, cfg.lora) as lora:
+        for i, s in enumerate(SAMPLES):
+            e = encode_pair(smol_tokenizer, s, cutoff=64)
+            want = _one_backward_per_sample(lora, e.input_ids, e.prompt_len)
+            proj = Projector(cfg.projection).project({k: w[None] for k, w in want.items()})[0].numpy()
+            assert np.allclose(vec[i], proj, rtol=2e-2, atol=2e-3 * np.abs(proj).max())
+            assert math.isclose(out.column("gradients_tokens")[i].as_py(), len(e.input_ids) - e.prompt_len)
+
+
+def test_golden_store_key():
+    """Any change to the key (config fields, defaults, scheme) shows here: bump the version
+    when numbers change, and update this string deliberately."""
+    assert GradientsScorer().key("sha256:model", "shardhash") == (
+        "scores/gradients/v1/rademacher-k4096-seed0/ed2ba83ba68b28cd40b1cd95.parquet")
+    other = GradientsScorer(projection={"dim": 8192, "seed": 3}).key("sha256:model", "shardhash")
+    assert other.startswith("scores/gradients/v1/rademacher-k8192-seed3/")
