@@ -50,6 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     p.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN",
                    help="map benchmark columns: question, options (a list column or A,B,C,D), answer, subject, id, reference")
+    p.add_argument("--judge", default=None, metavar="KIND:MODEL",
+                   help="judge for open-QA answers: local:MODEL (e.g. local:smollm2-135m) or openai:MODEL_NAME "
+                   "(base URL and key from --judge-base-url or $SYLLABUS_JUDGE_BASE_URL, and $SYLLABUS_JUDGE_API_KEY)")
+    p.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--rubric", action="store_true", help="rate open-QA answers on the clinical rubric with --judge")
+    p.add_argument("--compare", default=None, metavar="RESULTS_URL",
+                   help="pairwise win rate (with --judge) of this run's open-QA answers against another evaluation's results")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--store", default=None, help="store URL (default: $SYLLABUS_STORE or ./syllabus-store)")
     p.add_argument("--force", action="store_true", help="recompute even when the results are committed")
@@ -64,6 +71,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = run_evaluation(args.model, args.bench, Store(args.store), adapter_url=args.adapter, config=config,
                             fields=_fields(args.field), force=args.force)
     out = result.to_json()
+    if args.rubric or args.compare:
+        if not args.judge:
+            raise ValueError("--rubric and --compare need a judge: add --judge local:MODEL or --judge openai:MODEL_NAME")
+        from syllabus.evaluation.judges import JudgeConfig, make_judge
+        from syllabus.evaluation.runner import judge_results
+
+        kind, _, name = args.judge.partition(":")
+        if kind not in ("local", "openai") or not name:
+            raise ValueError(f"--judge {args.judge!r} must look like local:MODEL or openai:MODEL_NAME")
+        judge = make_judge(JudgeConfig(kind=kind, model=name, base_url=args.judge_base_url, seed=args.seed))
+        judged = judge_results(Store(args.store), result.results_url, judge, args.judge, rubric=args.rubric,
+                               compare_url=args.compare, seed=args.seed)
+        out["metrics"].update({k: (None if isinstance(v, float) and v != v else v) for k, v in judged.items()})
     if args.json:
         print(json.dumps(out, sort_keys=True))
     else:

@@ -110,7 +110,8 @@ def evaluate_benchmarks(engine: Any, benchmarks: Sequence[Benchmark], config: Ev
                 for r, answer, scores in zip(nll_rows, answers, per_item):
                     r.update(prediction=answer, **scores)
             metrics[f"{prefix}/seconds"] = round(time.perf_counter() - start, 2)
-            rows.extend(dict(r, benchmark=bench.name, method="open_qa") for r in nll_rows)
+            rows.extend(dict(r, benchmark=bench.name, method="open_qa", question=it.question, reference=it.reference)
+                        for r, it in zip(nll_rows, bench.items))
             log.info("%s: reference NLL %.4f on %d items", prefix, metrics[f"{prefix}/ref_nll"], len(nll_rows))
     return rows, metrics
 
@@ -198,3 +199,57 @@ def run_evaluation(
     store.commit_table(key, table, {"kind": "evaluation", "model": str(getattr(getattr(model_spec, "ref", None), "spec", model_spec)), "adapter": adapter_url, **key_parts})
     store.commit(metrics_key, json.dumps(metrics, indent=2, sort_keys=True).encode("utf-8"), {"kind": "evaluation_metrics"})
     return EvalResult(store.url(key), metrics, table.num_rows, time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------ judges
+def judge_results(
+    store: Store,
+    results_url: str,
+    judge: Any,
+    judge_name: str,
+    rubric: bool = True,
+    compare_url: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Judge the open-QA answers of a committed evaluation: the clinical rubric on its answers,
+    and/or the pairwise win rate of its answers against those of ``compare_url`` (another
+    evaluation's results on the same items). Per-item judgements are committed beside the
+    results; returns flat metrics (``<bench>/judge/rubric_mean``, ``<bench>/judge/win_rate`` ...)."""
+    from syllabus.evaluation.judges import clinical_rubric, pairwise_win_rate
+
+    res_store, res_key = Store.open_url(results_url)
+    mine = [r for r in res_store.read_table(res_key).to_pylist() if r.get("method") == "open_qa" and r.get("prediction") is not None]
+    if not mine:
+        raise ValueError(f"{results_url} has no generated open-QA answers to judge; evaluate an open-QA benchmark without --no-generate")
+    other: dict = {}
+    if compare_url:
+        o_store, o_key = Store.open_url(compare_url)
+        other = {(r["benchmark"], r["item_id"]): r for r in o_store.read_table(o_key).to_pylist()
+                 if r.get("method") == "open_qa" and r.get("prediction") is not None}
+    metrics: dict = {}
+    judged_rows: list[dict] = []
+    for bench in sorted({r["benchmark"] for r in mine}):
+        rows = [r for r in mine if r["benchmark"] == bench]
+        per_item = [{"benchmark": bench, "item_id": r["item_id"]} for r in rows]
+        if rubric:
+            rub_rows, summary = clinical_rubric(judge, [r["question"] for r in rows], [r["prediction"] for r in rows], progress)
+            metrics.update({f"{bench}/judge/{k}": v for k, v in summary.items()})
+            for p, rr in zip(per_item, rub_rows):
+                p.update(rr)
+        if compare_url:
+            pairs = [(k, r) for k, r in enumerate(rows) if (bench, r["item_id"]) in other]
+            if not pairs:
+                raise ValueError(f"{compare_url} shares no open-QA items of {bench} with {results_url}; compare runs on the same benchmark")
+            pw_rows, summary = pairwise_win_rate(
+                judge, [r["question"] for _, r in pairs], [r["prediction"] for _, r in pairs],
+                [other[(bench, r["item_id"])]["prediction"] for _, r in pairs], seed=seed, progress=progress)
+            metrics.update({f"{bench}/judge/{k}": v for k, v in summary.items()})
+            for (k, _), pw in zip(pairs, pw_rows):
+                per_item[k].update({f"pairwise_{n}": v for n, v in pw.items()})
+        judged_rows.extend(per_item)
+    folder = res_key.rsplit("/", 1)[0] + "/" if "/" in res_key else ""
+    key = f"{folder}judge-{content_hash([judge_name, rubric, compare_url, seed], 16)}.parquet"
+    res_store.commit_table(key, rows_to_table(judged_rows), {"kind": "judgements", "judge": judge_name, "compare": compare_url})
+    metrics["judge/results"] = res_store.url(key)
+    return metrics

@@ -30,6 +30,9 @@ class FinetuneConfig(BaseModel):
     cutoff: int = Field(1024, ge=8)
     batch_size: int = Field(64, ge=1)  # effective batch (samples per optimizer step)
     micro_batch_size: int = Field(4, ge=1)
+    # A micro-batch also stops at this many padded tokens: on CPU the attention of one
+    # 1024-token sequence already costs more memory than four short ones.
+    max_micro_batch_tokens: int | None = Field(2048, ge=1)
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 0

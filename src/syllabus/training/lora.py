@@ -123,20 +123,34 @@ def training_order(n: int, config: FinetuneConfig) -> list[int]:
     return order[: max(1, round(config.epochs * n))] if n else []
 
 
+def micro_batches(step_examples: Sequence[TrainExample], micro_batch_size: int, max_tokens: int | None) -> list[list[TrainExample]]:
+    """Split a step into micro-batches of similar lengths, at most ``micro_batch_size``
+    samples and ``max_tokens`` padded tokens each (a longer sample goes alone)."""
+    ordered = sorted(step_examples, key=lambda e: len(e.input_ids))
+    out: list[list[TrainExample]] = []
+    current: list[TrainExample] = []
+    for e in ordered:
+        longest = len(e.input_ids)  # sorted ascending: the newcomer is the longest
+        if current and (len(current) >= micro_batch_size or (max_tokens and (len(current) + 1) * longest > max_tokens)):
+            out.append(current)
+            current = []
+        current.append(e)
+    if current:
+        out.append(current)
+    return out
+
+
 def accumulate_gradients(
     model: Any, step_examples: Sequence[TrainExample], micro_batch_size: int, pad_id: int, device: Any,
-    on_micro_batch: Any = None,
+    on_micro_batch: Any = None, max_tokens: int | None = None,
 ) -> float:
     """Backpropagate one optimizer step's loss (mean NLL over all its response tokens) in
-    micro-batches; returns the step's NLL sum. The gradient does not depend on
-    ``micro_batch_size``: each micro-batch's NLL sum is divided by the step's token count."""
+    micro-batches; returns the step's NLL sum. The gradient does not depend on how the step
+    is split: each micro-batch's NLL sum is divided by the step's token count, and a sum does
+    not care about grouping (similar lengths share a micro-batch to waste less padding)."""
     n_targets = sum(e.n_targets for e in step_examples)
-    # Similar lengths in one micro-batch waste less padding; the step's gradient is a sum,
-    # so the grouping does not change it.
-    ordered = sorted(step_examples, key=lambda e: len(e.input_ids))
     step_nll = 0.0
-    for start in range(0, len(ordered), micro_batch_size):
-        micro = ordered[start : start + micro_batch_size]
+    for micro in micro_batches(step_examples, micro_batch_size, max_tokens):
         batch = {k: v.to(device) for k, v in collate(micro, pad_id).items()}
         loss, total = response_loss(model, batch, n_targets)
         loss.backward()
@@ -173,7 +187,7 @@ def train_lora(
         n_targets = sum(e.n_targets for e in step_examples)
         optimizer.zero_grad(set_to_none=True)
         step_nll = accumulate_gradients(peft_model, step_examples, config.micro_batch_size, pad_id, device,
-                                        on_micro_batch=bar.update)
+                                        on_micro_batch=bar.update, max_tokens=config.max_micro_batch_tokens)
         if config.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()

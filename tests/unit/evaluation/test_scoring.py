@@ -109,3 +109,27 @@ def test_run_evaluation_commits_results_and_reuses_them(smol_tokenizer, tiny_lla
     assert all(isinstance(r["prediction"], str) and r["ref_nll"] > 0 for r in qa_rows)
     again = run_evaluation(lm, benches, store, config=config, progress=False)
     assert again.cached and again.results_url == result.results_url and again.metrics == m
+
+
+def test_judge_results_on_committed_evaluation(smol_tokenizer, tiny_llama):
+    from syllabus.evaluation.judges import LocalJudge
+    from syllabus.evaluation.runner import judge_results
+
+    store = Store(f"memory://judge-{uuid.uuid4().hex[:8]}")
+    lm = SimpleNamespace(model=tiny_llama, tokenizer=smol_tokenizer, fingerprint="sha256:tiny", ref=None)
+    result = run_evaluation(lm, [Benchmark("toy-qa", "qa", QA)], store, config=EvalConfig(max_new_tokens=3, bootstrap=20),
+                            progress=False)
+    judge = LocalJudge(tiny_llama, smol_tokenizer)
+    m = judge_results(store, result.results_url, judge, "local:tiny", rubric=True, compare_url=result.results_url,
+                      progress=False)
+    assert 1.0 <= m["toy-qa/judge/rubric_mean"] <= 5.0
+    assert m["toy-qa/judge/judged"] == 2 and 0.0 <= m["toy-qa/judge/win_rate"] <= 1.0
+    s, k = Store.open_url(m["judge/results"])
+    table = s.read_table(k).to_pylist()
+    assert len(table) == 2 and all(1.0 <= r["rubric_safety_check"] <= 5.0 for r in table)
+    # identical answers on both sides: the outcome follows the judge's position preference only
+    for r in table:
+        assert r["pairwise_outcome"] == (1.0 if r["pairwise_p_model1"] > 0.5 else 0.0 if r["pairwise_p_model1"] < 0.5 else 0.5)
+    with pytest.raises(ValueError, match="no generated open-QA answers"):
+        mc_only = run_evaluation(lm, [Benchmark("toy-mc", "mc", ITEMS)], store, config=EvalConfig(bootstrap=20), progress=False)
+        judge_results(store, mc_only.results_url, judge, "local:tiny", progress=False)

@@ -179,3 +179,14 @@ def test_load_samples_reads_question_answer_and_selection_files(tmp_path):
     pq.write_table(table, tmp_path / "sel.parquet")
     samples, counts = load_samples(str(tmp_path / "sel.parquet"))
     assert samples[0]["sample_id"] == "x" and samples[0]["output"] == "Because." and counts["rejected"] == 0
+
+
+def test_micro_batches_respect_count_and_token_budget():
+    from syllabus.training.data import TrainExample
+    from syllabus.training.lora import micro_batches
+
+    exs = [TrainExample(str(n), [1] * n, [1] * n) for n in (100, 900, 300, 50, 1000, 200)]
+    groups = micro_batches(exs, micro_batch_size=3, max_tokens=1000)
+    assert [[len(e.input_ids) for e in g] for g in groups] == [[50, 100, 200], [300], [900], [1000]]
+    assert sorted(e.sample_id for g in groups for e in g) == sorted(e.sample_id for e in exs)
+    assert [[len(e.input_ids) for e in g] for g in micro_batches(exs, 4, None)] == [[50, 100, 200, 300], [900, 1000]]
