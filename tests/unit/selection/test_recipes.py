@@ -55,6 +55,9 @@ def test_bad_recipes_fail_with_a_sentence(tmp_path):
         read_recipe_file(bad).build_selectors()
     with pytest.raises(ValueError, match="Known methods"):
         load_recipe("3dss")
+    bad.write_text("name: x\nscorers:\n  - {name: ifd, config: {no_such_option: 1}}\nselectors:\n  - {name: full}\n")
+    with pytest.raises(ValueError, match="scorer ifd: invalid config"):
+        read_recipe_file(bad).check_scorers()
 
 
 def score_frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
