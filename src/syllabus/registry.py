@@ -16,6 +16,9 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "quality": "syllabus.scoring.quality:QualityScorer",
         "difficulty": "syllabus.scoring.difficulty:DifficultyScorer",
         "ifd": "syllabus.scoring.ifd:IFDScorer",
+        "gradients": "syllabus.scoring.gradients:GradientsScorer",
+        "influence": "syllabus.scoring.influence:InfluenceScorer",
+        "diq_difficulty": "syllabus.scoring.diq_difficulty:DIQDifficultyScorer",
     },
     "selector": {
         "threshold": "syllabus.selection.threshold:ThresholdSelector",

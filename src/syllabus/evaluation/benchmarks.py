@@ -75,6 +75,23 @@ class Benchmark:
         keep = sorted(random.Random(seed).sample(range(len(self.items)), n))
         return Benchmark(self.name, self.kind, [self.items[i] for i in keep])
 
+    def split_validation(self, per_subject: int, seed: int = 0) -> tuple["Benchmark", "Benchmark"]:
+        """``(validation, evaluation)``: a seeded sample of ``per_subject`` items from each
+        subject, held out for influence scoring (DIQ/LESS validation gradients), and every
+        other item. Evaluation must use the second part so no validation item is ever scored;
+        the split depends only on the items, ``per_subject`` and ``seed``."""
+        by_subject: dict[str, list[int]] = {}
+        for i, item in enumerate(self.items):
+            by_subject.setdefault(item.subject, []).append(i)
+        held: set[int] = set()
+        for subject in sorted(by_subject):
+            idx = by_subject[subject]
+            rng = random.Random(f"{seed}:{subject}")
+            held.update(idx if per_subject >= len(idx) else rng.sample(idx, per_subject))
+        val = [it for i, it in enumerate(self.items) if i in held]
+        rest = [it for i, it in enumerate(self.items) if i not in held]
+        return Benchmark(f"{self.name}-validation", self.kind, val), Benchmark(self.name, self.kind, rest)
+
 
 class FieldMap(BaseModel):
     """Which columns hold what. ``options`` is one list/dict column or several text columns."""

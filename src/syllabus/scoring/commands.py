@@ -23,8 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pool files/directories to ingest first (or use --pool with a manifest URL)")
     p.add_argument("--pool", dest="pool_manifest", default=None, metavar="MANIFEST_URL",
                    help="URL of a pool manifest printed by `syllabus ingest --json`")
-    p.add_argument("--method", required=True, choices=["quality", "difficulty", "ifd", "3ds"],
-                   help="3ds = quality then difficulty on every sample")
+    p.add_argument("--method", required=True, choices=["quality", "difficulty", "ifd", "3ds", "gradients", "influence", "diq"],
+                   help="3ds = quality then difficulty on every sample; diq = DIQ difficulty then influence")
+    p.add_argument("--validation", default=None, metavar="FILE",
+                   help="influence/diq: benchmark-style JSONL/CSV/Parquet validation items (default: a seeded "
+                   "held-out sample of the MMLU medical items)")
+    p.add_argument("--perspective", choices=["knowledge", "reasoning", "overall"], default=None,
+                   help="diq: the difficulty perspective (default reasoning)")
     p.add_argument("--model", required=True, help="model alias, .gguf file, HF directory or hub id")
     p.add_argument("--store", default=None, help="store URL (default: $SYLLABUS_STORE or ./syllabus-store)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N samples of the pool")
@@ -51,7 +56,15 @@ def scorer_configs(args: argparse.Namespace) -> dict[str, dict]:
         difficulty["max_new_tokens"] = args.max_new_tokens
         if args.quality_mode == "generate":
             quality["max_new_tokens"] = args.max_new_tokens
-    return {"quality": quality, "difficulty": difficulty, "ifd": dict(common)}
+    gradients = dict(common)
+    influence = {"gradients": gradients} if gradients else {}
+    if getattr(args, "validation", None):
+        influence["validation"] = {"source": args.validation}
+    diq = dict(common)
+    if getattr(args, "perspective", None):
+        diq["perspective"] = args.perspective
+    return {"quality": quality, "difficulty": difficulty, "ifd": dict(common), "gradients": gradients,
+            "influence": influence, "diq_difficulty": diq}
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -80,6 +93,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     stages = {}
     for name in METHOD_SCORERS[args.method]:
         scorer = make_scorer(name, configs[name])
+        if hasattr(scorer, "attach"):  # influence caches validation gradients and warms up on the pool
+            scorer.attach(store=store, pool_manifest=manifest_url)
         m = score_pool(manifest_url, scorer, lm, store, limit=args.limit, force=args.force)
         manifests.append(m)
         stages[name] = {

@@ -25,6 +25,9 @@ METHOD_SCORERS = {
     "difficulty": ["difficulty"],
     "ifd": ["ifd"],
     "3ds": ["quality", "difficulty"],
+    "gradients": ["gradients"],
+    "influence": ["influence"],
+    "diq": ["diq_difficulty", "influence"],
 }
 SCORER_CLASSES = {
     "quality": "syllabus.scoring.quality:QualityScorer",
@@ -32,7 +35,8 @@ SCORER_CLASSES = {
     "ifd": "syllabus.scoring.ifd:IFDScorer",
 }
 # Short aliases the issue asks for in the combined table (selection reads the long names).
-ALIASES = {"difficulty_d1": "d1", "difficulty_d2": "d2", "difficulty_d3": "d3", "difficulty_response": "generated"}
+ALIASES = {"difficulty_d1": "d1", "difficulty_d2": "d2", "difficulty_d3": "d3", "difficulty_response": "generated",
+           "influence_dot": "influence", "diq_difficulty_score": "difficulty"}
 
 
 def make_scorer(name: str, config: Mapping[str, Any] | None = None) -> Scorer:
