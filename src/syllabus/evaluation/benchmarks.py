@@ -76,20 +76,27 @@ class Benchmark:
         return Benchmark(self.name, self.kind, [self.items[i] for i in keep])
 
     def split_validation(self, per_subject: int, seed: int = 0) -> tuple["Benchmark", "Benchmark"]:
-        """``(validation, evaluation)``: a seeded sample of ``per_subject`` items from each
-        subject, held out for influence scoring (DIQ/LESS validation gradients), and every
-        other item. Evaluation must use the second part so no validation item is ever scored;
-        the split depends only on the items, ``per_subject`` and ``seed``."""
-        by_subject: dict[str, list[int]] = {}
-        for i, item in enumerate(self.items):
-            by_subject.setdefault(item.subject, []).append(i)
-        held: set[int] = set()
+        """``(validation, evaluation)``: a seeded sample of ``per_subject`` distinct items
+        (by ``item_id``) from each subject, held out for influence scoring (DIQ/LESS
+        validation gradients), and every item whose id was not picked. Duplicated items (the
+        same content, so the same id) never end up on both sides. Evaluation must use the
+        second part; the split depends only on the items, ``per_subject`` and ``seed``."""
+        by_subject: dict[str, list[str]] = {}
+        for item in self.items:
+            ids = by_subject.setdefault(item.subject, [])
+            if item.item_id not in ids:
+                ids.append(item.item_id)
+        held: set[str] = set()
         for subject in sorted(by_subject):
-            idx = by_subject[subject]
+            ids = [i for i in by_subject[subject] if i not in held]
             rng = random.Random(f"{seed}:{subject}")
-            held.update(idx if per_subject >= len(idx) else rng.sample(idx, per_subject))
-        val = [it for i, it in enumerate(self.items) if i in held]
-        rest = [it for i, it in enumerate(self.items) if i not in held]
+            held.update(ids if per_subject >= len(ids) else rng.sample(ids, per_subject))
+        val, seen = [], set()
+        for it in self.items:
+            if it.item_id in held and it.item_id not in seen:
+                val.append(it)
+                seen.add(it.item_id)
+        rest = [it for it in self.items if it.item_id not in held]
         return Benchmark(f"{self.name}-validation", self.kind, val), Benchmark(self.name, self.kind, rest)
 
 

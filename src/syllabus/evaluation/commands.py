@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rubric", action="store_true", help="rate open-QA answers on the clinical rubric with --judge")
     p.add_argument("--compare", default=None, metavar="RESULTS_URL",
                    help="pairwise win rate (with --judge) of this run's open-QA answers against another evaluation's results")
+    p.add_argument("--check-pool", nargs="+", default=[], metavar="POOL",
+                   help="report pool samples (pool manifest.json URLs or pool/selection files) whose question matches a "
+                   "benchmark item exactly or nearly; enforce with `syllabus finetune --exclude-bench`")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--store", default=None, help="store URL (default: $SYLLABUS_STORE or ./syllabus-store)")
     p.add_argument("--force", action="store_true", help="recompute even when the results are committed")
@@ -84,6 +87,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         judged = judge_results(Store(args.store), result.results_url, judge, args.judge, rubric=args.rubric,
                                compare_url=args.compare, seed=args.seed)
         out["metrics"].update({k: (None if isinstance(v, float) and v != v else v) for k, v in judged.items()})
+    if args.check_pool:
+        from syllabus.evaluation.benchmarks import load_benchmark
+        from syllabus.evaluation.decontamination import decontaminate, load_pool_rows
+
+        benches = [load_benchmark(b, _fields(args.field)) for b in args.bench]
+        _, report, matches = decontaminate(load_pool_rows(args.check_pool), benches, enforce=False)
+        out["decontamination"] = {"report": report, "matches": matches[:50]}
+        for name, r in report.items():
+            if isinstance(r, dict):
+                out["metrics"][f"{name}/contaminated_pool_rows"] = r["contaminated_rows"]
+                out["metrics"][f"{name}/contaminated_items"] = r["contaminated_items"]
     if args.json:
         print(json.dumps(out, sort_keys=True))
     else:

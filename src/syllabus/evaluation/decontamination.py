@@ -158,3 +158,22 @@ def decontaminate(
             return pool.take(pa.array(keep, type=pa.int64())), report, all_matches
         return [rows[i] for i in keep], report, all_matches
     return pool if isinstance(pool, pa.Table) else rows, report, all_matches
+
+
+def load_pool_rows(sources: Sequence[str]) -> list[dict]:
+    """Pool rows from pool manifests (``.../manifest.json`` written by ``syllabus ingest``, read
+    shard by shard with checksums) or any pool/selection file the pool readers accept."""
+    from syllabus.pool.manifest import iter_shards, load_manifest
+    from syllabus.training.data import load_samples
+
+    rows: list[dict] = []
+    files = []
+    for src in sources:
+        if src.endswith("manifest.json"):
+            for _, table in iter_shards(load_manifest(src)):
+                rows.extend(table.to_pylist())
+        else:
+            files.append(src)
+    if files:
+        rows.extend(load_samples(files)[0])
+    return rows

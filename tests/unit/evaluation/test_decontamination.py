@@ -66,3 +66,20 @@ def test_decontaminate_reports_and_enforces_on_tables():
 def test_messages_rows_use_user_turns():
     rows = [{"sample_id": "m", "messages": [{"role": "user", "content": Q1}, {"role": "assistant", "content": "phrenic"}]}]
     assert find_contamination(rows, BENCH)[0]["kind"] == "exact"
+
+
+def test_load_pool_rows_from_manifest_and_files(tmp_path):
+    import json
+
+    from syllabus.evaluation.decontamination import load_pool_rows
+    from syllabus.pool.ingest import ingest_pool
+    from syllabus.store import Store
+
+    src = tmp_path / "pool.jsonl"
+    src.write_text("\n".join(json.dumps({"instruction": q, "output": "x"}) for q in (Q1, "How do I sleep better at night?")))
+    result = ingest_pool([str(src)], Store(str(tmp_path / "store")))
+    from_manifest = load_pool_rows([result.manifest_url])
+    from_file = load_pool_rows([str(src)])
+    assert sorted(r["instruction"] for r in from_manifest) == sorted(r["instruction"] for r in from_file)
+    _, report, _ = decontaminate(from_manifest, [BENCH])
+    assert report["toy"]["contaminated_rows"] == 1
