@@ -95,6 +95,7 @@ class TransformersEngine:
         tokenizer: Any,
         batch_size: int = 16,
         max_batch_tokens: int | None = 16384,
+        generate_batch_size: int | None = None,
         bucket: bool = True,
         progress: bool = True,
     ):
@@ -107,6 +108,9 @@ class TransformersEngine:
         self.bucket = bucket
         self.progress = progress
         self.stats = EngineStats()
+        # Decoding is bound by reading the weights once per step, so generation gains from
+        # larger batches than full-sequence forwards, which are compute-bound already.
+        self.batch_sizes: dict[str, int] = {"forward": batch_size, "generate": generate_batch_size or batch_size}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     @classmethod
@@ -119,13 +123,19 @@ class TransformersEngine:
 
     # -- batching ---------------------------------------------------------------------------
     def map_batches(
-        self, lengths: Sequence[int], fn: Callable[[list[int]], list[Any]], desc: str = "batches"
+        self,
+        lengths: Sequence[int],
+        fn: Callable[[list[int]], list[Any]],
+        desc: str = "batches",
+        purpose: str = "forward",
     ) -> list[Any]:
         """Call ``fn(indices)`` on batches of item indices and return per-item results in the
         original order. Batches hold items of similar length (when bucketing) and at most
         ``batch_size`` items and ``max_batch_tokens`` padded tokens; an OOM halves the batch
-        size for the rest of the run and retries."""
+        size of this ``purpose`` ("forward", "generate") for the rest of the run and retries."""
         from tqdm.auto import tqdm
+
+        limit = self.batch_sizes.get(purpose, self.batch_size)
 
         n = len(lengths)
         order = sorted(range(n), key=lambda i: -lengths[i]) if self.bucket else list(range(n))
@@ -136,7 +146,7 @@ class TransformersEngine:
         while pos < n:
             size = 1
             longest = lengths[order[pos]]
-            while pos + size < n and size < self.batch_size:
+            while pos + size < n and size < limit:
                 longest_next = max(longest, lengths[order[pos + size]])
                 if self.max_batch_tokens and (size + 1) * longest_next > self.max_batch_tokens:
                     break
@@ -150,10 +160,10 @@ class TransformersEngine:
                     raise
                 self._clear_cache()
                 new = max(1, size // 2)
-                log.warning("out of memory on a batch of %d items (longest %d tokens); batch size %d -> %d",
-                            size, longest, self.batch_size, new)
-                self.stats.oom_backoffs.append({"from": size, "to": new, "longest": int(longest)})
-                self.batch_size = new
+                log.warning("out of memory on a %s batch of %d items (longest %d tokens); batch size %d -> %d",
+                            purpose, size, longest, limit, new)
+                self.stats.oom_backoffs.append({"purpose": purpose, "from": size, "to": new, "longest": int(longest)})
+                limit = self.batch_sizes[purpose] = new
                 continue
             if len(out) != len(idx):
                 raise RuntimeError(f"batch function returned {len(out)} results for {len(idx)} items")
@@ -218,7 +228,7 @@ class TransformersEngine:
                 result.append(row[:cut])
             return result
 
-        return self.map_batches([len(p) + max_new_tokens for p in prompts], run, desc="generate")
+        return self.map_batches([len(p) + max_new_tokens for p in prompts], run, desc="generate", purpose="generate")
 
     def token_nll(self, seqs: Sequence[Sequence[int]], wanted: Sequence[Sequence[int]] | None = None) -> list[np.ndarray]:
         """Per-token NLL of every sequence (``nan`` at position 0 and outside ``wanted``)."""

@@ -45,6 +45,7 @@ class DifficultyConfig(ScorerConfig):
     cutoff: int = DEFAULT_CUTOFF
     max_new_tokens: int = 256
     batch_size: int = 8
+    generate_batch_size: int = 32
     max_batch_tokens: int = 16384
     bucket: bool = True
     # "content": drop positions whose text is empty/whitespace/punctuation (ours, methods.md);
@@ -136,6 +137,7 @@ class DifficultyScorer(Scorer):
         cfg: DifficultyConfig = self.config
         tok, model = lm.tokenizer, lm.model
         engine = engine or TransformersEngine(model, tok, batch_size=cfg.batch_size,
+                                              generate_batch_size=cfg.generate_batch_size,
                                               max_batch_tokens=cfg.max_batch_tokens, bucket=cfg.bucket)
         rows = table.to_pylist()
         n = len(rows)

@@ -100,6 +100,7 @@ class QualityConfig(ScorerConfig):
     max_response_tokens: int = 768  # the answer is shortened to this many tokens inside the prompt
     max_new_tokens: int = 8  # generate mode
     batch_size: int = 8
+    generate_batch_size: int = 32  # generate mode
     max_batch_tokens: int = 16384
     bucket: bool = True
     reuse_prefix_cache: bool = True
@@ -306,6 +307,7 @@ class QualityScorer(Scorer):
         cfg: QualityConfig = self.config
         tok, model = lm.tokenizer, lm.model
         engine = engine or TransformersEngine(model, tok, batch_size=cfg.batch_size,
+                                              generate_batch_size=cfg.generate_batch_size,
                                               max_batch_tokens=cfg.max_batch_tokens, bucket=cfg.bucket)
         prompts = RatingPrompts(tok, cfg)
         rows = table.to_pylist()

