@@ -2,8 +2,10 @@
 
 A score input is a score-manifest JSON written by ``syllabus score`` (``{"scorer", "version",
 "config", "model_fingerprint", "pool_manifest", "shards": [{"shard", "url", ...}]}``) or a
-single score Parquet file (``sample_id`` plus ``<scorer>_<metric>`` columns). Inputs are
-joined on ``sample_id``. When a pool manifest is known (named by the score manifests or
+single score Parquet file (``sample_id`` plus ``<scorer>_<metric>`` columns); a composite
+manifest (``components``: scorer -> manifest URL) stands for its components. Inputs with the
+same columns (one scorer's shards) are stacked; different scorers are joined on
+``sample_id``. When a pool manifest is known (named by the score manifests or
 passed explicitly) the candidates are exactly the pool's samples, each with its full record;
 a pool sample that a scorer did not score has missing values and is dropped, with a reason,
 by any stage that needs them.
@@ -123,22 +125,57 @@ class Candidates:
         return out
 
 
+def expand_score_urls(score_urls: list[str]) -> list[str]:
+    """Replace a composite manifest (``syllabus score --method 3ds`` writes one naming its
+    quality and difficulty manifests under ``components``) by its components; drop repeats."""
+    out: list[str] = []
+    for url in score_urls:
+        parts = [url]
+        if url.endswith(".json"):
+            try:
+                doc = json.loads(read_url_bytes(url))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{url} is not JSON; pass a score manifest (.json) or a score Parquet file") from exc
+            if isinstance(doc, dict) and "shards" not in doc and isinstance(doc.get("components"), dict):
+                parts = list(doc["components"].values())
+        out += [p for p in parts if p not in out]
+    return out
+
+
 def load_candidates(score_urls: list[str], pool_url: str | None = None) -> Candidates:
     """Join the score inputs on sample_id and attach the pool (explicit, or named by the
-    score manifests)."""
-    tables: list[pa.Table] = []
+    score manifests).
+
+    The candidates are the pool's samples that at least one input scored (all of the pool
+    when no scores are given: random, full). A sample scored by one input but not another
+    has missing values there and is dropped, with a reason, by a stage that needs them.
+    """
     inputs: list[ScoreInput] = []
-    owner: dict[str, str] = {}
-    for url in score_urls:
+    # Inputs with the same columns are parts of one scorer's output (e.g. shard Parquets):
+    # stack them; different column sets are different scorers: join them on sample_id.
+    groups: dict[tuple[str, ...], list[tuple[pa.Table, ScoreInput]]] = {}
+    for url in expand_score_urls(score_urls):
         table, info = read_score_input(url)
-        for col in info.columns:
+        groups.setdefault(tuple(sorted(info.columns)), []).append((table, info))
+        inputs.append(info)
+    tables: list[pa.Table] = []
+    owner: dict[str, str] = {}
+    for columns, members in groups.items():
+        urls = ", ".join(i.url for _, i in members)
+        for col in columns:
             if col in owner:
                 raise ValueError(
-                    f"column {col!r} comes from both {owner[col]} and {url}; pass each scorer's scores once"
+                    f"column {col!r} comes from both {owner[col]} and {urls}; pass each scorer's scores once"
                 )
-            owner[col] = url
+            owner[col] = urls
+        table = pa.concat_tables([t for t, _ in members], promote_options="default")
+        ids = pd.Series(table["sample_id"].to_pylist())
+        if ids.duplicated().any():
+            raise ValueError(
+                f"sample_id {ids[ids.duplicated()].iloc[0]!r} is scored more than once across {urls}; "
+                "pass each shard (or manifest) once"
+            )
         tables.append(table)
-        inputs.append(info)
 
     notes: list[str] = []
     named = sorted({i.pool_manifest for i in inputs if i.pool_manifest})
@@ -166,15 +203,25 @@ def load_candidates(score_urls: list[str], pool_url: str | None = None) -> Candi
     else:
         raise ValueError("nothing to select from: pass --scores with score manifests or Parquet files, or --pool")
 
+    if pool is not None and tables:
+        scored = set().union(*[set(t["sample_id"].to_pylist()) for t in tables])
+        in_scores = frame["sample_id"].isin(scored)
+        if not in_scores.all():
+            notes.append(
+                f"{int((~in_scores).sum())} of the pool's {len(frame)} samples have no score in any input "
+                "(scored with --limit?); they are not candidates"
+            )
+            frame = frame[in_scores].reset_index(drop=True)
     known = set(frame["sample_id"])
-    for table, info in zip(tables, inputs):
+    for table, columns in zip(tables, groups):
+        label = ", ".join(i.url for _, i in groups[columns])
         scores = table.to_pandas()
         extra = ~scores["sample_id"].isin(known)
         if extra.any():
-            notes.append(f"{int(extra.sum())} scored samples of {info.url} are not in the pool and were ignored")
+            notes.append(f"{int(extra.sum())} scored samples of {label} are not in the pool and were ignored")
             scores = scores[~extra]
         unscored = len(frame) - len(scores)
         if unscored:
-            notes.append(f"{unscored} pool samples have no score in {info.url}")
+            notes.append(f"{unscored} candidates have no score in {label}")
         frame = frame.merge(scores, on="sample_id", how="left")
     return Candidates(frame=frame, pool=pool, score_tables=tables, inputs=inputs, pool_url=pool_url, notes=notes)

@@ -100,14 +100,41 @@ def test_select_diq_with_ratio_and_quadrant_picture(pool_and_scores, capsys):
 
 def test_select_scores_parquet_directly_and_full_without_budget(pool_and_scores, capsys):
     root, pool_url, m = pool_and_scores
-    shard_url = read_committed_json(m["ifd"])["shards"][0]["url"]
-    out = run_select(capsys, "--method", "ifd", "--scores", shard_url, "--budget", "5", "--pool", pool_url, "--store", root)
-    why = read_committed_table(out["candidates"]).to_pandas()
-    # Pool samples outside that one score shard are candidates with no ifd_score.
-    assert out["n_candidates"] == 600
-    assert (why["why"].str.contains("ifd_score missing")).sum() == 350
+    shards = read_committed_json(m["ifd"])["shards"]
+    out = run_select(capsys, "--method", "ifd", "--scores", shards[0]["url"], "--ratio", "0.1", "--pool", pool_url, "--store", root)
+    # Only the scored shard's samples are candidates (a --limit run), and the ratio counts them.
+    assert out["n_candidates"] == 250 and out["n_selected"] == 25
+    report = read_committed_json(out["report"])
+    assert any("350 of the pool's 600 samples have no score" in n for n in report["notes"])
     full = run_select(capsys, "--method", "full", "--pool", pool_url, "--store", root)
     assert full["n_selected"] == 600
+
+
+def test_partially_scored_samples_are_dropped_with_a_reason(pool_and_scores, capsys):
+    root, pool_url, m = pool_and_scores
+    q_shards = read_committed_json(m["quality"])["shards"]
+    d_shard = read_committed_json(m["difficulty"])["shards"][0]["url"]
+    out = run_select(capsys, "--method", "3ds", "--scores", q_shards[0]["url"], q_shards[1]["url"], d_shard,
+                     "--budget", "5", "--pool", pool_url, "--store", root)
+    assert out["n_candidates"] == 500
+    why = read_committed_table(out["candidates"]).to_pandas()
+    # Quality survivors of the second shard have no difficulty scores: the band drops them.
+    band_missing = why["why"].str.contains("difficulty_d1 missing")
+    assert band_missing.any() and (why.loc[band_missing, "dropped_by"] == "band").all()
+
+
+def test_composite_manifest_expands_to_its_components(pool_and_scores, capsys):
+    root, pool_url, m = pool_and_scores
+    store = Store(root)
+    store.commit("scores/manifests/3ds-composite.json", json.dumps({
+        "scorer": "3ds", "components": {"quality": m["quality"], "difficulty": m["difficulty"]},
+        "pool_manifest": pool_url,
+    }).encode())
+    composite = store.url("scores/manifests/3ds-composite.json")
+    a = run_select(capsys, "--method", "3ds", "--scores", composite, "--budget", "7", "--store", root)
+    b = run_select(capsys, "--method", "3ds", "--scores", m["quality"], m["difficulty"], "--budget", "7", "--store", root)
+    assert read_committed_table(a["selected"])["sample_id"].to_pylist() == read_committed_table(b["selected"])["sample_id"].to_pylist()
+    assert [i["url"] for i in read_committed_json(a["report"])["inputs"]["scores"]] == [m["quality"], m["difficulty"]]
 
 
 def test_errors_are_sentences(pool_and_scores, capsys):
@@ -119,3 +146,12 @@ def test_errors_are_sentences(pool_and_scores, capsys):
     assert "--budget N or --ratio R" in capsys.readouterr().err
     assert main(["select", "--method", "3dz", "--scores", m["quality"], "--store", root]) == 1
     assert "Did you mean '3ds'" in capsys.readouterr().err
+    shard = read_committed_json(m["ifd"])["shards"][0]["url"]
+    store = Store(root)
+    store.commit_table("copies/ifd-shard-00000.parquet", read_committed_table(shard))
+    copy = store.url("copies/ifd-shard-00000.parquet")
+    assert main(["select", "--method", "ifd", "--scores", shard, copy, "--budget", "3", "--store", root]) == 1
+    assert "scored more than once" in capsys.readouterr().err
+    # The same URL twice is read once.
+    assert main(["select", "--method", "ifd", "--scores", shard, shard, "--budget", "3", "--store", root]) == 0
+    capsys.readouterr()
