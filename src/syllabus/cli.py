@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "syllabus.selection.commands",
     "syllabus.training.commands",
     "syllabus.evaluation.commands",
+    "syllabus.pipeline.commands",
 ]
 
 

@@ -1,4 +1,4 @@
-"""``syllabus ingest`` (and, until the pipeline lands, ``syllabus run``: the demo ingest)."""
+"""``syllabus ingest``."""
 
 from __future__ import annotations
 
@@ -36,11 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_common(p)
     p.set_defaults(func=cmd_ingest)
 
-    r = sub.add_parser("run", help="run the main job on the embedded demo pool (currently: ingest and summarise it)")
-    r.add_argument("--store", default=None, help="store URL (default: $SYLLABUS_STORE or ./syllabus-store)")
-    r.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    r.set_defaults(func=cmd_run)
-
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=None, help="store URL: a directory, s3://bucket/prefix or memory://name (default: $SYLLABUS_STORE or ./syllabus-store)")
@@ -71,12 +66,6 @@ def _run_ingest(inputs: list[str], args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     return _run_ingest(args.pool, args)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from syllabus.pool.demo import demo_pool_inputs
-
-    return _run_ingest(demo_pool_inputs(), args)
 
 
 def _pct(values: list[int], q: float) -> int:

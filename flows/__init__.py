@@ -1,0 +1,1 @@
+"""Prefect flows composing the tasks; the entrypoints named in deployments/prefect.yaml."""

@@ -1,0 +1,172 @@
+"""``pipeline``: ingest -> score (mapped per shard) -> select, fine-tune and evaluate per method.
+
+One MLflow parent run per pipeline run and a nested run per method; the Prefect flow run id
+is tagged on both and the MLflow run is linked from the Prefect run as an artifact. Methods
+run side by side at the same budget; one that fails is reported in the results table and
+the others still finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.runtime import flow_run
+
+from flows.score import score_with_workers
+from syllabus.pipeline.config import PipelineParams
+from syllabus.pipeline.report import results_markdown, results_table
+from syllabus.tracking.lineage import Lineage
+from tasks.stages import evaluate_task, finetune_task, ingest_task, select_task
+
+log = logging.getLogger(__name__)
+
+
+def _pool_inputs(params: PipelineParams) -> tuple[list[str], list[str]]:
+    """The pool inputs and the benchmarks (the demo adds its held-out reference answers)."""
+    if params.pool:
+        return list(params.pool), list(params.benches)
+    from syllabus.pool.demo import demo_pool_inputs, healthbench_heldout
+
+    inputs = demo_pool_inputs(params.demo_medical, params.demo_general, params.seed)
+    benches = list(params.benches)
+    if params.demo_heldout:
+        benches.append(str(healthbench_heldout(params.demo_medical, params.demo_heldout, params.seed)))
+    return inputs, benches
+
+
+def _scorers_for(methods: list[str], overrides: dict[str, dict[str, Any]]) -> tuple[dict[str, dict], dict[str, list[str]]]:
+    """Every scorer the methods need (configs merged with overrides), and which each method uses."""
+    from syllabus.selection.recipes import load_recipe
+
+    scorers: dict[str, dict] = {}
+    per_method: dict[str, list[str]] = {}
+    for method in methods:
+        recipe = load_recipe(method)
+        per_method[method] = [s.name for s in recipe.scorers]
+        for spec in recipe.scorers:
+            config = {**spec.config, **overrides.get(spec.name, {})}
+            if spec.name in scorers and scorers[spec.name] != config:
+                raise ValueError(f"methods ask for scorer {spec.name!r} with different configs ({scorers[spec.name]} vs {config}); "
+                                 "run them in separate pipelines or align their recipes")
+            scorers[spec.name] = config
+    return scorers, per_method
+
+
+def _result_or_error(future) -> tuple[dict | None, str | None]:
+    future.wait()
+    if future.state.is_completed():
+        return future.result(), None
+    try:
+        future.result()
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    return None, str(future.state.message)
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
+    """Score the pool once, then select, fine-tune and evaluate every method at the same budget."""
+    started = time.perf_counter()
+    flow_run_id = str(flow_run.id or "")
+    lineage = Lineage(params.tracking_uri, params.experiment)
+    inputs, benches = _pool_inputs(params)
+    scorers, per_method = _scorers_for(params.methods, params.scorer_configs)
+    budget = params.budget.model_dump(exclude_none=True)
+    tags = {"prefect.flow_run_id": flow_run_id, "prefect.flow_run_name": str(flow_run.name or "")}
+    timings: dict[str, float] = {}
+
+    with lineage.run(f"pipeline-{flow_run.name or 'local'}", tags=tags) as parent:
+        t0 = time.perf_counter()
+        ingest = ingest_task(inputs, params.store, params.shard_size)
+        timings["ingest_seconds"] = time.perf_counter() - t0
+        lineage.log_params({"params": params.model_dump(mode="json"), "pool_fingerprint": ingest["pool_fingerprint"],
+                            "pool_manifest": ingest["manifest"], "benches": benches})
+        lineage.log_metrics({k: ingest[k] for k in ("records_in", "records_ok", "records_rejected", "duplicates", "shards")}, "pool/")
+
+        t0 = time.perf_counter()
+        manifests = score_with_workers(params.score_workers)(ingest["manifest"], scorers, params.model, params.store) if scorers else {}
+        timings["score_seconds"] = time.perf_counter() - t0
+        for name, m in manifests.items():
+            lineage.log_params({f"scores.{name}": {"url": m["url"], "config": m["config"], "version": m["version"]}})
+            lineage.log_metrics({"samples": m["samples"], "shards_scored": m["shards_scored"], "shards_cached": m["shards_cached"],
+                                 "shards_missing": len(m["missing"]), "samples_per_second": m["samples_per_second"] or 0.0,
+                                 "seconds": m["seconds"]}, f"score/{name}/")
+        if manifests:
+            lineage.log_params({"model_fingerprint": next(iter(manifests.values()))["model_fingerprint"]})
+
+        rows: list[dict[str, Any]] = []
+        if params.evaluate_base:
+            t0 = time.perf_counter()
+            base, error = _result_or_error(evaluate_task.submit(params.model, None, benches, params.eval, params.store))
+            rows.append({"method": "base model", "evaluation": base, "error": error, "seconds": time.perf_counter() - t0})
+            if base:
+                lineage.log_metrics(base["metrics"], "base/")
+
+        for method in params.methods:
+            t_method = time.perf_counter()
+            row: dict[str, Any] = {"method": method, "error": None}
+            with lineage.run(method, nested=True, tags={**tags, "method": method}) as child:
+                row["mlflow_run_id"] = child.info.run_id
+                missing = [s for s in per_method[method] if s not in manifests]
+                lineage.log_params({"method": method, "budget": budget, "seed": params.seed, "model": params.model,
+                                    "scorers": {s: scorers[s] for s in per_method[method]},
+                                    "selector_overrides": params.selector_overrides.get(method, {}),
+                                    "finetune": params.finetune, "eval": params.eval,
+                                    "score_manifests": [manifests[s]["url"] for s in per_method[method] if s in manifests]})
+                sel, row["error"] = _result_or_error(select_task.submit(
+                    method, [manifests[s]["url"] for s in per_method[method] if s in manifests], budget, params.store,
+                    params.seed, params.selector_overrides.get(method)))
+                if sel:
+                    row["selection"] = sel
+                    row["n_selected"], row["n_candidates"] = sel["n_selected"], sel["n_candidates"]
+                    lineage.log_metrics({"n_selected": sel["n_selected"], "n_candidates": sel["n_candidates"]}, "select/")
+                    for i, stage in enumerate(sel.get("stages", [])):
+                        lineage.log_metrics({f"{i + 1}_{stage['selector']}_out": stage.get("n_out", 0)}, "select/stage/")
+                    lineage.log_store_object(sel["outputs"]["selected"], "selection")
+                    lineage.log_store_object(sel["outputs"]["report"], "selection")
+                    lineage.log_store_object(sel["outputs"]["candidates"], "selection")
+                    for url in sel["outputs"].get("plots", {}).values():
+                        lineage.log_store_object(url, "selection/plots")
+                if sel and sel["n_selected"] > 0:
+                    ft, row["error"] = _result_or_error(finetune_task.submit(sel["outputs"]["selected"], params.model, params.finetune, params.store))
+                    if ft:
+                        row["finetune"] = ft
+                        lineage.log_params({"adapter": ft["adapter"]})
+                        lineage.log_metrics({"train_loss": ft["train_loss"], "train_loss_mean": ft["train_loss_mean"],
+                                             "samples": ft["samples"], "steps": ft["steps"], "seconds": ft["seconds"]}, "finetune/")
+                        for step, loss in enumerate(ft.get("losses", [])):
+                            lineage.mlflow.log_metric("finetune/step_loss", loss, step=step)
+                        ev, row["error"] = _result_or_error(evaluate_task.submit(params.model, ft["adapter"], benches, params.eval, params.store))
+                        if ev:
+                            row["evaluation"] = ev
+                            lineage.log_metrics(ev["metrics"], "eval/")
+                            lineage.log_store_object(ev["results"], "evaluation", name="per_item_results.parquet")
+                elif sel and not row["error"]:
+                    row["error"] = f"{method} selected no sample; relax its thresholds (selector_overrides) or raise the budget"
+                if missing:
+                    row["error"] = f"scores missing for {', '.join(missing)}"
+                if row["error"]:
+                    lineage.mlflow.set_tag("error", row["error"][:5000])
+            row["seconds"] = time.perf_counter() - t_method
+            rows.append(row)
+
+        table = results_table(rows, benches)
+        timings["total_seconds"] = time.perf_counter() - started
+        markdown = results_markdown(table, ingest, manifests, timings)
+        lineage.log_text(markdown, "results.md")
+        lineage.log_metrics(timings, "time/")
+        parent_url = lineage.run_url(parent.info.run_id)
+
+    try:
+        create_link_artifact(key="mlflow-run", link=parent_url, link_text="MLflow run of this pipeline",
+                             description=f"MLflow tracking URI: {lineage.tracking_uri}")
+        create_markdown_artifact(key="pipeline-results", markdown=markdown, description="Syllabus results table")
+    except Exception as exc:  # artifacts need a Prefect API; a missing one must not lose the results
+        log.warning("could not create the Prefect artifacts: %s", exc)
+    return {"results": table, "mlflow_run_id": parent.info.run_id, "mlflow_run_url": parent_url,
+            "mlflow_tracking_uri": lineage.tracking_uri, "pool": ingest, "scores": {k: v["url"] for k, v in manifests.items()},
+            "timings": timings, "markdown": markdown}

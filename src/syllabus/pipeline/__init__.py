@@ -1,0 +1,1 @@
+"""Pipeline stages and parameters (Prefect-free; flows/ and tasks/ wrap them)."""

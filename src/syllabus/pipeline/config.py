@@ -1,0 +1,68 @@
+"""Typed pipeline parameters (the Prefect UI renders these as a form)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class BudgetParams(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    count: int | None = Field(None, ge=1, description="select this many samples")
+    ratio: float | None = Field(None, gt=0, le=1, description="or this fraction of the pool")
+
+    @model_validator(mode="after")
+    def _one(self) -> "BudgetParams":
+        if (self.count is None) == (self.ratio is None):
+            raise ValueError("give the budget as exactly one of count or ratio")
+        return self
+
+
+class PipelineParams(BaseModel):
+    """Everything one pipeline run needs. Defaults are the embedded demo: a small slice of the
+    demo pool, SmolLM2-135M, 3DS against random at the same budget, a local store and MLflow
+    in a local sqlite file; small enough to finish in about 15 minutes on 2 CPU cores."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pool: list[str] = Field(default_factory=list, description="pool files/dirs/URLs; empty = the embedded demo pool")
+    demo_medical: int = Field(64, ge=1, description="demo pool: HealthBench conversations to take")
+    demo_general: int = Field(32, ge=0, description="demo pool: AlpacaEval distractors to take")
+    demo_heldout: int = Field(24, ge=0, description="demo pool: held-out HealthBench answers for the reference-NLL benchmark")
+    shard_size: int = Field(32, ge=1)
+    model: str = "smollm2-135m"
+    methods: list[str] = Field(default_factory=lambda: ["3ds", "random"])
+    budget: BudgetParams = BudgetParams(count=16)
+    seed: int = 0
+    store: str | None = Field(None, description="store URL (default $SYLLABUS_STORE or ./syllabus-store)")
+    scorer_configs: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"difficulty": {"max_new_tokens": 48}},
+        description="per-scorer config overrides, e.g. {'difficulty': {'max_new_tokens': 64}}",
+    )
+    selector_overrides: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=lambda: {"3ds": {"threshold": {"min_value": 50}}},
+        description="per method, per selector config changes, e.g. {'3ds': {'threshold': {'min_value': 85}}}",
+    )
+    finetune: dict[str, Any] = Field(
+        default_factory=lambda: {"batch_size": 8, "micro_batch_size": 4, "learning_rate": 2e-4, "cutoff": 512},
+        description="LoRA fine-tuning overrides (FinetuneConfig fields)",
+    )
+    benches: list[str] = Field(default_factory=lambda: ["mmlu-medical"])
+    eval: dict[str, Any] = Field(
+        default_factory=lambda: {"limit": 40, "generate": False},
+        description="evaluation overrides (EvalConfig fields)",
+    )
+    evaluate_base: bool = Field(True, description="also evaluate the base model, for reference")
+    score_workers: int = Field(1, ge=1, description="scoring tasks run at once in this process")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default sqlite:///./mlflow.db)")
+    experiment: str = "syllabus"
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "PipelineParams":
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"pipeline config {path} must be a YAML mapping of PipelineParams fields")
+        return cls(**data)

@@ -1,0 +1,201 @@
+"""The pipeline's stages as plain functions over small references.
+
+Each stage takes URLs, names and configs (never DataFrames or models) and returns a small
+JSON-able dict, so the Prefect tasks in ``tasks/`` are one call each and every stage can be
+run, retried or cached on its own. The object store is the cache: every stage checks its
+commit marker before computing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Mapping, Sequence
+
+from syllabus.store import Store, content_hash
+
+log = logging.getLogger(__name__)
+
+SCORE_MANIFEST_PREFIX = "scores/manifests"
+
+
+# ------------------------------------------------------------------------------ ingest
+def ingest(inputs: Sequence[str], store_url: str | None, shard_size: int) -> dict[str, Any]:
+    """Ingest the pool; returns the ingest summary (``manifest`` URL, counts, fingerprint)."""
+    from syllabus.pool.ingest import ingest_pool
+
+    result = ingest_pool(list(inputs), Store(store_url), shard_size=shard_size, progress=False)
+    return result.summary()
+
+
+def pool_shards(manifest_url: str) -> list[dict[str, Any]]:
+    """Small references to every shard of a pool: name, URL, content hash, rows."""
+    from syllabus.pool.manifest import load_manifest
+
+    manifest = load_manifest(manifest_url)
+    return [{k: s[k] for k in ("name", "url", "content_hash", "rows")} for s in manifest["shards"]]
+
+
+# ----------------------------------------------------------------------------- scoring
+def score_shard(
+    shard: Mapping[str, Any],
+    scorer_name: str,
+    scorer_config: Mapping[str, Any],
+    model: str,
+    store_url: str | None,
+) -> dict[str, Any]:
+    """Score one shard with one scorer (the model is loaded once per process and reused).
+
+    Returns the score-manifest entry for the shard; ``skipped`` is true when a committed
+    result with the same key was found and reused.
+    """
+    from syllabus.models import load_model
+    from syllabus.pool.manifest import read_shard
+    from syllabus.scoring.base import score_shard as run_scorer
+    from syllabus.scoring.pool import make_scorer
+
+    store = Store(store_url)
+    scorer = make_scorer(scorer_name, scorer_config)
+    lm = load_model(model)
+    key = scorer.key(lm.fingerprint, shard["content_hash"])
+    if store.is_committed(key):  # checked before reading the shard: a cached rerun reads nothing
+        marker = store.marker(key) or {}
+        return _entry(shard, store, key, marker, skipped=True)
+    table = read_shard(shard)
+    key, marker = run_scorer(scorer, lm, table, shard["content_hash"], store)
+    return _entry(shard, store, key, marker, skipped=bool(marker.get("skipped")))
+
+
+def _entry(shard: Mapping[str, Any], store: Store, key: str, marker: Mapping[str, Any], skipped: bool) -> dict[str, Any]:
+    return {
+        "shard": shard["name"],
+        "key": key,
+        "url": store.url(key),
+        "rows": marker.get("rows", shard["rows"]),
+        "ok": marker.get("ok"),
+        "failed": marker.get("failed"),
+        "skipped": skipped,
+        "seconds": 0.0 if skipped else marker.get("seconds"),
+        "stats": marker.get("stats"),
+    }
+
+
+def write_score_manifest(
+    scorer_name: str,
+    scorer_config: Mapping[str, Any],
+    model: str,
+    pool_manifest_url: str,
+    entries: Sequence[Mapping[str, Any]],
+    missing: Sequence[Mapping[str, Any]],
+    store_url: str | None,
+) -> dict[str, Any]:
+    """Fan in one scorer's shard entries into a score manifest (the format ``syllabus score``
+    writes), recording the shards that failed under ``missing``."""
+    from syllabus.models.ref import fingerprint, resolve
+    from syllabus.pool.manifest import load_manifest
+    from syllabus.scoring.pool import make_scorer
+
+    store = Store(store_url)
+    scorer = make_scorer(scorer_name, scorer_config)
+    pool = load_manifest(pool_manifest_url)
+    order = {s["name"]: i for i, s in enumerate(pool["shards"])}
+    entries = sorted(entries, key=lambda e: order.get(e["shard"], 1 << 30))
+    scored = [e for e in entries if not e["skipped"]]
+    samples = sum(e["rows"] for e in entries)
+    seconds = sum(e["seconds"] or 0.0 for e in scored)
+    out = {
+        "scorer": scorer.name,
+        "version": scorer.version,
+        "config": scorer.config.model_dump(mode="json"),
+        "model_fingerprint": fingerprint(resolve(model)),
+        "pool_manifest": pool_manifest_url,
+        "pool_fingerprint": pool["pool_fingerprint"],
+        "shards": list(entries),
+        "missing": list(missing),
+        "samples": samples,
+        "shards_scored": len(scored),
+        "shards_cached": len(entries) - len(scored),
+        "seconds": round(seconds, 3),
+        "samples_per_second": round(sum(e["rows"] for e in scored) / seconds, 3) if seconds else None,
+    }
+    key = f"{SCORE_MANIFEST_PREFIX}/{scorer.name}-{content_hash([[e['key'] for e in entries], list(missing)], 20)}.json"
+    import json
+
+    store.commit(key, json.dumps(out, indent=1, sort_keys=True, default=str).encode(), {"scorer": scorer.name, "samples": samples})
+    out["url"] = store.url(key)
+    return out
+
+
+# --------------------------------------------------------------------------- selection
+def select(
+    method: str,
+    score_manifest_urls: Sequence[str],
+    budget: Mapping[str, Any] | None,
+    store_url: str | None,
+    seed: int | None = None,
+    selector_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    pool_manifest_url: str | None = None,
+    compare: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Run a method's selectors on cached scores; returns the selection report.
+
+    ``selector_overrides`` maps a selector name in the recipe to config keys to change
+    (e.g. ``{"threshold": {"min_value": 50}}``); selection needs no model.
+    """
+    from syllabus.selection.base import Budget
+    from syllabus.selection.recipes import load_recipe, run_recipe
+    from syllabus.selection.report import write_selection
+    from syllabus.selection.scores import load_candidates
+
+    start = time.perf_counter()
+    recipe = load_recipe(method)
+    for name, changes in (selector_overrides or {}).items():
+        index = next((i for i, s in enumerate(recipe.selectors) if s.name == name), None)
+        if index is None:
+            raise ValueError(
+                f"method {method!r} has no selector {name!r} to override; its selectors are "
+                f"{', '.join(s.name for s in recipe.selectors)}"
+            )
+        recipe = recipe.with_selector_config(index, **changes)
+    budget_obj = Budget(**budget) if budget else recipe.budget
+    candidates = load_candidates(list(score_manifest_urls), pool_manifest_url)
+    result = run_recipe(candidates.frame, recipe, budget_obj, seed)
+    return write_selection(
+        Store(store_url), recipe, result, candidates,
+        budget_request=budget_obj.model_dump(exclude_none=True) if budget_obj is not None else None,
+        compare=list(compare), plots=True, seconds=time.perf_counter() - start,
+    )
+
+
+# ------------------------------------------------------------------- train and evaluate
+def finetune(selected_url: str, model: str, config: Mapping[str, Any], store_url: str | None) -> dict[str, Any]:
+    """LoRA fine-tune ``model`` on a selection Parquet; returns the adapter summary."""
+    from syllabus.models import load_model
+    from syllabus.training.config import FinetuneConfig
+    from syllabus.training.data import load_samples
+    from syllabus.training.lora import finetune as train
+
+    cfg = FinetuneConfig(**dict(config))
+    samples, counts = load_samples(selected_url)
+    if not samples:
+        raise ValueError(f"selection {selected_url} holds no usable sample; relax the method's thresholds or raise the budget")
+    lm = load_model(model, reuse=False)  # training modifies the weights: never the shared copy
+    result = train(lm.model, lm.tokenizer, samples, cfg, Store(store_url), lm.fingerprint, base_model=model, progress=False)
+    out = result.to_json()
+    out["read"] = counts
+    return out
+
+
+def evaluate(
+    model: str,
+    adapter_url: str | None,
+    benches: Sequence[str],
+    config: Mapping[str, Any],
+    store_url: str | None,
+) -> dict[str, Any]:
+    """Evaluate the base model or an adapter on benchmarks; returns results URL and metrics."""
+    from syllabus.evaluation.runner import EvalConfig, run_evaluation
+
+    result = run_evaluation(model, list(benches), Store(store_url), adapter_url=adapter_url,
+                            config=EvalConfig(**dict(config)), progress=False)
+    return result.to_json()

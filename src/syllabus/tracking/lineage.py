@@ -1,0 +1,125 @@
+"""MLflow lineage: one parent run per pipeline run, a nested run per method.
+
+MLflow 3.17 defaults to ``sqlite:///mlflow.db`` in the working directory and refuses a plain
+file store, so the tracking URI and the experiment's artifact location are always set
+explicitly here. Artifacts that live in the Syllabus store are copied into the run
+(selected subset, selection report and plots, per-item evaluation results).
+
+Credentials never reach MLflow: parameter and tag values are scrubbed of URL user-info and
+of any key that looks like a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+log = logging.getLogger(__name__)
+
+_SECRET_KEY = re.compile(r"(secret|password|passwd|token|api[_-]?key|access[_-]?key|credential|auth)", re.I)
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
+_PARAM_MAX = 6000  # MLflow's limit on a parameter value
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def scrub(value: Any) -> Any:
+    """Remove credentials from a value headed for MLflow params, tags or logs."""
+    if isinstance(value, Mapping):
+        return {k: ("***" if _SECRET_KEY.search(str(k)) else scrub(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v) for v in value]
+    if isinstance(value, str):
+        return _URL_USERINFO.sub(r"\g<scheme>***@", value)
+    return value
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; values as JSON text, cut to MLflow's limit."""
+    out: dict[str, str] = {}
+    for key, value in scrub(dict(params)).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+            out[name] = text[:_PARAM_MAX]
+    return out
+
+
+def _artifact_root(tracking_uri: str) -> str | None:
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None  # a tracking server decides (e.g. --artifacts-destination)
+
+
+class Lineage:
+    """Thin wrapper over the MLflow client API for the pipeline's runs."""
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str = "syllabus"):
+        import mlflow
+
+        self.mlflow = mlflow
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        mlflow.set_tracking_uri(self.tracking_uri)
+        existing = mlflow.get_experiment_by_name(experiment)
+        if existing is None:
+            self.experiment_id = mlflow.create_experiment(experiment, artifact_location=_artifact_root(self.tracking_uri))
+        else:
+            self.experiment_id = existing.experiment_id
+        self.experiment = experiment
+
+    @contextmanager
+    def run(self, name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
+            nested: bool = False) -> Iterator[Any]:
+        with self.mlflow.start_run(run_name=name, experiment_id=self.experiment_id, nested=nested,
+                                   tags={k: str(scrub(v)) for k, v in (tags or {}).items()}) as active:
+            if params:
+                self.log_params(params)
+            yield active
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        flat = flatten(params)
+        items = list(flat.items())
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self.mlflow.log_params(dict(items[i:i + 100]))
+
+    def log_metrics(self, metrics: Mapping[str, Any], prefix: str = "") -> None:
+        clean = {}
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                continue
+            clean[re.sub(r"[^A-Za-z0-9_\-./ ]", "_", f"{prefix}{key}")] = float(value)
+        if clean:
+            self.mlflow.log_metrics(clean)
+
+    def log_store_object(self, url: str, artifact_path: str | None = None, name: str | None = None) -> None:
+        """Copy one committed object from the Syllabus store into the active run."""
+        from syllabus.store import Store
+
+        store, key = Store.open_url(url)
+        data = store.read_committed(key)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / (name or Path(key).name)
+            path.write_bytes(data)
+            self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_json(self, obj: Any, artifact_file: str) -> None:
+        self.mlflow.log_dict(scrub(obj), artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.mlflow.log_text(text, artifact_file)
+
+    def run_url(self, run_id: str) -> str:
+        """A browser link to the run: the tracking server's UI, or the local `mlflow ui` default."""
+        base = self.tracking_uri if self.tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
