@@ -93,3 +93,16 @@ def test_open_qa_file(tmp_path):
 def test_missing_benchmark_names_fix():
     with pytest.raises(FileNotFoundError, match="built-in name"):
         load_benchmark("no-such-bench")
+
+
+def test_split_validation_is_disjoint_per_subject_and_seeded():
+    bench = load_benchmark("mmlu-medical")
+    val, rest = bench.split_validation(per_subject=5, seed=2)
+    # duplicated items (same content, same id) leave the evaluation side with the held-out copy
+    assert len(val) == 30 and len(rest) + len(val) <= len(bench)
+    assert not {i.item_id for i in val.items} & {i.item_id for i in rest.items}
+    assert len({i.item_id for i in val.items}) == 30
+    # 78 items of the file appear under two subjects; every subject still contributes
+    assert {i.subject for i in val.items} == set(MMLU_MEDICAL_SUBSETS)
+    again, _ = bench.split_validation(per_subject=5, seed=2)
+    assert [i.item_id for i in again.items] == [i.item_id for i in val.items]
