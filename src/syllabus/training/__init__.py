@@ -1,0 +1,7 @@
+"""LoRA fine-tuning of the target model on a selected subset.
+
+- ``config``: :class:`FinetuneConfig` (the 3DS paper's defaults, all overridable);
+- ``data``: reading selections/pool files, templating, prompt masking (labels -100);
+- ``lora``: the training loop, exact gradient accumulation, adapter commit/load via the store;
+- ``commands``: ``syllabus finetune``.
+"""
