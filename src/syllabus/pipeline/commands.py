@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Keep Prefect's state inside the project unless the user chose otherwise (design.md).
     os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "syllabus")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here; no telemetry attempts
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     pipeline = importlib.import_module("flows.pipeline").pipeline  # the Prefect layer, outside src/
     result = pipeline(params)
     print()
