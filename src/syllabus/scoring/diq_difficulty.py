@@ -258,6 +258,9 @@ class DIQDifficultyScorer(Scorer):
             model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
             if tok.pad_token_id is None:
                 tok.pad_token = tok.eos_token
+            # Right padding: decoder classifiers read the last non-pad token, and left padding
+            # would shift their position ids.
+            tok.padding_side = "right"
             model.config.pad_token_id = tok.pad_token_id
             self._classifier = (model, tok)
         return self._classifier
