@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget", type=int, metavar="N", help="select N samples")
     budget.add_argument("--ratio", type=float, metavar="R", help="select this fraction of the pool, e.g. 0.1")
+    p.add_argument("--set", action="append", default=[], metavar="SELECTOR.KEY=VALUE",
+                   help="override a selector's config, e.g. --set threshold.min_value=85 --set band.low=40 "
+                   "(VALUE is read as YAML; repeatable)")
     p.add_argument("--pool", default=None, metavar="MANIFEST_URL", help="pool manifest URL (default: the one named by the score manifests)")
     p.add_argument("--seed", type=int, default=None, help="seed for K-Center's first centre and random sampling (default: the recipe's)")
     p.add_argument("--compare", nargs="+", default=[], metavar="SELECTION_URL", help="other selections (selected.parquet or report.json) to report the Jaccard overlap with")
@@ -31,6 +34,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_select)
 
 
+def apply_overrides(recipe, overrides: list[str]):
+    """``threshold.min_value=85`` -> the recipe with that selector's config key changed."""
+    import yaml
+
+    for item in overrides:
+        target, _, raw = item.partition("=")
+        name, _, key = target.partition(".")
+        if not raw or not key:
+            raise ValueError(f"--set {item!r} must look like SELECTOR.KEY=VALUE, e.g. --set band.low=40")
+        index = next((i for i, spec in enumerate(recipe.selectors) if spec.name == name), None)
+        if index is None:
+            have = ", ".join(spec.name for spec in recipe.selectors)
+            raise ValueError(f"--set {item!r}: method {recipe.name!r} has no selector {name!r}; its selectors are {have}")
+        recipe = recipe.with_selector_config(index, **{key: yaml.safe_load(raw)})
+    recipe.build_selectors()  # validate the changed configs now, with the recipe's name in the error
+    return recipe
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     from syllabus.selection.recipes import load_recipe, run_recipe
     from syllabus.selection.report import write_selection
@@ -38,7 +59,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from syllabus.store import Store
 
     start = time.perf_counter()
-    recipe = load_recipe(args.method)
+    recipe = apply_overrides(load_recipe(args.method), args.set)
     if args.budget is not None:
         budget = Budget(count=args.budget)
     elif args.ratio is not None:

@@ -155,3 +155,17 @@ def test_errors_are_sentences(pool_and_scores, capsys):
     # The same URL twice is read once.
     assert main(["select", "--method", "ifd", "--scores", shard, shard, "--budget", "3", "--store", root]) == 0
     capsys.readouterr()
+
+
+def test_set_overrides_a_selector_config(pool_and_scores, capsys):
+    root, _, m = pool_and_scores
+    out = run_select(capsys, "--method", "3ds", "--scores", m["quality"], m["difficulty"], "--budget", "10",
+                     "--set", "threshold.min_value=80", "--set", "band.low=10", "--set", "band.high=90", "--store", root)
+    report = read_committed_json(out["report"])
+    assert report["stages"][0]["thresholds"]["quality_score"]["min"] == 80
+    assert report["stages"][1]["config"]["low"] == 10 and report["stages"][1]["config"]["high"] == 90
+    assert report["recipe"]["selectors"][0]["config"]["min_value"] == 80
+    assert main(["select", "--method", "3ds", "--scores", m["quality"], "--budget", "5", "--set", "kmeans.k=3", "--store", root]) == 1
+    assert "has no selector 'kmeans'" in capsys.readouterr().err
+    assert main(["select", "--method", "3ds", "--scores", m["quality"], "--budget", "5", "--set", "band.low=90", "--store", root]) == 1
+    assert "0 <= low < high <= 100" in capsys.readouterr().err
