@@ -323,6 +323,10 @@ def make_engine(kind: str, lm: Any, **kwargs: Any):
         return TransformersEngine.from_loaded(lm, **kwargs)
     if kind == "vllm":
         ref = lm.ref
-        path = f"{ref.path}/{ref.gguf_file}" if ref.kind == "gguf" else ref.path
-        return VLLMEngine(path, tokenizer=ref.path if ref.kind != "gguf" else None)
+        if ref.kind == "gguf":
+            raise ValueError(
+                f"the vllm engine cannot read the GGUF model {ref.spec!r} (vLLM 0.32 fails on its config); export it "
+                "with syllabus.models.loading.export_hf_dir(lm, DIR) and pass DIR as the model"
+            )
+        return VLLMEngine(ref.path, revision=ref.revision, **kwargs) if ref.revision else VLLMEngine(ref.path, **kwargs)
     raise ValueError(f"engine {kind!r} is unknown; use 'transformers' or 'vllm'")

@@ -74,3 +74,21 @@ def load_model(
         if reuse:
             _CACHE[key] = loaded
         return loaded
+
+
+def export_hf_dir(lm: LoadedModel, out_dir: str) -> str:
+    """Write a loaded model as a plain Hugging Face directory (safetensors, config without
+    the GGUF quantization entry, tokenizer with its chat template). vLLM 0.32 (CPU build,
+    measured here) fails to read the SmolLM2 GGUF ("config file ... is not a valid JSON
+    file") but serves the exported directory; the weights are the dequantized GGUF tensors,
+    so its numbers match the transformers engine."""
+    from pathlib import Path
+
+    config = lm.model.config.to_dict()
+    config.pop("quantization_config", None)
+    model = type(lm.model)(type(lm.model.config).from_dict(config))
+    model.load_state_dict(lm.model.state_dict())
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    lm.tokenizer.save_pretrained(out_dir)
+    return out_dir

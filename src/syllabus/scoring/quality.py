@@ -169,15 +169,29 @@ class RatingPrompts:
         return self.tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                             add_generation_prompt=True)
 
-    def rest_ids(self, sample: Any) -> list[int]:
-        answer_ids = self.tok(sample["output"] or "", add_special_tokens=False)["input_ids"]
-        answer = sample["output"] or ""
-        if len(answer_ids) > self.cfg.max_response_tokens:
-            answer = self.tok.decode(answer_ids[: self.cfg.max_response_tokens]) + " ..."
-        text = self.render(instruction_text(sample), answer)
+    def _rest(self, question: str, answer: str) -> list[int]:
+        text = self.render(question, answer)
         if not text.startswith(self.prefix_text):
             raise ValueError("the rating prompt does not start with the shared rubric prefix")
         return list(self.tok(text[len(self.prefix_text) :], add_special_tokens=False)["input_ids"])
+
+    def rest_ids(self, sample: Any) -> list[int]:
+        """The per-sample part of the prompt. A long answer is cut (marked " ...") to
+        ``max_response_tokens`` and to what fits in the cutoff beside the rubric and question,
+        so only a question that alone overflows the cutoff makes the prompt too long."""
+        question = instruction_text(sample)
+        answer = sample["output"] or ""
+        answer_ids = self.tok(answer, add_special_tokens=False)["input_ids"]
+        room = self.cfg.cutoff - len(self.prefix_ids) - len(self._rest(question, " ..."))
+        budget = min(self.cfg.max_response_tokens, room)
+        if len(answer_ids) <= budget:
+            return self._rest(question, answer)
+        for _ in range(4):  # re-tokenizing the cut text can shift the count by a token or two
+            rest = self._rest(question, self.tok.decode(answer_ids[: max(budget, 0)]) + " ...")
+            if len(self.prefix_ids) + len(rest) <= self.cfg.cutoff or budget <= 0:
+                return rest
+            budget -= 2
+        return rest
 
 
 class ScoreReader:

@@ -94,3 +94,16 @@ def test_rubric_languages_and_domain():
 def test_too_long_rating_prompt(tiny_llama, smol_tokenizer):
     out = QualityScorer(cutoff=50).score(pa.Table.from_pylist(SAMPLES[:1]), _lm(tiny_llama, smol_tokenizer))
     assert out.column("quality_status").to_pylist() == ["too_long"]
+
+
+def test_long_answer_is_cut_to_fit_the_cutoff(tiny_llama, smol_tokenizer):
+    from syllabus.scoring.quality import RatingPrompts
+
+    cfg = QualityConfig(cutoff=500)
+    prompts = RatingPrompts(smol_tokenizer, cfg)
+    long = dict(SAMPLES[0], output="The answer goes on. " * 300)
+    rest = prompts.rest_ids(long)
+    assert len(prompts.prefix_ids) + len(rest) <= 500
+    assert " ..." in smol_tokenizer.decode(rest)
+    out = QualityScorer(cfg).score(pa.Table.from_pylist([long]), _lm(tiny_llama, smol_tokenizer))
+    assert out.column("quality_status").to_pylist() == ["ok"]
