@@ -60,7 +60,9 @@ def scorer_configs(args: argparse.Namespace) -> dict[str, dict]:
     influence = {"gradients": gradients} if gradients else {}
     if getattr(args, "validation", None):
         influence["validation"] = {"source": args.validation}
-    diq = dict(common)
+    # The rating prompt has its own length budget (rubric + question + shortened answer):
+    # the scoring cutoff for training sequences does not apply to it.
+    diq = {k: v for k, v in common.items() if k != "cutoff"}
     if getattr(args, "perspective", None):
         diq["perspective"] = args.perspective
     return {"quality": quality, "difficulty": difficulty, "ifd": dict(common), "gradients": gradients,
