@@ -4,6 +4,12 @@ Keep samples whose model-rated quality is at least ``delta`` (``quality_score >=
 higher = better; the paper uses delta = 90, its code 85). Both bounds are inclusive, so a
 sample exactly at the threshold is kept. Rows with a missing score (status not ``ok``,
 NaN) are dropped with their status in the reason.
+
+``min_percentile`` (ours): when set, the lower threshold is that percentile of the column
+over the rows this stage receives (numpy's linear interpolation) and ``min_value`` is not
+used. A small rater compresses its scale (SmolLM2-135M rated 24 demo samples between 19
+and 35), so an absolute delta of 90 can keep nothing; a percentile keeps the top share.
+The value actually used is reported either way.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import logging
 
 import numpy as np
 import pandas as pd
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from syllabus.selection.base import (
     Selector,
@@ -30,11 +36,12 @@ class ThresholdConfig(SelectorConfig):
     column: str = "quality_score"
     min_value: float | None = 90.0
     max_value: float | None = None
+    min_percentile: float | None = Field(None, ge=0.0, le=100.0)
 
     @model_validator(mode="after")
     def _bounds(self) -> "ThresholdConfig":
-        if self.min_value is None and self.max_value is None:
-            raise ValueError("a threshold needs min_value, max_value or both")
+        if self.min_value is None and self.max_value is None and self.min_percentile is None:
+            raise ValueError("a threshold needs min_value, min_percentile, max_value or a combination")
         if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
             raise ValueError(f"threshold min_value {self.min_value} is above max_value {self.max_value}; swap them")
         return self
@@ -65,15 +72,26 @@ class ThresholdSelector(Selector):
         cfg = self.config
         require_columns(frame, [cfg.column], self.name)
         values, reasons = numeric_values(frame, cfg.column)
-        keep = select_threshold(values, cfg.min_value, cfg.max_value)
+        low = cfg.min_value
+        if cfg.min_percentile is not None:
+            finite = values[np.isfinite(values)]
+            low = float(np.percentile(finite, cfg.min_percentile)) if finite.size else float("inf")
+        keep = select_threshold(values, low, cfg.max_value)
         for i in np.flatnonzero(~keep & np.isfinite(values)):
             v = values[i]
-            if cfg.min_value is not None and v < cfg.min_value:
-                reasons[i] = f"{cfg.column} = {fmt(v)} < {fmt(cfg.min_value)}"
+            if low is not None and v < low:
+                reasons[i] = f"{cfg.column} = {fmt(v)} < {fmt(low)}"
             else:
                 reasons[i] = f"{cfg.column} = {fmt(v)} > {fmt(cfg.max_value)}"
-        thresholds = {cfg.column: {"min": cfg.min_value, "max": cfg.max_value}}
+        thresholds = {cfg.column: {"min": low, "max": cfg.max_value}}
+        if cfg.min_percentile is not None:
+            thresholds[cfg.column]["min_percentile"] = cfg.min_percentile
         notes = []
+        if len(frame) and not keep.any() and np.isfinite(values).any():
+            notes.append(
+                f"no row reaches {cfg.column} >= {fmt(low)} (the highest is {fmt(np.nanmax(values))}); "
+                "lower min_value (e.g. --set threshold.min_value=...) or use min_percentile"
+            )
         n_missing = int((~np.isfinite(values)).sum())
         if n_missing:
             notes.append(f"{n_missing} rows had no usable {cfg.column} and were dropped")
@@ -82,5 +100,5 @@ class ThresholdSelector(Selector):
             reasons=reasons,
             thresholds=thresholds,
             notes=notes,
-            details={"kept_ranges": {cfg.column: [cfg.min_value, cfg.max_value]}},
+            details={"kept_ranges": {cfg.column: [low, cfg.max_value]}},
         )

@@ -49,6 +49,16 @@ def test_threshold_configurable_delta_and_empty_survivors():
     assert ThresholdSelector().apply(empty, None, 0).kept.size == 0
 
 
+def test_threshold_percentile_replaces_the_absolute_delta():
+    frame = pd.DataFrame({"sample_id": ids(5), "quality_score": [20.0, 30.0, np.nan, 25.0, 35.0]})
+    out = ThresholdSelector({"min_percentile": 50}).apply(frame, None, 0)
+    # Median of [20, 25, 30, 35] = 27.5: keeps 30 and 35; min_value 90 is not used.
+    assert kept_ids(frame, out) == ["s01", "s04"]
+    assert out.thresholds["quality_score"] == {"min": 27.5, "max": None, "min_percentile": 50}
+    none = ThresholdSelector().apply(frame, None, 0)
+    assert none.kept.size == 0 and "the highest is 35" in none.notes[0]
+
+
 def test_threshold_config_rejects_unknown_keys_and_inverted_bounds():
     with pytest.raises(ValueError, match="delta"):
         ThresholdSelector({"delta": 90})
