@@ -119,7 +119,7 @@ def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
                                     "score_manifests": [manifests[s]["url"] for s in per_method[method] if s in manifests]})
                 sel, row["error"] = _result_or_error(select_task.submit(
                     method, [manifests[s]["url"] for s in per_method[method] if s in manifests], budget, params.store,
-                    params.seed, params.selector_overrides.get(method)))
+                    params.seed, params.selector_overrides.get(method), ingest["manifest"]))
                 if sel:
                     row["selection"] = sel
                     row["n_selected"], row["n_candidates"] = sel["n_selected"], sel["n_candidates"]

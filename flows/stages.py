@@ -17,9 +17,9 @@ def ingest(pool: list[str], store: str | None = None, shard_size: int = 1000) ->
 
 @flow(name="select")
 def select(method: str, scores: list[str], budget: BudgetParams, store: str | None = None, seed: int = 0,
-           overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+           overrides: dict[str, dict[str, Any]] | None = None, pool: str | None = None) -> dict[str, Any]:
     """Re-select from cached scores with new settings: seconds, no model."""
-    return select_task(method, scores, budget.model_dump(exclude_none=True), store, seed, overrides)
+    return select_task(method, scores, budget.model_dump(exclude_none=True), store, seed, overrides, pool)
 
 
 @flow(name="finetune")

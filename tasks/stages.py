@@ -34,8 +34,8 @@ def score_manifest_task(scorer: str, config: dict, model: str, pool_manifest: st
 
 @task(name="select", task_run_name="select:{method}", **_COMMON)
 def select_task(method: str, scores: list[str], budget: dict | None, store: str | None, seed: int | None = None,
-                overrides: dict | None = None) -> dict[str, Any]:
-    return stages.select(method, scores, budget, store, seed=seed, selector_overrides=overrides)
+                overrides: dict | None = None, pool: str | None = None) -> dict[str, Any]:
+    return stages.select(method, scores, budget, store, seed=seed, selector_overrides=overrides, pool_manifest_url=pool)
 
 
 @task(name="finetune", tags=["gpu"], **_COMMON)

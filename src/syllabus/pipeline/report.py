@@ -7,7 +7,8 @@ from typing import Any, Mapping, Sequence
 
 
 def _bench_name(spec: str) -> str:
-    return Path(spec).stem if ("/" in spec or spec.endswith((".jsonl", ".json", ".csv", ".parquet"))) else spec
+    """The name evaluation gives a benchmark: built-ins by name, files by file name."""
+    return Path(spec).name if Path(spec).expanduser().is_file() else spec
 
 
 def results_table(rows: Sequence[Mapping[str, Any]], benches: Sequence[str]) -> list[dict[str, Any]]:

@@ -1,0 +1,77 @@
+"""The whole pipeline on a tiny model: MLflow lineage (parent + nested runs, params, metrics,
+artifacts, the Prefect flow run id), the Prefect link artifact, no credentials in MLflow, and
+a rerun that scores nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import write_pool  # tests/flows/conftest.py
+
+pytestmark = pytest.mark.flow
+
+
+@pytest.fixture
+def params(tmp_path, tiny_model_dir):
+    from syllabus.pipeline.config import PipelineParams
+
+    pool = write_pool(tmp_path / "pool.jsonl", 24)
+    bench = tmp_path / "mc.jsonl"
+    bench.write_text("".join(json.dumps({"question": f"Which number is {i}?", "options": [str(i), str(i + 1), str(i + 2)],
+                                         "answer": "A", "subject": "toy"}) + "\n" for i in range(6)))
+    return PipelineParams(
+        pool=[pool], shard_size=8, model=tiny_model_dir, methods=["ifd", "random"], budget={"count": 6},
+        store=str(tmp_path / "store"), scorer_configs={}, selector_overrides={},
+        finetune={"batch_size": 4, "micro_batch_size": 2, "cutoff": 128, "learning_rate": 1e-3},
+        benches=[str(bench)], eval={"generate": False, "bootstrap": 50},
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="pipeline-test",
+    )
+
+
+def test_pipeline_lineage_and_cached_rerun(params, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from flows.pipeline import pipeline
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak-this")
+    result = pipeline(params)
+    rows = {r["method"]: r for r in result["results"]}
+    assert set(rows) == {"base model", "ifd", "random"}
+    assert all(r["error"] is None for r in rows.values()), [r["error"] for r in rows.values()]
+    assert rows["ifd"]["selected"] == rows["random"]["selected"] == 6
+    assert "mc.jsonl cloze acc" in rows["ifd"] and rows["ifd"]["train_loss"] > 0
+
+    client = MlflowClient(params.tracking_uri)
+    parent = client.get_run(result["mlflow_run_id"])
+    flow_run_id = parent.data.tags["prefect.flow_run_id"]
+    assert flow_run_id
+    assert parent.data.params["pool_fingerprint"] == result["pool"]["pool_fingerprint"]
+    assert parent.data.metrics["pool/records_ok"] == 24
+    assert parent.data.metrics["score/ifd/shards_scored"] == 3
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_method = {c.data.tags["method"]: c for c in children}
+    assert set(by_method) == {"ifd", "random"}
+    ifd = by_method["ifd"]
+    assert ifd.data.tags["prefect.flow_run_id"] == flow_run_id
+    assert ifd.data.params["method"] == "ifd" and json.loads(ifd.data.params["budget.count"]) == 6
+    assert ifd.data.metrics["select/n_selected"] == 6 and "finetune/train_loss" in ifd.data.metrics
+    assert any(k.startswith("eval/mc.jsonl/cloze/accuracy") for k in ifd.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(ifd.info.run_id, "selection")}
+    assert {"selection/selected.parquet", "selection/report.json", "selection/candidates.parquet"} <= artifacts
+    assert [a.path for a in client.list_artifacts(ifd.info.run_id, "evaluation")] == ["evaluation/per_item_results.parquet"]
+    everything = json.dumps([dict(r.data.params) | dict(r.data.tags) for r in [parent, *children]])
+    assert "do-not-leak-this" not in everything
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client_api:
+        links = client_api.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mlflow-run"])))
+    assert any(a.flow_run_id and str(a.flow_run_id) == flow_run_id and result["mlflow_run_id"] in a.data for a in links), \
+        [(a.flow_run_id, a.data) for a in links]
+
+    again = pipeline(params)
+    second = MlflowClient(params.tracking_uri).get_run(again["mlflow_run_id"])
+    assert second.data.metrics["score/ifd/shards_scored"] == 0 and second.data.metrics["score/ifd/shards_cached"] == 3
