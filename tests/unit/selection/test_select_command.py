@@ -22,8 +22,8 @@ def pool_and_scores(tmp_path_factory):
     return str(root), pool_url, manifests
 
 
-def run_select(capsys, *argv) -> dict:
-    assert main(["select", *argv, "--json"]) == 0
+def run_select(capsys, *argv, plots: bool = False) -> dict:
+    assert main(["select", *argv, "--json", *([] if plots else ["--no-plots"])]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     return json.loads(out[-1])
 
@@ -41,7 +41,7 @@ def read_committed_json(url):
 def test_select_3ds_writes_selection_report_why_and_pictures(pool_and_scores, capsys):
     root, pool_url, m = pool_and_scores
     out = run_select(capsys, "--method", "3ds", "--scores", m["quality"], m["difficulty"],
-                     "--budget", "12", "--seed", "4", "--store", root)
+                     "--budget", "12", "--seed", "4", "--store", root, plots=True)
     assert out["n_candidates"] == 600 and out["n_selected"] == 12
 
     selected = read_committed_table(out["selected"])
@@ -91,7 +91,7 @@ def test_same_seed_same_selection_and_jaccard_with_compare(pool_and_scores, caps
 
 def test_select_diq_with_ratio_and_quadrant_picture(pool_and_scores, capsys):
     root, _, m = pool_and_scores
-    out = run_select(capsys, "--method", "diq", "--scores", m["diq_difficulty"], m["influence"], "--ratio", "0.05", "--store", root)
+    out = run_select(capsys, "--method", "diq", "--scores", m["diq_difficulty"], m["influence"], "--ratio", "0.05", "--store", root, plots=True)
     assert out["n_selected"] == 30
     assert "diq_quadrants" in out["plots"]
     report = read_committed_json(out["report"])
