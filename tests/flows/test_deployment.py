@@ -1,0 +1,92 @@
+"""Deploy from deployments/prefect.yaml to a real local Prefect server, trigger a run through
+the API, and let a process worker pick it up and complete it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.flow
+ROOT = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    port = _free_port()
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", SYLLABUS_HOME=str(ROOT))
+    env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
+    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{env['PREFECT_API_URL']}/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError("the Prefect server did not start within 180 s")
+                time.sleep(1)
+        yield env
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+
+
+def _prefect(env, *args, timeout=180) -> str:
+    out = subprocess.run([PREFECT, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_deploy_trigger_and_complete(prefect_server, tmp_path):
+    env = prefect_server
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"question": f"q{i}?", "answer": f"a{i}"}) + "\n" for i in range(5)))
+    store = tmp_path / "store"
+    _prefect(env, "work-pool", "create", "syllabus-process", "--type", "process")
+    _prefect(env, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "ingest")
+
+    script = (
+        "import json, sys\n"
+        "from prefect.deployments import run_deployment\n"
+        f"run = run_deployment('ingest/ingest', parameters={{'pool': [{str(pool)!r}], 'store': {str(store)!r}, 'shard_size': 2}}, timeout=0)\n"
+        "print(json.dumps({'id': str(run.id)}))\n"
+    )
+    triggered = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert triggered.returncode == 0, triggered.stderr
+    run_id = json.loads(triggered.stdout.strip().splitlines()[-1])["id"]
+
+    _prefect(env, "worker", "start", "--pool", "syllabus-process", "--run-once", timeout=300)
+
+    check = (
+        "import asyncio, json\n"
+        "from prefect.client.orchestration import get_client\n"
+        "async def main():\n"
+        "    async with get_client() as c:\n"
+        f"        run = await c.read_flow_run({run_id!r})\n"
+        "        print(json.dumps({'state': run.state.type.value}))\n"
+        "asyncio.run(main())\n"
+    )
+    state = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=60)
+    assert json.loads(state.stdout.strip().splitlines()[-1])["state"] == "COMPLETED", state.stderr
+    manifests = list(store.glob("ingests/*/manifest.json"))
+    assert len(manifests) == 1
+    manifest = json.loads(manifests[0].read_text())
+    assert manifest["records_ok"] == 5 and len(manifest["shards"]) == 3
