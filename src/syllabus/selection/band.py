@@ -90,16 +90,23 @@ class BandSelector(Selector):
         reasons = np.full(len(frame), None, dtype=object)
         missing_reasons: dict[str, np.ndarray] = {}
         for m in cfg.metrics:
-            columns[m], missing_reasons[m] = numeric_values(frame, m)
+            columns[m], missing_reasons[m] = numeric_values(frame, m, detail_only=True)
         keep, per_metric, bounds = select_band(columns, cfg.low, cfg.high)
 
         for i in np.flatnonzero(~keep):
             parts = []
+            # Metrics missing for the same reason (typically all of one scorer's) share a clause.
+            missing: dict[str, list[str]] = {}
+            for m in cfg.metrics:
+                if not np.isfinite(columns[m][i]):
+                    missing.setdefault(missing_reasons[m][i], []).append(m)
+            for detail, names in missing.items():
+                parts.append(f"{', '.join(names)} missing ({detail})")
             for m in cfg.metrics:
                 v = columns[m][i]
                 lo, hi = bounds[m]
                 if not np.isfinite(v):
-                    parts.append(missing_reasons[m][i])
+                    continue
                 elif v < lo:
                     parts.append(f"{m} = {fmt(v)} below the band [{fmt(lo)}, {fmt(hi)}]")
                 elif v > hi:

@@ -135,23 +135,31 @@ def require_columns(frame: pd.DataFrame, columns: list[str], stage: str) -> None
         )
 
 
-def numeric_values(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """(values as float64 with NaN for missing, a reason for each missing row or None)."""
+def numeric_values(frame: pd.DataFrame, column: str, detail_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(values as float64 with NaN for missing, a reason for each missing row or None).
+
+    A reason reads ``"<column> missing (<detail>)"``; with ``detail_only`` just the detail:
+    ``not scored`` (no row in that scorer's table), ``<scorer>_status = too_long`` (the
+    scorer's status) or ``no value``.
+    """
     values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     missing = ~np.isfinite(values)
     status_col = status_column(frame, column)
-    reasons = np.full(len(frame), None, dtype=object)
+    details = np.full(len(frame), None, dtype=object)
     if status_col is not None:
-        status = frame[status_col].astype("string").fillna("missing").to_numpy(dtype=object)
-        not_ok = status != "ok"
+        status = frame[status_col].astype("string").to_numpy(dtype=object, na_value=None)
+        not_ok = np.array([s != "ok" for s in status], dtype=bool)
         for i in np.flatnonzero(not_ok | missing):
-            reasons[i] = f"{column} missing ({status_col} = {status[i]})"
+            details[i] = "not scored" if status[i] is None else f"{status_col} = {status[i]}" if status[i] != "ok" else "no value"
         missing = missing | not_ok
     else:
         for i in np.flatnonzero(missing):
-            reasons[i] = f"{column} missing (no value)"
+            details[i] = "no value"
     values = values.copy()
     values[missing] = np.nan
+    if detail_only:
+        return values, details
+    reasons = np.array([None if d is None else f"{column} missing ({d})" for d in details], dtype=object)
     return values, reasons
 
 

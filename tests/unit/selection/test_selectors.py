@@ -103,6 +103,19 @@ def test_band_percentiles_ignore_nan_and_drop_nan_rows():
     assert out.reasons[2] == "x missing (no value)"
 
 
+def test_band_reasons_group_metrics_missing_for_one_reason():
+    frame = pd.DataFrame({
+        "sample_id": ids(4),
+        "difficulty_d1": [1.0, np.nan, np.nan, 2.0],
+        "difficulty_d2": [1.0, np.nan, np.nan, 9.0],
+        "difficulty_status": ["ok", "too_long", None, "ok"],
+    })
+    out = BandSelector({"metrics": ["difficulty_d1", "difficulty_d2"], "low": 0, "high": 50}).apply(frame, None, 0)
+    assert out.reasons[1] == "difficulty_d1, difficulty_d2 missing (difficulty_status = too_long)"
+    assert out.reasons[2] == "difficulty_d1, difficulty_d2 missing (not scored)"
+    assert out.reasons[3] == "difficulty_d1 = 2 above the band [1, 1.5]; difficulty_d2 = 9 above the band [1, 5]"
+
+
 def test_band_all_missing_metric_drops_everything_and_says_so():
     frame = pd.DataFrame({"sample_id": ids(3), "x": [np.nan] * 3, "y": [1.0, 2.0, 3.0]})
     out = BandSelector({"metrics": ["x", "y"]}).apply(frame, None, 0)
