@@ -55,7 +55,13 @@ def score_distributions(result: SelectionResult) -> bytes | None:
         if finite.size == 0:
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
         else:
-            ax.hist(finite, bins=40, color="#457b9d", alpha=0.85)
+            # Perplexity-like metrics (D1..D3 are exp of a mean NLL) can span orders of
+            # magnitude; a linear axis would squeeze everything into one bar.
+            log_x = bool(finite.min() > 0 and finite.max() / np.median(finite) > 20)
+            bins = np.geomspace(finite.min(), finite.max(), 41) if log_x else 40
+            ax.hist(finite, bins=bins, color="#457b9d", alpha=0.85)
+            if log_x:
+                ax.set_xscale("log")
             left = lo if lo is not None and np.isfinite(lo) else finite.min()
             right = hi if hi is not None and np.isfinite(hi) else finite.max()
             ax.axvspan(left, right, color=_KEPT, alpha=0.25, label="kept")
@@ -70,7 +76,7 @@ def score_distributions(result: SelectionResult) -> bytes | None:
                 f"{inside:,} of {finite.size:,} in range",
                 fontsize=9,
             )
-        ax.set_xlabel(column)
+        ax.set_xlabel(column + (" (log scale)" if finite.size and ax.get_xscale() == "log" else ""))
         ax.set_ylabel("samples")
     fig.suptitle(f"{result.method}: score distributions over each stage's input (shaded = kept)", fontsize=11)
     fig.tight_layout()
