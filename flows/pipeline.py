@@ -88,7 +88,7 @@ def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
         lineage.log_metrics({k: ingest[k] for k in ("records_in", "records_ok", "records_rejected", "duplicates", "shards")}, "pool/")
 
         t0 = time.perf_counter()
-        manifests = score_with_workers(params.score_workers)(ingest["manifest"], scorers, params.model, params.store) if scorers else {}
+        manifests = score_with_workers(params.score_workers, params.task_runner, params.dask_address)(ingest["manifest"], scorers, params.model, params.store) if scorers else {}
         timings["score_seconds"] = time.perf_counter() - t0
         for name, m in manifests.items():
             lineage.log_params({f"scores.{name}": {"url": m["url"], "config": m["config"], "version": m["version"]}})

@@ -56,6 +56,22 @@ def score(pool_manifest: str, scorers: dict[str, dict[str, Any]], model: str = "
     return manifests
 
 
-def score_with_workers(workers: int):
-    """The score flow with ``workers`` scoring tasks at once in this process."""
-    return score.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+def task_runner(kind: str = "thread", workers: int = 1, address: str | None = None, processes: bool = True):
+    """Where the per-shard tasks run: ``thread`` (this process, ``workers`` at once) or
+    ``dask`` (a Dask cluster: an existing one at ``address``, else a local one with
+    ``workers`` workers). Ray works the same way through prefect-ray's ``RayTaskRunner``."""
+    if kind == "thread":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if address:
+            return DaskTaskRunner(address=address)
+        # One thread per worker: each task already uses every core the worker has for torch.
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": processes})
+    raise ValueError(f"task runner {kind!r} is not one of thread, dask")
+
+
+def score_with_workers(workers: int, kind: str = "thread", address: str | None = None):
+    """The score flow with its shards spread over ``workers`` (threads or Dask workers)."""
+    return score.with_options(task_runner=task_runner(kind, workers, address))

@@ -147,3 +147,19 @@ def test_killed_flow_loses_only_the_shard_in_flight(setup, tmp_path):
     assert len(attempts(setup)) - before == 5 - committed
     rows = scored_rows(result)
     assert len(rows) == len(set(rows)) == 20
+
+
+def test_dask_runner_gives_the_same_results(setup):
+    """The same flow with its shards spread over a local Dask cluster (threads: processes
+    would each need their own Prefect API)."""
+    from prefect_dask import DaskTaskRunner
+
+    from flows.score import score
+
+    config = {"fault": {"fault_dir": str(setup["faults"]), "sleep_seconds": 0.0}}
+    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": False})
+    on_dask = score.with_options(task_runner=runner)(setup["manifest"], config, setup["model"], setup["store"])["fault"]
+    assert (on_dask["shards_scored"], on_dask["missing"]) == (5, [])
+    on_threads = run_score(setup)
+    assert on_threads["shards_cached"] == 5
+    assert [e["key"] for e in on_dask["shards"]] == [e["key"] for e in on_threads["shards"]]
