@@ -3,7 +3,6 @@ and the fault-injection scorer registered under the name ``fault``."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -34,12 +33,4 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer, tiny_llama):
     path = tmp_path_factory.mktemp("tiny-model")
     tiny_llama.save_pretrained(path)
     smol_tokenizer.save_pretrained(path)
-    return str(path)
-
-
-def write_pool(path, n: int, start: int = 0):
-    with open(path, "a") as fh:
-        for i in range(start, start + n):
-            fh.write(json.dumps({"instruction": f"Question {i} about symptom {i % 7}?",
-                                 "output": f"Answer {i}: " + "details " * (i % 5 + 1)}) + "\n")
     return str(path)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import write_pool  # tests/flows/conftest.py
+from flow_helpers import write_pool
 
 pytestmark = pytest.mark.flow
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_pool  # tests/flows/conftest.py
+from flow_helpers import write_pool
 from syllabus.pipeline.stages import ingest
 from syllabus.store import Store
 

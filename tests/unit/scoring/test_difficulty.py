@@ -7,7 +7,7 @@ import math
 import pyarrow as pa
 import pytest
 import torch
-from conftest import make_tiny_llama
+from tiny_models import make_tiny_llama
 from syllabus.scoring.reference import d1_plain, embedding_plain, greedy_plain, wd_plain
 
 from syllabus.models.attention import LastLayerCapture, token_importance

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from conftest import make_tiny_llama
+from tiny_models import make_tiny_llama
 from syllabus.cli import main
 
 

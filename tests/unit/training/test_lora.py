@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import make_tiny_llama
+from tiny_models import make_tiny_llama
 from syllabus.models.chat import encode_pair
 from syllabus.store import Store
 from syllabus.training.config import FinetuneConfig
