@@ -44,7 +44,9 @@ class DecontaminationConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     ngram: int = Field(5, ge=1)
-    jaccard_threshold: float = Field(0.6, gt=0.0, le=1.0)
+    # 0.7: at 0.6 MedQuAD's templated questions about different diseases ("What are the genetic
+    # changes related to X ?") matched each other (measured: 3 of 4 flags on a 200/100 split).
+    jaccard_threshold: float = Field(0.7, gt=0.0, le=1.0)
     containment_threshold: float = Field(0.8, gt=0.0, le=1.0)
     pool_fields: tuple[str, ...] = ("instruction", "input")
 
