@@ -54,13 +54,17 @@ def score_shard(
     from syllabus.scoring.base import score_shard as run_scorer
     from syllabus.scoring.pool import make_scorer
 
+    from syllabus.models.ref import fingerprint, resolve
+
     store = Store(store_url)
     scorer = make_scorer(scorer_name, scorer_config)
-    lm = load_model(model)
-    key = scorer.key(lm.fingerprint, shard["content_hash"])
-    if store.is_committed(key):  # checked before reading the shard: a cached rerun reads nothing
+    # The key needs only the weights' fingerprint: a cached rerun neither loads the model
+    # nor reads the shard.
+    key = scorer.key(fingerprint(resolve(model)), shard["content_hash"])
+    if store.is_committed(key):
         marker = store.marker(key) or {}
         return _entry(shard, store, key, marker, skipped=True)
+    lm = load_model(model)
     table = read_shard(shard)
     key, marker = run_scorer(scorer, lm, table, shard["content_hash"], store)
     return _entry(shard, store, key, marker, skipped=bool(marker.get("skipped")))
