@@ -85,17 +85,19 @@ def expand(inputs: list[str]) -> list[tuple[str, str]]:
         if not fs.exists(path):
             raise PoolInputError(f"pool input {url} does not exist; check the path (or the bucket and credentials)")
         if fs.isdir(path):
-            entries = fs.find(path, withdirs=True)
-            hf_dirs = sorted(
-                {posixpath.dirname(p) for p in entries if posixpath.basename(p) in _HF_MARKERS and _is_hf_dir(fs, posixpath.dirname(p))}
-            )
-            hf_roots = [d for d in hf_dirs if not any(d != o and d.startswith(o + "/") for o in hf_dirs)]
-            if any(fs.exists(posixpath.join(path, m)) for m in _HF_MARKERS) and _is_hf_dir(fs, path):
+            if _is_hf_dir(fs, path):
                 out.append((_display(fs, path), "hf"))
                 continue
+            # One detailed listing gives every entry's type: no stat (an S3 request) per file.
+            entries = fs.find(path, withdirs=True, detail=True)
+            files = sorted(p for p, info in entries.items() if info["type"] != "directory")
+            hf_dirs = sorted(
+                {posixpath.dirname(p) for p in files if posixpath.basename(p) in _HF_MARKERS and _is_hf_dir(fs, posixpath.dirname(p))}
+            )
+            hf_roots = [d for d in hf_dirs if not any(d != o and d.startswith(o + "/") for o in hf_dirs)]
             for root in hf_roots:
                 out.append((_display(fs, root), "hf"))
-            for p in sorted(p for p in entries if not fs.isdir(p)):
+            for p in files:
                 if any(p.startswith(r + "/") for r in hf_roots):
                     continue
                 base = posixpath.basename(p)
@@ -209,7 +211,6 @@ def _read_json(url: str, fh) -> Iterator[RawRecord]:
 def _read_csv(url: str, fh, delimiter: str) -> Iterator[RawRecord]:
     text = io.TextIOWrapper(fh, encoding="utf-8", errors="surrogateescape", newline="")
     reader = csv.DictReader(text, delimiter=delimiter)
-    row = 0
     for rec in reader:
         if None in rec:
             yield RawRecord(
@@ -219,7 +220,6 @@ def _read_csv(url: str, fh, delimiter: str) -> Iterator[RawRecord]:
             )
         else:
             yield RawRecord(url, reader.line_num, None, value=dict(rec), raw=json.dumps(rec, ensure_ascii=True))
-        row += 1
 
 
 def _read_parquet(url: str, fh) -> Iterator[RawRecord]:

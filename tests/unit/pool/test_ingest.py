@@ -32,10 +32,9 @@ def write_jsonl(path: Path, records: list, opener=open) -> Path:
     return path
 
 
-def quarantine_of(store: Store, result) -> list[dict]:
-    _, key = Store.open_url(result.quarantine_url)
-    other, _ = Store.open_url(result.quarantine_url)
-    return [json.loads(line) for line in other.read_committed(key).decode().splitlines()]
+def quarantine_of(result) -> list[dict]:
+    store, key = Store.open_url(result.quarantine_url)
+    return [json.loads(line) for line in store.read_committed(key).decode().splitlines()]
 
 
 @pytest.fixture
@@ -143,7 +142,7 @@ def test_every_bad_record_is_accounted_for(tmp_path, store):
         "bad_conversation": 2, "duplicate_content": 1, "duplicate_id": 1, "empty_field": 1, "invalid_utf8": 1,
         "malformed_json": 1, "missing_field": 2, "nul_byte": 1, "too_long": 1, "wrong_type": 2,
     }
-    quarantined = quarantine_of(store, result)
+    quarantined = quarantine_of(result)
     assert len(quarantined) == s["records_rejected"] + s["duplicates"]
     by_line = {q["line"]: q for q in quarantined}
     assert by_line[6]["code"] == "malformed_json" and by_line[6]["raw"].startswith('{"instruction": "broken"')
@@ -163,7 +162,7 @@ def test_bad_records_in_tabular_formats(tmp_path, store):
     result = ingest_pool([str(tmp_path)], store, progress=False)
     s = result.summary()
     assert (s["records_in"], s["records_ok"], s["records_rejected"]) == (7, 2, 5)
-    locations = {q["location"] for q in quarantine_of(store, result)}
+    locations = {q["location"] for q in quarantine_of(result)}
     assert f"{tmp_path}/arr.json row 1" in locations and f"{tmp_path}/c.csv line 4" in locations
 
 
@@ -172,7 +171,7 @@ def test_unparseable_json_file_is_one_quarantined_record(tmp_path, store):
     write_jsonl(tmp_path / "ok.jsonl", [alpaca(1)])
     result = ingest_pool([str(tmp_path)], store, progress=False)
     assert result.summary()["records_rejected"] == 1
-    (entry,) = quarantine_of(store, result)
+    (entry,) = quarantine_of(result)
     assert entry["code"] == "malformed_json" and "no record could be read" in entry["reason"]
 
 
