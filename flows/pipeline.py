@@ -67,19 +67,29 @@ def _result_or_error(future) -> tuple[dict | None, str | None]:
     return None, str(future.state.message)
 
 
-@flow(name="pipeline", log_prints=True)
-def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
-    """Score the pool once, then select, fine-tune and evaluate every method at the same budget."""
+def default_arms(params: PipelineParams) -> list[dict[str, Any]]:
+    """One arm per method: its name, recipe, selection seed and selector overrides."""
+    return [{"name": m, "method": m, "seed": params.seed, "overrides": params.selector_overrides.get(m) or {}}
+            for m in params.methods]
+
+
+def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "pipeline") -> dict[str, Any]:
+    """Score the pool once, then select, fine-tune and evaluate every arm at the same budget.
+
+    An arm is ``{"name", "method", "seed", "overrides"}``: a method's recipe run with a
+    selection seed and selector overrides (the pipeline has one arm per method; ``compare``
+    adds random seeds and difficulty windows). Runs inside a flow; returns the results
+    table, the per-arm rows, the MLflow parent run and the score manifests."""
     started = time.perf_counter()
     flow_run_id = str(flow_run.id or "")
     lineage = Lineage(params.tracking_uri, params.experiment)
     inputs, benches = _pool_inputs(params)
-    scorers, per_method = _scorers_for(params.methods, params.scorer_configs)
+    scorers, per_method = _scorers_for(sorted({a["method"] for a in arms}), params.scorer_configs)
     budget = params.budget.model_dump(exclude_none=True)
     tags = {"prefect.flow_run_id": flow_run_id, "prefect.flow_run_name": str(flow_run.name or "")}
     timings: dict[str, float] = {}
 
-    with lineage.run(f"pipeline-{flow_run.name or 'local'}", tags=tags) as parent:
+    with lineage.run(f"{title}-{flow_run.name or 'local'}", tags=tags) as parent:
         t0 = time.perf_counter()
         ingest = ingest_task(inputs, params.store, params.shard_size)
         timings["ingest_seconds"] = time.perf_counter() - t0
@@ -106,53 +116,11 @@ def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
             if base:
                 lineage.log_metrics(base["metrics"], "base/")
 
-        for method in params.methods:
-            t_method = time.perf_counter()
-            row: dict[str, Any] = {"method": method, "error": None}
-            with lineage.run(method, nested=True, tags={**tags, "method": method}) as child:
-                row["mlflow_run_id"] = child.info.run_id
-                missing = [s for s in per_method[method] if s not in manifests]
-                lineage.log_params({"method": method, "budget": budget, "seed": params.seed, "model": params.model,
-                                    "scorers": {s: scorers[s] for s in per_method[method]},
-                                    "selector_overrides": params.selector_overrides.get(method, {}),
-                                    "finetune": params.finetune, "eval": params.eval,
-                                    "score_manifests": [manifests[s]["url"] for s in per_method[method] if s in manifests]})
-                sel, row["error"] = _result_or_error(select_task.submit(
-                    method, [manifests[s]["url"] for s in per_method[method] if s in manifests], budget, params.store,
-                    params.seed, params.selector_overrides.get(method), ingest["manifest"]))
-                if sel:
-                    row["selection"] = sel
-                    row["n_selected"], row["n_candidates"] = sel["n_selected"], sel["n_candidates"]
-                    lineage.log_metrics({"n_selected": sel["n_selected"], "n_candidates": sel["n_candidates"]}, "select/")
-                    for i, stage in enumerate(sel.get("stages", [])):
-                        lineage.log_metrics({f"{i + 1}_{stage['selector']}_out": stage.get("n_out", 0)}, "select/stage/")
-                    lineage.log_store_object(sel["outputs"]["selected"], "selection")
-                    lineage.log_store_object(sel["outputs"]["report"], "selection")
-                    lineage.log_store_object(sel["outputs"]["candidates"], "selection")
-                    for url in sel["outputs"].get("plots", {}).values():
-                        lineage.log_store_object(url, "selection/plots")
-                if sel and sel["n_selected"] > 0:
-                    ft, row["error"] = _result_or_error(finetune_task.submit(sel["outputs"]["selected"], params.model, params.finetune, params.store))
-                    if ft:
-                        row["finetune"] = ft
-                        lineage.log_params({"adapter": ft["adapter"]})
-                        lineage.log_metrics({"train_loss": ft["train_loss"], "train_loss_mean": ft["train_loss_mean"],
-                                             "samples": ft["samples"], "steps": ft["steps"], "seconds": ft["seconds"]}, "finetune/")
-                        for step, loss in enumerate(ft.get("losses", [])):
-                            lineage.mlflow.log_metric("finetune/step_loss", loss, step=step)
-                        ev, row["error"] = _result_or_error(evaluate_task.submit(params.model, ft["adapter"], benches, params.eval, params.store))
-                        if ev:
-                            row["evaluation"] = ev
-                            lineage.log_metrics(ev["metrics"], "eval/")
-                            lineage.log_store_object(ev["results"], "evaluation", name="per_item_results.parquet")
-                elif sel and not row["error"]:
-                    row["error"] = f"{method} selected no sample; relax its thresholds (selector_overrides) or raise the budget"
-                if missing:
-                    row["error"] = f"scores missing for {', '.join(missing)}"
-                if row["error"]:
-                    lineage.mlflow.set_tag("error", row["error"][:5000])
-            row["seconds"] = time.perf_counter() - t_method
-            rows.append(row)
+        for arm in arms:
+            with lineage.run(arm["name"], nested=True, tags={**tags, "method": arm["name"], "recipe": arm["method"]}) as child:
+                rows.append(_run_arm(params, arm, per_method[arm["method"]], scorers, manifests, ingest, benches,
+                                     budget, lineage, child.info.run_id))
+            timings[f"{arm['name']}_seconds"] = rows[-1]["seconds"]
 
         table = results_table(rows, benches)
         timings["total_seconds"] = time.perf_counter() - started
@@ -162,11 +130,67 @@ def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
         parent_url = lineage.run_url(parent.info.run_id)
 
     try:
-        create_link_artifact(key="mlflow-run", link=parent_url, link_text="MLflow run of this pipeline",
+        create_link_artifact(key="mlflow-run", link=parent_url, link_text=f"MLflow run of this {title}",
                              description=f"MLflow tracking URI: {lineage.tracking_uri}")
-        create_markdown_artifact(key="pipeline-results", markdown=markdown, description="Syllabus results table")
+        create_markdown_artifact(key=f"{title}-results", markdown=markdown, description="Syllabus results table")
     except Exception as exc:  # artifacts need a Prefect API; a missing one must not lose the results
         log.warning("could not create the Prefect artifacts: %s", exc)
-    return {"results": table, "mlflow_run_id": parent.info.run_id, "mlflow_run_url": parent_url,
-            "mlflow_tracking_uri": lineage.tracking_uri, "pool": ingest, "scores": {k: v["url"] for k, v in manifests.items()},
-            "timings": timings, "markdown": markdown}
+    return {"results": table, "rows": rows, "benches": benches, "mlflow_run_id": parent.info.run_id,
+            "mlflow_run_url": parent_url, "mlflow_tracking_uri": lineage.tracking_uri, "pool": ingest,
+            "scores": {k: v["url"] for k, v in manifests.items()}, "timings": timings, "markdown": markdown}
+
+
+def _run_arm(params: PipelineParams, arm: dict[str, Any], method_scorers: list[str], scorers: dict[str, dict],
+             manifests: dict[str, dict], ingest: dict, benches: list[str], budget: dict, lineage: Lineage,
+             run_id: str) -> dict[str, Any]:
+    """Select, fine-tune and evaluate one arm inside its nested MLflow run; returns its row."""
+    t_arm = time.perf_counter()
+    method = arm["method"]
+    row: dict[str, Any] = {"method": arm["name"], "recipe": method, "seed": arm["seed"], "error": None, "mlflow_run_id": run_id}
+    missing = [s for s in method_scorers if s not in manifests]
+    scores = [manifests[s]["url"] for s in method_scorers if s in manifests]
+    lineage.log_params({"method": method, "arm": arm["name"], "budget": budget, "seed": arm["seed"], "model": params.model,
+                        "scorers": {s: scorers[s] for s in method_scorers}, "selector_overrides": arm["overrides"],
+                        "finetune": params.finetune, "eval": params.eval, "score_manifests": scores})
+    sel, row["error"] = _result_or_error(select_task.submit(
+        method, scores, budget, params.store, arm["seed"], arm["overrides"], ingest["manifest"]))
+    if sel:
+        row["selection"] = sel
+        row["n_selected"], row["n_candidates"] = sel["n_selected"], sel["n_candidates"]
+        lineage.log_metrics({"n_selected": sel["n_selected"], "n_candidates": sel["n_candidates"]}, "select/")
+        for i, stage in enumerate(sel.get("stages", [])):
+            lineage.log_metrics({f"{i + 1}_{stage['selector']}_out": stage.get("n_out", 0)}, "select/stage/")
+        for name in ("selected", "report", "candidates"):
+            lineage.log_store_object(sel["outputs"][name], "selection")
+        for url in sel["outputs"].get("plots", {}).values():
+            lineage.log_store_object(url, "selection/plots")
+    if sel and sel["n_selected"] > 0:
+        ft, row["error"] = _result_or_error(finetune_task.submit(sel["outputs"]["selected"], params.model, params.finetune, params.store))
+        if ft:
+            row["finetune"] = ft
+            lineage.log_params({"adapter": ft["adapter"]})
+            lineage.log_metrics({"train_loss": ft["train_loss"], "train_loss_mean": ft["train_loss_mean"],
+                                 "samples": ft["samples"], "steps": ft["steps"], "seconds": ft["seconds"]}, "finetune/")
+            for step, loss in enumerate(ft.get("losses", [])):
+                lineage.mlflow.log_metric("finetune/step_loss", loss, step=step)
+            ev, row["error"] = _result_or_error(evaluate_task.submit(params.model, ft["adapter"], benches, params.eval, params.store))
+            if ev:
+                row["evaluation"] = ev
+                lineage.log_metrics(ev["metrics"], "eval/")
+                lineage.log_store_object(ev["results"], "evaluation", name="per_item_results.parquet")
+    elif sel and not row["error"]:
+        row["error"] = f"{arm['name']} selected no sample; relax its thresholds (selector_overrides) or raise the budget"
+    if missing:
+        row["error"] = f"scores missing for {', '.join(missing)}"
+    if row["error"]:
+        lineage.mlflow.set_tag("error", row["error"][:5000])
+    row["seconds"] = time.perf_counter() - t_arm
+    return row
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
+    """Score the pool once, then select, fine-tune and evaluate every method at the same budget."""
+    result = run_arms(params, default_arms(params))
+    result.pop("rows")
+    return result

@@ -25,7 +25,7 @@ def test_every_deployment_entrypoint_is_a_flow():
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
         assert isinstance(getattr(module, attr), Flow), dep["entrypoint"]
         names.add(dep["name"])
-    assert {"pipeline", "watch-pool", "score", "select", "finetune", "evaluate"} <= names
+    assert {"pipeline", "compare", "watch-pool", "score", "select", "finetune", "evaluate"} <= names
     scheduled = [d for d in spec["deployments"] if d.get("schedules")]
     assert scheduled and scheduled[0]["entrypoint"] == "flows/watch.py:watch"
 

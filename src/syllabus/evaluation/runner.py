@@ -44,6 +44,10 @@ class EvalConfig(BaseModel):
     limit: int | None = Field(None, ge=1)  # items per benchmark, a seeded random subset
     seed: int = 0
     bootstrap: int = Field(1000, ge=10)
+    # Leave out the built-in benchmark's items that influence scoring (DIQ, LESS) uses as its
+    # default validation set (``scoring.validation``): a method must not be scored on items
+    # it was selected for.
+    exclude_validation: bool = True
 
 
 @dataclass
@@ -75,11 +79,27 @@ def _accuracy_metrics(prefix: str, rows: Sequence[dict], key: str, config: EvalC
     return out
 
 
+def without_validation_items(bench: Benchmark) -> Benchmark:
+    """``bench`` less the items of the default influence validation set, when it is the
+    benchmark that set is drawn from."""
+    from syllabus.scoring.validation import DEFAULT_BENCHMARK, heldout_item_ids
+
+    if bench.name != DEFAULT_BENCHMARK:
+        return bench
+    held = heldout_item_ids()
+    kept = [it for it in bench.items if it.item_id not in held]
+    if len(kept) < len(bench.items):
+        log.info("%s: leaving out %d items held out as the influence validation set", bench.name, len(bench.items) - len(kept))
+    return Benchmark(bench.name, bench.kind, kept)
+
+
 def evaluate_benchmarks(engine: Any, benchmarks: Sequence[Benchmark], config: EvalConfig) -> tuple[list[dict], dict]:
     """Score every benchmark with ``engine``; returns (per-item rows, flat metrics)."""
     rows: list[dict] = []
     metrics: dict = {}
     for bench in benchmarks:
+        if config.exclude_validation:
+            bench = without_validation_items(bench)
         bench = bench.limit(config.limit, seed=config.seed)
         start = time.perf_counter()
         if bench.kind == "mc":

@@ -24,26 +24,73 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     p.set_defaults(func=cmd_run)
 
+    c = sub.add_parser(
+        "compare",
+        help="compare methods at one budget (random over seeds, difficulty windows) with intervals",
+        description="Run the Prefect `compare` flow: score the pool once (cached), select with every method at the "
+        "same budget (random once per seed, 3DS also over easy/medium/hard difficulty windows), fine-tune each subset "
+        "with the same settings, evaluate each on the same items, and write one comparison table with 95%% intervals "
+        "and paired differences against random: to MLflow (a parent run, a nested run per arm), to the store and "
+        "to --report-dir as Markdown with plots. CONFIG is a YAML file of CompareParams fields; flags override it.",
+    )
+    c.add_argument("config", nargs="?", default=None, help="YAML file of compare parameters")
+    c.add_argument("--pool", nargs="+", default=None, help="pool files/dirs/URLs (default: the embedded demo pool)")
+    c.add_argument("--model", default=None, help="model alias, .gguf file, HF directory or hub id")
+    c.add_argument("--methods", default=None, help="comma-separated methods (default 3ds,diq,ifd,random,full)")
+    size = c.add_mutually_exclusive_group()
+    size.add_argument("--budget", type=int, default=None, help="select this many samples with every method")
+    size.add_argument("--ratio", type=float, default=None, help="or this fraction of the pool")
+    c.add_argument("--seeds", type=int, default=None, help="random selection seeds (default 3)")
+    c.add_argument("--windows", default=None,
+                   help="difficulty windows NAME=LOW:HIGH,... (default easy=0:50,medium=25:75,hard=50:100; 'none' for none)")
+    c.add_argument("--benches", default=None, help="comma-separated benchmarks (built-in names or files)")
+    c.add_argument("--store", default=None, help="store URL (overrides the config)")
+    c.add_argument("--report-dir", default=None, help="write report.md, plots and comparison.json here")
+    c.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    c.set_defaults(func=cmd_compare)
+
+
+def _split(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def _params(cls: type, args: argparse.Namespace, changes: dict):
+    """The config file's parameters (or the defaults) with the flags' changes."""
+    params = cls.from_file(args.config) if args.config else cls()
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return cls(**{**params.model_dump(), **changes}) if changes else params
+
+
+def _flow(module: str, name: str):
+    """A flow of the Prefect layer (outside src/), with Prefect's state kept in the project."""
+    os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))  # design.md: state stays in the project
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "syllabus")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here; no telemetry attempts
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    return getattr(importlib.import_module(module), name)
+
+
+def parse_windows(text: str) -> dict[str, tuple[float, float]]:
+    """``easy=0:50,medium=25:75`` -> ``{"easy": (0, 50), "medium": (25, 75)}``; ``none`` -> ``{}``."""
+    if text.strip().lower() == "none":
+        return {}
+    out = {}
+    for part in _split(text):
+        try:
+            name, band = part.split("=")
+            low, high = band.split(":")
+            out[name.strip()] = (float(low), float(high))
+        except ValueError:
+            raise ValueError(f"window {part!r} is not NAME=LOW:HIGH (percentiles), e.g. medium=25:75") from None
+    return out
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     from syllabus.pipeline.config import PipelineParams
     from syllabus.pipeline.report import render_table
 
-    params = PipelineParams.from_file(args.config) if args.config else PipelineParams()
-    changes = {}
-    if args.store:
-        changes["store"] = args.store
-    if args.methods:
-        changes["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if changes:
-        params = PipelineParams(**{**params.model_dump(), **changes})
-    # Keep Prefect's state inside the project unless the user chose otherwise (design.md).
-    os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "syllabus")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here; no telemetry attempts
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
-    pipeline = importlib.import_module("flows.pipeline").pipeline  # the Prefect layer, outside src/
-    result = pipeline(params)
+    params = _params(PipelineParams, args, {"store": args.store, "methods": _split(args.methods) if args.methods else None})
+    result = _flow("flows.pipeline", "pipeline")(params)
     print()
     print(render_table(result["results"]))
     print()
@@ -57,3 +104,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: result[k] for k in ("results", "mlflow_run_id", "mlflow_run_url", "scores", "timings")}, default=str))
     return 0 if not any(r.get("error") for r in result["results"]) else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from syllabus.pipeline.config import CompareParams
+
+    budget = {"count": args.budget} if args.budget else {"ratio": args.ratio} if args.ratio else None
+    params = _params(CompareParams, args, {
+        "pool": args.pool, "model": args.model, "methods": _split(args.methods) if args.methods else None,
+        "budget": budget, "seeds": args.seeds, "windows": parse_windows(args.windows) if args.windows else None,
+        "benches": _split(args.benches) if args.benches else None, "store": args.store, "report_dir": args.report_dir})
+    result = _flow("flows.compare", "compare")(params)
+    print()
+    print(result["markdown"])
+    print(f"MLflow run:  {result['mlflow_run_url']}")
+    print(f"  browse it: mlflow ui --backend-store-uri {result['mlflow_tracking_uri']}  (then open the link)")
+    print(f"report: {result['report'].get('report.md')}")
+    if args.json:
+        print(json.dumps({k: result[k] for k in ("mlflow_run_id", "mlflow_run_url", "scores", "timings", "report", "comparison")},
+                         default=str))
+    return 0 if not any(a.get("error") for a in result["comparison"]["arms"]) else 1

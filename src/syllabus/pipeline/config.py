@@ -70,3 +70,19 @@ class PipelineParams(BaseModel):
         if not isinstance(data, dict):
             raise ValueError(f"pipeline config {path} must be a YAML mapping of PipelineParams fields")
         return cls(**data)
+
+
+class CompareParams(PipelineParams):
+    """A comparison: the pipeline's parameters plus random seeds and difficulty windows.
+    Every method is selected at the same budget, fine-tuned with the same settings and
+    evaluated on the same items; random runs once per seed."""
+
+    methods: list[str] = Field(default_factory=lambda: ["3ds", "diq", "ifd", "random", "full"])
+    seeds: int = Field(3, ge=1, description="random selection seeds (random runs once per seed)")
+    windows: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {"easy": (0.0, 50.0), "medium": (25.0, 75.0), "hard": (50.0, 100.0)},
+        description="difficulty windows: percentile bands applied to each of D1, D2, D3 by the window method's "
+        "band selector; {} for none",
+    )
+    window_method: str = Field("3ds", description="the method whose band selector the windows move")
+    report_dir: str | None = Field(None, description="also write the report (markdown, plots, JSON) to this directory")

@@ -1,0 +1,95 @@
+"""``compare``: every method at one budget (random over several seeds) and a sliding difficulty
+window, fine-tuned with the same settings, evaluated on the same items, and one comparison
+table with intervals in MLflow, in the store and as a Markdown report."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from flows.pipeline import run_arms
+from syllabus.pipeline import compare as C
+from syllabus.pipeline.config import CompareParams
+from syllabus.store import Store
+from syllabus.tracking.lineage import Lineage
+
+log = logging.getLogger(__name__)
+
+
+def _band(params: CompareParams) -> tuple[float, float]:
+    from syllabus.selection.recipes import load_recipe
+
+    recipe = load_recipe(params.window_method)
+    band = next((s.config for s in recipe.selectors if s.name == "band"), None)
+    if band is None:
+        raise ValueError(f"window_method {params.window_method!r} has no band selector to slide; use 3ds or set windows: {{}}")
+    changes = (params.selector_overrides.get(params.window_method) or {}).get("band", {})
+    band = {"low": 25.0, "high": 75.0, **band, **changes}
+    return float(band["low"]), float(band["high"])
+
+
+@flow(name="compare", log_prints=True)
+def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
+    """Run every arm, then build, log and return the comparison."""
+    band = _band(params) if params.windows else (25.0, 75.0)
+    arms = C.compare_arms(params.methods, params.seeds, params.seed, params.selector_overrides, params.windows,
+                          params.window_method)
+    result = run_arms(params, arms, title="compare")
+    groups = {a["name"]: a["group"] for a in arms}
+    for row in result["rows"]:
+        row["group"] = groups.get(row["method"], "base")
+
+    table = C.comparison(result["rows"], seed=params.seed)
+    analysis: dict[str, Any] = {}
+    files: dict[str, bytes] = {}
+    if "difficulty" in result["scores"]:
+        frame = C.load_difficulty(result["scores"]["difficulty"])
+        analysis = C.difficulty_analysis(frame, params.windows, band)
+        if analysis.get("n", 0) >= 3:
+            files["difficulty.png"] = C.plot_difficulty(frame, analysis)
+    if table["metrics"]:
+        files["comparison.png"] = C.plot_comparison(table)
+    if any((r.get("finetune") or {}).get("losses") for r in result["rows"]):
+        files["training_loss.png"] = C.plot_losses(result["rows"])
+    pool = result["pool"]
+    budget = params.budget.model_dump(exclude_none=True)
+    setup = {
+        "pool": f"{pool['records_ok']} samples in {pool['shards']} shards (fingerprint {pool['pool_fingerprint']})",
+        "model": params.model,
+        "budget": ", ".join(f"{k} {v}" for k, v in budget.items()) + f"; random over {params.seeds} seeds",
+        "windows": ", ".join(f"{k} {list(v)}" for k, v in params.windows.items()) or "none",
+        "fine-tuning": params.finetune,
+        "evaluation": f"{', '.join(Path(b).name for b in result['benches'])}; {params.eval}",
+        "MLflow run": result["mlflow_run_url"],
+    }
+    markdown = C.comparison_markdown(table, analysis, setup, result["timings"], [n for n in files if n.endswith(".png")])
+    files = {"report.md": markdown.encode("utf-8"), "comparison.json": C.to_json({"comparison": table, "difficulty": analysis,
+             "setup": setup, "timings": result["timings"], "results": result["results"]}), **files}
+    where = C.write_report(params.report_dir, Store(params.store), f"comparisons/{result['mlflow_run_id']}", files)
+
+    lineage = Lineage(params.tracking_uri, params.experiment)
+    with lineage.mlflow.start_run(run_id=result["mlflow_run_id"]), tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            (Path(tmp) / name).write_bytes(data)
+        lineage.mlflow.log_artifacts(tmp, "comparison")
+        for pair, rho in analysis.get("spearman", {}).items():
+            lineage.log_metrics({f"difficulty/spearman_{pair}": rho})
+    for arm in table["arms"]:
+        run_id = next((r.get("mlflow_run_id") for r in result["rows"] if r["method"] == arm["name"]), None)
+        if run_id and arm["values"]:
+            with lineage.mlflow.start_run(run_id=run_id):
+                for metric, cell in arm["values"].items():
+                    name = metric.replace(" ", "_")
+                    lineage.log_metrics({f"{name}/value": cell["value"], f"{name}/delta_vs_random": cell.get("delta", float("nan"))},
+                                        "compare/")
+    try:
+        create_markdown_artifact(key="comparison", markdown=markdown, description="Syllabus comparison")
+    except Exception as exc:  # artifacts need a Prefect API; a missing one must not lose the report
+        log.warning("could not create the Prefect artifact: %s", exc)
+    return {**{k: result[k] for k in ("results", "mlflow_run_id", "mlflow_run_url", "mlflow_tracking_uri", "scores", "timings")},
+            "comparison": table, "difficulty": analysis, "report": where, "markdown": markdown}

@@ -1,0 +1,324 @@
+"""``compare``: every method at the same budget, random over several seeds, difficulty windows,
+and one comparison table with intervals.
+
+The arms (``compare_arms``) are run by the pipeline's machinery; this module turns their
+per-item evaluation results into the comparison:
+
+- per arm and benchmark metric (multiple-choice accuracy, held-out reference NLL): the value
+  with its 95% bootstrap interval, and the **paired** difference against random (the per-item
+  mean over the random seeds) with its 95% paired-bootstrap interval: the same items are
+  scored by every arm, so the item-to-item variance cancels;
+- random's spread over seeds (the selection noise a method has to beat);
+- the 3DS paper's analyses on the pool: correlations between D1, D2 and D3, and the share of
+  samples inside all three percentile bands of each difficulty window;
+- a verdict per arm that says only what the interval supports.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from syllabus.evaluation.metrics import bootstrap_ci
+from syllabus.store import Store
+
+log = logging.getLogger(__name__)
+
+SEEDED_METHODS = ("random",)
+DIFFICULTY = ("difficulty_d1", "difficulty_d2", "difficulty_d3")
+DEFAULT_WINDOWS = {"easy": (0.0, 50.0), "medium": (25.0, 75.0), "hard": (50.0, 100.0)}
+
+
+# ---------------------------------------------------------------------------------- arms
+def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in base.items()}
+    for key, value in extra.items():
+        out[key] = {**out.get(key, {}), **value} if isinstance(value, Mapping) else value
+    return out
+
+
+def compare_arms(methods: Sequence[str], seeds: int, seed: int, overrides: Mapping[str, Mapping[str, Any]],
+                 windows: Mapping[str, Sequence[float]], window_method: str = "3ds") -> list[dict[str, Any]]:
+    """The arms of a comparison: each method once (``random`` once per seed), then the
+    difficulty windows: ``window_method`` with its band selector moved to each window."""
+    arms: list[dict[str, Any]] = []
+    for method in methods:
+        base = dict(overrides.get(method) or {})
+        if method in SEEDED_METHODS:
+            arms += [{"name": f"{method}@{seed + k}", "method": method, "seed": seed + k, "overrides": base, "group": method}
+                     for k in range(seeds)]
+        else:
+            arms.append({"name": method, "method": method, "seed": seed, "overrides": base, "group": method})
+    for name, (low, high) in windows.items():
+        arms.append({"name": f"{window_method}-{name}", "method": window_method, "seed": seed, "group": "window",
+                     "overrides": _merge(overrides.get(window_method) or {}, {"band": {"low": float(low), "high": float(high)}})})
+    return arms
+
+
+# -------------------------------------------------------------------- per-item results
+def per_item_values(results_url: str) -> dict[str, dict[str, float]]:
+    """``{metric: {item_id: value}}`` from a committed evaluation: ``<bench> cloze acc``
+    (1/0 per item, for each multiple-choice method) and ``<bench> ref NLL``."""
+    store, key = Store.open_url(results_url)
+    out: dict[str, dict[str, float]] = {}
+    for r in store.read_table(key).to_pylist():
+        if r.get("method") == "open_qa":
+            if r.get("ref_nll") is not None and np.isfinite(r["ref_nll"]):
+                out.setdefault(f"{r['benchmark']} ref NLL", {})[str(r["item_id"])] = float(r["ref_nll"])
+        elif r.get("correct") is not None:
+            out.setdefault(f"{r['benchmark']} {r['method']} acc", {})[str(r["item_id"])] = float(bool(r["correct"]))
+    return out
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.endswith("NLL")
+
+
+def _interval(values: np.ndarray, n_resamples: int, seed: int) -> list[float]:
+    lo, hi = bootstrap_ci(values, n_resamples=n_resamples, seed=seed)
+    return [float(lo), float(hi)]
+
+
+def verdict(metric: str, ci: Sequence[float]) -> str:
+    """What a paired interval of (arm - reference) supports."""
+    lo, hi = ci
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "undefined"
+    if lo <= 0.0 <= hi:
+        return "no detectable difference"
+    better = hi < 0.0 if lower_is_better(metric) else lo > 0.0
+    return "better" if better else "worse"
+
+
+def comparison(rows: Sequence[Mapping[str, Any]], n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """The comparison over arms' rows (``method``, ``group``, ``evaluation.results``).
+
+    Returns ``{"metrics": [...], "arms": [{name, group, selected, values: {metric: {value, ci,
+    delta, delta_ci, verdict, n}}}], "random": {metric: {mean, sd, min, max, seeds}}}``; the
+    reference for the deltas is the per-item mean over the random arms (absent without one).
+    """
+    items: dict[str, dict[str, dict[str, float]]] = {}
+    for row in rows:
+        ev = row.get("evaluation") or {}
+        if ev.get("results"):
+            items[row["method"]] = per_item_values(ev["results"])
+    metrics = sorted({m for per in items.values() for m in per})
+    randoms = [r["method"] for r in rows if r.get("group") in SEEDED_METHODS and r["method"] in items]
+
+    reference: dict[str, dict[str, float]] = {}
+    random_summary: dict[str, dict[str, Any]] = {}
+    for metric in metrics:
+        per_seed = [items[name].get(metric, {}) for name in randoms]
+        common = set.intersection(*(set(p) for p in per_seed)) if per_seed else set()
+        if common:
+            reference[metric] = {i: float(np.mean([p[i] for p in per_seed])) for i in common}
+            means = np.array([np.mean(list(p.values())) for p in per_seed])
+            random_summary[metric] = {"mean": float(means.mean()), "sd": float(means.std(ddof=1)) if len(means) > 1 else 0.0,
+                                      "min": float(means.min()), "max": float(means.max()), "seeds": len(means)}
+
+    arms = []
+    for row in rows:
+        name = row["method"]
+        entry: dict[str, Any] = {"name": name, "group": row.get("group", "base" if name == "base model" else name),
+                                 "selected": row.get("n_selected"), "error": row.get("error"), "values": {}}
+        for metric in metrics:
+            values = items.get(name, {}).get(metric)
+            if not values:
+                continue
+            arr = np.array(list(values.values()))
+            cell: dict[str, Any] = {"value": float(arr.mean()), "ci": _interval(arr, n_resamples, seed), "n": int(arr.size)}
+            ref = reference.get(metric)
+            if ref and name not in randoms:
+                shared = sorted(set(values) & set(ref))
+                diff = np.array([values[i] - ref[i] for i in shared])
+                if diff.size:
+                    cell.update(delta=float(diff.mean()), delta_ci=_interval(diff, n_resamples, seed), n_paired=int(diff.size))
+                    cell["verdict"] = verdict(metric, cell["delta_ci"])
+            entry["values"][metric] = cell
+        arms.append(entry)
+    return {"metrics": metrics, "arms": arms, "random": random_summary, "reference": "random" if reference else None}
+
+
+# ------------------------------------------------------------------- difficulty analyses
+def difficulty_analysis(frame: Any, windows: Mapping[str, Sequence[float]], band: Sequence[float] = (25.0, 75.0)) -> dict[str, Any]:
+    """The 3DS paper's analyses on the pool's D1, D2, D3 (a DataFrame with those columns):
+    Pearson and Spearman correlations, and the share of samples inside all three percentile
+    bands for the paper's band and each window."""
+    from syllabus.selection.band import band_bounds
+
+    cols = [c for c in DIFFICULTY if c in frame.columns]
+    if len(cols) < 3:
+        return {}
+    data = frame[cols].astype(float)
+    data = data[np.isfinite(data).all(axis=1)]
+    out: dict[str, Any] = {"n": int(len(data)), "pearson": {}, "spearman": {}, "inside_all_bands": {}}
+    if len(data) < 3:
+        return out
+    for i, a in enumerate(cols):
+        for b in cols[i + 1:]:
+            pair = f"{a.split('_')[-1].upper()}-{b.split('_')[-1].upper()}"
+            out["pearson"][pair] = float(data[a].corr(data[b], method="pearson"))
+            out["spearman"][pair] = float(data[a].corr(data[b], method="spearman"))
+    for name, (low, high) in {"paper band": tuple(band), **windows}.items():
+        inside = np.ones(len(data), dtype=bool)
+        for c in cols:
+            lo, hi = band_bounds(data[c].to_numpy(), float(low), float(high))
+            inside &= (data[c].to_numpy() >= lo) & (data[c].to_numpy() <= hi)
+        out["inside_all_bands"][f"{name} [{low:g}, {high:g}]"] = {"count": int(inside.sum()), "share": float(inside.mean())}
+    return out
+
+
+def load_difficulty(score_manifest_url: str) -> Any:
+    """The difficulty scores of a pool as a DataFrame (from its score manifest)."""
+    from syllabus.selection.scores import load_candidates
+
+    return load_candidates([score_manifest_url]).frame
+
+
+# --------------------------------------------------------------------------------- plots
+def _png(fig: Any) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def plot_comparison(result: Mapping[str, Any]) -> bytes:
+    """One panel per metric: each arm's value with its 95% interval, random's seed mean dashed."""
+    from matplotlib.figure import Figure
+
+    metrics = result["metrics"]
+    arms = [a for a in result["arms"] if a["values"]]
+    fig = Figure(figsize=(4.2 * max(len(metrics), 1), 0.45 * len(arms) + 1.6))
+    for k, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, max(len(metrics), 1), k + 1)
+        for y, arm in enumerate(arms):
+            cell = arm["values"].get(metric)
+            if not cell:
+                continue
+            colour = {"random": "tab:gray", "window": "tab:purple", "base": "black"}.get(arm["group"], "tab:blue")
+            ax.errorbar(cell["value"], y, xerr=[[cell["value"] - cell["ci"][0]], [cell["ci"][1] - cell["value"]]],
+                        fmt="o", color=colour, capsize=3)
+        if metric in result["random"]:
+            ax.axvline(result["random"][metric]["mean"], color="tab:gray", linestyle="--", linewidth=1)
+        ax.set_yticks(range(len(arms)))
+        ax.set_yticklabels([a["name"] for a in arms] if k == 0 else [])
+        ax.invert_yaxis()
+        ax.set_title(metric + (" (lower is better)" if lower_is_better(metric) else ""), fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def plot_difficulty(frame: Any, analysis: Mapping[str, Any]) -> bytes:
+    """D1-D2, D1-D3 and D2-D3 scatter plots with their Spearman correlations."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.8))
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    for k, (i, j) in enumerate(pairs):
+        ax = fig.add_subplot(1, 3, k + 1)
+        a, b = DIFFICULTY[i], DIFFICULTY[j]
+        ax.scatter(frame[a], frame[b], s=6, alpha=0.5)
+        pair = f"D{i + 1}-D{j + 1}"
+        rho = analysis.get("spearman", {}).get(pair, float("nan"))
+        ax.set_title(f"{pair}: Spearman {rho:.2f}", fontsize=9)
+        ax.set_xlabel(f"D{i + 1}")
+        ax.set_ylabel(f"D{j + 1}")
+    return _png(fig)
+
+
+def plot_losses(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """Training loss per optimizer step, per arm."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 3.8))
+    ax = fig.add_subplot(1, 1, 1)
+    for row in rows:
+        losses = (row.get("finetune") or {}).get("losses") or []
+        if losses:
+            ax.plot(range(1, len(losses) + 1), losses, label=row["method"], linewidth=1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+# ------------------------------------------------------------------------------ report
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ci(ci: Sequence[float] | None, digits: int = 3) -> str:
+    return f"[{_f(ci[0], digits)}, {_f(ci[1], digits)}]" if ci else "-"
+
+
+def comparison_markdown(result: Mapping[str, Any], analysis: Mapping[str, Any], setup: Mapping[str, Any],
+                        timings: Mapping[str, float], plots: Sequence[str] = ()) -> str:
+    """The comparison report: set-up, the table with intervals, paired deltas against random
+    with verdicts, random's seed spread, the difficulty analyses, costs and plots."""
+    metrics = result["metrics"]
+    lines = ["# Syllabus comparison", ""]
+    lines += [f"- {k}: {v}" for k, v in setup.items()] + [""]
+    lines += ["## Results", "",
+              "Each cell: mean over the evaluation items [95% bootstrap interval]. "
+              + ("Δ random: the paired difference against the per-item mean of the random seeds [95% paired-bootstrap "
+                 "interval]; NLL: lower is better." if result.get("reference") else "No random arm: no paired differences."), ""]
+    header = ["arm", "selected"] + [h for m in metrics for h in (m, f"Δ random ({m})")]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for arm in result["arms"]:
+        cells = [arm["name"], _f(arm.get("selected"))]
+        for m in metrics:
+            c = arm["values"].get(m)
+            cells.append(f"{_f(c['value'])} {_ci(c['ci'])}" if c else "-")
+            cells.append(f"{c['delta']:+.3f} {_ci(c['delta_ci'])} {c['verdict']}" if c and "delta" in c else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    errors = [f"- {a['name']}: {a['error']}" for a in result["arms"] if a.get("error")]
+    if errors:
+        lines += ["", "Errors:"] + errors
+    if result["random"]:
+        lines += ["", "## Random over seeds", "", "| metric | seeds | mean | sd | min | max |", "|---|---|---|---|---|---|"]
+        for m, s in result["random"].items():
+            lines.append(f"| {m} | {s['seeds']} | {_f(s['mean'])} | {_f(s['sd'])} | {_f(s['min'])} | {_f(s['max'])} |")
+    if analysis:
+        lines += ["", "## Decomposed difficulty on this pool", "",
+                  f"{analysis['n']} samples with all three difficulties.", "",
+                  "| pair | Pearson | Spearman |", "|---|---|---|"]
+        lines += [f"| {p} | {_f(analysis['pearson'][p])} | {_f(analysis['spearman'][p])} |" for p in analysis["pearson"]]
+        lines += ["", "| percentile window (each of D1, D2, D3) | inside all three | share |", "|---|---|---|"]
+        lines += [f"| {w} | {v['count']} | {v['share']:.1%} |" for w, v in analysis["inside_all_bands"].items()]
+    lines += ["", "## Cost", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k.replace('_seconds', '')} | {v:.0f} |" for k, v in timings.items()]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: str | Path | None, store: Store, key_prefix: str, files: Mapping[str, bytes]) -> dict[str, str]:
+    """Commit the report's files to the store (and copy them into ``out_dir`` if given);
+    returns where each landed."""
+    where: dict[str, str] = {}
+    for name, data in files.items():
+        store.commit(f"{key_prefix}/{name}", data, {"kind": "comparison"})
+        where[name] = store.url(f"{key_prefix}/{name}")
+        if out_dir:
+            path = Path(out_dir) / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            where[name] = str(path)
+    return where
+
+
+def to_json(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True, default=str).encode("utf-8")
