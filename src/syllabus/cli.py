@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "syllabus.training.commands",
     "syllabus.evaluation.commands",
     "syllabus.pipeline.commands",
+    "syllabus.tracking.commands",
 ]
 
 

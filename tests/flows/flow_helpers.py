@@ -11,3 +11,44 @@ def write_pool(path, n: int, start: int = 0):
             fh.write(json.dumps({"instruction": f"Question {i} about symptom {i % 7}?",
                                  "output": f"Answer {i}: " + "details " * (i % 5 + 1)}) + "\n")
     return str(path)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class serve:
+    """Run a server command in its own process group until the block ends; waits for
+    ``health_url`` to answer first."""
+
+    def __init__(self, cmd: list[str], health_url: str, env: dict | None = None, timeout: float = 180.0):
+        self.cmd, self.health_url, self.env, self.timeout = cmd, health_url, env, timeout
+
+    def __enter__(self):
+        import subprocess
+        import time
+        import urllib.request
+
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        deadline = time.time() + self.timeout
+        while True:
+            try:
+                urllib.request.urlopen(self.health_url, timeout=2)
+                return self
+            except OSError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    self.__exit__()
+                    raise RuntimeError(f"{' '.join(self.cmd[:3])} did not answer {self.health_url} within {self.timeout:.0f} s")
+                time.sleep(1)
+
+    def __exit__(self, *exc):
+        import os
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+        self.proc.wait(timeout=60)

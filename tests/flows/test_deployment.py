@@ -5,48 +5,27 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from flow_helpers import free_port, serve
 
 pytestmark = pytest.mark.flow
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def prefect_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
                PREFECT_SERVER_ANALYTICS_ENABLED="false", SYLLABUS_HOME=str(ROOT))
     env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
-    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{env['PREFECT_API_URL']}/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("the Prefect server did not start within 180 s")
-                time.sleep(1)
+    with serve([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], f"{env['PREFECT_API_URL']}/health", env):
         yield env
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=60)
 
 
 def _prefect(env, *args, timeout=180) -> str:
