@@ -8,12 +8,19 @@ Prints samples/s and seconds per sample for:
   parameter, 645k numbers for rank 8 on q, k, v) projected with the seeded matrix
   regenerated for that sample;
 - ours: ``syllabus.scoring.gradients.gradient_features`` (hooks give every sample's gradient
-  from one batched backward; the matrix is generated once per group of samples);
+  from one batched backward; the matrix is generated once per group of samples; with
+  ``--kind kronecker`` each module's gradients are projected inside the backward hooks with
+  small per-parameter factors generated once per process);
 and the ratios ours/bare and naive/ours, the agreement of ours with naive (cosine of the
 projected vectors), the gradient-store bytes per sample (the committed float16 table) and
 the peak resident memory.
 
     nice -n 10 .venv/bin/python benchmarks/gradients.py --n 32 --n-naive 3 --cutoff 512
+    nice -n 10 .venv/bin/python benchmarks/gradients.py --n 32 --n-naive 3 --cutoff 512 --kind kronecker
+
+The naive loop always projects with the dense matrix of the issue's definition (Rademacher for
+``--kind kronecker``); with ``--kind kronecker`` the same naive gradients are also projected
+with the Kronecker factors regenerated per sample, and ours is compared with those.
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ import torch
 from syllabus.models.chat import encode_pair
 from syllabus.models.losses import token_nll_from_hidden
 from syllabus.models.engines import decoder_and_head
+from syllabus.scoring import gradients as gradients_module
 from syllabus.scoring.gradients import (
     GradientsConfig,
+    KroneckerProjector,
     LoraGradients,
     ProjectionSettings,
     Projector,
@@ -81,6 +90,8 @@ def main() -> None:
     ap.add_argument("--n-naive", type=int, default=3, help="samples for the naive loop (slow)")
     ap.add_argument("--cutoff", type=int, default=512)
     ap.add_argument("--dim", type=int, default=4096)
+    ap.add_argument("--kind", choices=["rademacher", "gaussian", "kronecker"], default="rademacher",
+                    help="projection kind of ours")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--group", type=int, default=256, help="projection group (samples per generated matrix)")
     ap.add_argument("--device", default=None)
@@ -98,11 +109,14 @@ def main() -> None:
     samples = load_samples(DATA, args.n, args.seed)
     encs = [encode_pair(lm.tokenizer, s, cutoff=args.cutoff) for s in samples]
     lengths = [len(e.input_ids) for e in encs]
-    cfg = GradientsConfig(projection=ProjectionSettings(dim=args.dim), cutoff=args.cutoff, batch_size=args.batch_size,
-                          max_batch_tokens=args.batch_size * args.cutoff, projection_group=args.group)
+    cfg = GradientsConfig(projection=ProjectionSettings(kind=args.kind, dim=args.dim), cutoff=args.cutoff,
+                          batch_size=args.batch_size, max_batch_tokens=args.batch_size * args.cutoff,
+                          projection_group=args.group)
+    kron = args.kind == "kronecker"
+    dense_settings = ProjectionSettings(kind="rademacher", dim=args.dim) if kron else cfg.projection
     print(f"model {args.model}{' (random weights)' if args.random_weights else ''} on {device}, "
           f"{torch.get_num_threads()} threads; {len(samples)} MedQuAD samples, tokens mean {np.mean(lengths):.0f} "
-          f"max {max(lengths)} (cutoff {args.cutoff}); k = {args.dim}")
+          f"max {max(lengths)} (cutoff {args.cutoff}); k = {args.dim}, kind {args.kind}")
 
     # -- bare forward+backward, batch 1
     with LoraGradients(lm.model, cfg.lora) as lora:
@@ -118,11 +132,11 @@ def main() -> None:
     print(f"bare fwd+bwd, batch 1     : {bare:7.3f} s/sample  {1 / bare:7.3f} samples/s   peak RSS {peak_rss_gib():.2f} GiB")
 
     # -- naive: one backward and one projection (matrix regenerated) per sample
-    naive_vecs = []
+    naive_vecs = []  # projected like ours (same kind)
     with LoraGradients(lm.model, cfg.lora) as lora:
-        start = time.perf_counter()
-        gen = 0.0
+        t_bwd = t_dense = t_kron = gen = 0.0
         for e in encs[: args.n_naive]:
+            t0 = time.perf_counter()
             for p in lora.peft_model.parameters():
                 p.grad = None
             response_loss(lora, e.input_ids, e.prompt_len, device).backward()
@@ -130,26 +144,45 @@ def main() -> None:
             for m in lora.modules:
                 grads[f"{m.name}.lora_A"] = m.a.weight.grad.detach().reshape(1, -1)
                 grads[f"{m.name}.lora_B"] = m.b.weight.grad.detach().reshape(1, -1)
-            proj = Projector(cfg.projection, device)
-            naive_vecs.append(proj.project(grads)[0].cpu().numpy())
+            t1 = time.perf_counter()
+            proj = Projector(dense_settings, device)
+            dense_vec = proj.project(grads)[0].cpu().numpy()
             gen += proj.seconds_generating
-        naive = (time.perf_counter() - start) / args.n_naive
-    print(f"naive loop (n={args.n_naive})        : {naive:7.3f} s/sample  {1 / naive:7.3f} samples/s   "
+            t2 = time.perf_counter()
+            t_bwd, t_dense = t_bwd + t1 - t0, t_dense + t2 - t1
+            if kron:  # the same gradients, Kronecker factors regenerated per sample
+                gradients_module._FACTOR_CACHE.clear()
+                kp = KroneckerProjector(cfg.projection, cfg.lora.rank, lora.param_shapes(), device)
+                naive_vecs.append(kp.project(grads)[0].cpu().numpy())
+                t_kron += time.perf_counter() - t2
+            else:
+                naive_vecs.append(dense_vec)
+        naive = (t_bwd + t_dense) / args.n_naive
+        naive_k = (t_bwd + t_kron) / args.n_naive
+    print(f"naive loop (n={args.n_naive}, {dense_settings.kind} P): {naive:7.3f} s/sample  {1 / naive:7.3f} samples/s   "
           f"(of which generating P: {gen / args.n_naive:.3f} s)   peak RSS {peak_rss_gib():.2f} GiB")
+    if kron:
+        print(f"naive loop, kronecker P     : {naive_k:7.3f} s/sample  {1 / naive_k:7.3f} samples/s   "
+              f"(of which projecting, factors regenerated per sample: {t_kron / args.n_naive:.3f} s)")
 
     # -- ours
+    gradients_module._FACTOR_CACHE.clear()  # ours pays for generating its factors
     start = time.perf_counter()
     res = gradient_features(lm, samples, cfg, progress=False)
     ours = (time.perf_counter() - start) / len(samples)
     st = res.stats
-    print(f"ours (batched, grouped)   : {ours:7.3f} s/sample  {1 / ours:7.3f} samples/s   peak RSS {peak_rss_gib():.2f} GiB")
-    print(f"   split: gradients {st['seconds_gradients']:.2f} s, generating P {st['seconds_projection_generate']:.2f} s, "
+    print(f"ours (batched, {args.kind:10s}): {ours:7.3f} s/sample  {1 / ours:7.3f} samples/s   peak RSS {peak_rss_gib():.2f} GiB")
+    print(f"   split: gradients{' (incl. projection in hooks)' if kron else ''} {st['seconds_gradients']:.2f} s, "
+          f"generating P {st['seconds_projection_generate']:.2f} s, "
           f"projection matmul {st['seconds_projection_matmul']:.2f} s for {len(samples)} samples")
     print(f"ratio ours / bare          : {ours / bare:.2f}x   (target <= 1.5x)")
     print(f"ratio naive / ours         : {naive / ours:.1f}x  (target >= 5x)")
 
+    if kron:
+        print(f"ratio naive-kronecker / ours: {naive_k / ours:.1f}x")
+
     cos = [float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))) for a, b in zip(naive_vecs, res.vectors)]
-    print(f"agreement with naive: cosine min {min(cos):.6f}; relative norm diff max "
+    print(f"agreement with naive ({args.kind}): cosine min {min(cos):.6f}; relative norm diff max "
           f"{max(abs(np.linalg.norm(a) - np.linalg.norm(b)) / np.linalg.norm(a) for a, b in zip(naive_vecs, res.vectors)):.2e}")
 
     # -- store bytes per sample

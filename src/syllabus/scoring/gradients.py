@@ -27,6 +27,16 @@ a block costs as much as projecting many samples with it, so per-sample gradient
 gathered into groups (``projection_group`` samples) and each block is generated once per
 group and applied to the whole group with one matrix product.
 
+``kind="kronecker"`` (opt-in; :class:`KroneckerProjector`) uses the LoRA structure instead:
+each parameter's gradient matrix ``G_m`` (one side of the rank ``r``) is projected as
+``R_m^T G_m`` (``A``: ``R_m^T G_m^T``) with a small seeded ``d_m x k/r`` Rademacher factor on
+its large side and the identity on its rank side, and the blocks are summed over parameters
+(an unbiased JL map with ``k/r`` rows per rank column). The factors are ``1/r^2`` of a dense
+matrix, generated once per process, and the projection runs inside the backward hooks, so no
+sample's whole gradient is ever stored (one module's at a time); projecting one module's
+``d x r`` gradient costs ``d k`` flops (forming it, ``d r T`` as before). Its features differ
+from the dense kinds' (other numbers, another store key).
+
 Output per shard (a normal score table, committed per shard under a key that names the
 projection dimension and seed): ``sample_id``, ``gradients_vector`` (fixed-size list of
 float16, length k), ``gradients_loss`` (the sample's mean response NLL),
@@ -45,6 +55,7 @@ from typing import Any, ClassVar, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+from pydantic import model_validator
 
 from syllabus.models.chat import DEFAULT_CUTOFF, encode_pair
 from syllabus.scoring.base import SCORES_PREFIX, Scorer, ScorerConfig, error_status
@@ -66,7 +77,9 @@ class LoraSettings(ScorerConfig):
 
 
 class ProjectionSettings(ScorerConfig):
-    kind: Literal["rademacher", "gaussian"] = "rademacher"
+    # "kronecker": a block-structured projection built from the LoRA factors (see
+    # ``KroneckerProjector``); ``dim`` must then be a multiple of the LoRA rank.
+    kind: Literal["rademacher", "gaussian", "kronecker"] = "rademacher"
     dim: int = 4096
     seed: int = 0
 
@@ -82,6 +95,13 @@ class GradientsConfig(ScorerConfig):
     checkpoint: str | None = None
     # "adam": m / (sqrt(v) + eps) with the checkpoint's Adam moments (LESS, training samples).
     preconditioning: Literal["none", "adam"] = "none"
+
+    @model_validator(mode="after")
+    def _kronecker_dim(self) -> "GradientsConfig":
+        p = self.projection
+        if p.kind == "kronecker":
+            check_kronecker_dim(p.dim, self.lora.rank)
+        return self
 
 
 # ------------------------------------------------------------------ projection
@@ -134,6 +154,8 @@ class Projector:
     """``x -> P^T x / sqrt(k)`` for per-sample gradients keyed by parameter name."""
 
     def __init__(self, settings: ProjectionSettings, device: Any = "cpu"):
+        if settings.kind == "kronecker":
+            raise ValueError("the 'kronecker' projection is KroneckerProjector's, not Projector's")
         self.settings = settings
         self.device = device
         self.seconds_generating = 0.0
@@ -159,6 +181,166 @@ class Projector:
                 self.seconds_generating += t1 - t0
                 self.seconds_multiplying += time.perf_counter() - t1
         return out.mul_(1.0 / math.sqrt(k))
+
+
+# ------------------------------------------------------------------ Kronecker projection
+# Byte budget of the process-wide cache of Kronecker factors (see ``kronecker_factor``); past
+# it the cache is emptied and refilled (regenerating a factor costs milliseconds).
+KRONECKER_CACHE_BYTES = 1 << 30
+_FACTOR_CACHE: dict[tuple, Any] = {}
+
+
+def check_kronecker_dim(dim: int, rank: int) -> int:
+    """``k1 = dim / rank``, the rows drawn on the large side of each LoRA matrix; a clear error
+    when ``dim`` is not a positive multiple of the LoRA rank."""
+    if rank < 1 or dim < rank or dim % rank:
+        raise ValueError(f"projection dim {dim} must be a positive multiple of the LoRA rank {rank} for the "
+                         f"'kronecker' projection (k = (k / r) x r); e.g. {max(rank, dim - dim % rank)}")
+    return dim // rank
+
+
+def _factor_seed(seed: int, name: str, big: int, k1: int) -> int:
+    return int(content_hash({"seed": seed, "kind": "kronecker", "param": name, "big": big, "k1": k1}, 16), 16)
+
+
+def kronecker_factor(settings: ProjectionSettings, name: str, big: int, k1: int, device: Any = "cpu"):
+    """The ``[big, k1]`` float32 ``+-1`` factor of parameter ``name`` (unscaled): a pure function
+    of (seed, name, big, k1) through ``hash(seed, "kronecker", name, big, k1)`` and numpy PCG64
+    raw bits (bit ``b`` of the stream is entry ``b`` in row-major order), so it is identical in
+    every process. Cached per process (``KRONECKER_CACHE_BYTES``)."""
+    import torch
+
+    key = (settings.seed, name, big, k1, str(device))
+    hit = _FACTOR_CACHE.get(key)
+    if hit is not None:
+        return hit
+    nbits = big * k1
+    words = np.random.PCG64(_factor_seed(settings.seed, name, big, k1)).random_raw(-(-nbits // 64))
+    codes = torch.from_numpy(words.view(np.uint8)[: -(-nbits // 8)].astype(np.int32))
+    signs = torch.index_select(_byte_signs(), 0, codes).reshape(-1)[:nbits].reshape(big, k1).to(device)
+    if sum(t.numel() * 4 for t in _FACTOR_CACHE.values()) + nbits * 4 > KRONECKER_CACHE_BYTES:
+        _FACTOR_CACHE.clear()
+    _FACTOR_CACHE[key] = signs
+    return signs
+
+
+class KroneckerProjector:
+    """``kind="kronecker"``: each LoRA gradient matrix ``G_m`` is projected on its own with a
+    small seeded factor, and the projections are summed over parameters.
+
+    Every LoRA matrix has one side of the rank ``r`` (``B``: ``d_out x r``, ``A``: ``r x d_in``)
+    and one large side ``d_m``. In the ``R1 G R2^T`` form with ``k = k1 k2``: ``k2 = r`` on the
+    rank side with ``R2 = I_r`` (an ``r x r`` Rademacher matrix would not reduce anything and
+    would only add variance: for a rank-one ``G`` it alone gives a relative error of about
+    ``sqrt(2 / r)``; an orthogonal ``R2`` such as the identity is exact), and ``k1 = k / r``
+    seeded Rademacher rows ``R1_m = R_m^T`` (``R_m``: ``[d_m, k1]``, :func:`kronecker_factor`)
+    on the large side. The output, read as an ``[r, k1]`` matrix, is
+
+        ``Y = sum_m C_m^T R_m / sqrt(k1)`` with ``C_m = G_m`` for ``B`` and ``G_m^T`` for ``A``,
+
+    i.e. ``A``'s block is laid out transposed so that the rank index lines up for every
+    parameter. Row ``j`` of ``Y`` is then one ``k1 x (sum_m d_m)`` Rademacher matrix
+    ``[R_1 ... R_M]^T`` applied to the concatenation of every parameter's rank-``j`` column:
+    a plain JL map with ``k1`` rows per rank column, so ``E[<y(a), y(b)>] = <vec G(a), vec G(b)>``
+    (unbiased) and the Achlioptas bound holds with ``k1`` rows for each rank column (in the
+    worst case, all of a gradient in one rank column; spread over the columns it behaves like
+    up to ``k`` rows). ``dim`` must be a multiple of ``r``.
+
+    The factors hold ``k1 * sum_m d_m`` numbers, ``1 / r^2`` of a dense ``D x k`` matrix; they are
+    generated once per process and cached as float32. SmolLM2-135M, rank 8 on q, k, v, k = 4096
+    (k1 = 512): B factors ``512 x 30 x (576 + 192 + 192) x 4`` bytes = 59.0 MB; with the A factors
+    (needed only when B != 0, e.g. after a warm-up) another ``512 x 30 x 3 x 576 x 4`` = 106.2 MB,
+    165.2 MB in all (a dense matrix for the 645k LoRA parameters: 10.6 GB).
+
+    Per-sample gradients need never be stored: :meth:`LoraGradients.per_sample_projected`
+    projects each module's gradients inside the backward hooks (:meth:`project_outer`)."""
+
+    def __init__(self, settings: ProjectionSettings, rank: int, shapes: Mapping[str, Sequence[int]] | None = None,
+                 device: Any = "cpu"):
+        if settings.kind != "kronecker":
+            raise ValueError(f"KroneckerProjector needs kind 'kronecker', not {settings.kind!r}")
+        self.settings = settings
+        self.rank = rank
+        self.k1 = check_kronecker_dim(settings.dim, rank)
+        self.scale = 1.0 / math.sqrt(self.k1)
+        self.shapes = {name: tuple(s) for name, s in (shapes or {}).items()}
+        self.device = device
+        self.seconds_generating = 0.0
+        self.seconds_multiplying = 0.0
+        for name, shape in self.shapes.items():
+            self.layout(name, shape)  # every parameter has a side of the rank
+
+    def layout(self, name: str, shape: Sequence[int]) -> tuple[int, bool]:
+        """``(d_m, transposed)``: the large side of a ``rows x cols`` parameter, and whether the
+        rank side is its rows (``A``-shaped). A square ``r x r`` parameter counts as ``B``-shaped."""
+        rows, cols = shape
+        if cols == self.rank:
+            return rows, False
+        if rows == self.rank:
+            return cols, True
+        raise ValueError(f"parameter {name} of shape {tuple(shape)} has no side of the LoRA rank {self.rank}")
+
+    def factor(self, name: str, big: int):
+        t0 = time.perf_counter()
+        out = kronecker_factor(self.settings, name, big, self.k1, self.device)
+        self.seconds_generating += time.perf_counter() - t0
+        return out
+
+    def new_output(self, n: int):
+        import torch
+
+        return torch.zeros((n, self.settings.dim), dtype=torch.float32, device=self.device)
+
+    def project_matrix(self, name: str, g: Any):
+        """``g``: ``[n, rows, cols]`` gradients of one parameter -> its unscaled ``[n, r, k1]`` block."""
+        big, transposed = self.layout(name, g.shape[1:])
+        r = self.factor(name, big)
+        t0 = time.perf_counter()
+        out = g.float() @ r if transposed else g.float().transpose(1, 2) @ r
+        self.seconds_multiplying += time.perf_counter() - t0
+        return out
+
+    def project_outer(self, name: str, grad_out: Any, inputs: Any, order: str = "auto"):
+        """The unscaled ``[n, r, k1]`` block of ``G_i = sum_t grad_out[i, t] inputs[i, t]^T``
+        (``grad_out``: ``[n, T, rows]``, ``inputs``: ``[n, T, cols]``, the output gradients and
+        inputs of a LoRA linear layer), without storing more than one module's gradients.
+
+        ``order="gradient"`` contracts over tokens first (``G_i``, ``rows x cols``, then the
+        factor); ``"factors"`` projects the token-level large-side factor first and contracts
+        over tokens after (``sum_t (R^T u_t) v_t^T``), never forming ``G_i``. Costs per sample:
+        ``rows cols (T + k1)`` vs ``T k1 (rows + cols)``; with a rank-8 side and ``k1 = 512`` the
+        first is ~30x cheaper at T = 512, so ``"auto"`` picks the cheaper (nearly always
+        ``"gradient"``: ``G_i`` is ``d r`` numbers, about ``k``)."""
+        g, x = grad_out.float(), inputs.float()
+        n, t_len, rows = g.shape
+        cols = x.shape[2]
+        big, transposed = self.layout(name, (rows, cols))
+        if order == "auto":
+            order = "factors" if t_len * self.k1 * (rows + cols) < rows * cols * (t_len + self.k1) else "gradient"
+        r = self.factor(name, big)
+        t0 = time.perf_counter()
+        if order == "gradient":
+            grad = g.transpose(1, 2) @ x  # [n, rows, cols]
+            out = grad @ r if transposed else grad.transpose(1, 2) @ r
+        elif order == "factors":
+            out = g.transpose(1, 2) @ (x @ r) if transposed else x.transpose(1, 2) @ (g @ r)
+        else:
+            raise ValueError(f"unknown order {order!r}")
+        self.seconds_multiplying += time.perf_counter() - t0
+        return out
+
+    def project(self, grads: Mapping[str, Any]) -> Any:
+        """The plain way, from whole per-sample gradients: ``grads``: name -> ``[n, numel]``
+        laid out like the parameter (shapes from the constructor). Returns ``[n, dim]`` float32."""
+        n = next(iter(grads.values())).shape[0]
+        out = self.new_output(n)
+        view = out.view(n, self.rank, self.k1)
+        for name in sorted(grads):
+            if name not in self.shapes:
+                raise KeyError(f"no shape known for parameter {name}: pass shapes to KroneckerProjector")
+            g = grads[name].to(self.device).reshape(n, *self.shapes[name])
+            view.add_(self.project_matrix(name, g))
+        return out.mul_(self.scale)
 
 
 # ------------------------------------------------------------------ per-sample LoRA gradients
@@ -266,6 +448,42 @@ class LoraGradients:
         exactly zero then)."""
         import torch
 
+        n = len(seqs)
+        grads: dict[str, Any] = {}
+
+        def on_grad(name: str, which: str, g: Any, x: Any) -> None:
+            eq = "btr,bti->bri" if which == "lora_A" else "bto,btr->bor"
+            grads[f"{name}.{which}"] = torch.einsum(eq, g.float(), x.float()).reshape(n, -1)
+
+        losses, counts = self._forward_backward(seqs, prompt_lens, pad_id, with_a, on_grad)
+        return grads, losses, counts
+
+    def per_sample_projected(self, seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_id: int,
+                             projector: "KroneckerProjector", with_a: bool | None = None,
+                             order: str = "auto") -> tuple[Any, list[float], list[int]]:
+        """Like :meth:`per_sample`, but each module's per-sample gradients are Kronecker-projected
+        inside its backward hook (:meth:`KroneckerProjector.project_outer`) and summed, so only
+        the ``[n, k]`` output and one module's gradients are ever held. Returns
+        ``(vectors, losses, n_tokens)`` with ``vectors`` float32 ``[n, k]`` on the model's device;
+        equal to ``projector.project(per_sample(...)[0])``."""
+        n = len(seqs)
+        out = projector.new_output(n)
+        view = out.view(n, projector.rank, projector.k1)
+
+        def on_grad(name: str, which: str, g: Any, x: Any) -> None:
+            view.add_(projector.project_outer(f"{name}.{which}", g, x, order))
+
+        losses, counts = self._forward_backward(seqs, prompt_lens, pad_id, with_a, on_grad)
+        return out.mul_(projector.scale), losses, counts
+
+    def _forward_backward(self, seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_id: int,
+                          with_a: bool | None, on_grad: Any) -> tuple[list[float], list[int]]:
+        """One batched forward+backward of ``sum_i L_i``; for every LoRA module, calls
+        ``on_grad(module_name, "lora_B" | "lora_A", output_grad [n, T, out], input [n, T, in])``
+        from the backward hooks (the per-sample weight gradient is ``sum_t out_grad input^T``).
+        Returns ``(losses, n_tokens)``."""
+        import torch
+
         from syllabus.models.engines import decoder_and_head
         from syllabus.models.losses import token_nll_from_hidden
 
@@ -286,7 +504,6 @@ class LoraGradients:
         if bool((counts == 0).any()):
             raise ValueError("a sample has no response tokens within the cutoff")
 
-        grads: dict[str, Any] = {}
         handles = []
 
         def capture(m: _LoraModule):
@@ -295,13 +512,11 @@ class LoraGradients:
             def on_a(_mod, inputs, output):
                 if with_a:
                     saved["x"] = inputs[0]
-                    output.register_hook(lambda g: grads.__setitem__(
-                        f"{m.name}.lora_A", torch.einsum("btr,bti->bri", g.float(), saved.pop("x").float()).reshape(n, -1)))
+                    output.register_hook(lambda g: on_grad(m.name, "lora_A", g, saved.pop("x")))
 
             def on_b(_mod, inputs, output):
                 saved["h"] = inputs[0]
-                output.register_hook(lambda g: grads.__setitem__(
-                    f"{m.name}.lora_B", torch.einsum("bto,btr->bor", g.float(), saved.pop("h").float()).reshape(n, -1)))
+                output.register_hook(lambda g: on_grad(m.name, "lora_B", g, saved.pop("h")))
 
             handles.append(m.a.register_forward_hook(on_a))
             handles.append(m.b.register_forward_hook(on_b))
@@ -320,7 +535,7 @@ class LoraGradients:
                 h.remove()
             for p in self.peft_model.parameters():
                 p.grad = None
-        return grads, per_sample.detach().cpu().tolist(), counts.cpu().tolist()
+        return per_sample.detach().cpu().tolist(), counts.cpu().tolist()
 
 
 def adam_precondition(grads: Mapping[str, Any], moments: Mapping[str, tuple[Any, Any]],
@@ -416,13 +631,20 @@ def gradient_features(
         raise ValueError("gradient preconditioning 'adam' needs a warm-up checkpoint with Adam moments; "
                          "set checkpoint to a URL written by the influence warm-up")
     device = next(lm.model.parameters()).device
-    projector = Projector(config.projection, device)
+    # "kronecker" without preconditioning projects inside the backward hooks (no per-sample
+    # gradient is kept); Adam's direction is elementwise, so it needs the whole gradients.
+    kronecker = config.projection.kind == "kronecker"
+    direct = kronecker and moments is None
     engine = TransformersEngine(lm.model, tok, batch_size=config.batch_size,
                                 max_batch_tokens=config.max_batch_tokens, progress=False)
     pad_id = engine.pad_id
     t_grad = 0.0
     start = time.perf_counter()
     try:
+        if kronecker:
+            projector: Any = KroneckerProjector(config.projection, config.lora.rank, lora.param_shapes(), device)
+        else:
+            projector = Projector(config.projection, device)
         # Length order across the whole input, so a batch pads little; groups follow it.
         order = sorted(seqs, key=lambda i: len(seqs[i]))
         group = max(1, config.projection_group)
@@ -433,10 +655,16 @@ def gradient_features(
 
             def run(idx: list[int]) -> list[Any]:
                 ids = [members[j] for j in idx]
-                grads, ls, cnt = lora.per_sample([seqs[i] for i in ids], [plen[i] for i in ids], pad_id)
+                if direct:
+                    vecs, ls, cnt = lora.per_sample_projected([seqs[i] for i in ids], [plen[i] for i in ids],
+                                                              pad_id, projector)
+                else:
+                    grads, ls, cnt = lora.per_sample([seqs[i] for i in ids], [plen[i] for i in ids], pad_id)
                 for pos, i in enumerate(ids):
                     losses[i], tokens[i] = float(ls[pos]), int(cnt[pos])
                 bar.update(len(ids))
+                if direct:
+                    return list(vecs.cpu())
                 return [{name: g[pos].cpu() for name, g in grads.items()} for pos in range(len(ids))]
 
             def run_safe(idx: list[int]) -> list[Any]:
@@ -463,6 +691,12 @@ def gradient_features(
                 continue
             import torch
 
+            if direct:
+                vectors[good] = torch.stack([rows[i] for i in good]).numpy()
+                if plain is not None:
+                    plain[good] = vectors[good]
+                rows.clear()
+                continue
             names = sorted(rows[good[0]])
             stacked = {name: torch.stack([rows[i][name] for i in good]) for name in names}
             rows.clear()

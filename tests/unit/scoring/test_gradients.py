@@ -20,11 +20,14 @@ from syllabus.models.losses import token_nll
 from syllabus.scoring.gradients import (
     GradientsConfig,
     GradientsScorer,
+    KroneckerProjector,
     LoraGradients,
     LoraSettings,
     ProjectionSettings,
     Projector,
     adam_precondition,
+    gradient_features,
+    kronecker_factor,
     projection_block,
     vectors_column,
     vectors_of,
@@ -231,3 +234,162 @@ def test_golden_store_key():
         "scores/gradients/v1/rademacher-k4096-seed0/ed2ba83ba68b28cd40b1cd95.parquet")
     other = GradientsScorer(projection={"dim": 8192, "seed": 3}).key("sha256:model", "shardhash")
     assert other.startswith("scores/gradients/v1/rademacher-k8192-seed3/")
+
+
+# ------------------------------------------------------------------ kind "kronecker"
+def _kron_plain(s: ProjectionSettings, rank: int, grads: dict[str, torch.Tensor],
+                shapes: dict[str, tuple[int, int]]) -> torch.Tensor:
+    """The definition, from whole gradients: ``sum_m R1_m G_m R2_m^T / sqrt(k1)`` with the
+    Rademacher factor on the large side and ``I_r`` on the rank side; a ``B``-shaped block
+    (``k1 x r``) is written transposed so every block is ``r x k1``."""
+    k1 = s.dim // rank
+    out = torch.zeros(rank, k1)
+    eye = torch.eye(rank)
+    for name, g in grads.items():
+        rows, cols = shapes[name]
+        G = g.reshape(rows, cols).float()
+        if cols == rank:  # B: R1 = R^T (k1 x d_out), R2 = I
+            out += (kronecker_factor(s, name, rows, k1).T @ G @ eye.T).T
+        else:  # A: R1 = I, R2 = R^T (k1 x d_in)
+            out += eye @ G @ kronecker_factor(s, name, cols, k1)
+    return out.reshape(-1) / math.sqrt(k1)
+
+
+@pytest.mark.parametrize("random_b", [False, True])
+def test_kronecker_in_hooks_equals_projecting_one_backward_each(tiny_llama, smol_tokenizer, random_b):
+    tok = smol_tokenizer
+    rank = 4
+    s = ProjectionSettings(kind="kronecker", dim=64, seed=5)
+    encs = [encode_pair(tok, x) for x in SAMPLES]
+    with LoraGradients(tiny_llama, LoraSettings(rank=rank)) as lora:
+        if random_b:  # A gradients are non-zero and projected too
+            torch.manual_seed(1)
+            with torch.no_grad():
+                for m in lora.modules:
+                    m.b.weight.normal_(0, 0.5)
+        shapes = lora.param_shapes()
+        proj = KroneckerProjector(s, rank, shapes)
+        args = ([e.input_ids for e in encs], [e.prompt_len for e in encs], tok.pad_token_id, proj)
+        got = {order: lora.per_sample_projected(*args, order=order) for order in ("auto", "gradient", "factors")}
+        vecs, losses, counts = got["auto"]
+        assert vecs.shape == (len(SAMPLES), 64)
+        grads, losses_ps, counts_ps = lora.per_sample(*args[:3])
+        assert counts == counts_ps and np.allclose(losses, losses_ps, rtol=1e-6)
+        for order in ("gradient", "factors"):
+            assert torch.allclose(got[order][0], vecs, rtol=1e-4, atol=1e-5 * float(vecs.abs().max()))
+        # Projecting the stored batched gradients the plain way gives the same.
+        assert torch.allclose(proj.project(grads), vecs, rtol=1e-4, atol=1e-5 * float(vecs.abs().max()))
+        for i, e in enumerate(encs):
+            want = _one_backward_per_sample(lora, e.input_ids, e.prompt_len)
+            assert any(n.endswith("lora_A") and float(w.abs().max()) > 0 for n, w in want.items()) == random_b
+            ref = _kron_plain(s, rank, want, shapes)
+            assert ref.abs().max() > 0
+            assert torch.allclose(vecs[i], ref, rtol=1e-3, atol=1e-5 * float(ref.abs().max()))
+            assert torch.allclose(proj.project({n: w[None] for n, w in want.items()})[0], ref,
+                                  rtol=1e-4, atol=1e-6 * float(ref.abs().max()))
+
+
+_KRON_CHILD = """
+import json, sys, numpy as np, torch
+from syllabus.scoring.gradients import KroneckerProjector, ProjectionSettings, kronecker_factor
+s = ProjectionSettings(**json.loads(sys.argv[1]))
+f = kronecker_factor(s, "layers.0.self_attn.q_proj.lora_B", 50, 16).numpy()
+x = torch.from_numpy(np.arange(3 * 300, dtype=np.float32).reshape(3, 300) / 300.0)
+y = KroneckerProjector(s, 4, {"p.lora_B": (50, 4), "p.lora_A": (4, 25)}).project(
+    {"p.lora_B": x[:, :200], "p.lora_A": x[:, 200:]}).numpy()
+print(json.dumps({"factor": f.tolist(), "y": y.tolist()}))
+"""
+
+
+def test_kronecker_deterministic_across_processes():
+    s = ProjectionSettings(kind="kronecker", dim=64, seed=7)
+    child = subprocess.run([sys.executable, "-c", _KRON_CHILD, json.dumps(s.model_dump())], capture_output=True,
+                           text=True, check=True)
+    theirs = json.loads(child.stdout)
+    f = kronecker_factor(s, "layers.0.self_attn.q_proj.lora_B", 50, 16).numpy()
+    assert np.array_equal(np.asarray(theirs["factor"], dtype=np.float32), f)
+    assert set(np.unique(f)) == {-1.0, 1.0}
+    x = torch.from_numpy(np.arange(3 * 300, dtype=np.float32).reshape(3, 300) / 300.0)
+    y = KroneckerProjector(s, 4, {"p.lora_B": (50, 4), "p.lora_A": (4, 25)}).project(
+        {"p.lora_B": x[:, :200], "p.lora_A": x[:, 200:]}).numpy()
+    assert np.allclose(np.asarray(theirs["y"], dtype=np.float32), y, rtol=1e-6, atol=1e-6)
+    # A different seed or parameter gives a different factor.
+    assert not np.array_equal(kronecker_factor(s, "layers.0.self_attn.k_proj.lora_B", 50, 16).numpy(), f)
+    other = ProjectionSettings(kind="kronecker", dim=64, seed=8)
+    assert not np.array_equal(kronecker_factor(other, "layers.0.self_attn.q_proj.lora_B", 50, 16).numpy(), f)
+
+
+def test_kronecker_dot_products_within_jl_bound():
+    """As the dense JL test, with the Kronecker map's bound. With A's block transposed, row j
+    of the ``[r, k1]`` output is one ``k1 x (sum_m d_m)`` Rademacher matrix (the factors side
+    by side) applied to the concatenation of every parameter's rank-j column c_j, scaled by
+    1/sqrt(k1). |y|^2 = sum_j |R c_j|^2 / k1, so if every rank column's squared norm is kept
+    within eps, so is the whole one. Achlioptas per column and a union bound over the 2 n^2
+    vectors u_i +- u_j and their r columns: k1 >= 2 ln(4 n^2 r / delta) / (eps^2/2 - eps^3/3)
+    gives every |<Pu_i, Pu_j> - <u_i, u_j>| <= eps with probability >= 1 - delta."""
+    rank, n, delta, eps = 4, 12, 0.01, 0.2
+    shapes = {"p0.lora_B": (2500, rank), "p1.lora_A": (rank, 1500)}  # D = 16000; large sides exceed k1
+    d = sum(a * b for a, b in shapes.values())
+    k1 = 1536
+    assert k1 >= 2 * math.log(4 * n * n * rank / delta) / (eps**2 / 2 - eps**3 / 3)
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(d)
+    base /= np.linalg.norm(base)
+    cos = np.linspace(-0.9, 0.9, n - 1)
+    vecs = [base]
+    for c in cos:
+        r = rng.standard_normal(d)
+        r -= r.dot(base) * base
+        r /= np.linalg.norm(r)
+        vecs.append(c * base + math.sqrt(1 - c * c) * r)
+    u = torch.from_numpy(np.stack(vecs).astype(np.float32))
+    true = (u @ u.T).numpy()
+    assert np.allclose(true[0, 1:], cos, atol=1e-5)
+    proj = KroneckerProjector(ProjectionSettings(kind="kronecker", dim=k1 * rank, seed=11), rank, shapes)
+    pu = proj.project({"p0.lora_B": u[:, :10000], "p1.lora_A": u[:, 10000:]}).double().numpy()
+    assert pu.shape == (n, k1 * rank)
+    approx = pu @ pu.T
+    err = np.abs(approx - true)
+    assert err.max() <= eps
+    # Spread over the rank columns, one estimate's standard deviation is about sqrt(2 / k).
+    assert np.median(err) < 3 * math.sqrt(2 / (k1 * rank))
+
+
+def test_kronecker_invalid_settings_give_clear_errors():
+    with pytest.raises(ValueError, match="multiple of the LoRA rank 8"):
+        GradientsConfig(projection={"kind": "kronecker", "dim": 100})
+    with pytest.raises(ValueError, match="multiple of the LoRA rank 4"):
+        KroneckerProjector(ProjectionSettings(kind="kronecker", dim=30), 4)
+    with pytest.raises(ValueError, match="no side of the LoRA rank"):
+        KroneckerProjector(ProjectionSettings(kind="kronecker", dim=32), 4, {"w": (6, 5)})
+    with pytest.raises(ValueError, match="KroneckerProjector"):
+        Projector(ProjectionSettings(kind="kronecker", dim=32))
+    assert GradientsConfig(lora={"rank": 4}, projection={"kind": "kronecker", "dim": 36}).projection.dim == 36
+    key = GradientsScorer(projection={"kind": "kronecker"}).key("sha256:model", "shardhash")
+    assert key.startswith("scores/gradients/v1/kronecker-k4096-seed0/")
+
+
+def test_kronecker_features_plain_and_preconditioned(tiny_llama, smol_tokenizer):
+    """gradient_features with kind kronecker: hook-projected vectors equal projecting the
+    one-backward-per-sample gradients; with Adam moments (whole gradients needed) the plain
+    projections equal the hook path's and the preconditioned ones the projected direction."""
+    rank = 2
+    cfg = GradientsConfig(lora=LoraSettings(rank=rank), projection=ProjectionSettings(kind="kronecker", dim=64),
+                          batch_size=2, projection_group=3, cutoff=64)
+    lm = _lm(tiny_llama, smol_tokenizer)
+    res = gradient_features(lm, SAMPLES, cfg, progress=False)
+    assert res.status == ["ok"] * 4 and res.vectors.shape == (4, 64) and np.isfinite(res.vectors).all()
+    with LoraGradients(tiny_llama, cfg.lora) as lora:
+        shapes = lora.param_shapes()
+        moments = {n: (torch.full(s, 1e-3), torch.full(s, 1e-4)) for n, s in shapes.items()}
+        pre = gradient_features(lm, SAMPLES, cfg, lora=lora, moments=moments, also_plain=True, progress=False)
+        proj = KroneckerProjector(cfg.projection, rank, shapes)
+        for i, smp in enumerate(SAMPLES):
+            e = encode_pair(smol_tokenizer, smp, cutoff=64)
+            want = _one_backward_per_sample(lora, e.input_ids, e.prompt_len)
+            ref = proj.project({k: w[None] for k, w in want.items()})[0].numpy()
+            assert np.allclose(res.vectors[i], ref, rtol=1e-3, atol=1e-4 * np.abs(ref).max())
+            assert np.allclose(pre.plain[i], ref, rtol=1e-3, atol=1e-4 * np.abs(ref).max())
+            direction = adam_precondition({k: w[None] for k, w in want.items()}, moments)
+            ref_pre = proj.project(direction)[0].numpy()
+            assert np.allclose(pre.vectors[i], ref_pre, rtol=1e-3, atol=1e-4 * np.abs(ref_pre).max())
