@@ -9,6 +9,7 @@ only what is missing.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from prefect import flow, unmapped
@@ -57,9 +58,11 @@ def score(pool_manifest: str, scorers: dict[str, dict[str, Any]], model: str = "
 
 
 def task_runner(kind: str = "thread", workers: int = 1, address: str | None = None, processes: bool = True):
-    """Where the per-shard tasks run: ``thread`` (this process, ``workers`` at once) or
+    """Where the per-shard tasks run: ``thread`` (this process, ``workers`` at once),
     ``dask`` (a Dask cluster: an existing one at ``address``, else a local one with
-    ``workers`` workers). Ray works the same way through prefect-ray's ``RayTaskRunner``."""
+    ``workers`` workers) or ``ray`` (a Ray cluster at ``address``, else a local one with
+    ``workers`` CPUs; needs the ``ray`` extra). Ray workers are separate processes: they get
+    this process's Prefect API and Syllabus settings through the Ray runtime environment."""
     if kind == "thread":
         return ThreadPoolTaskRunner(max_workers=workers)
     if kind == "dask":
@@ -69,7 +72,16 @@ def task_runner(kind: str = "thread", workers: int = 1, address: str | None = No
             return DaskTaskRunner(address=address)
         # One thread per worker: each task already uses every core the worker has for torch.
         return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": processes})
-    raise ValueError(f"task runner {kind!r} is not one of thread, dask")
+    if kind == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError:
+            raise ImportError("the ray task runner needs prefect-ray: pip install -e '.[ray]'") from None
+        env = {k: v for k, v in os.environ.items() if k.startswith(("PREFECT_", "SYLLABUS_", "AWS_")) or k in ("PYTHONPATH", "HF_HOME")}
+        if address:
+            return RayTaskRunner(address=address, init_kwargs={"runtime_env": {"env_vars": env}})
+        return RayTaskRunner(init_kwargs={"num_cpus": workers, "include_dashboard": False, "runtime_env": {"env_vars": env}})
+    raise ValueError(f"task runner {kind!r} is not one of thread, dask, ray")
 
 
 def score_with_workers(workers: int, kind: str = "thread", address: str | None = None):

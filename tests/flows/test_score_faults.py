@@ -163,3 +163,17 @@ def test_dask_runner_gives_the_same_results(setup):
     on_threads = run_score(setup)
     assert on_threads["shards_cached"] == 5
     assert [e["key"] for e in on_dask["shards"]] == [e["key"] for e in on_threads["shards"]]
+
+
+def test_ray_runner_gives_the_same_results(setup):
+    """The same flow with its shards on a local Ray cluster (worker processes that reach the
+    test's Prefect server through the runtime environment): a real scorer on the tiny model,
+    the same keys as on threads, and nothing left to score afterwards."""
+    from flows.score import score, task_runner
+
+    config = {"ifd": {"cutoff": 128}}
+    on_ray = score.with_options(task_runner=task_runner("ray", 2))(setup["manifest"], config, setup["model"], setup["store"])["ifd"]
+    assert (on_ray["shards_scored"], on_ray["missing"]) == (5, [])
+    on_threads = score(setup["manifest"], config, setup["model"], setup["store"])["ifd"]
+    assert (on_threads["shards_scored"], on_threads["shards_cached"]) == (0, 5)
+    assert [e["key"] for e in on_ray["shards"]] == [e["key"] for e in on_threads["shards"]]

@@ -59,8 +59,8 @@ class PipelineParams(BaseModel):
     )
     evaluate_base: bool = Field(True, description="also evaluate the base model, for reference")
     score_workers: int = Field(1, ge=1, description="scoring tasks run at once (threads, or local Dask workers)")
-    task_runner: Literal["thread", "dask"] = Field("thread", description="where scoring tasks run: this process or a Dask cluster")
-    dask_address: str | None = Field(None, description="scheduler address of an existing Dask cluster (default: start a local one)")
+    task_runner: Literal["thread", "dask", "ray"] = Field("thread", description="where scoring tasks run: this process, a Dask cluster or a Ray cluster")
+    dask_address: str | None = Field(None, description="address of an existing Dask scheduler or Ray cluster (default: start a local one)")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (default sqlite:///./mlflow.db)")
     experiment: str = "syllabus"
 
