@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 COMMAND_MODULES = [
@@ -40,7 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Prefect gives its temporary server 20 s to start. On a fresh PREFECT_HOME the database
+# migrations alone take longer than that on a busy 2-core machine, and the first run of a new
+# user failed with "Timed out while attempting to connect to ephemeral Prefect API server".
+# A user's own setting wins.
+EPHEMERAL_STARTUP_TIMEOUT_S = "180"
+
+
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
