@@ -160,17 +160,9 @@ def test_projection_blocking_and_grouping_do_not_change_the_result():
     assert torch.allclose(Projector(ProjectionSettings(dim=128)).project(with_zero), big, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
-def test_projected_dot_products_within_jl_bound(kind):
-    """Known inner products: unit vectors u_i in R^D with u_0 . u_i = c_i. For one vector x,
-    P(| |Px|^2 - |x|^2 | > eps |x|^2) <= 2 exp(-k (eps^2/2 - eps^3/3) / 2) (Achlioptas 2003, for
-    +-1 and Gaussian entries). A union bound over the 2 n^2 vectors u_i +- u_j gives, when
-    k >= 2 ln(4 n^2 / delta) / (eps^2/2 - eps^3/3), with probability >= 1 - delta that
-    |<Pu_i, Pu_j> - <u_i, u_j>| <= eps for every pair (polarisation: the error is at most
-    eps (|u_i + u_j|^2 + |u_i - u_j|^2) / 4 = eps for unit vectors)."""
-    d, k, n, delta = 5000, 2048, 12, 0.01
-    eps = 0.2
-    assert k >= 2 * math.log(4 * n * n / delta) / (eps**2 / 2 - eps**3 / 3)
+def _known_inner_products(d: int, n: int):
+    """n unit vectors in R^d: u_0, and u_i with u_0 . u_i = c_i for c evenly spaced in
+    [-0.9, 0.9]; returns them (float32) and their true Gram matrix."""
     rng = np.random.default_rng(3)
     base = rng.standard_normal(d)
     base /= np.linalg.norm(base)
@@ -184,6 +176,21 @@ def test_projected_dot_products_within_jl_bound(kind):
     u = torch.from_numpy(np.stack(vecs).astype(np.float32))
     true = (u @ u.T).numpy()
     assert np.allclose(true[0, 1:], cos, atol=1e-5)  # the true values are known by construction
+    return u, true
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_projected_dot_products_within_jl_bound(kind):
+    """Known inner products: unit vectors u_i in R^D with u_0 . u_i = c_i. For one vector x,
+    P(| |Px|^2 - |x|^2 | > eps |x|^2) <= 2 exp(-k (eps^2/2 - eps^3/3) / 2) (Achlioptas 2003, for
+    +-1 and Gaussian entries). A union bound over the 2 n^2 vectors u_i +- u_j gives, when
+    k >= 2 ln(4 n^2 / delta) / (eps^2/2 - eps^3/3), with probability >= 1 - delta that
+    |<Pu_i, Pu_j> - <u_i, u_j>| <= eps for every pair (polarisation: the error is at most
+    eps (|u_i + u_j|^2 + |u_i - u_j|^2) / 4 = eps for unit vectors)."""
+    d, k, n, delta = 5000, 2048, 12, 0.01
+    eps = 0.2
+    assert k >= 2 * math.log(4 * n * n / delta) / (eps**2 / 2 - eps**3 / 3)
+    u, true = _known_inner_products(d, n)
     half = d // 2  # two parameters: the projection spans both
     pu = Projector(ProjectionSettings(kind=kind, dim=k, seed=11)).project(
         {"p0": u[:, :half], "p1": u[:, half:]}).double().numpy()
@@ -332,19 +339,7 @@ def test_kronecker_dot_products_within_jl_bound():
     d = sum(a * b for a, b in shapes.values())
     k1 = 1536
     assert k1 >= 2 * math.log(4 * n * n * rank / delta) / (eps**2 / 2 - eps**3 / 3)
-    rng = np.random.default_rng(3)
-    base = rng.standard_normal(d)
-    base /= np.linalg.norm(base)
-    cos = np.linspace(-0.9, 0.9, n - 1)
-    vecs = [base]
-    for c in cos:
-        r = rng.standard_normal(d)
-        r -= r.dot(base) * base
-        r /= np.linalg.norm(r)
-        vecs.append(c * base + math.sqrt(1 - c * c) * r)
-    u = torch.from_numpy(np.stack(vecs).astype(np.float32))
-    true = (u @ u.T).numpy()
-    assert np.allclose(true[0, 1:], cos, atol=1e-5)
+    u, true = _known_inner_products(d, n)
     proj = KroneckerProjector(ProjectionSettings(kind="kronecker", dim=k1 * rank, seed=11), rank, shapes)
     pu = proj.project({"p0.lora_B": u[:, :10000], "p1.lora_A": u[:, 10000:]}).double().numpy()
     assert pu.shape == (n, k1 * rank)
