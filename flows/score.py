@@ -35,7 +35,8 @@ def score(pool_manifest: str, scorers: dict[str, dict[str, Any]], model: str = "
     """Score every shard of the pool with every scorer; returns the score manifests by scorer."""
     shards = pool_shards(pool_manifest)
     futures = {
-        name: score_shard_task.map(shards, unmapped(name), unmapped(config), unmapped(model), unmapped(store))
+        name: score_shard_task.map(shards, unmapped(name), unmapped(config), unmapped(model), unmapped(store),
+                                    unmapped(pool_manifest))
         for name, config in scorers.items()
     }
     manifests: dict[str, dict[str, Any]] = {}

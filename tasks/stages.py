@@ -22,8 +22,9 @@ def ingest_task(inputs: list[str], store: str | None, shard_size: int) -> dict[s
 
 
 @task(name="score-shard", tags=["gpu"], task_run_name="{scorer}:{shard[name]}", **_COMMON)
-def score_shard_task(shard: dict, scorer: str, config: dict, model: str, store: str | None) -> dict[str, Any]:
-    return stages.score_shard(shard, scorer, config, model, store)
+def score_shard_task(shard: dict, scorer: str, config: dict, model: str, store: str | None,
+                     pool_manifest: str | None = None) -> dict[str, Any]:
+    return stages.score_shard(shard, scorer, config, model, store, pool_manifest)
 
 
 @task(name="score-manifest", **_COMMON)

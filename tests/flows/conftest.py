@@ -15,7 +15,7 @@ os.environ.setdefault("SYLLABUS_RETRY_BASE_SECONDS", "0")
 def prefect_server(tmp_path_factory):
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=300):
         yield
 
 

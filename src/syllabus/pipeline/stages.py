@@ -43,11 +43,14 @@ def score_shard(
     scorer_config: Mapping[str, Any],
     model: str,
     store_url: str | None,
+    pool_manifest_url: str | None = None,
 ) -> dict[str, Any]:
     """Score one shard with one scorer (the model is loaded once per process and reused).
 
     Returns the score-manifest entry for the shard; ``skipped`` is true when a committed
-    result with the same key was found and reused.
+    result with the same key was found and reused. A scorer with shared inputs (influence:
+    validation gradients, LESS warm-up checkpoints) caches them in the store, so the first
+    shard computes them and every other shard and worker reads them.
     """
     from syllabus.models import load_model
     from syllabus.pool.manifest import read_shard
@@ -58,6 +61,8 @@ def score_shard(
 
     store = Store(store_url)
     scorer = make_scorer(scorer_name, scorer_config)
+    if hasattr(scorer, "attach"):
+        scorer.attach(store=store, pool_manifest=pool_manifest_url)
     # The key needs only the weights' fingerprint: a cached rerun neither loads the model
     # nor reads the shard.
     key = scorer.key(fingerprint(resolve(model)), shard["content_hash"])

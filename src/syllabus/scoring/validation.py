@@ -159,6 +159,10 @@ def validation_gradients(
     out = summarise(res.vectors, [s.get("task") or "all" for s in samples], res.status)
     log.info("validation gradients: %d items in %d tasks (%d failed)", sum(out.counts.values()), len(out.counts),
              out.failed)
+    for sample, status in zip(samples, res.status):
+        if status != "ok":  # named, so a user can fix the item or the cutoff
+            log.warning("validation item %s left out: %s", sample.get("sample_id") or sample.get("id") or
+                        sample.get("instruction", "")[:60], status)
     if store is not None:
         store.commit(key, out.to_bytes(), {"kind": "validation_gradients", "items": len(samples),
                                            "tasks": out.counts, "failed": out.failed})
