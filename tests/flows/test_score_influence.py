@@ -10,6 +10,7 @@ import pytest
 from flow_helpers import write_pool
 from syllabus.pipeline.stages import ingest
 from syllabus.scoring import gradients as gradients_module
+from syllabus.scoring import influence as influence_module
 
 pytestmark = pytest.mark.flow
 
@@ -32,8 +33,10 @@ def test_validation_gradients_are_computed_once_for_all_shards(tmp_path, tiny_mo
         calls.append(len(samples))
         return real(lm, samples, *args, **kwargs)
 
-    # every gradient pass is counted: the validation set's (2 items) and each shard's (3)
+    # every gradient pass is counted: the validation set's (2 items; validation imports it at
+    # call time) and each shard's (3; influence imported it with the module)
     monkeypatch.setattr(gradients_module, "gradient_features", counting)
+    monkeypatch.setattr(influence_module, "gradient_features", counting)
     config = {"gradients": {"lora": {"rank": 4}, "projection": {"dim": 256}}, "validation": {"source": str(val)}}
     out = score(manifest, {"influence": config}, tiny_model_dir, store)["influence"]
     assert out["shards_scored"] == 3 and not out["missing"]

@@ -238,7 +238,7 @@ def test_golden_store_key():
     """Any change to the key (config fields, defaults, scheme) shows here: bump the version
     when numbers change, and update this string deliberately."""
     assert GradientsScorer().key("sha256:model", "shardhash") == (
-        "scores/gradients/v1/rademacher-k4096-seed0/ed2ba83ba68b28cd40b1cd95.parquet")
+        "scores/gradients/v1/rademacher-k4096-seed0/c994026170685cf3deae4342.parquet")
     other = GradientsScorer(projection={"dim": 8192, "seed": 3}).key("sha256:model", "shardhash")
     assert other.startswith("scores/gradients/v1/rademacher-k8192-seed3/")
 
