@@ -60,9 +60,7 @@ def score_shard(
     from syllabus.models.ref import fingerprint, resolve
 
     store = Store(store_url)
-    scorer = make_scorer(scorer_name, scorer_config)
-    if hasattr(scorer, "attach"):
-        scorer.attach(store=store, pool_manifest=pool_manifest_url)
+    scorer = make_scorer(scorer_name, scorer_config, store, pool_manifest_url)
     # The key needs only the weights' fingerprint: a cached rerun neither loads the model
     # nor reads the shard.
     key = scorer.key(fingerprint(resolve(model)), shard["content_hash"])

@@ -94,9 +94,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     manifests = []
     stages = {}
     for name in METHOD_SCORERS[args.method]:
-        scorer = make_scorer(name, configs[name])
-        if hasattr(scorer, "attach"):  # influence caches validation gradients and warms up on the pool
-            scorer.attach(store=store, pool_manifest=manifest_url)
+        scorer = make_scorer(name, configs[name], store, manifest_url)
         m = score_pool(manifest_url, scorer, lm, store, limit=args.limit, force=args.force)
         manifests.append(m)
         stages[name] = {

@@ -90,8 +90,8 @@ class GradientsConfig(ScorerConfig):
     cutoff: int = DEFAULT_CUTOFF
     batch_size: int = 8
     # Tokens per forward+backward. Backward keeps every layer's activations and the response
-    # positions' logits: about 2.5 MB a token for SmolLM2-135M, so 8,192 tokens peaked at
-    # 22 GB on CPU (measured), 2,048 at about 5 GB; on CPU a larger batch barely helps
+    # positions' logits: about 2.5 MB a token for SmolLM2-135M. In the score flow on CPU,
+    # 8,192 tokens peaked at 22 GB RSS and 2,048 at 6.7 GB (measured); a larger batch barely helps
     # (batched features cost about what batch-1 forward+backward does). Raise it on a GPU.
     max_batch_tokens: int = 2048
     projection_group: int = 256  # samples projected together (each P block generated once per group)

@@ -39,10 +39,17 @@ ALIASES = {"difficulty_d1": "d1", "difficulty_d2": "d2", "difficulty_d3": "d3", 
            "influence_dot": "influence", "diq_difficulty_score": "difficulty"}
 
 
-def make_scorer(name: str, config: Mapping[str, Any] | None = None) -> Scorer:
+def make_scorer(name: str, config: Mapping[str, Any] | None = None, store: Store | None = None,
+                pool_manifest: str | None = None) -> Scorer:
+    """The registered scorer ``name`` with ``config``. A scorer with inputs shared by every
+    shard (influence: validation gradients, LESS warm-up checkpoints) is attached to ``store``,
+    where the first shard commits them and the rest read them, and to the pool they warm up on."""
     from syllabus.registry import lookup
 
-    return lookup("scorer", name)(dict(config or {}))
+    scorer = lookup("scorer", name)(dict(config or {}))
+    if hasattr(scorer, "attach"):
+        scorer.attach(store=store, pool_manifest=pool_manifest)
+    return scorer
 
 
 def _limit_shards(manifest: dict, limit: int | None) -> list[tuple[dict, int | None]]:
