@@ -8,6 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from syllabus.pipeline import stages
+from tasks.progress import ProgressArtifact
 from tasks.retry import is_transient, retry_delays
 
 # The store is the cache (keys cover model, config and shard content): Prefect's own
@@ -41,7 +42,7 @@ def select_task(method: str, scores: list[str], budget: dict | None, store: str 
 
 @task(name="finetune", tags=["gpu"], **_COMMON)
 def finetune_task(selected: str, model: str, config: dict, store: str | None) -> dict[str, Any]:
-    return stages.finetune(selected, model, config, store)
+    return stages.finetune(selected, model, config, store, on_progress=ProgressArtifact("fine-tune"))
 
 
 @task(name="evaluate", tags=["gpu"], **_COMMON)

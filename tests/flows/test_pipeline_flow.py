@@ -65,12 +65,18 @@ def test_pipeline_lineage_and_cached_rerun(params, monkeypatch):
     assert "do-not-leak-this" not in everything
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, ArtifactFilterType
 
     with get_client(sync_client=True) as client_api:
         links = client_api.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mlflow-run"])))
     assert any(a.flow_run_id and str(a.flow_run_id) == flow_run_id and result["mlflow_run_id"] in a.data for a in links), \
         [(a.flow_run_id, a.data) for a in links]
+    # each fine-tune task showed its progress, ending at 100%
+    with get_client(sync_client=True) as client_api:
+        bars = client_api.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
+    bars = [a for a in bars if a.flow_run_id and str(a.flow_run_id) == flow_run_id]
+    assert len(bars) == 2 and all(a.data == 100.0 and "6/6 samples seen" in a.description for a in bars), \
+        [(a.data, a.description) for a in bars]
 
     again = pipeline(params)
     second = MlflowClient(params.tracking_uri).get_run(again["mlflow_run_id"])

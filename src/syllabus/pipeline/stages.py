@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from syllabus.store import Store, content_hash
 
@@ -175,8 +175,10 @@ def select(
 
 
 # ------------------------------------------------------------------- train and evaluate
-def finetune(selected_url: str, model: str, config: Mapping[str, Any], store_url: str | None) -> dict[str, Any]:
-    """LoRA fine-tune ``model`` on a selection Parquet; returns the adapter summary."""
+def finetune(selected_url: str, model: str, config: Mapping[str, Any], store_url: str | None,
+             on_progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+    """LoRA fine-tune ``model`` on a selection Parquet; returns the adapter summary.
+    ``on_progress(samples done, samples in all, loss)`` is called after every step."""
     from syllabus.models import load_model
     from syllabus.training.config import FinetuneConfig
     from syllabus.training.data import load_samples
@@ -187,7 +189,8 @@ def finetune(selected_url: str, model: str, config: Mapping[str, Any], store_url
     if not samples:
         raise ValueError(f"selection {selected_url} holds no usable sample; relax the method's thresholds or raise the budget")
     lm = load_model(model, reuse=False)  # training modifies the weights: never the shared copy
-    result = train(lm.model, lm.tokenizer, samples, cfg, Store(store_url), lm.fingerprint, base_model=model, progress=False)
+    result = train(lm.model, lm.tokenizer, samples, cfg, Store(store_url), lm.fingerprint, base_model=model, progress=False,
+                   on_progress=on_progress)
     out = result.to_json()
     out["read"] = counts
     return out

@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -160,10 +160,19 @@ def accumulate_gradients(
     return step_nll
 
 
+# Called after every optimiser step with (samples done, samples in all, last step's loss).
+ProgressCallback = Callable[[int, int, float], None]
+
+
 def train_lora(
-    model: Any, tokenizer: Any, examples: Sequence[TrainExample], config: FinetuneConfig, progress: bool = True
+    model: Any, tokenizer: Any, examples: Sequence[TrainExample], config: FinetuneConfig, progress: bool = True,
+    on_progress: ProgressCallback | None = None,
 ) -> tuple[Any, dict]:
-    """Train LoRA adapters on ``examples``; returns ``(peft_model, stats)``."""
+    """Train LoRA adapters on ``examples``; returns ``(peft_model, stats)``.
+
+    ``progress`` shows a terminal bar; whatever it says, every tenth of the way is also logged
+    (so a flow's log shows how far a long fine-tune is), and ``on_progress`` is called after
+    every step."""
     import torch
 
     if not examples:
@@ -182,6 +191,7 @@ def train_lora(
     losses: list[float] = []
     nll_sum, token_sum = 0.0, 0
     bar = tqdm(total=len(order), desc="finetune", unit="sample", disable=not progress)
+    started, done, next_log = time.perf_counter(), 0, 0.1
     for step_indices in steps:
         step_examples = [examples[i] for i in step_indices]
         n_targets = sum(e.n_targets for e in step_examples)
@@ -196,7 +206,15 @@ def train_lora(
         nll_sum += step_nll
         token_sum += n_targets
         bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        log.debug("step %d loss %.4f", len(losses), losses[-1])
+        done += len(step_indices)
+        if on_progress is not None:
+            on_progress(done, len(order), losses[-1])
+        if done >= next_log * len(order):
+            elapsed = time.perf_counter() - started
+            log.info("finetune: %d/%d samples seen (%d%%), step %d/%d, loss %.4f, %.0f s elapsed, about %.0f s left",
+                     done, len(order), 100 * done // len(order), len(losses), len(steps), losses[-1], elapsed,
+                     elapsed * (len(order) - done) / done)
+            next_log = math.floor(10 * done / len(order) + 1) / 10
     bar.close()
     peft_model.eval()
     return peft_model, {
@@ -274,6 +292,7 @@ def finetune(
     base_model: str = "",
     force: bool = False,
     progress: bool = True,
+    on_progress: ProgressCallback | None = None,
 ) -> FinetuneResult:
     """Template ``samples``, train LoRA on ``model`` (modified in place) and commit the adapter."""
     start = time.perf_counter()
@@ -285,7 +304,7 @@ def finetune(
         return FinetuneResult(store.url(key), key, manifest["train_loss"], manifest["train_loss_mean"],
                               manifest["samples"], manifest["steps"], time.perf_counter() - start, True,
                               manifest["losses"], manifest.get("counts", {}))
-    peft_model, stats = train_lora(model, tokenizer, examples, config, progress=progress)
+    peft_model, stats = train_lora(model, tokenizer, examples, config, progress=progress, on_progress=on_progress)
     seconds = time.perf_counter() - start
     manifest = {
         "base_model": base_model,

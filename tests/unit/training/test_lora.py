@@ -117,14 +117,23 @@ def test_accumulation_is_exact_and_training_is_seeded(smol_tokenizer):
     assert first["steps"] == 1 and first["samples_seen"] == 6
 
 
-def test_loss_goes_down_with_steps(smol_tokenizer):
+def test_loss_goes_down_with_steps_and_progress_is_reported(smol_tokenizer, caplog):
     examples, _ = build_examples(smol_tokenizer, SAMPLES, cutoff=1024)
     cfg = FinetuneConfig(batch_size=2, micro_batch_size=2, learning_rate=5e-3, epochs=4, lr_scheduler="constant",
                          warmup_ratio=0.0, lora_dropout=0.0, lora_rank=16)
-    _, stats = train_lora(make_tiny_llama(len(smol_tokenizer)), smol_tokenizer, examples, cfg, progress=False)
+    calls = []
+    with caplog.at_level("INFO", logger="syllabus.training.lora"):
+        _, stats = train_lora(make_tiny_llama(len(smol_tokenizer)), smol_tokenizer, examples, cfg, progress=False,
+                              on_progress=lambda done, total, loss: calls.append((done, total, loss)))
     assert stats["steps"] == 12
     first, last = sum(stats["losses"][:3]) / 3, sum(stats["losses"][-3:]) / 3
     assert last < first
+    # the callback after every step, with that step's loss; the log about every tenth of the way
+    assert [(d, t) for d, t, _ in calls] == [(2 * k, 24) for k in range(1, 13)]
+    assert [loss for _, _, loss in calls] == stats["losses"]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("finetune: ")]
+    assert 5 <= len(lines) <= 10, lines
+    assert lines[-1].startswith("finetune: 24/24 samples seen (100%), step 12/12") and "about 0 s left" in lines[-1]
 
 
 def test_adapter_round_trips_through_memory_store(smol_tokenizer):
