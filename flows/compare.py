@@ -67,9 +67,10 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
         "evaluation": f"{', '.join(Path(b).name for b in result['benches'])}; {params.eval}",
         "MLflow run": result["mlflow_run_url"],
     }
-    markdown = C.comparison_markdown(table, analysis, setup, result["timings"], [n for n in files if n.endswith(".png")])
+    costs = C.costs(result["rows"], result["score_costs"], result["timings"])
+    markdown = C.comparison_markdown(table, analysis, setup, costs, [n for n in files if n.endswith(".png")])
     files = {"report.md": markdown.encode("utf-8"), "comparison.json": C.to_json({"comparison": table, "difficulty": analysis,
-             "setup": setup, "timings": result["timings"], "results": result["results"]}), **files}
+             "setup": setup, "costs": costs, "timings": result["timings"], "results": result["results"]}), **files}
     where = C.write_report(params.report_dir, Store(params.store), f"comparisons/{result['mlflow_run_id']}", files)
 
     lineage = Lineage(params.tracking_uri, params.experiment)
@@ -92,4 +93,4 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
     except Exception as exc:  # artifacts need a Prefect API; a missing one must not lose the report
         log.warning("could not create the Prefect artifact: %s", exc)
     return {**{k: result[k] for k in ("results", "mlflow_run_id", "mlflow_run_url", "mlflow_tracking_uri", "scores", "timings")},
-            "comparison": table, "difficulty": analysis, "report": where, "markdown": markdown}
+            "comparison": table, "difficulty": analysis, "costs": costs, "report": where, "markdown": markdown}

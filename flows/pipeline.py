@@ -137,7 +137,9 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
         log.warning("could not create the Prefect artifacts: %s", exc)
     return {"results": table, "rows": rows, "benches": benches, "mlflow_run_id": parent.info.run_id,
             "mlflow_run_url": parent_url, "mlflow_tracking_uri": lineage.tracking_uri, "pool": ingest,
-            "scores": {k: v["url"] for k, v in manifests.items()}, "timings": timings, "markdown": markdown}
+            "scores": {k: v["url"] for k, v in manifests.items()}, "timings": timings, "markdown": markdown,
+            "score_costs": {k: {f: v.get(f) for f in ("samples", "shards_scored", "shards_cached", "seconds", "compute_seconds")}
+                            for k, v in manifests.items()}}
 
 
 def _run_arm(params: PipelineParams, arm: dict[str, Any], method_scorers: list[str], scorers: dict[str, dict],

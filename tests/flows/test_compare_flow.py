@@ -50,6 +50,9 @@ def test_compare_end_to_end(tmp_path, tiny_model_dir):
     assert {"report.md", "comparison.json", "comparison.png", "difficulty.png", "training_loss.png"} <= {p.name for p in report.iterdir()}
     text = (report / "report.md").read_text()
     assert "| 3ds-hard |" in text and "Δ random" in text and "Spearman" in text
+    costs = {c["stage"]: c for c in result["costs"]}
+    assert costs["score: difficulty"]["compute"] > 0 and costs["3ds-hard: fine-tune"]["compute"] > 0
+    assert "cached" not in costs["random@1: evaluation"]["note"] and "| 3ds: fine-tune |" in text
 
     client = MlflowClient(params.tracking_uri)
     parent = client.get_run(result["mlflow_run_id"])

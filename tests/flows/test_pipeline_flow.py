@@ -81,3 +81,5 @@ def test_pipeline_lineage_and_cached_rerun(params, monkeypatch):
     again = pipeline(params)
     second = MlflowClient(params.tracking_uri).get_run(again["mlflow_run_id"])
     assert second.data.metrics["score/ifd/shards_scored"] == 0 and second.data.metrics["score/ifd/shards_cached"] == 3
+    # a cached rerun spends nothing on scoring but still knows what scoring cost
+    assert again["score_costs"]["ifd"]["seconds"] == 0 and again["score_costs"]["ifd"]["compute_seconds"] > 0

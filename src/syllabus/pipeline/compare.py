@@ -260,12 +260,37 @@ def _f(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def _ci(ci: Sequence[float] | None, digits: int = 3) -> str:
     return f"[{_f(ci[0], digits)}, {_f(ci[1], digits)}]" if ci else "-"
 
 
+def costs(rows: Sequence[Mapping[str, Any]], score_costs: Mapping[str, Mapping[str, Any]],
+          timings: Mapping[str, float]) -> list[dict[str, Any]]:
+    """What each stage cost: ``compute`` is the seconds it took when it ran (read back from the
+    store for a cached result), ``this_run`` what this run spent on it (a cached stage: reading)."""
+    out: list[dict[str, Any]] = [{"stage": "ingest", "compute": None, "this_run": timings.get("ingest_seconds"), "note": ""}]
+    for name, c in score_costs.items():
+        cached = c.get("shards_cached") or 0
+        out.append({"stage": f"score: {name}", "compute": c.get("compute_seconds"), "this_run": c.get("seconds"),
+                    "note": f"{c.get('samples')} samples; {c.get('shards_scored', 0)} shards scored, {cached} cached"})
+    for row in rows:
+        name, ft, ev = row["method"], row.get("finetune"), row.get("evaluation")
+        if ft:
+            out.append({"stage": f"{name}: fine-tune", "compute": ft.get("compute_seconds"), "this_run": ft.get("seconds"),
+                        "note": f"{ft.get('samples')} samples, {ft.get('steps')} steps" + ("; cached" if ft.get("cached") else "")})
+        if ev:
+            out.append({"stage": f"{name}: evaluation", "compute": (ev.get("metrics") or {}).get("seconds"),
+                        "this_run": ev.get("seconds"), "note": "cached" if ev.get("cached") else ""})
+    out.append({"stage": "total", "compute": None, "this_run": timings.get("total_seconds"), "note": ""})
+    return out
+
+
 def comparison_markdown(result: Mapping[str, Any], analysis: Mapping[str, Any], setup: Mapping[str, Any],
-                        timings: Mapping[str, float], plots: Sequence[str] = ()) -> str:
+                        costs: Sequence[Mapping[str, Any]], plots: Sequence[str] = ()) -> str:
     """The comparison report: set-up, the table with intervals, paired deltas against random
     with verdicts, random's seed spread, the difficulty analyses, costs and plots."""
     metrics = result["metrics"]
@@ -298,8 +323,9 @@ def comparison_markdown(result: Mapping[str, Any], analysis: Mapping[str, Any], 
         lines += [f"| {p} | {_f(analysis['pearson'][p])} | {_f(analysis['spearman'][p])} |" for p in analysis["pearson"]]
         lines += ["", "| percentile window (each of D1, D2, D3) | inside all three | share |", "|---|---|---|"]
         lines += [f"| {w} | {v['count']} | {v['share']:.1%} |" for w, v in analysis["inside_all_bands"].items()]
-    lines += ["", "## Cost", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k.replace('_seconds', '')} | {v:.0f} |" for k, v in timings.items()]
+    lines += ["", "## Cost", "", "Seconds each stage took when it ran; a cached stage was only read back in this run.", "",
+              "| stage | compute (s) | this run (s) | note |", "|---|---|---|---|"]
+    lines += [f"| {c['stage']} | {_seconds(c['compute'])} | {_seconds(c['this_run'])} | {c['note']} |" for c in costs]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines) + "\n"

@@ -83,6 +83,7 @@ def _entry(shard: Mapping[str, Any], store: Store, key: str, marker: Mapping[str
         "failed": marker.get("failed"),
         "skipped": skipped,
         "seconds": 0.0 if skipped else marker.get("seconds"),
+        "compute_seconds": marker.get("seconds"),  # what scoring the shard took when it ran, cached or not
         "stats": marker.get("stats"),
     }
 
@@ -123,6 +124,7 @@ def write_score_manifest(
         "shards_scored": len(scored),
         "shards_cached": len(entries) - len(scored),
         "seconds": round(seconds, 3),
+        "compute_seconds": round(sum(e.get("compute_seconds") or 0.0 for e in entries), 3),
         "samples_per_second": round(sum(e["rows"] for e in scored) / seconds, 3) if seconds else None,
     }
     key = f"{SCORE_MANIFEST_PREFIX}/{scorer.name}-{content_hash([[e['key'] for e in entries], list(missing)], 20)}.json"

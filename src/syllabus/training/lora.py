@@ -51,6 +51,7 @@ class FinetuneResult:
     cached: bool = False
     losses: list[float] = field(default_factory=list)
     counts: dict = field(default_factory=dict)
+    compute_seconds: float | None = None  # what training took when it ran (a cached result: then, not now)
 
     def to_json(self) -> dict:
         return {
@@ -61,6 +62,7 @@ class FinetuneResult:
             "steps": self.steps,
             "seconds": round(self.seconds, 2),
             "cached": self.cached,
+            "compute_seconds": round(self.seconds if self.compute_seconds is None else self.compute_seconds, 2),
             "losses": self.losses,
             **({"counts": self.counts} if self.counts else {}),
         }
@@ -303,7 +305,7 @@ def finetune(
         log.info("adapter %s already committed; reusing it (pass force to retrain)", store.url(key))
         return FinetuneResult(store.url(key), key, manifest["train_loss"], manifest["train_loss_mean"],
                               manifest["samples"], manifest["steps"], time.perf_counter() - start, True,
-                              manifest["losses"], manifest.get("counts", {}))
+                              manifest["losses"], manifest.get("counts", {}), manifest.get("seconds"))
     peft_model, stats = train_lora(model, tokenizer, examples, config, progress=progress, on_progress=on_progress)
     seconds = time.perf_counter() - start
     manifest = {

@@ -49,8 +49,15 @@ def test_paired_deltas_against_random_seed_mean(tmp_path):
     assert arms["broken"]["values"] == {} and arms["broken"]["error"] == "boom"
     spread = out["random"]["qa ref NLL"]
     assert spread["seeds"] == 2 and spread["max"] - spread["min"] == pytest.approx(0.02)
-    md = C.comparison_markdown(out, {}, {"pool": "test"}, {"score_seconds": 3.0})
+    rows[2]["finetune"] = {"seconds": 0.5, "compute_seconds": 200.0, "cached": True, "samples": 10, "steps": 2}
+    rows[2]["evaluation"].update(seconds=0.2, cached=True, metrics={"seconds": 150.0})
+    costs = C.costs(rows, {"quality": {"samples": 30, "shards_scored": 0, "shards_cached": 3, "seconds": 0.0, "compute_seconds": 90.0}},
+                    {"ingest_seconds": 0.1, "total_seconds": 3.0})
+    md = C.comparison_markdown(out, {}, {"pool": "test"}, costs)
     assert "| good | 10 |" in md and "better" in md and "broken: boom" in md
+    # a cached stage shows what it cost when it ran, and that this run only read it
+    assert "| score: quality | 90 | 0 | 30 samples; 0 shards scored, 3 cached |" in md
+    assert "| good: fine-tune | 200 | 0 | 10 samples, 2 steps; cached |" in md and "| good: evaluation | 150 | 0 | cached |" in md
     assert C.plot_comparison(out)[:4] == b"\x89PNG"
 
 

@@ -165,6 +165,8 @@ def test_adapter_round_trips_through_memory_store(smol_tokenizer):
     again = finetune(make_tiny_llama(len(smol_tokenizer), seed=7), smol_tokenizer, SAMPLES, cfg, store, "sha256:tiny",
                      progress=False)
     assert again.cached and again.adapter_url == result.adapter_url and again.losses == result.losses
+    # a cached result reports what training took when it ran, not the read-back
+    assert again.to_json()["compute_seconds"] == round(result.seconds, 2) > again.seconds
     store.write_bytes(result.adapter_key, b"garbage")
     with pytest.raises(Exception, match="corrupt"):
         load_adapter(make_tiny_llama(len(smol_tokenizer), seed=7), result.adapter_url)
