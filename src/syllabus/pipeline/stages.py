@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from syllabus.store import Store, content_hash
+
+if TYPE_CHECKING:  # torch-free at import: the training module is loaded inside finetune
+    from syllabus.training.lora import ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +181,7 @@ def select(
 
 # ------------------------------------------------------------------- train and evaluate
 def finetune(selected_url: str, model: str, config: Mapping[str, Any], store_url: str | None,
-             on_progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+             on_progress: ProgressCallback | None = None) -> dict[str, Any]:
     """LoRA fine-tune ``model`` on a selection Parquet; returns the adapter summary.
     ``on_progress(samples done, samples in all, loss)`` is called after every step."""
     from syllabus.models import load_model
