@@ -15,8 +15,10 @@ import sys
 
 COMMAND_MODULES = [
     "syllabus.pool.commands",
+    "syllabus.pool.defects",
     "syllabus.scoring.commands",
     "syllabus.selection.commands",
+    "syllabus.selection.export",
     "syllabus.training.commands",
     "syllabus.evaluation.commands",
     "syllabus.pipeline.commands",
@@ -57,6 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from syllabus.store.credentials import CredentialsInURLError, adopt_all, redact
+
+    try:
+        # Before anything can log, store or send them on to Prefect: credentials typed into
+        # any URL argument move to the environment (README, "Credentials").
+        for name, value in vars(args).items():
+            if name != "func":
+                setattr(args, name, adopt_all(value))
+    except CredentialsInURLError as exc:
+        print(f"syllabus {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -66,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except Exception as exc:  # a sentence, not a traceback, for the user; -v shows the traceback
         if args.verbose:
-            raise
-        print(f"syllabus {args.command}: error: {exc}", file=sys.stderr)
+            import traceback
+
+            print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+        print(f"syllabus {args.command}: error: {redact(str(exc))}", file=sys.stderr)
         return 1
 
 
