@@ -18,6 +18,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from syllabus.store.credentials import adopt_credentials, has_credentials, split_credentials
+
 log = logging.getLogger(__name__)
 
 MARKER_SUFFIX = ".done.json"
@@ -76,6 +78,14 @@ class Store:
     def __init__(self, url: str | None = None, storage_options: Mapping[str, Any] | None = None):
         url = url or os.environ.get(DEFAULT_STORE_ENV) or DEFAULT_STORE
         options = dict(storage_options or {})
+        if has_credentials(url):
+            # The key and secret leave the URL (so no URL this store hands out, logs or writes
+            # into a manifest carries them) for the environment, where readers of those URLs
+            # in this process and its workers find them; the fs gets them explicitly, because
+            # fsspec may reuse a filesystem made before the environment changed.
+            clean = adopt_credentials(url)
+            options = {**split_credentials(url)[1], **options}
+            url = clean
         if url.startswith("s3://") and "endpoint_url" not in options and "client_kwargs" not in options:
             endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
             if endpoint:

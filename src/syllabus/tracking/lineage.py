@@ -20,10 +20,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from syllabus.store.credentials import redact
+
 log = logging.getLogger(__name__)
 
-_SECRET_KEY = re.compile(r"(secret|password|passwd|token|api[_-]?key|access[_-]?key|credential|auth)", re.I)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
+# A key is secret when one of its words is: ``hf_token``, ``aws_secret_access_key``, ``apiKey``,
+# ``password`` are; ``max_new_tokens`` and ``max_batch_tokens`` (counts: "tokens") are not.
+_SECRET_WORDS = {"secret", "secrets", "password", "passwd", "pwd", "passphrase", "token", "credential", "credentials",
+                 "apikey", "auth", "authorization", "bearer", "cookie"}
+_SECRET_KEY_PAIRS = {("api", "key"), ("access", "key"), ("secret", "key"), ("private", "key"), ("account", "key"),
+                     ("sas", "token"), ("session", "token")}
 _PARAM_MAX = 6000  # MLflow's limit on a parameter value
 
 
@@ -31,14 +37,23 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
+def is_secret_key(name: Any) -> bool:
+    """True for parameter names that hold a secret (by whole words, camelCase split)."""
+    words = [w.lower() for w in re.split(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])", str(name)) if w]
+    if words == ["key"] or _SECRET_WORDS.intersection(words):
+        return True
+    return any(pair in _SECRET_KEY_PAIRS for pair in zip(words, words[1:]))
+
+
 def scrub(value: Any) -> Any:
-    """Remove credentials from a value headed for MLflow params, tags or logs."""
+    """Remove credentials from a value headed for MLflow params, tags or logs: the values of
+    secret-named keys, and the user-info of every URL."""
     if isinstance(value, Mapping):
-        return {k: ("***" if _SECRET_KEY.search(str(k)) else scrub(v)) for k, v in value.items()}
+        return {k: ("***" if is_secret_key(k) else scrub(v)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [scrub(v) for v in value]
     if isinstance(value, str):
-        return _URL_USERINFO.sub(r"\g<scheme>***@", value)
+        return redact(value)
     return value
 
 
