@@ -105,9 +105,17 @@ def attention_probs(module: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: t
     return torch.softmax(scores, dim=-1)
 
 
-def token_importance(probs: torch.Tensor) -> torch.Tensor:
-    """3DS ``I(j) = mean_h( sum_{q >= j} A[h, q, j] / (L - j) )`` for ``probs`` ``[H, L, L]``:
-    the mean attention token ``j`` receives from itself and every later token."""
+def token_importance(probs: torch.Tensor, kind: str = "mean") -> torch.Tensor:
+    """3DS token importance ``I(j)`` for ``probs`` ``[H, L, L]``.
+
+    ``mean`` (methods.md): ``mean_h( sum_{q >= j} A[h, q, j] / (L - j) )``, the mean attention
+    token ``j`` receives from itself and every later token. ``max`` (the authors' variant):
+    ``mean_h( max_{q >= j} A[h, q, j] )``."""
+    if kind == "max":
+        # causal masking makes rows q < j zero, so the max over all rows is the max over q >= j
+        return probs.max(dim=1).values.mean(dim=0)
+    if kind != "mean":
+        raise ValueError(f"token importance kind {kind!r} is unknown; use 'mean' or 'max'")
     length = probs.shape[-1]
     received = probs.sum(dim=1)  # [H, L]; causal masking makes rows q < j zero
     counts = torch.arange(length, 0, -1, device=probs.device, dtype=received.dtype)  # L - j

@@ -78,13 +78,20 @@ def span_mean(nll_row: torch.Tensor | Sequence[float], positions: Sequence[int])
     return float(row[list(positions)].double().mean())
 
 
-def weighted_exp(nll: Sequence[float], weights: Sequence[float]) -> float:
-    """``exp(sum_j w_j * NLL_j / sum_k w_k)``: the 3DS weighted difficulty (methods.md, Stage 2);
-    nan when there is nothing to weigh."""
+def weighted_mean(nll: Sequence[float], weights: Sequence[float]) -> float:
+    """``sum_j w_j * NLL_j / sum_k w_k``: the 3DS weighted difficulty before the ``exp`` (what the
+    authors' code reports); nan when there is nothing to weigh."""
     total = float(sum(weights))
     if not nll or total <= 0 or not math.isfinite(total):
         return math.nan
-    return math.exp(sum(float(w) * float(v) for w, v in zip(weights, nll)) / total)
+    return sum(float(w) * float(v) for w, v in zip(weights, nll)) / total
+
+
+def weighted_exp(nll: Sequence[float], weights: Sequence[float]) -> float:
+    """``exp(sum_j w_j * NLL_j / sum_k w_k)``: the 3DS weighted difficulty (methods.md, Stage 2);
+    nan when there is nothing to weigh."""
+    value = weighted_mean(nll, weights)
+    return math.exp(value) if math.isfinite(value) else math.nan
 
 
 def perplexity(mean_nll: float) -> float:

@@ -16,6 +16,16 @@ embedding (causal attention: the prompt positions of ``T(y)`` are those of ``P``
 layer's attention probabilities are recomputed for that layer alone
 (:mod:`syllabus.models.attention`).
 
+Presets (``preset``): ``ours`` (default) is the definitions above. ``reference`` reproduces the
+authors' code (``PuppyKnightUniversity/3DS`` step 2; methods.md, "Stage 2, reference parity"):
+D1 over every position of ``P`` after the first (``d1_span: prompt``); the end-of-turn tokens
+``E`` weighted like any response token and only the words spaCy's tagger marks PART, DET,
+PUNCT, CCONJ, ADP, CONJ, SCONJ or INTJ in that response dropped (``token_filter: pos``; without
+spaCy or its model, punctuation-only tokens, with a warning once per run); D2 and D3 reported
+as the weighted mean NLL without the ``exp`` (``response_value: mean_nll``, rank-neutral).
+``importance: max`` is the authors' other variant, ``mean_h max_{q>=j} A[h,q,j]``. Each field
+can also be set on its own.
+
 Columns: ``difficulty_d1``, ``difficulty_d2``, ``difficulty_d3``, ``difficulty_embedding``
 (list<float32>), ``difficulty_response`` (the generated ``r_hat``), ``difficulty_status``.
 """
@@ -26,22 +36,34 @@ import logging
 import math
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 import torch
+from pydantic import model_validator
 
 from syllabus.models.attention import LastLayerCapture, token_importance
-from syllabus.models.chat import DEFAULT_CUTOFF, EncodedPair, encode_pair, encode_prompt
+from syllabus.models.chat import DEFAULT_CUTOFF, EncodedPair, encode_pair, encode_prompt, end_of_turn_text
 from syllabus.models.engines import TransformersEngine, decoder_and_head
-from syllabus.models.losses import span_mean, token_nll_from_hidden, weighted_exp
+from syllabus.models.losses import span_mean, token_nll_from_hidden, weighted_exp, weighted_mean
 from syllabus.scoring.base import Failed, Scorer, ScorerConfig, error_status, per_item_fallback
+from syllabus.scoring.timing import StageClock
 
 log = logging.getLogger(__name__)
 
 
+# What the `reference` preset sets (methods.md, "Stage 2, reference parity"); fields given
+# explicitly win over the preset.
+REFERENCE_PRESET: dict[str, Any] = {"token_filter": "pos", "d1_span": "prompt", "response_value": "mean_nll"}
+# Fields added after the first release: left out of the cache key at their defaults, so
+# scores cached with the default config keep their keys.
+_KEY_DEFAULTS: dict[str, Any] = {"d1_span": "instruction", "response_value": "exp", "importance": "mean"}
+
+
 class DifficultyConfig(ScorerConfig):
+    # "ours": methods.md's definitions; "reference": the authors' code (REFERENCE_PRESET).
+    preset: Literal["ours", "reference"] = "ours"
     cutoff: int = DEFAULT_CUTOFF
     max_new_tokens: int = 256
     batch_size: int = 8
@@ -49,9 +71,25 @@ class DifficultyConfig(ScorerConfig):
     max_batch_tokens: int = 16384
     bucket: bool = True
     # "content": drop positions whose text is empty/whitespace/punctuation (ours, methods.md);
-    # "all": weigh every response position.
-    token_filter: Literal["content", "all"] = "content"
+    # "all": weigh every response position; "pos": the authors' part-of-speech filter.
+    token_filter: Literal["content", "all", "pos"] = "content"
+    # "instruction": D1 over the instruction's positions of P (ours); "prompt": over every
+    # position of P after the first, template tokens included (the authors').
+    d1_span: Literal["instruction", "prompt"] = "instruction"
+    # "exp": WD = exp(weighted mean NLL) (methods.md); "mean_nll": the authors' reported value.
+    response_value: Literal["exp", "mean_nll"] = "exp"
+    importance: Literal["mean", "max"] = "mean"
+    # spaCy pipeline for token_filter "pos": a package name or a pipeline directory (the
+    # paper used zh_core_web_sm on Chinese data).
+    spacy_model: str = "en_core_web_sm"
     embedding: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") == "reference":
+            return {**REFERENCE_PRESET, **data}
+        return data
 
 
 def is_content_text(text: str) -> bool:
@@ -79,45 +117,129 @@ class _ContentTokens:
         return hit
 
 
+PAPER_STOP_POS = frozenset({"PART", "DET", "PUNCT", "CCONJ", "ADP", "CONJ", "SCONJ", "INTJ"})
+_TAGGERS: dict[str, tuple[Any, str]] = {}
+
+
+def is_punctuation_text(text: str) -> bool:
+    """Every character is punctuation (no whitespace): what spaCy tags PUNCT and the authors'
+    exact-text match can then drop."""
+    return bool(text) and all(unicodedata.category(c).startswith("P") for c in text)
+
+
+def load_tagger(spacy_model: str) -> tuple[Any, str]:
+    """``(nlp, description)`` for the part-of-speech filter, or ``(None, description)`` when spaCy
+    or the pipeline is missing; the fallback is announced once per process."""
+    if spacy_model in _TAGGERS:
+        return _TAGGERS[spacy_model]
+    fallback = "falling back to dropping punctuation-only tokens (methods.md, \"Stage 2, reference parity\")"
+    try:
+        import spacy
+    except ImportError:
+        log.warning("token_filter 'pos' needs spaCy, which is not installed (pip install 'syllabus[reference]'); %s",
+                    fallback)
+        result: tuple[Any, str] = (None, "punctuation-only (spaCy not installed)")
+    else:
+        try:
+            nlp = spacy.load(spacy_model, disable=["parser", "ner", "lemmatizer"])
+        except (OSError, ValueError, ImportError) as exc:
+            log.warning("spaCy pipeline %r could not be loaded (%s); install it or set spacy_model to a pipeline "
+                        "directory; %s", spacy_model, " ".join(str(exc).split())[:160], fallback)
+            result = (None, f"punctuation-only (spaCy pipeline {spacy_model} not found)")
+        else:
+            meta = nlp.meta
+            result = (nlp, f"spacy {spacy.__version__} {meta.get('lang')}_{meta.get('name')} {meta.get('version')}")
+    _TAGGERS[spacy_model] = result
+    return result
+
+
+class _PosFilter:
+    """The authors' filter: a response token is dropped when its text (the tokenizer's own
+    string for that one token, special tokens included) equals a word the tagger marks with a
+    PAPER_STOP_POS tag in that response. Without a tagger: punctuation-only tokens."""
+
+    def __init__(self, tokenizer: Any, spacy_model: str):
+        self.tokenizer = tokenizer
+        self.nlp, self.description = load_tagger(spacy_model)
+        eot = end_of_turn_text(tokenizer)
+        # The authors tag the response with its end marker appended, as it is in T.
+        self.suffix = eot if eot is not None else (tokenizer.eos_token or "")
+        self.texts: dict[int, str] = {}
+
+    def text(self, token_id: int) -> str:
+        hit = self.texts.get(token_id)
+        if hit is None:
+            tokens = self.tokenizer.convert_ids_to_tokens([token_id])
+            hit = self.texts[token_id] = self.tokenizer.convert_tokens_to_string(tokens)
+        return hit
+
+    def __call__(self, enc: EncodedPair) -> list[int]:
+        positions = range(enc.prompt_len, len(enc.input_ids))
+        if self.nlp is None:
+            return [j for j in positions if not is_punctuation_text(self.text(enc.input_ids[j]))]
+        stop = {t.text for t in self.nlp(enc.response_text + self.suffix) if t.pos_ in PAPER_STOP_POS}
+        return [j for j in positions if self.text(enc.input_ids[j]) not in stop]
+
+
+def response_filter(cfg: "DifficultyConfig", tokenizer: Any) -> Callable[[EncodedPair], list[int]]:
+    """The response positions that carry weight, per ``cfg.token_filter``."""
+    if cfg.token_filter == "pos":
+        return _PosFilter(tokenizer, cfg.spacy_model)
+    if cfg.token_filter == "content":
+        content = _ContentTokens(tokenizer)
+        return lambda enc: [j for j in range(enc.prompt_len, len(enc.input_ids)) if content(enc.input_ids[j])]
+    return lambda enc: list(range(enc.prompt_len, len(enc.input_ids)))
+
+
 @dataclass
 class PassResult:
     """What one forward pass over ``T`` yields for one sequence."""
 
-    d_instruction: float  # exp(mean NLL over instruction positions): D1 when T = T(y)
+    d_instruction: float  # D1's value over its span of P: D1 when T = T(y)
     d_response: float  # WD over the response: D3 for T(y), D2 for T(r_hat)
     embedding: np.ndarray | None
     response_tokens: int  # positions that carried weight
+
+
+def d1_positions(enc: EncodedPair, span: str) -> list[int]:
+    """``instruction``: the instruction's positions of ``P``; ``prompt``: every position of ``P``
+    after the first (nothing predicts position 0)."""
+    return list(enc.instruction_positions) if span == "instruction" else list(range(1, enc.prompt_len))
 
 
 def analyse_batch(
     model: Any,
     engine: TransformersEngine,
     encs: list[EncodedPair],
-    content: _ContentTokens | None,
+    keep: Callable[[EncodedPair], list[int]],
     want_embedding: bool,
+    d1_span: str = "instruction",
+    importance_kind: str = "mean",
+    response_value: str = "exp",
 ) -> list[PassResult]:
-    """One sdpa forward over a right-padded batch of ``T`` sequences; D-values per sequence."""
+    """One sdpa forward over a right-padded batch of ``T`` sequences; D-values per sequence.
+    ``keep(enc)`` names the response positions that carry weight."""
     body, head = decoder_and_head(model)
     ids, mask = engine.pad([e.input_ids for e in encs])
     wanted = torch.zeros_like(mask, dtype=torch.bool)
+    d1_spans = [d1_positions(e, d1_span) for e in encs]
     for b, e in enumerate(encs):
-        wanted[b, e.instruction_positions] = True
+        wanted[b, d1_spans[b]] = True
         wanted[b, e.prompt_len : len(e.input_ids)] = True
+    weigh = weighted_exp if response_value == "exp" else weighted_mean
     with torch.inference_mode(), LastLayerCapture(model) as cap:
         hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
         nll = token_nll_from_hidden(hidden, head, ids, wanted)
         results = []
         for b, e in enumerate(encs):
             length = len(e.input_ids)
-            d_inst = math.exp(span_mean(nll[b], e.instruction_positions)) if e.instruction_positions else math.nan
-            positions = list(range(e.prompt_len, length))
-            if content is not None:
-                positions = [j for j in positions if content(e.input_ids[j])]
+            d_inst = math.exp(span_mean(nll[b], d1_spans[b])) if d1_spans[b] else math.nan
+            positions = keep(e)
             d_resp = math.nan
             if positions:
-                importance = token_importance(cap.probs(b, length))
+                importance = token_importance(cap.probs(b, length), importance_kind)
                 pos = torch.tensor(positions, device=importance.device)
-                d_resp = weighted_exp(nll[b, pos].double().tolist(), importance[pos].double().tolist())
+                d_resp = weigh(nll[b, pos].double().tolist(), importance[pos].double().tolist())
             emb = None
             if want_embedding:
                 emb = hidden[b, : e.prompt_len].float().mean(dim=0).cpu().numpy().astype(np.float32)
@@ -133,12 +255,29 @@ class DifficultyScorer(Scorer):
     def columns(self) -> list[str]:
         return [f"difficulty_{c}" for c in ("d1", "d2", "d3", "embedding", "response", "status")]
 
+    def key_parts(self, model_fingerprint: str, shard_hash: str) -> dict[str, Any]:
+        """The preset name is left out (the fields it sets carry it), so are fields at the
+        defaults they had before they existed; the part-of-speech filter adds the tagger
+        that will actually run, since spaCy and its pipelines are optional."""
+        parts = super().key_parts(model_fingerprint, shard_hash)
+        cfg: DifficultyConfig = self.config
+        config = parts["config"]
+        config.pop("preset", None)
+        config.pop("spacy_model", None)
+        for name, default in _KEY_DEFAULTS.items():
+            if config.get(name) == default:
+                config.pop(name)
+        if cfg.token_filter == "pos":
+            parts["pos_tagger"] = load_tagger(cfg.spacy_model)[1]
+        return parts
+
     def score(self, table: pa.Table, lm: Any, engine: TransformersEngine | None = None) -> pa.Table:
         cfg: DifficultyConfig = self.config
         tok, model = lm.tokenizer, lm.model
         engine = engine or TransformersEngine(model, tok, batch_size=cfg.batch_size,
                                               generate_batch_size=cfg.generate_batch_size,
                                               max_batch_tokens=cfg.max_batch_tokens, bucket=cfg.bucket)
+        clock = StageClock()
         rows = table.to_pylist()
         n = len(rows)
         status = ["ok"] * n
@@ -163,22 +302,26 @@ class DifficultyScorer(Scorer):
 
         # r_hat: greedy, batched, bucketed by prompt length.
         order = sorted(prompts)
-        gen_ids = engine.generate([prompts[i].input_ids for i in order], cfg.max_new_tokens) if order else []
+        with clock.stage("generation", engine, samples=len(order)) as gen_stage:
+            gen_ids = engine.generate([prompts[i].input_ids for i in order], cfg.max_new_tokens) if order else []
+            gen_stage.tokens = sum(len(prompts[i].input_ids) for i in order) + sum(len(g) for g in gen_ids)
+            gen_stage.generated_tokens = sum(len(g) for g in gen_ids)
         owns: dict[int, EncodedPair] = {}
         for i, ids in zip(order, gen_ids):
             generated[i] = tok.decode(ids, skip_special_tokens=True)
             owns[i] = encode_pair(tok, rows[i], response=generated[i], cutoff=cfg.cutoff)
 
-        content = _ContentTokens(tok) if cfg.token_filter == "content" else None
+        keep = response_filter(cfg, tok)
         items = [(i, "ref", refs[i]) for i in sorted(refs)] + [(i, "own", owns[i]) for i in sorted(owns)]
 
         def run(idx: list[int]) -> list[PassResult]:
             encs = [items[k][2] for k in idx]
             want_emb = cfg.embedding and any(items[k][1] == "ref" for k in idx)
-            return analyse_batch(model, engine, encs, content, want_emb)
+            return analyse_batch(model, engine, encs, keep, want_emb, cfg.d1_span, cfg.importance, cfg.response_value)
 
-        results = engine.map_batches([len(it[2].input_ids) for it in items], per_item_fallback(run),
-                                     desc="difficulty forward")
+        with clock.stage("forward", engine, samples=len(refs)):
+            results = engine.map_batches([len(it[2].input_ids) for it in items], per_item_fallback(run),
+                                         desc="difficulty forward")
         for (i, kind, _), res in zip(items, results):
             if isinstance(res, Failed):
                 status[i] = res.status
@@ -198,7 +341,9 @@ class DifficultyScorer(Scorer):
                 status[i] = "error: the reference response has no content tokens within the cutoff"
             elif not math.isfinite(d2[i]):
                 status[i] = "error: the model's own response is empty"
-        self.last_stats = {"engine": engine.stats.as_dict()}
+        self.last_stats = {"engine": engine.stats.as_dict(), "stages": clock.as_dict()}
+        if cfg.token_filter == "pos":
+            self.last_stats["pos_tagger"] = keep.description
         return pa.table(
             {
                 "sample_id": table.column("sample_id"),
