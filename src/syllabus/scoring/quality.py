@@ -42,6 +42,7 @@ import torch
 from syllabus.models.chat import DEFAULT_CUTOFF, has_chat_template, instruction_text
 from syllabus.models.engines import TransformersEngine, decoder_and_head
 from syllabus.scoring.base import Failed, Scorer, ScorerConfig, error_status, per_item_fallback
+from syllabus.scoring.timing import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -340,8 +341,12 @@ class QualityScorer(Scorer):
             except Exception as exc:
                 status[i] = error_status(exc)
         order = sorted(rests)
+        clock = StageClock()
         if cfg.mode == "generate":
-            replies = engine.generate([prompts.prefix_ids + rests[i] for i in order], cfg.max_new_tokens)
+            with clock.stage("rating", engine, samples=len(order)) as rating:
+                replies = engine.generate([prompts.prefix_ids + rests[i] for i in order], cfg.max_new_tokens)
+                rating.generated_tokens = sum(len(r) for r in replies)
+                rating.tokens = sum(len(prompts.prefix_ids) + len(rests[i]) for i in order) + rating.generated_tokens
             for i, ids in zip(order, replies):
                 raw[i] = tok.decode(ids, skip_special_tokens=True)
                 value = parse_score(raw[i])
@@ -351,14 +356,16 @@ class QualityScorer(Scorer):
                     scores[i] = value
         else:
             reader = ScoreReader(tok)
-            cache = self._prefix_cache(model, prompts.prefix_ids) if cfg.reuse_prefix_cache and order else None
+            with clock.stage("rating", engine, samples=len(order)):
+                # the shared rubric prefix is part of rating's cost, once per shard
+                cache = self._prefix_cache(model, prompts.prefix_ids) if cfg.reuse_prefix_cache and order else None
 
-            def run(idx: list[int]) -> list[tuple[float, dict]]:
-                return self.expected_batch(model, engine, prompts, reader, [rests[order[k]] for k in idx], cache)
+                def run(idx: list[int]) -> list[tuple[float, dict]]:
+                    return self.expected_batch(model, engine, prompts, reader, [rests[order[k]] for k in idx], cache)
 
-            extra = 0 if cache is not None else len(prompts.prefix_ids)
-            results = engine.map_batches([len(rests[i]) + extra for i in order], per_item_fallback(run),
-                                         desc="quality")
+                extra = 0 if cache is not None else len(prompts.prefix_ids)
+                results = engine.map_batches([len(rests[i]) + extra for i in order], per_item_fallback(run),
+                                             desc="quality")
             for i, res in zip(order, results):
                 if isinstance(res, Failed):
                     status[i] = res.status
@@ -367,6 +374,7 @@ class QualityScorer(Scorer):
                 raw[i] = json.dumps(info)
         self.last_stats = {
             "engine": engine.stats.as_dict(),
+            "stages": clock.as_dict(),
             "prefix_tokens": len(prompts.prefix_ids),
             "health": rater_health(scores, status, cfg.collapse_share),
         }
