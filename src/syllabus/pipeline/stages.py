@@ -55,22 +55,20 @@ def score_shard(
     validation gradients, LESS warm-up checkpoints) caches them in the store, so the first
     shard computes them and every other shard and worker reads them.
     """
-    from syllabus.models import load_model
     from syllabus.pool.manifest import read_shard
     from syllabus.scoring.base import score_shard as run_scorer
-    from syllabus.scoring.pool import make_scorer
-
-    from syllabus.models.ref import fingerprint, resolve
+    from syllabus.scoring.pool import LazyModel, make_scorer
 
     store = Store(store_url)
     scorer = make_scorer(scorer_name, scorer_config, store, pool_manifest_url)
     # The key needs only the weights' fingerprint: a cached rerun neither loads the model
-    # nor reads the shard.
-    key = scorer.key(fingerprint(resolve(model)), shard["content_hash"])
+    # nor reads the shard, and a worker that waits for another's lease on the shard loads
+    # nothing either (the model is loaded, once per process, by the first shard it scores).
+    lm = LazyModel(model)
+    key = scorer.key(lm.fingerprint, shard["content_hash"])
     if store.is_committed(key):
         marker = store.marker(key) or {}
         return _entry(shard, store, key, marker, skipped=True)
-    lm = load_model(model)
     table = read_shard(shard)
     key, marker = run_scorer(scorer, lm, table, shard["content_hash"], store)
     return _entry(shard, store, key, marker, skipped=bool(marker.get("skipped")))

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, ClassVar, Sequence
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from syllabus.store import Store, content_hash
 
@@ -22,12 +22,32 @@ log = logging.getLogger(__name__)
 SCORES_PREFIX = "scores"
 
 
+# Sizes in a scorer config: tokens or samples per sequence, batch or projection. At 0 or below
+# every sample fails (``cutoff: 0`` marks all ``too_long``) or nothing runs, so they are refused
+# when the config is made: one rule for the CLI, YAML recipes and Prefect forms.
+POSITIVE_FIELDS = frozenset({"cutoff", "batch_size", "generate_batch_size", "max_batch_tokens", "max_new_tokens",
+                             "max_response_tokens", "max_answer_tokens", "projection_group", "dim", "rank", "epochs",
+                             "micro_batch_size"})
+
+
 class ScorerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="after")
+    def _positive_sizes(self) -> "ScorerConfig":
+        for name in POSITIVE_FIELDS.intersection(type(self).model_fields):
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                raise ValueError(f"{type(self).__name__} {name} = {value} must be at least 1")
+        return self
 
 
 class SampleError(Exception):
     """A failure that belongs to one sample; it becomes that sample's status."""
+
+
+class ShardSettingError(ValueError):
+    """Every sample of a shard failed the same way: a setting, not the data, is at fault."""
 
 
 class Failed:
@@ -121,17 +141,59 @@ def score_shard(
     store: Store,
     engine: Any | None = None,
     force: bool = False,
+    wait: bool = True,
 ) -> tuple[str, dict]:
     """Score one shard and commit the table; skip when the key is already committed.
-    Returns ``(key, marker)``."""
+    Returns ``(key, marker)``.
+
+    The shard's lease in the store (:mod:`syllabus.store.lease`) keeps concurrent workers
+    from scoring it twice: one that finds it held waits for the holder's marker (or for the
+    lease to expire, when the holder died), or with ``wait=False`` raises
+    :class:`~syllabus.store.lease.LeaseHeld` at once so the caller can score other shards first.
+    """
+    from syllabus.store.lease import Lease, LeaseHeld
+
     key = scorer.key(lm.fingerprint, shard_hash)
-    if not force and store.is_committed(key):
-        log.info("%s: %s already committed, skipping", scorer.name, key)
-        return key, dict(store.marker(key) or {}, skipped=True)
+    lease = Lease(store, key)
+    while True:
+        if not force and store.is_committed(key):
+            log.info("%s: %s already committed, skipping", scorer.name, key)
+            return key, dict(store.marker(key) or {}, skipped=True)
+        if lease.acquire():
+            break
+        holder = lease.holder()
+        if not wait:
+            raise LeaseHeld(key, holder or {})
+        log.info("%s: %s is being scored by %s; waiting for it", scorer.name, key,
+                 (holder or {}).get("owner", "another worker"))
+        time.sleep(min(5.0, lease.seconds / 10))
+    committed = False
+    try:
+        if not force and store.is_committed(key):  # finished by the previous holder
+            return key, dict(store.marker(key) or {}, skipped=True)
+        key, marker = _score_and_commit(scorer, lm, table, shard_hash, store, engine, key)
+        committed = True
+        return key, marker
+    finally:
+        lease.release(done=committed)
+
+
+def _score_and_commit(scorer: Scorer, lm: Any, table: pa.Table, shard_hash: str, store: Store, engine: Any | None,
+                      key: str) -> tuple[str, dict]:
     start = time.perf_counter()
     out = scorer.score(table, lm, engine)
     seconds = time.perf_counter() - start
-    ok, failed = status_counts(out.column(f"{scorer.name}_status").to_pylist())
+    statuses = out.column(f"{scorer.name}_status").to_pylist()
+    ok, failed = status_counts(statuses)
+    if out.num_rows >= 2 and ok == 0 and len(set(statuses)) == 1:
+        # Different samples failing in one identical way is a setting's doing (a cutoff below
+        # every prompt, an unusable model), not the data's: a cached table of failures would be
+        # reused on every rerun.
+        raise ShardSettingError(
+            f"{scorer.name}: all {out.num_rows} samples of shard {shard_hash} failed with status {statuses[0]!r} "
+            f"under config {scorer.config.model_dump(mode='json')}; nothing was committed. Fix the setting "
+            "(for too_long, raise cutoff) and rerun"
+        )
     meta = {
         "scorer": scorer.name,
         "version": scorer.version,

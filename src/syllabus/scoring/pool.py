@@ -52,6 +52,45 @@ def make_scorer(name: str, config: Mapping[str, Any] | None = None, store: Store
     return scorer
 
 
+class LazyModel:
+    """The target model, loaded on first use. Cache keys need only its fingerprint (a hash of
+    the weight files), so a run whose every shard is already committed never loads it."""
+
+    def __init__(self, spec: str, **load_kwargs: Any):
+        self.spec, self.load_kwargs = spec, load_kwargs
+        self._lm: Any = None
+        self._fingerprint: str | None = None
+        self.load_seconds = 0.0
+
+    @property
+    def fingerprint(self) -> str:
+        if self._lm is not None:
+            return self._lm.fingerprint
+        if self._fingerprint is None:
+            from syllabus.models.ref import fingerprint, resolve
+
+            self._fingerprint = fingerprint(resolve(self.spec))
+        return self._fingerprint
+
+    @property
+    def loaded(self) -> bool:
+        return self._lm is not None
+
+    def get(self) -> Any:
+        if self._lm is None:
+            from syllabus.models import load_model
+
+            start = time.perf_counter()
+            self._lm = load_model(self.spec, **self.load_kwargs)
+            self.load_seconds = time.perf_counter() - start
+        return self._lm
+
+    def __getattr__(self, name: str) -> Any:  # model, tokenizer, device ...: the scorer is about to compute
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.get(), name)
+
+
 def _limit_shards(manifest: dict, limit: int | None) -> list[tuple[dict, int | None]]:
     """Shards to score and how many rows of each (``None`` = all) under a sample limit."""
     out = []
@@ -79,24 +118,40 @@ def score_pool(
     (also written to the store, its URL under ``"url"``)."""
     from syllabus.pool.manifest import load_manifest, read_shard
 
+    from syllabus.store.lease import LeaseHeld
+
     manifest = load_manifest(manifest_url)
-    entries = []
+    done: dict[str, tuple[str, dict, int]] = {}
     start = time.perf_counter()
     samples = 0
-    for shard, take in _limit_shards(manifest, limit):
-        table = read_shard(shard)
-        shard_hash = shard["content_hash"]
-        if take is not None:
-            table = table.slice(0, take)
-            # A partial shard is different content: key it by its own rows.
-            shard_hash = content_hash({"shard": shard_hash, "rows": take})
-        key, marker = score_shard(scorer, lm, table, shard_hash, store, engine=engine, force=force)
-        samples += table.num_rows
+    planned = _limit_shards(manifest, limit)
+    # First pass: shards another worker is scoring are left for later, so two runs on one
+    # store split the pool; the second pass waits for (or takes over) what is left.
+    for wait in (False, True):
+        for shard, take in planned:
+            if shard["name"] in done:
+                continue
+            table = read_shard(shard)
+            shard_hash = shard["content_hash"]
+            if take is not None:
+                table = table.slice(0, take)
+                # A partial shard is different content: key it by its own rows.
+                shard_hash = content_hash({"shard": shard_hash, "rows": take})
+            try:
+                key, marker = score_shard(scorer, lm, table, shard_hash, store, engine=engine, force=force, wait=wait)
+            except LeaseHeld as held:
+                log.info("%s: shard %s: %s; scoring the others first", scorer.name, shard["name"], held)
+                continue
+            done[shard["name"]] = (key, marker, table.num_rows)
+    entries = []
+    for shard, _ in planned:
+        key, marker, rows = done[shard["name"]]
+        samples += rows
         entries.append({
             "shard": shard["name"],
             "key": key,
             "url": store.url(key),
-            "rows": marker.get("rows", table.num_rows),
+            "rows": marker.get("rows", rows),
             "ok": marker.get("ok"),
             "failed": marker.get("failed"),
             "skipped": bool(marker.get("skipped")),
