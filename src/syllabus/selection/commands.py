@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", nargs="+", default=[], metavar="SELECTION_URL", help="other selections (selected.parquet or report.json) to report the Jaccard overlap with")
     p.add_argument("--store", default=None, help="store URL: a directory, s3://bucket/prefix or memory://name (default: $SYLLABUS_STORE or ./syllabus-store)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG pictures")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="defect labels (from `syllabus plant-defects`): report the share of defects in the selection "
+                   "and after each stage, with 95%% intervals, next to the pool's base rate")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     p.set_defaults(func=cmd_select)
 
@@ -73,6 +76,11 @@ def cmd_select(args: argparse.Namespace) -> int:
             f"method {recipe.name!r} reads {', '.join(recipe.required_columns())}; pass the score manifests "
             f"that hold them with --scores (scorers: {', '.join(s.name for s in recipe.scorers)})"
         )
+    labels = None
+    if args.labels:
+        from syllabus.selection.defects import load_labels
+
+        labels = load_labels(args.labels)  # a bad labels file fails before any work
     candidates = load_candidates(args.scores, args.pool)
     result = run_recipe(candidates.frame, recipe, budget, args.seed)
     report = write_selection(
@@ -89,6 +97,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     for o in report["overlap"]:
         print(f"  overlap with {o['selection']}: {o['n_both']:,} shared, Jaccard {o['jaccard']:.4f}")
     print(f"selected {report['n_selected']:,} of {report['n_candidates']:,} with {recipe.name} (seed {report['seed']})")
+    audit = _audit_defects(args, recipe, result, candidates, report, labels) if labels is not None else None
     print(f"report: {report['outputs']['report']}")
     if args.json:
         print(json.dumps({
@@ -102,5 +111,26 @@ def cmd_select(args: argparse.Namespace) -> int:
             "seed": report["seed"],
             "budget": report["budget"]["resolved"],
             "counts": {c["stage"]: c["n"] for c in report["counts"]},
+            **({"defects": audit} if audit is not None else {}),
         }))
     return 0
+
+
+def _audit_defects(args, recipe, result, candidates, report, labels) -> dict:
+    """Print the defect-avoidance table and commit it (JSON, Markdown, picture) next to the selection."""
+    from syllabus.selection.defects import audit_markdown, audit_selection, plot_audit
+    from syllabus.selection.report import selection_key
+    from syllabus.store import Store
+
+    audit = audit_selection(result.candidates_frame(), labels, report["stages"], args.labels)
+    markdown = audit_markdown({recipe.name: audit}, {recipe.name: report["notes"]})
+    print(markdown)
+    store, prefix = Store(args.store), selection_key(recipe, result, candidates)
+    store.commit(f"{prefix}/defects.json", json.dumps(audit, indent=2).encode("utf-8"), {"labels": args.labels})
+    store.commit(f"{prefix}/defects.md", markdown.encode("utf-8"), {"labels": args.labels})
+    audit["outputs"] = {"json": store.url(f"{prefix}/defects.json"), "markdown": store.url(f"{prefix}/defects.md")}
+    if not args.no_plots:
+        store.commit(f"{prefix}/defects.png", plot_audit({recipe.name: audit}), {"kind": "png"})
+        audit["outputs"]["plot"] = store.url(f"{prefix}/defects.png")
+    print(f"defect report: {audit['outputs']['json']}")
+    return audit

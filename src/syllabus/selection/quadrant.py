@@ -121,5 +121,7 @@ class QuadrantSelector(Selector):
                 "quadrant_sizes": counts,
                 "chosen_per_quadrant": chosen_counts,
                 "labels": labels,  # per input row, 0 = unusable; used by the scatter plot, not serialised
+                # per input row, the quadrant's name: the candidates table's group column
+                "groups": np.array([QUADRANT_NAMES[q - 1] if q else None for q in labels], dtype=object),
             },
         )

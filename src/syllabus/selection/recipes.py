@@ -226,9 +226,10 @@ class SelectionResult:
         return out
 
     def candidates_frame(self) -> pd.DataFrame:
-        """One row per candidate: why it was dropped or the rank it was chosen at."""
+        """One row per candidate: why it was dropped or the rank it was chosen at, and the
+        group the final stage put it in where it has groups (DIQ's quadrants)."""
         names = {s.index: s.selector for s in self.stages}
-        return pd.DataFrame(
+        frame = pd.DataFrame(
             {
                 "sample_id": self.candidates["sample_id"].astype(str).to_numpy(),
                 "chosen": self.rank > 0,
@@ -238,6 +239,12 @@ class SelectionResult:
                 "why": self.why,
             }
         )
+        groups = self.outcomes[-1].details.get("groups") if self.outcomes else None
+        if groups is not None:
+            column = np.full(self.n_candidates, None, dtype=object)
+            column[self.stage_inputs[-1]] = groups
+            frame["group"] = column
+        return frame
 
     def stage_counts(self) -> list[dict[str, Any]]:
         counts = [{"stage": "candidates", "n": self.n_candidates}]

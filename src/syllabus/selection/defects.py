@@ -1,0 +1,229 @@
+"""Defect avoidance: how many known-bad samples a selection let through, stage by stage.
+
+Given a labels file (sample id -> defect kind, as ``syllabus plant-defects`` writes it; every
+other sample is clean) and a selection's per-candidate table, this reports the defect share
+
+- of the pool (the base rate a selection has to beat),
+- of the survivors after each stage of the recipe (3DS: after the quality threshold, after
+  the difficulty bands, after K-Center), the last being the selection itself,
+- of the selection per group of the final stage (DIQ: per quadrant),
+
+each with a 95% Wilson score interval, overall and per defect kind. It needs only scores and
+the selection, so it is seconds after scoring.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from syllabus.selection.scores import read_url_bytes
+
+
+class LabelsError(ValueError):
+    """A labels file that does not fit the pool."""
+
+
+def load_labels(path: str) -> dict[str, str]:
+    """``{sample_id: defect kind}`` from a JSONL labels file (``sample_id`` and ``defect``
+    per line; other fields are ignored)."""
+    import fsspec
+
+    try:
+        with fsspec.open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except FileNotFoundError:
+        raise LabelsError(f"labels file {path} does not exist; write one with `syllabus plant-defects`") from None
+    except UnicodeDecodeError as exc:
+        raise LabelsError(f"labels file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    labels: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            sample_id, kind = str(row["sample_id"]), str(row["defect"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise LabelsError(
+                f"labels file {path} line {number} is not a JSON object with sample_id and defect; "
+                "write labels with `syllabus plant-defects`"
+            ) from None
+        labels[sample_id] = kind
+    if not labels:
+        raise LabelsError(f"labels file {path} holds no label; write one with `syllabus plant-defects`")
+    return labels
+
+
+def check_labels(labels: Mapping[str, str], pool_ids: Sequence[str], path: str) -> None:
+    """One-line errors for labels that do not describe this pool."""
+    pool = set(map(str, pool_ids))
+    unknown = [i for i in labels if i not in pool]
+    if len(unknown) == len(labels):
+        raise LabelsError(
+            f"labels file {path}: none of its {len(labels):,} ids is in the pool ({len(pool):,} candidates); "
+            "pass the labels written for this pool, and ingest its defects file next to the clean files"
+        )
+    if unknown:
+        raise LabelsError(
+            f"labels file {path} names {len(unknown):,} id(s) that are not in the pool (first: {unknown[0]}); "
+            "ingest the whole defects file with the clean files (a quarantined defect is not in the pool) "
+            "or pass the labels written for this pool"
+        )
+
+
+def wilson(k: int, n: int) -> list[float] | None:
+    """95% Wilson score interval of k successes in n trials (None when n = 0)."""
+    if n == 0:
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
+def _cell(ids: np.ndarray, labels: Mapping[str, str], kinds: Sequence[str]) -> dict[str, Any]:
+    found = Counter(labels[i] for i in ids if i in labels)
+    n, k = int(len(ids)), int(sum(found.values()))
+    return {"n": n, "defects": k, "share": (k / n) if n else None, "ci": wilson(k, n),
+            "per_kind": {kind: int(found.get(kind, 0)) for kind in kinds}}
+
+
+def audit_selection(candidates: pd.DataFrame, labels: Mapping[str, str], stages: Sequence[Mapping[str, Any]],
+                    path: str = "labels") -> dict[str, Any]:
+    """The defect shares of one selection. ``candidates`` is the selection's per-candidate
+    table (``sample_id``, ``dropped_at_stage``, ``chosen``, optional ``group``); ``stages``
+    its report's stages (``index``, ``selector``)."""
+    ids = candidates["sample_id"].astype(str).to_numpy()
+    check_labels(labels, ids, path)
+    kinds = sorted(set(labels.values()))
+    dropped_at = candidates["dropped_at_stage"].to_numpy()
+    out: dict[str, Any] = {"kinds": kinds, "pool": _cell(ids, labels, kinds), "stages": []}
+    for stage in stages:
+        index = int(stage["index"])
+        alive = (dropped_at == 0) | (dropped_at > index)
+        out["stages"].append({"stage": f"{index}:{stage['selector']}", **_cell(ids[alive], labels, kinds)})
+    chosen = candidates["chosen"].to_numpy(dtype=bool)
+    out["selected"] = _cell(ids[chosen], labels, kinds)
+    if "group" in candidates.columns:
+        groups = candidates["group"].to_numpy(dtype=object)
+        out["groups"] = {str(g): _cell(ids[chosen & (groups == g)], labels, kinds)
+                         for g in sorted({g for g in groups[chosen] if g is not None})}
+    # Of each kind's defects in the pool, the share that made it into the selection.
+    pool_kinds = out["pool"]["per_kind"]
+    out["passed_per_kind"] = {kind: (out["selected"]["per_kind"][kind] / pool_kinds[kind]) if pool_kinds[kind] else None
+                              for kind in kinds}
+    return out
+
+
+def audit_url(candidates_url: str, labels: Mapping[str, str], stages: Sequence[Mapping[str, Any]], path: str) -> dict[str, Any]:
+    """:func:`audit_selection` of a committed selection's ``candidates.parquet``."""
+    import pyarrow.parquet as pq
+
+    frame = pq.read_table(io.BytesIO(read_url_bytes(candidates_url))).to_pandas()
+    return audit_selection(frame, labels, stages, path)
+
+
+# ------------------------------------------------------------------------------- report
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.1f}%"
+
+
+def _share_ci(cell: Mapping[str, Any]) -> str:
+    if not cell["n"]:
+        return "- (empty)"
+    lo, hi = cell["ci"]
+    return f"{_pct(cell['share'])} [{_pct(lo)}, {_pct(hi)}]"
+
+
+def audit_markdown(audits: Mapping[str, Mapping[str, Any]], notes: Mapping[str, Sequence[str]] | None = None) -> str:
+    """Markdown tables: one row per arm (and the pool's base rate), then the share after each
+    stage and per group for the arms that have several stages or groups."""
+    if not audits:
+        return ""
+    first = next(iter(audits.values()))
+    kinds = first["kinds"]
+    head = "| arm | selected | defects | share [95% CI] | " + " | ".join(kinds) + " |"
+    lines = ["### Defect avoidance", "",
+             "Share of planted defects in each selection (95% Wilson interval); the pool's base rate is what "
+             "a selection that ignores quality lands near. Per kind: defects of that kind in the selection.", "",
+             head, "|" + "---|" * (4 + len(kinds))]
+    pool = first["pool"]
+    lines.append(f"| pool (base rate) | {pool['n']:,} | {pool['defects']:,} | {_share_ci(pool)} | "
+                 + " | ".join(str(pool["per_kind"][k]) for k in kinds) + " |")
+    for arm, a in audits.items():
+        s = a["selected"]
+        lines.append(f"| {arm} | {s['n']:,} | {s['defects']:,} | {_share_ci(s)} | "
+                     + " | ".join(str(s["per_kind"][k]) for k in kinds) + " |")
+    staged = {arm: a for arm, a in audits.items() if len(a["stages"]) > 1 or a.get("groups")}
+    if staged:
+        lines += ["", "Share after each stage (the last is the selection), and per group of the final stage:", "",
+                  "| arm | after | n | defects | share [95% CI] |", "|---|---|---|---|---|"]
+        for arm, a in staged.items():
+            for st in a["stages"]:
+                lines.append(f"| {arm} | {st['stage']} | {st['n']:,} | {st['defects']:,} | {_share_ci(st)} |")
+            for group, cell in (a.get("groups") or {}).items():
+                lines.append(f"| {arm} | group {group} | {cell['n']:,} | {cell['defects']:,} | {_share_ci(cell)} |")
+    for arm, items in (notes or {}).items():
+        for note in items:
+            lines.append(f"\n- {arm}: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_audit(audits: Mapping[str, Mapping[str, Any]]) -> bytes:
+    """Defect share per arm with its interval next to the pool's base rate (left), and the
+    selection's make-up by defect kind (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(audits)
+    first = audits[arms[0]]
+    kinds = first["kinds"]
+    base = first["pool"]["share"] or 0.0
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.45 * len(arms) + 2.0), sharey=True)
+    y = np.arange(len(arms))
+    share = np.array([100 * (audits[a]["selected"]["share"] or 0.0) for a in arms])
+    lo = np.array([100 * (audits[a]["selected"]["ci"] or [0, 0])[0] for a in arms])
+    hi = np.array([100 * (audits[a]["selected"]["ci"] or [0, 0])[1] for a in arms])
+    left.barh(y, share, color="tab:red", alpha=0.7)
+    left.errorbar(share, y, xerr=[share - lo, hi - share], fmt="none", color="black", capsize=3)
+    left.axvline(100 * base, color="grey", linestyle="--", label=f"pool base rate {100 * base:.1f}%")
+    left.set_yticks(y, arms)
+    left.invert_yaxis()
+    left.set_xlabel("defects in the selection (%), 95% Wilson interval")
+    left.legend(loc="lower right", fontsize=8)
+    acc = np.zeros(len(arms))
+    colors = plt.get_cmap("tab10")
+    for j, kind in enumerate(kinds):
+        vals = np.array([100 * audits[a]["selected"]["per_kind"][kind] / max(audits[a]["selected"]["n"], 1) for a in arms])
+        right.barh(y, vals, left=acc, color=colors(j % 10), label=kind)
+        acc += vals
+    right.set_xlabel("share of the selection by defect kind (%)")
+    right.legend(loc="lower right", fontsize=7)
+    fig.suptitle("Defect avoidance")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def audit_metrics(audit: Mapping[str, Any]) -> dict[str, float]:
+    """Flat MLflow metrics of one arm's audit."""
+    out = {"defects/share": audit["selected"]["share"] or 0.0, "defects/n": float(audit["selected"]["defects"]),
+           "defects/pool_share": audit["pool"]["share"] or 0.0}
+    for kind, n in audit["selected"]["per_kind"].items():
+        out[f"defects/kind/{kind}"] = float(n)
+    for st in audit["stages"]:
+        if st["share"] is not None:
+            out[f"defects/after_stage/{st['stage'].replace(':', '_')}"] = st["share"]
+    for group, cell in (audit.get("groups") or {}).items():
+        if cell["share"] is not None:
+            out[f"defects/group/{group}"] = cell["share"]
+    return out
