@@ -6,9 +6,19 @@ import argparse
 import json
 import logging
 import sys
-import time
 
 log = logging.getLogger(__name__)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (a size of 0 fails every sample)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; give 1 or more")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,12 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="diq: the difficulty perspective (default reasoning)")
     p.add_argument("--model", required=True, help="model alias, .gguf file, HF directory or hub id")
     p.add_argument("--store", default=None, help="store URL (default: $SYLLABUS_STORE or ./syllabus-store)")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N samples of the pool")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="generation length for D2 / generate-mode rating")
+    p.add_argument("--limit", type=positive_int, default=None, help="score only the first N samples of the pool")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="generation length for D2 / generate-mode rating")
     p.add_argument("--quality-mode", choices=["expected", "generate"], default=None,
                    help="expected (default, one forward) or generate (paper: greedy reply, parsed)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--cutoff", type=int, default=None, help="max tokens per sequence (default 1024)")
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--cutoff", type=positive_int, default=None, help="max tokens per sequence (default 1024)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: fp32 on CPU, bf16 on GPU)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
@@ -69,28 +79,51 @@ def scorer_configs(args: argparse.Namespace) -> dict[str, dict]:
             "influence": influence, "diq_difficulty": diq}
 
 
+def pool_manifest_of(url: str) -> str:
+    """``url`` when it names a pool manifest; otherwise a sentence saying what it is and how
+    to get a manifest."""
+    from syllabus.pool.manifest import load_manifest
+    from syllabus.store import MissingObjectError, Store
+
+    try:
+        load_manifest(url)
+    except MissingObjectError:
+        store, key = Store.open_url(url)
+        if store.exists(key):
+            raise ValueError(
+                f"--pool {url} is not a pool manifest (it has no commit marker: a pool data file?); --pool takes the "
+                f"'manifest' URL printed by `syllabus ingest {url} --json`, or give the file without --pool to ingest "
+                "it first"
+            ) from None
+        raise ValueError(f"--pool {url} does not exist; pass the 'manifest' URL printed by `syllabus ingest --json`") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        if "pool manifest" in str(exc):
+            raise
+        raise ValueError(f"--pool {url} is not a pool manifest (not JSON); pass the 'manifest' URL printed by "
+                         "`syllabus ingest --json`") from None
+    return url
+
+
 def cmd_score(args: argparse.Namespace) -> int:
-    from syllabus.models import load_model
-    from syllabus.scoring.pool import METHOD_SCORERS, combined_table, commit_combined, make_scorer, score_pool
+    from syllabus.scoring.pool import METHOD_SCORERS, LazyModel, combined_table, commit_combined, make_scorer, score_pool
     from syllabus.store import Store
 
     if bool(args.pool) == bool(args.pool_manifest):
         print("syllabus score: give either pool files to ingest or --pool MANIFEST_URL (exactly one of them)",
               file=sys.stderr)
         return 2
-    if args.limit is not None and args.limit < 1:
-        print(f"syllabus score: --limit {args.limit} must be at least 1", file=sys.stderr)
-        return 2
     store = Store(args.store)
-    manifest_url = args.pool_manifest
+    configs = scorer_configs(args)
+    # Every setting is checked before any work: a bad config must not cost an ingest or a model load.
+    for name in METHOD_SCORERS[args.method]:
+        make_scorer(name, configs[name])
+    manifest_url = pool_manifest_of(args.pool_manifest) if args.pool_manifest else None
     if args.pool:
         from syllabus.pool.ingest import ingest_pool
 
         manifest_url = ingest_pool(args.pool, store).manifest_url
-    configs = scorer_configs(args)
-    start = time.perf_counter()
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-    load_seconds = time.perf_counter() - start
+    # Loaded by the first shard that is not cached: a fully cached rerun needs only the fingerprint.
+    lm = LazyModel(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     manifests = []
     stages = {}
     for name in METHOD_SCORERS[args.method]:
@@ -128,7 +161,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         "samples": table.num_rows,
         "seconds": round(seconds, 3),
         "samples_per_second": round(table.num_rows / seconds, 3) if seconds else None,
-        "model_load_seconds": round(load_seconds, 3),
+        "model_loaded": lm.loaded,
+        "model_load_seconds": round(lm.load_seconds, 3),
         "stages": stages,
     }
     for name, st in stages.items():
@@ -136,4 +170,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(f"scores table ({table.num_rows} rows): {table_url}")
     if args.json:
         print(json.dumps(result))
+    unusable = [name for name, st in stages.items() if st["ok"] == 0 and st["failed"]]
+    if unusable:
+        print(f"syllabus score: error: no sample was scored by {', '.join(unusable)}: every one failed (see the "
+              "status column of the scores table); check --cutoff, --max-new-tokens and the model", file=sys.stderr)
+        return 1
     return 0

@@ -87,5 +87,7 @@ def test_cli_score_3ds_json(tmp_path, tiny_model_dir, capsys):
 def test_cli_rejects_bad_limit(capsys):
     from syllabus.cli import main
 
-    assert main(["score", "--pool", "x", "--method", "ifd", "--model", "m", "--limit", "0"]) == 2
-    assert "--limit 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse rejects it while parsing
+        main(["score", "--pool", "x", "--method", "ifd", "--model", "m", "--limit", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --limit: 0 is not allowed" in capsys.readouterr().err
