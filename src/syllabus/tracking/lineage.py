@@ -31,6 +31,10 @@ _SECRET_WORDS = {"secret", "secrets", "password", "passwd", "pwd", "passphrase",
 _SECRET_KEY_PAIRS = {("api", "key"), ("access", "key"), ("secret", "key"), ("private", "key"), ("account", "key"),
                      ("sas", "token"), ("session", "token")}
 _PARAM_MAX = 6000  # MLflow's limit on a parameter value
+# MLflow 3.17 opens an experiment without this tag in its GenAI view, the runs hidden under
+# "Training runs"; "custom_model_development" (the UI's "Machine learning") opens on the runs.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 
 
 def default_tracking_uri() -> str:
@@ -88,16 +92,22 @@ class Lineage:
         mlflow.set_tracking_uri(self.tracking_uri)
         existing = mlflow.get_experiment_by_name(experiment)
         if existing is None:
-            self.experiment_id = mlflow.create_experiment(experiment, artifact_location=_artifact_root(self.tracking_uri))
+            self.experiment_id = mlflow.create_experiment(experiment, artifact_location=_artifact_root(self.tracking_uri),
+                                                          tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:
             self.experiment_id = existing.experiment_id
+            if EXPERIMENT_KIND_TAG not in existing.tags:  # an older experiment; a kind someone chose stays
+                mlflow.MlflowClient(self.tracking_uri).set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.experiment = experiment
 
     @contextmanager
     def run(self, name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
-            nested: bool = False) -> Iterator[Any]:
+            nested: bool = False, description: str | None = None) -> Iterator[Any]:
+        from syllabus.tracking.source import source_tags
+
+        tags = {**source_tags(), **(tags or {}), **({NOTE_TAG: description} if description else {})}
         with self.mlflow.start_run(run_name=name, experiment_id=self.experiment_id, nested=nested,
-                                   tags={k: str(scrub(v)) for k, v in (tags or {}).items()}) as active:
+                                   tags={k: str(scrub(v)) for k, v in tags.items()}) as active:
             if params:
                 self.log_params(params)
             yield active
@@ -133,6 +143,28 @@ class Lineage:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.mlflow.log_text(text, artifact_file)
+
+    def describe(self, text: str) -> None:
+        """The active run's one-line description (shown under its name in the UI)."""
+        self.mlflow.set_tag(NOTE_TAG, str(scrub(text)))
+
+    def log_pool(self, ingest: Mapping[str, Any]) -> None:
+        """The pool as a dataset input of the active run (digest = pool fingerprint)."""
+        from syllabus.tracking.datasets import POOL_CONTEXT, pool_dataset
+
+        self.mlflow.log_input(pool_dataset(ingest), context=POOL_CONTEXT)
+
+    def log_subset(self, selection: Mapping[str, Any]) -> None:
+        """A selected subset as a training dataset of the active run (digest = its fingerprint)."""
+        from syllabus.tracking.datasets import SUBSET_CONTEXT, subset_dataset
+
+        self.mlflow.log_input(subset_dataset(selection), context=SUBSET_CONTEXT)
+
+    def log_adapter(self, adapter_url: str, name: str = "adapter") -> Any:
+        """The adapter as a logged model of the active run, ready for ``mlflow.register_model``."""
+        from syllabus.tracking.adapter_model import log_adapter
+
+        return log_adapter(adapter_url, name=name)
 
     def run_url(self, run_id: str) -> str:
         """A browser link to the run: the tracking server's UI, or the local `mlflow ui` default."""
