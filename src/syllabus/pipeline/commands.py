@@ -9,6 +9,8 @@ import logging
 import os
 from pathlib import Path
 
+from syllabus.scoring.commands import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -38,9 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--model", default=None, help="model alias, .gguf file, HF directory or hub id")
     c.add_argument("--methods", default=None, help="comma-separated methods (default 3ds,diq,ifd,random,full)")
     size = c.add_mutually_exclusive_group()
-    size.add_argument("--budget", type=int, default=None, help="select this many samples with every method")
+    size.add_argument("--budget", type=positive_int, default=None, help="select this many samples with every method")
     size.add_argument("--ratio", type=float, default=None, help="or this fraction of the pool")
-    c.add_argument("--seeds", type=int, default=None, help="random selection seeds (default 3)")
+    c.add_argument("--seeds", type=positive_int, default=None, help="random selection seeds (default 3)")
     c.add_argument("--windows", default=None,
                    help="difficulty windows NAME=LOW:HIGH,... (default easy=0:50,medium=25:75,hard=50:100; 'none' for none)")
     c.add_argument("--benches", default=None, help="comma-separated benchmarks (built-in names or files)")
@@ -55,10 +57,13 @@ def _split(text: str) -> list[str]:
 
 
 def _params(cls: type, args: argparse.Namespace, changes: dict):
-    """The config file's parameters (or the defaults) with the flags' changes."""
+    """The config file's parameters (or the defaults) with the flags' changes, every setting
+    checked before the flow starts a Prefect server or an MLflow run."""
     params = cls.from_file(args.config) if args.config else cls()
     changes = {k: v for k, v in changes.items() if v is not None}
-    return cls(**{**params.model_dump(), **changes}) if changes else params
+    params = cls(**{**params.model_dump(), **changes}) if changes else params
+    params.check()
+    return params
 
 
 def _flow(module: str, name: str):
@@ -109,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from syllabus.pipeline.config import CompareParams
 
-    budget = {"count": args.budget} if args.budget else {"ratio": args.ratio} if args.ratio else None
+    budget = {"count": args.budget} if args.budget is not None else {"ratio": args.ratio} if args.ratio is not None else None
     params = _params(CompareParams, args, {
         "pool": args.pool, "model": args.model, "methods": _split(args.methods) if args.methods else None,
         "budget": budget, "seeds": args.seeds, "windows": parse_windows(args.windows) if args.windows else None,

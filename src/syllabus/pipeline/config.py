@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from syllabus.store.credentials import adopt_all
 
 
 class BudgetParams(BaseModel):
@@ -64,12 +66,77 @@ class PipelineParams(BaseModel):
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (default sqlite:///./mlflow.db)")
     experiment: str = "syllabus"
 
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        # Checked when the config is read: an unknown name must not cost a Prefect server
+        # start and a FAILED MLflow run first.
+        from syllabus.selection.recipes import load_recipe
+
+        if not methods:
+            raise ValueError("methods is empty; name at least one method, e.g. [3ds, random]")
+        for method in methods:
+            load_recipe(method)  # an unknown name raises with the known ones and the closest match
+        return methods
+
+    @field_validator("pool", "store", "tracking_uri")
+    @classmethod
+    def _no_credentials(cls, value: Any) -> Any:
+        # Flow parameters are stored in Prefect's database: credentials typed into a URL move
+        # to the environment here (README, "Credentials"), before the flow is called.
+        return adopt_all(value)
+
     @classmethod
     def from_file(cls, path: str | Path) -> "PipelineParams":
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         if not isinstance(data, dict):
             raise ValueError(f"pipeline config {path} must be a YAML mapping of PipelineParams fields")
         return cls(**data)
+
+    def check(self) -> None:
+        """Validate what the fields alone cannot: every method's scorer configs with this run's
+        overrides, the selector overrides, the fine-tuning and evaluation settings. Called
+        before any server, MLflow run or model load; raises one sentence naming the setting."""
+        from syllabus import registry
+        from syllabus.evaluation.runner import EvalConfig
+        from syllabus.selection.recipes import load_recipe
+        from syllabus.training.config import FinetuneConfig
+
+        known = registry.names("scorer")
+        for name in self.scorer_configs:
+            if name not in known:
+                try:
+                    registry.lookup("scorer", name)
+                except registry.UnknownNameError as exc:  # a KeyError: the known names and the closest match
+                    raise ValueError(f"scorer_configs names {exc}") from None
+        for method in self.methods:
+            recipe = load_recipe(method)
+            for spec in recipe.scorers:
+                config = {**spec.config, **self.scorer_configs.get(spec.name, {})}
+                config_cls = registry.lookup("scorer", spec.name).config_cls
+                _sentence(lambda: config_cls.model_validate(config), f"method {method!r}: scorer {spec.name} config")
+            changes = self.selector_overrides.get(method) or {}
+            for selector, config in changes.items():
+                index = next((i for i, spec in enumerate(recipe.selectors) if spec.name == selector), None)
+                if index is None:
+                    raise ValueError(f"selector_overrides.{method}.{selector}: method {method!r} has no selector {selector!r}; "
+                                     f"its selectors are {', '.join(spec.name for spec in recipe.selectors)}")
+                recipe = recipe.with_selector_config(index, **config)
+            recipe.build_selectors()
+        _sentence(lambda: FinetuneConfig(**self.finetune), "finetune")
+        _sentence(lambda: EvalConfig(**self.eval), "eval")
+
+
+def _sentence(check, where: str) -> None:
+    """Run ``check``; a pydantic error becomes one line per bad field, naming ``where``."""
+    from pydantic import ValidationError
+
+    try:
+        check()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'} = {e.get('input')!r}: {e['msg']}"
+                             for e in exc.errors())
+        raise ValueError(f"{where}: {problems}") from None
 
 
 class CompareParams(PipelineParams):
