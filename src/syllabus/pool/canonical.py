@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -29,6 +30,9 @@ SCHEMA = pa.schema(
 COLUMNS = SCHEMA.names
 
 DEFAULT_MAX_CHARS = 200_000
+# Lone surrogates: undecodable bytes kept by surrogateescape (\udc80-\udcff) or a JSON
+# "\ud800" escape. Neither can be written as UTF-8, so Parquet would refuse the whole shard.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _ROLE_ALIASES = {
     "user": "user",
     "human": "user",
@@ -117,15 +121,25 @@ def _check_text(name: str, value: Any, required: bool) -> str:
         )
     if "\x00" in value:
         raise RecordRejected("nul_byte", f'field "{name}" contains a NUL byte; remove it and re-ingest')
-    bad = next((c for c in value if "\udc80" <= c <= "\udcff"), None)
+    bad = _SURROGATE.search(value)
     if bad is not None:
-        raise RecordRejected(
-            "invalid_utf8",
-            f'field "{name}" is not valid UTF-8 (byte 0x{ord(bad) - 0xDC00:02x}); re-encode the file as UTF-8',
-        )
+        _reject_surrogate(name, bad.group())
     if required and not value.strip():
         raise RecordRejected("empty_field", f'field "{name}" is empty')
     return value
+
+
+def _reject_surrogate(name: str, char: str) -> None:
+    if "\udc80" <= char <= "\udcff":
+        raise RecordRejected(
+            "invalid_utf8",
+            f'field "{name}" is not valid UTF-8 (byte 0x{ord(char) - 0xDC00:02x}); re-encode the file as UTF-8',
+        )
+    raise RecordRejected(
+        "invalid_utf8",
+        f'field "{name}" holds a lone surrogate (\\u{ord(char):04x}, e.g. from a JSON escape), which is not '
+        "valid Unicode text; fix the escape and re-ingest",
+    )
 
 
 def _conversation(name: str, turns: Any) -> list[dict[str, str]]:
@@ -213,4 +227,9 @@ def normalise(
     for key, value in metadata.items():
         if isinstance(value, str):
             _check_text(key, value, required=False)
+    # Nested metadata and keys can hold lone surrogates too; the stored JSON is what must encode.
+    bad = _SURROGATE.search(json.dumps(metadata, ensure_ascii=False, sort_keys=True, default=str))
+    if bad is not None:
+        where = next((k for k in metadata if _SURROGATE.search(str(k))), None)
+        _reject_surrogate(f"metadata key {where}" if where is not None else "metadata", bad.group())
     return Sample(sample_id, source, instruction, input_text, output, messages, metadata, content)

@@ -2,7 +2,13 @@
 
 Every input record ends in exactly one place: a shard (``records_ok``), or the quarantine
 file with its location and reason (``records_rejected`` and ``duplicates``), so
-``records_in == records_ok + records_rejected + duplicates`` always holds.
+``records_in == records_ok + records_rejected + duplicates`` always holds. The unreadable rest of
+a damaged file counts as one rejected record (``damaged_file``). The quarantine is written even
+when no record was valid, and the error names it.
+
+A shard's rows record the input's source name (see :func:`readers.expand`), not the path as
+typed, so the same file gives the same shard hashes and pool fingerprint from any working
+folder, typed relatively or absolutely, on any machine.
 
 Sharding is per input file, in order, ``shard_size`` valid records at a time. Appending
 lines to one file therefore changes only that file's last shard (and adds new ones); a new
@@ -36,7 +42,11 @@ MANIFEST_VERSION = 1
 
 
 class NothingValidError(ValueError):
-    """No input record survived validation."""
+    """No input record survived validation. ``quarantine_url`` holds the rejected records."""
+
+    def __init__(self, message: str, quarantine_url: str | None = None):
+        super().__init__(message)
+        self.quarantine_url = quarantine_url
 
 
 @dataclass
@@ -83,6 +93,18 @@ def shard_content_hash(rows: list[dict[str, Any]]) -> str:
     return h.hexdigest()[:20]
 
 
+def _text(blob: str) -> bytes:
+    """UTF-8 bytes that any JSON document survives: a lone surrogate (from a file name with
+    undecodable bytes) can sit only inside a JSON string, where backslashreplace writes it as
+    the ``\\udcxx`` escape json.loads reads back, so the file stays valid UTF-8."""
+    return blob.encode("utf-8", "backslashreplace")
+
+
+def _printable(name: str) -> str:
+    """A source name as stored in rows: undecodable file-name bytes become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _slug(name: str) -> str:
     tail = "/".join(name.replace("\\", "/").split("/")[-2:])
     return re.sub(r"[^A-Za-z0-9._-]+", "_", tail).strip("_")[:80] or "pool"
@@ -96,7 +118,7 @@ class _Sharder:
         self.shards: list[dict[str, Any]] = []
         self.written = self.reused = 0
 
-    def flush(self, source: str, index: int, rows: list[dict[str, Any]]) -> None:
+    def flush(self, source: str, file: str, slug: str, index: int, rows: list[dict[str, Any]]) -> None:
         digest = shard_content_hash(rows)
         key = f"shards/{digest}.parquet"
         if self.store.is_committed(key):
@@ -107,8 +129,9 @@ class _Sharder:
             self.written += 1
         self.shards.append(
             {
-                "name": f"shard-{_slug(source)}-{index:05d}",
+                "name": f"shard-{slug}-{index:05d}",
                 "source": source,
+                "file": file,
                 "index": index,
                 "key": key,
                 "url": self.store.url(key),
@@ -126,10 +149,14 @@ def _quarantine_entry(rec: RawRecord, code: str, reason: str) -> dict[str, Any]:
         entry["line"] = rec.line
     if rec.row is not None:
         entry["row"] = rec.row
+    if rec.offset is not None:
+        entry["offset"] = rec.offset
     if rec.raw is not None:
         entry["raw"] = rec.raw
     elif rec.raw_b64 is not None:
         entry["raw_b64"] = rec.raw_b64
+    elif rec.raw_prefix is not None:
+        entry["raw_prefix"] = rec.raw_prefix
     elif rec.value is not None:
         entry["raw"] = json.dumps(rec.value, ensure_ascii=True, default=str)
     return entry
@@ -155,12 +182,22 @@ def ingest_pool(
     seen_content: dict[str, str] = {}  # content hash -> location of the first copy
     seen_ids: dict[str, tuple[str, str]] = {}  # sample id -> (content hash, location)
 
+    slugs: set[str] = set()
+
     bar = tqdm(desc="ingest", unit="rec", disable=progress is False if progress is not None else None)
-    for url, kind in files:
+    for url, kind, source in files:
+        source = _printable(source)
+        # Two inputs may share a source name (two folders each with data.jsonl); shard names
+        # must stay unique, since score manifests refer to shards by name.
+        slug = base_slug = _slug(source)
+        n = 2
+        while slug in slugs:
+            slug, n = f"{base_slug}-{n}", n + 1
+        slugs.add(slug)
         stats = per_file.setdefault(url, FileStats())
         rows: list[dict[str, Any]] = []
         index = 0
-        for rec in read(url, kind):
+        for rec in read(url, kind, max_chars=max_chars):
             bar.update(1)
             stats.records_in += 1
             code, reason, duplicate = None, None, False
@@ -168,8 +205,10 @@ def ingest_pool(
             if rec.error is not None:
                 code, reason = rec.error
             else:
+                # A saved dataset's records are named url[split]: keep the split in the source.
+                suffix = rec.file[len(url):] if rec.file != url and rec.file.startswith(url) else ""
                 try:
-                    sample = normalise(rec.value, rec.file, fields, max_chars)
+                    sample = normalise(rec.value, source + suffix, fields, max_chars)
                 except RecordRejected as exc:
                     code, reason = exc.code, exc.reason
             if sample is not None:
@@ -194,10 +233,10 @@ def ingest_pool(
             stats.records_ok += 1
             rows.append(sample.row())
             if len(rows) == shard_size:
-                sharder.flush(url, index, rows)
+                sharder.flush(source, url, slug, index, rows)
                 rows, index = [], index + 1
         if rows:
-            sharder.flush(url, index, rows)
+            sharder.flush(source, url, slug, index, rows)
     bar.close()
 
     totals = FileStats()
@@ -206,16 +245,25 @@ def ingest_pool(
             setattr(totals, k, getattr(totals, k) + getattr(s, k))
     assert totals.records_in == totals.records_ok + totals.records_rejected + totals.duplicates
 
+    quarantine_blob = _text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in quarantine))
     if totals.records_ok == 0:
         where = ", ".join(per_file) or ", ".join(inputs)
         top = ", ".join(f"{n} {c}" for c, n in reasons.most_common(3)) or "no records at all"
+        quarantine_url = None
+        saved = ""
+        if quarantine:
+            # Written so the rejects can be inspected; no manifest, as there is no pool.
+            key = f"ingests/rejected-{hashlib.sha256(quarantine_blob).hexdigest()[:16]}/quarantine.jsonl"
+            store.commit(key, quarantine_blob, {"rows": len(quarantine)})
+            quarantine_url = store.url(key)
+            saved = f"; each rejected record, with its location and reason, is in {quarantine_url}"
         raise NothingValidError(
             f"no valid record was read from {where} ({totals.records_in} records: {top}); "
-            "check the format and field names (map them with --field role=NAME)"
+            f"check the format and field names (map them with --field role=NAME){saved}",
+            quarantine_url,
         )
 
     pool_fingerprint = content_hash([s["content_hash"] for s in sharder.shards], length=20)
-    quarantine_blob = "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in quarantine).encode("utf-8", "surrogatepass")
     ingest_id = content_hash([pool_fingerprint, hashlib.sha256(quarantine_blob).hexdigest()], length=16)
     quarantine_key = f"ingests/{ingest_id}/quarantine.jsonl"
     manifest_key = f"ingests/{ingest_id}/manifest.json"
@@ -238,7 +286,7 @@ def ingest_pool(
         "shards": sharder.shards,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    store.commit(manifest_key, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"), {"pool_fingerprint": pool_fingerprint})
+    store.commit(manifest_key, _text(json.dumps(manifest, indent=2, ensure_ascii=False)), {"pool_fingerprint": pool_fingerprint})
     log.info(
         "ingested %d records: %d ok, %d rejected, %d duplicates; %d shards (%d new, %d reused)",
         totals.records_in, totals.records_ok, totals.records_rejected, totals.duplicates,

@@ -2,7 +2,14 @@
 
 A reader never raises for one bad record: it yields a :class:`RawRecord` whose ``error`` says
 what was wrong, so the caller can quarantine it. It raises :class:`PoolInputError` only when a
-whole input cannot be opened.
+whole input cannot be opened. A file that breaks while it is read (a truncated ``.gz``, a
+corrupt Parquet page, an I/O error) keeps the records read before the damage and ends with one
+``damaged_file`` record that gives the byte offset where reading stopped.
+
+What one record may cost is bounded while reading, not after: a text line is read at most
+:func:`line_limit` bytes at a time (a longer line is skipped in chunks and quarantined, never
+held whole), a CSV field may be as long as a line, and a JSON value may nest at most
+:data:`MAX_DEPTH` levels.
 
 Formats: JSONL (``.jsonl``, ``.ndjson``), JSON arrays (``.json``; a ``.json`` file that holds
 JSON lines is read as JSONL), Parquet, CSV/TSV, any of them gzip-compressed (``.gz``),
@@ -23,7 +30,24 @@ from typing import Any, Iterator
 
 import fsspec
 
+from syllabus.pool.canonical import DEFAULT_MAX_CHARS
+
 log = logging.getLogger(__name__)
+
+# Deeper than any real instruction record; Python's own recursion limit (about 1,000 levels)
+# would otherwise turn one hostile line into a RecursionError for the whole ingest.
+MAX_DEPTH = 100
+# A line longer than any the reader will hold is skipped this many bytes at a time.
+_SKIP_CHUNK = 1 << 20
+# Past this, a "line" is not a damaged record but a damaged (or endless: /dev/zero) file.
+MAX_SKIP_BYTES = 1 << 30
+_PREFIX_BYTES = 1000
+
+
+def line_limit(max_chars: int = DEFAULT_MAX_CHARS) -> int:
+    """The most bytes one text line may have: 8 per allowed character (JSON escapes take 6 for
+    one character, and keys and metadata come on top), and never under 1 MiB."""
+    return max(8 * max_chars, 1 << 20)
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "tsv"}
 _HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -42,6 +66,8 @@ class RawRecord:
     error: tuple[str, str] | None = None  # (code, reason)
     raw: str | None = None  # the original text when it is text
     raw_b64: str | None = None  # the original bytes when they are not valid UTF-8
+    raw_prefix: str | None = None  # the start of a record too long to keep whole
+    offset: int | None = None  # byte offset of the record in the (uncompressed) file
 
     @property
     def location(self) -> str:
@@ -72,21 +98,27 @@ def _display(fs, path: str) -> str:
     return path if proto in ("file", "local") else f"{proto}://{path}"
 
 
-def expand(inputs: list[str]) -> list[tuple[str, str]]:
-    """Resolve inputs into (display name, kind) pairs in a stable order.
+def expand(inputs: list[str]) -> list[tuple[str, str, str]]:
+    """Resolve inputs into (display name, kind, source name) triples in a stable order.
+
+    The source name is what the canonical rows record and so what shard hashes cover: a
+    named file's base name, or a file's path inside a named directory. It does not depend on
+    how the input was typed (``good.jsonl``, ``pools/good.jsonl`` or an absolute path), the
+    working folder or the machine, so the same data keeps its shard hashes and cached scores.
 
     Directories are walked recursively and sorted; a directory saved by ``datasets`` counts
     as one input of kind ``hf``. Files of unknown type inside a directory are skipped with a
     warning; a named file of unknown type is an error.
     """
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, str, str]] = []
     for url in inputs:
         fs, path = _fs(url)
+        path = path.rstrip("/") or path
         if not fs.exists(path):
             raise PoolInputError(f"pool input {url} does not exist; check the path (or the bucket and credentials)")
         if fs.isdir(path):
             if _is_hf_dir(fs, path):
-                out.append((_display(fs, path), "hf"))
+                out.append((_display(fs, path), "hf", posixpath.basename(path)))
                 continue
             # One detailed listing gives every entry's type: no stat (an S3 request) per file.
             entries = fs.find(path, withdirs=True, detail=True)
@@ -96,7 +128,7 @@ def expand(inputs: list[str]) -> list[tuple[str, str]]:
             )
             hf_roots = [d for d in hf_dirs if not any(d != o and d.startswith(o + "/") for o in hf_dirs)]
             for root in hf_roots:
-                out.append((_display(fs, root), "hf"))
+                out.append((_display(fs, root), "hf", posixpath.relpath(root, path)))
             for p in files:
                 if any(p.startswith(r + "/") for r in hf_roots):
                     continue
@@ -107,7 +139,7 @@ def expand(inputs: list[str]) -> list[tuple[str, str]]:
                 if kind is None:
                     log.warning("skipping %s: not a pool file type (%s)", p, ", ".join(sorted(SUFFIXES)))
                     continue
-                out.append((_display(fs, p), kind))
+                out.append((_display(fs, p), kind, posixpath.relpath(p, path)))
         else:
             kind, _ = _kind(path)
             if kind is None:
@@ -115,7 +147,7 @@ def expand(inputs: list[str]) -> list[tuple[str, str]]:
                     f"pool input {url} has an unsupported file type; supported: "
                     f"{', '.join(sorted(SUFFIXES))} (optionally .gz), directories and saved datasets"
                 )
-            out.append((url, kind))
+            out.append((url, kind, posixpath.basename(path)))
     seen: set[str] = set()
     unique = []
     for item in out:
@@ -131,32 +163,152 @@ def _is_hf_dir(fs, path: str) -> bool:
     )
 
 
-def read(url: str, kind: str) -> Iterator[RawRecord]:
-    """Yield every raw record of one input."""
-    if kind == "hf":
-        yield from _read_hf(url)
-        return
-    _, compression = _kind(url)
-    fs, path = _fs(url)
+class _Position:
+    """How far a reader got: the last line (or row) it finished and the bytes it consumed."""
+
+    def __init__(self) -> None:
+        self.line = 0
+        self.row = 0
+        self.offset = 0
+        self.records = 0
+
+
+class _FileTooDamaged(Exception):
+    """Reading the rest of a file is pointless (an endless line); carries the reason."""
+
+
+def read(url: str, kind: str, max_chars: int = DEFAULT_MAX_CHARS) -> Iterator[RawRecord]:
+    """Yield every raw record of one input.
+
+    Whatever breaks while the file is read (a truncated or corrupt ``.gz``, a damaged Parquet
+    file, an I/O error) ends the file with one ``damaged_file`` record saying where and why;
+    the records before it are yielded as usual.
+    """
+    pos = _Position()
     try:
-        fh = fs.open(path, "rb", compression=compression)
-    except Exception as exc:
-        raise PoolInputError(f"cannot open pool input {url}: {exc}") from exc
-    with fh:
-        if kind == "jsonl":
-            yield from _read_jsonl(url, fh)
-        elif kind == "json":
-            yield from _read_json(url, fh)
-        elif kind in ("csv", "tsv"):
-            yield from _read_csv(url, fh, "\t" if kind == "tsv" else ",")
-        elif kind == "parquet":
-            yield from _read_parquet(url, fh)
-        else:  # pragma: no cover - expand() only returns known kinds
-            raise PoolInputError(f"unknown pool kind {kind!r} for {url}")
+        if kind == "hf":
+            for rec in _read_hf(url, pos):
+                pos.records += 1
+                yield rec
+            return
+        _, compression = _kind(url)
+        fs, path = _fs(url)
+        try:
+            fh = fs.open(path, "rb", compression=compression)
+        except Exception as exc:
+            raise PoolInputError(f"cannot open pool input {url}: {exc}") from exc
+        if isinstance(fh, fsspec.spec.AbstractBufferedFile):
+            # Its readline() takes no size (s3fs, memory://): buffer it so lines stay bounded.
+            fh = io.BufferedReader(fh, buffer_size=1 << 16)
+        limit = line_limit(max_chars)
+        with fh:
+            if kind == "jsonl":
+                records = _read_jsonl(url, fh, limit, pos)
+            elif kind == "json":
+                records = _read_json(url, fh, limit, pos)
+            elif kind in ("csv", "tsv"):
+                records = _read_csv(url, fh, "\t" if kind == "tsv" else ",", limit, pos)
+            elif kind == "parquet":
+                records = _read_parquet(url, fh, pos)
+            else:  # pragma: no cover - expand() only returns known kinds
+                raise PoolInputError(f"unknown pool kind {kind!r} for {url}")
+            for rec in records:
+                pos.records += 1
+                yield rec
+    except PoolInputError:
+        raise
+    except Exception as exc:  # one damaged file must not take the other inputs down
+        yield _damaged(url, kind, pos, exc)
 
 
-def _read_jsonl(url: str, fh) -> Iterator[RawRecord]:
-    for lineno, raw in enumerate(fh, start=1):
+def _damaged(url: str, kind: str, pos: _Position, exc: Exception) -> RawRecord:
+    what = str(exc) if isinstance(exc, _FileTooDamaged) else f"{type(exc).__name__}: {exc}".rstrip(": ")
+    if kind in ("jsonl", "csv", "tsv"):
+        where = f"after line {pos.line:,} (uncompressed byte offset {pos.offset:,})"
+    elif kind == "json":
+        where = "before any record could be parsed"
+    else:
+        where = f"after row {pos.row:,}"
+    kept = f"the {pos.records:,} records before it were read" if pos.records else "no record could be read from it"
+    return RawRecord(
+        url, pos.line + 1 if kind in ("jsonl", "csv", "tsv") else None, pos.row if kind in ("parquet", "hf") else None,
+        error=("damaged_file", f"the file is damaged {where} ({what}); {kept} and the rest of the file is lost; "
+                               "re-download or re-create it and ingest again"),
+        offset=pos.offset if kind in ("jsonl", "csv", "tsv") else None,
+    )
+
+
+def _readline(fh, limit: int, pos: _Position) -> tuple[bytes, int, bytes]:
+    """One line, never holding more than ``limit`` bytes of it.
+
+    Returns ``(line, length, prefix)``: the whole line when it fits (``length == len(line)``),
+    else ``b""`` with the line's full length and its first bytes; the rest was read and dropped.
+    """
+    raw = fh.readline(limit + 1)
+    pos.offset += len(raw)
+    if len(raw) <= limit or raw.endswith(b"\n"):
+        return raw, len(raw), b""
+    length, prefix = len(raw), raw[:_PREFIX_BYTES]
+    while True:
+        chunk = fh.readline(_SKIP_CHUNK)
+        pos.offset += len(chunk)
+        length += len(chunk)
+        if not chunk or chunk.endswith(b"\n"):
+            return b"", length, prefix
+        if length > MAX_SKIP_BYTES:
+            raise _FileTooDamaged(f"line {pos.line + 1:,} is over {MAX_SKIP_BYTES:,} bytes with no end in sight; it is not a pool file")
+
+
+def _too_long(url: str, lineno: int, length: int, limit: int, prefix: bytes, offset: int) -> RawRecord:
+    return RawRecord(
+        url, lineno, None,
+        error=("too_long", f"the line has {length:,} bytes, over the read limit of {limit:,} bytes (8 bytes per --max-chars "
+                           "character); it was skipped unparsed, split the record or raise --max-chars"),
+        raw_prefix=prefix.decode("utf-8", errors="replace"),
+        offset=offset,
+    )
+
+
+def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests lists and objects deeper than ``limit`` (iteratively: no recursion)."""
+    if not isinstance(value, (dict, list)):
+        return False
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def _parse_json(text: str) -> tuple[Any, tuple[str, str] | None]:
+    """``(value, None)`` or ``(None, (code, reason))``; never raises for any input text."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, ("malformed_json", f"malformed JSON: {exc.msg} at column {exc.colno}")
+    except RecursionError:
+        return None, ("too_deep", f"the JSON nests deeper than Python can parse; records may nest at most {MAX_DEPTH} levels")
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        return None, ("malformed_json", f"the JSON cannot be read: {exc}")
+    if isinstance(value, (dict, list)) and depth_exceeds(value):
+        return None, ("too_deep", f"the JSON nests more than {MAX_DEPTH} levels deep; flatten the record")
+    return value, None
+
+
+def _read_jsonl(url: str, fh, limit: int, pos: _Position) -> Iterator[RawRecord]:
+    while True:
+        start = pos.offset
+        raw, length, prefix = _readline(fh, limit, pos)
+        if not length:
+            return
+        pos.line += 1
+        lineno = pos.line
+        if prefix:
+            yield _too_long(url, lineno, length, limit, prefix, start)
+            continue
         stripped = raw.strip()
         if not stripped:
             continue  # blank lines are not records
@@ -167,31 +319,34 @@ def _read_jsonl(url: str, fh) -> Iterator[RawRecord]:
                 url, lineno, None,
                 error=("invalid_utf8", f"the line is not valid UTF-8 (byte 0x{stripped[exc.start]:02x} at offset {exc.start}); re-encode the file as UTF-8"),
                 raw_b64=base64.b64encode(stripped).decode("ascii"),
+                offset=start,
             )
             continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield RawRecord(url, lineno, None, error=("malformed_json", f"malformed JSON: {exc.msg} at column {exc.colno}"), raw=text)
-            continue
-        yield RawRecord(url, lineno, None, value=value, raw=text)
+        value, error = _parse_json(text)
+        yield RawRecord(url, lineno, None, value=value, error=error, raw=text, offset=start)
 
 
-def _read_json(url: str, fh) -> Iterator[RawRecord]:
+def _read_json(url: str, fh, limit: int, pos: _Position) -> Iterator[RawRecord]:
     data = fh.read()
     # surrogateescape keeps undecodable bytes as lone surrogates, so one bad string rejects
     # only the record holding it (canonical.normalise finds it) instead of the whole file.
     text = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (RecursionError, ValueError) as exc:
         first = text.lstrip()[:1]
         if first == "{" and "\n" in text.strip():
-            yield from _read_jsonl(url, io.BytesIO(data))  # JSON lines saved as .json
+            yield from _read_jsonl(url, io.BytesIO(data), limit, pos)  # JSON lines saved as .json
             return
+        if isinstance(exc, RecursionError):
+            # One record nests too deep for the parser: parse element by element instead, so
+            # only that element is rejected.
+            yield from _read_json_elements(url, text)
+            return
+        detail = f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
         yield RawRecord(
-            url, exc.lineno, None,
-            error=("malformed_json", f"the file is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); no record could be read from it, fix the file and re-ingest"),
+            url, getattr(exc, "lineno", None), None,
+            error=("malformed_json", f"the file is not valid JSON ({detail}); no record could be read from it, fix the file and re-ingest"),
             raw_b64=base64.b64encode(data).decode("ascii") if len(data) < 50_000_000 else None,
         )
         return
@@ -205,38 +360,181 @@ def _read_json(url: str, fh) -> Iterator[RawRecord]:
         yield RawRecord(url, None, None, error=("wrong_type", f"the file holds a JSON {type(value).__name__}; expected an array of objects"), raw=text[:10_000])
         return
     for i, item in enumerate(value):
+        if isinstance(item, (dict, list)) and depth_exceeds(item):
+            yield RawRecord(url, None, i, error=("too_deep", f"the record nests more than {MAX_DEPTH} levels deep; flatten it"),
+                            raw_prefix=json.dumps(item, ensure_ascii=True)[:_PREFIX_BYTES] if not depth_exceeds(item, 500) else None)
+            continue
         yield RawRecord(url, None, i, value=item, raw=json.dumps(item, ensure_ascii=True))
 
 
-def _read_csv(url: str, fh, delimiter: str) -> Iterator[RawRecord]:
-    text = io.TextIOWrapper(fh, encoding="utf-8", errors="surrogateescape", newline="")
-    reader = csv.DictReader(text, delimiter=delimiter)
-    for rec in reader:
-        if None in rec:
-            yield RawRecord(
-                url, reader.line_num, None,
-                error=("malformed_row", f"the row has {len(reader.fieldnames or []) + len(rec[None])} fields but the header has {len(reader.fieldnames or [])}; quote fields that contain the delimiter"),
-                raw=json.dumps(rec, ensure_ascii=True, default=str),
-            )
+_WS = " \t\r\n"
+
+
+def _skip_value(text: str, i: int) -> int:
+    """The index just past the JSON value that starts at ``i``, found by bracket matching
+    (strings respected), for a value too deep to parse."""
+    depth, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return n
+
+
+def _read_json_elements(url: str, text: str) -> Iterator[RawRecord]:
+    decoder = json.JSONDecoder()
+    n, i, row = len(text), 0, 0
+
+    def skip_ws(j: int) -> int:
+        while j < n and text[j] in _WS:
+            j += 1
+        return j
+
+    i = skip_ws(i)
+    if i >= n or text[i] != "[":
+        yield RawRecord(url, None, None, error=("too_deep", f"the file nests more than {MAX_DEPTH} levels deep and is not an array of records; flatten it"))
+        return
+    i = skip_ws(i + 1)
+    while i < n and text[i] != "]":
+        try:
+            item, end = decoder.raw_decode(text, i)
+        except RecursionError:
+            end = _skip_value(text, i)
+            yield RawRecord(url, None, row, error=("too_deep", f"the record nests more than {MAX_DEPTH} levels deep; flatten it"),
+                            raw_prefix=text[i:min(end, i + _PREFIX_BYTES)])
+        except ValueError as exc:
+            yield RawRecord(url, None, row, error=("malformed_json", f"the file is not valid JSON from row {row} on ({exc}); the rows before it were read, fix the file and re-ingest"))
+            return
         else:
-            yield RawRecord(url, reader.line_num, None, value=dict(rec), raw=json.dumps(rec, ensure_ascii=True))
+            if isinstance(item, (dict, list)) and depth_exceeds(item):
+                yield RawRecord(url, None, row, error=("too_deep", f"the record nests more than {MAX_DEPTH} levels deep; flatten it"),
+                                raw_prefix=text[i:min(end, i + _PREFIX_BYTES)])
+            else:
+                yield RawRecord(url, None, row, value=item, raw=json.dumps(item, ensure_ascii=True))
+        row += 1
+        i = skip_ws(end)
+        if i < n and text[i] == ",":
+            i = skip_ws(i + 1)
 
 
-def _read_parquet(url: str, fh) -> Iterator[RawRecord]:
+class _LineTooLong(Exception):
+    def __init__(self, lineno: int, length: int, prefix: bytes, offset: int):
+        super().__init__(f"line {lineno} is {length} bytes long")
+        self.lineno, self.length, self.prefix, self.offset = lineno, length, prefix, offset
+
+
+class _CsvLines:
+    """The lines ``csv.reader`` parses, each bounded by the line limit and decoded with
+    surrogateescape (a bad byte rejects one record, not the file).
+
+    It also counts the quote characters of the record being parsed, so after an error the
+    reader can skip the rest of a quoted field that spans lines instead of parsing its
+    remaining lines as records. A class, not a generator: a generator that raises is finished,
+    and the reader must go on after a too-long line.
+    """
+
+    def __init__(self, fh, limit: int, pos: _Position):
+        self.fh, self.limit, self.pos = fh, limit, pos
+        self.quotes = 0
+        self.record_line = 1
+
+    def __iter__(self):
+        return self
+
+    def begin_record(self) -> None:
+        self.quotes = 0
+        self.record_line = self.pos.line + 1
+
+    def __next__(self) -> str:
+        start = self.pos.offset
+        raw, length, prefix = _readline(self.fh, self.limit, self.pos)
+        if not length:
+            raise StopIteration
+        self.pos.line += 1
+        if prefix:
+            # The skipped bytes are not counted: a too-long line is as good as lost, and the
+            # quote count of its prefix says whether a quoted field was still open.
+            self.quotes += prefix.count(b'"')
+            raise _LineTooLong(self.pos.line, length, prefix, start)
+        if self.pos.line == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        self.quotes += raw.count(b'"')
+        return raw.decode("utf-8", errors="surrogateescape")
+
+    def skip_rest_of_record(self) -> None:
+        """After an error inside a quoted field, drop lines until the field's quote closes."""
+        while self.quotes % 2:
+            try:
+                next(self)
+            except StopIteration:
+                return
+            except _LineTooLong:
+                continue
+
+
+def _read_csv(url: str, fh, delimiter: str, limit: int, pos: _Position) -> Iterator[RawRecord]:
+    # The csv module's own field limit (131,072 characters) is process-wide and below
+    # --max-chars; a line is already bounded, so a field may be as long as a line.
+    if csv.field_size_limit() < limit:
+        csv.field_size_limit(limit)
+    lines = _CsvLines(fh, limit, pos)
+    reader = csv.reader(lines, delimiter=delimiter)
+    header: list[str] | None = None
+    while True:
+        lines.begin_record()
+        lineno = lines.record_line
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except _LineTooLong as exc:
+            lines.skip_rest_of_record()
+            yield _too_long(url, exc.lineno, exc.length, limit, exc.prefix, exc.offset)
+            continue
+        except csv.Error as exc:
+            lines.skip_rest_of_record()
+            code = "too_long" if "field limit" in str(exc) else "malformed_row"
+            yield RawRecord(url, lineno, None, error=(code, f"the row cannot be parsed as {'TSV' if delimiter == chr(9) else 'CSV'} ({exc}); "
+                                                            "check its quoting"))
+            continue
+        if header is None:
+            header = row
+            continue
+        if not row:
+            continue  # blank lines are not records
+        if len(row) > len(header):
+            yield RawRecord(
+                url, lineno, None,
+                error=("malformed_row", f"the row has {len(row)} fields but the header has {len(header)}; quote fields that contain the delimiter"),
+                raw=json.dumps(row, ensure_ascii=True),
+            )
+            continue
+        rec = dict(zip(header, row + [None] * (len(header) - len(row))))
+        yield RawRecord(url, lineno, None, value=rec, raw=json.dumps(rec, ensure_ascii=True))
+
+
+def _read_parquet(url: str, fh, pos: _Position) -> Iterator[RawRecord]:
     import pyarrow.parquet as pq
 
-    try:
-        pf = pq.ParquetFile(fh, pre_buffer=False)
-    except Exception as exc:
-        raise PoolInputError(f"cannot read Parquet file {url}: {exc}") from exc
-    row = 0
+    # A file that is not Parquet at all fails here and, like a damaged page later, becomes
+    # one damaged_file record (see read()): the input exists and was opened.
+    pf = pq.ParquetFile(fh, pre_buffer=False)
     for batch in pf.iter_batches(batch_size=2048, use_threads=False):
         for rec in batch.to_pylist():
-            yield RawRecord(url, None, row, value=rec, raw=None)
-            row += 1
+            yield RawRecord(url, None, pos.row, value=rec, raw=None)
+            pos.row += 1
 
 
-def _read_hf(url: str) -> Iterator[RawRecord]:
+def _read_hf(url: str, pos: _Position) -> Iterator[RawRecord]:
     import datasets
 
     try:
@@ -248,3 +546,4 @@ def _read_hf(url: str) -> Iterator[RawRecord]:
         name = f"{url}[{split}]" if split else url
         for i, rec in enumerate(part):
             yield RawRecord(name, None, i, value=rec)
+            pos.row = i + 1

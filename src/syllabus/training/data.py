@@ -45,7 +45,7 @@ def load_samples(paths: Sequence[str] | str, fields: Any = None) -> tuple[list[d
     paths = [paths] if isinstance(paths, str) else list(paths)
     samples: list[dict] = []
     rejected = 0
-    for url, kind in expand(paths):
+    for url, kind, _ in expand(paths):
         for record in read(url, kind):
             if record.error is not None:
                 rejected += 1
