@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
+from syllabus.scoring.commands import positive_int
 from syllabus.selection.base import Budget
 
 
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", required=True, metavar="M", help="a shipped recipe name (3ds, diq, ifd, less, random, full) or a recipe .yaml path")
     p.add_argument("--scores", nargs="+", default=[], metavar="URL", help="score manifest JSONs (printed by `syllabus score --json`) or score Parquet files")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget", type=int, metavar="N", help="select N samples")
+    budget.add_argument("--budget", type=positive_int, metavar="N", help="select N samples (1 or more)")
     budget.add_argument("--ratio", type=float, metavar="R", help="select this fraction of the pool, e.g. 0.1")
     p.add_argument("--set", action="append", default=[], metavar="SELECTOR.KEY=VALUE",
                    help="override a selector's config, e.g. --set threshold.min_value=85 --set band.low=40 "
@@ -35,6 +37,31 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "and after each stage, with 95%% intervals, next to the pool's base rate")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     p.set_defaults(func=cmd_select)
+
+
+def empty_selection_error(report: dict, recipe, frame) -> str | None:
+    """For a selection that kept nothing from a non-empty pool: a sentence naming the stage
+    that emptied it, the values it saw and the change that would keep some. None otherwise."""
+    if report["n_selected"] or not report["n_candidates"]:
+        return None
+    stage = next((s for s in report["stages"] if s["n_out"] == 0), report["stages"][-1])
+    text = f"{recipe.name} selected 0 of {report['n_candidates']:,} candidates: stage {stage['index']} ({stage['selector']}) kept none"
+    column = stage["config"].get("column")
+    if stage["selector"] == "threshold" and column in frame.columns:
+        import pandas as pd
+
+        values = pd.to_numeric(frame[column], errors="coerce").dropna()
+        if len(values):
+            text += (f"; {column} ranged {values.min():.4g} to {values.max():.4g} over the candidates, and the threshold "
+                     f"was min_value {stage['config'].get('min_value')}")
+            if recipe.name == "3ds":
+                text += (" (the paper's delta on its 0-100 scale; a small rater such as SmolLM2-135M rates on a "
+                         "compressed scale)")
+            text += (". Keep the top share with --set threshold.min_percentile=80 (top 20%), or lower the "
+                     f"absolute threshold, e.g. --set threshold.min_value={values.quantile(0.8):.0f}")
+            return text
+    notes = "; ".join(stage["notes"])
+    return text + (f" ({notes})" if notes else "") + "; relax that stage with --set or raise the budget"
 
 
 def apply_overrides(recipe, overrides: list[str]):
@@ -99,6 +126,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     print(f"selected {report['n_selected']:,} of {report['n_candidates']:,} with {recipe.name} (seed {report['seed']})")
     audit = _audit_defects(args, recipe, result, candidates, report, labels) if labels is not None else None
     print(f"report: {report['outputs']['report']}")
+    empty = empty_selection_error(report, recipe, candidates.frame)
     if args.json:
         print(json.dumps({
             "selected": report["outputs"]["selected"],
@@ -113,6 +141,10 @@ def cmd_select(args: argparse.Namespace) -> int:
             "counts": {c["stage"]: c["n"] for c in report["counts"]},
             **({"defects": audit} if audit is not None else {}),
         }))
+    if empty:
+        # The report is committed for inspection, but an empty subset is not a result.
+        print(f"syllabus select: error: {empty}", file=sys.stderr)
+        return 1
     return 0
 
 

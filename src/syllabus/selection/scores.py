@@ -39,7 +39,14 @@ def read_url_bytes(url: str) -> bytes:
 
 
 def _table_of(url: str) -> pa.Table:
-    return read_parquet_bytes(read_url_bytes(url))
+    data = read_url_bytes(url)
+    try:
+        return read_parquet_bytes(data)
+    except (pa.ArrowInvalid, OSError):  # pyarrow's own message names only '<Buffer>'
+        raise ValueError(
+            f"{url} is not a Parquet file (pyarrow cannot read it as one); --scores takes the score manifests "
+            "(.json) printed by `syllabus score --json` or score tables (.parquet)"
+        ) from None
 
 
 @dataclass
