@@ -33,13 +33,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pool files/directories to ingest first (or use --pool with a manifest URL)")
     p.add_argument("--pool", dest="pool_manifest", default=None, metavar="MANIFEST_URL",
                    help="URL of a pool manifest printed by `syllabus ingest --json`")
-    p.add_argument("--method", required=True, choices=["quality", "difficulty", "ifd", "3ds", "gradients", "influence", "diq"],
-                   help="3ds = quality then difficulty on every sample; diq = DIQ difficulty then influence")
+    p.add_argument("--method", required=True,
+                   choices=["quality", "difficulty", "ifd", "3ds", "3ds-reference", "gradients", "influence", "diq"],
+                   help="3ds = quality then difficulty on every sample; 3ds-reference = the same as the authors' "
+                   "code computes it (the 3ds-reference recipe's configs); diq = DIQ difficulty then influence")
     p.add_argument("--validation", default=None, metavar="FILE",
                    help="influence/diq: benchmark-style JSONL/CSV/Parquet validation items (default: a seeded "
                    "held-out sample of the MMLU medical items)")
     p.add_argument("--perspective", choices=["knowledge", "reasoning", "overall"], default=None,
                    help="diq: the difficulty perspective (default reasoning)")
+    p.add_argument("--preset", choices=["ours", "reference"], default=None,
+                   help="difficulty/3ds: 'reference' computes D1-D3 as the authors' code does (README, 3DS "
+                   "reference parity); default ours")
+    p.add_argument("--estimate", type=int, default=None, metavar="N",
+                   help="print what scoring N samples takes at this run's rate (default: the whole pool when "
+                   "--limit scored part of it, else 10,000)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="also log the run's per-stage figures to this MLflow tracking URI (e.g. sqlite:///mlflow.db)")
+    p.add_argument("--experiment", default="syllabus", help="MLflow experiment for --tracking-uri")
     p.add_argument("--model", required=True, help="model alias, .gguf file, HF directory or hub id")
     p.add_argument("--store", default=None, help="store URL (default: $SYLLABUS_STORE or ./syllabus-store)")
     p.add_argument("--limit", type=positive_int, default=None, help="score only the first N samples of the pool")
@@ -75,8 +86,68 @@ def scorer_configs(args: argparse.Namespace) -> dict[str, dict]:
     diq = {k: v for k, v in common.items() if k != "cutoff"}
     if getattr(args, "perspective", None):
         diq["perspective"] = args.perspective
+    if getattr(args, "preset", None):
+        difficulty["preset"] = args.preset
+    if args.method in RECIPE_METHODS:  # the recipe's scorer configs, the command line's changes on top
+        from syllabus.selection.recipes import load_recipe
+
+        base = {spec.name: spec.config for spec in load_recipe(args.method).scorers}
+        quality = {**base.get("quality", {}), **quality}
+        difficulty = {**base.get("difficulty", {}), **difficulty}
     return {"quality": quality, "difficulty": difficulty, "ifd": dict(common), "gradients": gradients,
             "influence": influence, "diq_difficulty": diq}
+
+
+# Methods whose scorer configs come from the shipped recipe of the same name.
+RECIPE_METHODS = {"3ds-reference"}
+DEFAULT_ESTIMATE = 10_000
+
+
+def timing_report(args: argparse.Namespace, manifests: list[dict], manifest_url: str) -> tuple[list[str], dict]:
+    """Per-stage lines for every scorer and the "at this rate" estimate: what a bigger pool costs
+    (per-sample cost of every scorer of the method added up; loading the model left out)."""
+    from syllabus.pool.manifest import load_manifest
+    from syllabus.scoring.timing import estimate_line, stage_lines
+
+    lines: list[str] = []
+    per_sample = 0.0
+    for m in manifests:
+        timing = m.get("timing") or {}
+        lines += stage_lines(m["scorer"], timing)
+        if timing.get("from_cache"):
+            lines.append(f"  {m['scorer']}: every shard was cached; figures as recorded when they were scored")
+        per_sample += timing.get("seconds_per_sample") or 0.0
+    scored = max((m.get("timing") or {}).get("samples", 0) for m in manifests) if manifests else 0
+    n = args.estimate
+    if n is None or n < 1:
+        pool_rows = sum(s["rows"] for s in load_manifest(manifest_url)["shards"])
+        n = pool_rows if pool_rows > scored else DEFAULT_ESTIMATE
+    estimate = {"samples": n, "seconds": round(per_sample * n, 1), "seconds_per_sample": round(per_sample, 5),
+                "line": estimate_line(per_sample, n)}
+    lines.append(estimate["line"])
+    return lines, estimate
+
+
+def log_to_mlflow(args: argparse.Namespace, result: dict, manifests: list[dict]) -> str:
+    """One MLflow run with the configs, and per scorer and stage the seconds, samples/s,
+    tokens/s and padding share (the metric names the pipeline's score stage uses)."""
+    from syllabus.scoring.timing import stage_metrics
+    from syllabus.tracking.lineage import Lineage
+
+    lineage = Lineage(args.tracking_uri, experiment=args.experiment)
+    params = {"method": args.method, "model": args.model, "model_fingerprint": result["model_fingerprint"],
+              "pool_manifest": result["pool_manifest"], "limit": args.limit,
+              "scores": {m["scorer"]: {"url": m["url"], "config": m["config"], "version": m["version"]} for m in manifests}}
+    with lineage.run(f"score {args.method}", params=params, tags={"syllabus.stage": "score"}) as run:
+        for m in manifests:
+            timing = m.get("timing") or {}
+            lineage.log_metrics({"samples": m["samples"], "seconds": m["seconds"],
+                                 "seconds_per_sample": timing.get("seconds_per_sample") or 0.0,
+                                 **stage_metrics(timing.get("stages", {}))}, f"score/{m['scorer']}/")
+        lineage.log_metrics({"estimate_samples": result["estimate"]["samples"],
+                             "estimate_seconds": result["estimate"]["seconds"]}, "score/")
+        lineage.log_json(result, "score_result.json")
+        return run.info.run_id
 
 
 def pool_manifest_of(url: str) -> str:
@@ -138,6 +209,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             "failed": sum(e["failed"] or 0 for e in m["shards"]),
             "skipped_shards": sum(e["skipped"] for e in m["shards"]),
         }
+        stages[name]["timing"] = m["timing"]
         health = [e["stats"]["health"] for e in m["shards"] if e.get("stats") and "health" in e["stats"]]
         if health:
             stages[name]["health"] = health[0] if len(health) == 1 else health
@@ -168,6 +240,13 @@ def cmd_score(args: argparse.Namespace) -> int:
     for name, st in stages.items():
         print(f"{name}: {st['ok']} ok, {st['failed']} failed, {st['samples_per_second']} samples/s -> {st['scores']}")
     print(f"scores table ({table.num_rows} rows): {table_url}")
+    lines, result["estimate"] = timing_report(args, manifests, manifest_url)
+    print("where the time went:")
+    for line in lines:
+        print(line if line.startswith("  ") else f"  {line}")
+    if args.tracking_uri:
+        result["mlflow_run_id"] = log_to_mlflow(args, result, manifests)
+        print(f"MLflow run {result['mlflow_run_id']} in {args.tracking_uri}")
     if args.json:
         print(json.dumps(result))
     unusable = [name for name, st in stages.items() if st["ok"] == 0 and st["failed"]]

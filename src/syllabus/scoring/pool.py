@@ -2,7 +2,8 @@
 manifest and one combined table with a row per sample.
 
 Score manifest JSON: ``{"scorer", "version", "config", "model_fingerprint", "pool_manifest",
-"shards": [{"shard", "url", "rows", "ok", "failed", "skipped"}], "stats"}``. For the ``3ds``
+"shards": [{"shard", "url", "rows", "ok", "failed", "skipped", "stats"}], "timing"}``, ``timing``
+the per-stage figures of :func:`syllabus.scoring.timing.pool_stages`. For the ``3ds``
 method the quality and difficulty manifests are written first and a ``3ds`` manifest names
 both (``components``) and lists per-shard tables joining their columns.
 """
@@ -16,6 +17,7 @@ from typing import Any, Mapping
 import pyarrow as pa
 
 from syllabus.scoring.base import Scorer, score_shard
+from syllabus.scoring.timing import pool_stages
 from syllabus.store import Store, content_hash
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ METHOD_SCORERS = {
     "difficulty": ["difficulty"],
     "ifd": ["ifd"],
     "3ds": ["quality", "difficulty"],
+    "3ds-reference": ["quality", "difficulty"],  # configs from the recipe of the same name
     "gradients": ["gradients"],
     "influence": ["influence"],
     "diq": ["diq_difficulty", "influence"],
@@ -170,6 +173,7 @@ def score_pool(
         "shards": entries,
         "samples": samples,
         "seconds": round(seconds, 3),
+        "timing": pool_stages(entries),
     }
     key = f"scores/manifests/{scorer.name}-{content_hash([e['key'] for e in entries], 20)}.json"
     store.commit(key, _json_bytes(out), {"scorer": scorer.name, "samples": samples})
