@@ -103,6 +103,7 @@ def write_score_manifest(
     from syllabus.models.ref import fingerprint, resolve
     from syllabus.pool.manifest import load_manifest
     from syllabus.scoring.pool import make_scorer
+    from syllabus.scoring.timing import pool_stages
 
     store = Store(store_url)
     scorer = make_scorer(scorer_name, scorer_config)
@@ -127,6 +128,7 @@ def write_score_manifest(
         "seconds": round(seconds, 3),
         "compute_seconds": round(sum(e.get("compute_seconds") or 0.0 for e in entries), 3),
         "samples_per_second": round(sum(e["rows"] for e in scored) / seconds, 3) if seconds else None,
+        "timing": pool_stages(entries),  # per stage: seconds, samples/s, tokens/s, padding share
     }
     key = f"{SCORE_MANIFEST_PREFIX}/{scorer.name}-{content_hash([[e['key'] for e in entries], list(missing)], 20)}.json"
     import json

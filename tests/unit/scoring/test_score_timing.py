@@ -153,3 +153,22 @@ def test_scorer_configs_put_the_command_line_over_the_recipe():
     assert configs["quality"] == {"mode": "generate", "max_new_tokens": 7}
     args = parser.parse_args(["score", "--pool", "x", "--method", "difficulty", "--model", "m", "--preset", "reference"])
     assert scorer_configs(args)["difficulty"] == {"preset": "reference"}
+
+
+def test_pipeline_score_manifest_carries_the_stages(tmp_path, tiny_model_dir, capsys):
+    """The pipeline's score stage (one task per shard, then a fan-in) writes the same timing."""
+    from syllabus.pipeline.stages import score_shard, write_score_manifest
+    from syllabus.pool.manifest import load_manifest
+
+    manifest, store_url = _ingest(tmp_path, capsys)
+    shard = load_manifest(manifest)["shards"][0]
+    config = {"max_new_tokens": 2}
+    entry = score_shard(shard, "difficulty", config, tiny_model_dir, store_url, manifest)
+    out = write_score_manifest("difficulty", config, tiny_model_dir, manifest, [entry], [], store_url)
+    stages = out["timing"]["stages"]
+    assert stages["generation"]["samples"] == 3 and stages["forward"]["tokens"] > 0
+    assert not out["timing"]["from_cache"]
+    cached = score_shard(shard, "difficulty", config, tiny_model_dir, store_url, manifest)
+    assert cached["skipped"]
+    again = write_score_manifest("difficulty", config, tiny_model_dir, manifest, [cached], [], store_url)
+    assert again["timing"]["from_cache"] and again["timing"]["stages"]["forward"] == stages["forward"]
