@@ -290,9 +290,10 @@ def costs(rows: Sequence[Mapping[str, Any]], score_costs: Mapping[str, Mapping[s
 
 
 def comparison_markdown(result: Mapping[str, Any], analysis: Mapping[str, Any], setup: Mapping[str, Any],
-                        costs: Sequence[Mapping[str, Any]], plots: Sequence[str] = ()) -> str:
+                        costs: Sequence[Mapping[str, Any]], plots: Sequence[str] = (), defects: str = "") -> str:
     """The comparison report: set-up, the table with intervals, paired deltas against random
-    with verdicts, random's seed spread, the difficulty analyses, costs and plots."""
+    with verdicts, random's seed spread, the defect-avoidance tables (``defects``, Markdown),
+    the difficulty analyses, costs and plots."""
     metrics = result["metrics"]
     lines = ["# Syllabus comparison", ""]
     lines += [f"- {k}: {v}" for k, v in setup.items()] + [""]
@@ -316,6 +317,8 @@ def comparison_markdown(result: Mapping[str, Any], analysis: Mapping[str, Any], 
         lines += ["", "## Random over seeds", "", "| metric | seeds | mean | sd | min | max |", "|---|---|---|---|---|---|"]
         for m, s in result["random"].items():
             lines.append(f"| {m} | {s['seeds']} | {_f(s['mean'])} | {_f(s['sd'])} | {_f(s['min'])} | {_f(s['max'])} |")
+    if defects:
+        lines += ["", defects.replace("### Defect avoidance", "## Defect avoidance", 1).rstrip()]
     if analysis:
         lines += ["", "## Decomposed difficulty on this pool", "",
                   f"{analysis['n']} samples with all three difficulties.", "",
