@@ -117,6 +117,22 @@ class FieldMap(BaseModel):
 # ------------------------------------------------------------------ readers
 def read_records(path: str | Path) -> list[dict]:
     """Rows of a JSONL(.gz), JSON list, CSV(.gz) or Parquet file as dicts."""
+    try:
+        return _read_records(path)
+    except UnicodeDecodeError as exc:
+        # The codec's message names neither the file nor the line; find the line from the bytes.
+        raw = Path(path).read_bytes()
+        raw = gzip.decompress(raw) if str(path).lower().endswith(".gz") else raw
+        try:
+            raw.decode("utf-8")
+            where = ""
+        except UnicodeDecodeError as err:
+            line = raw.count(b"\n", 0, err.start) + 1
+            where = f" line {line} (byte 0x{raw[err.start]:02x})"
+        raise ValueError(f"benchmark file {path}{where} is not valid UTF-8; re-encode the file as UTF-8") from exc
+
+
+def _read_records(path: str | Path) -> list[dict]:
     path = Path(path)
     name = path.name.lower()
     if name.endswith(".parquet"):

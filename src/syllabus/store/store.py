@@ -97,7 +97,16 @@ class Store:
         self.storage_options = options
         if self.protocol == "file":
             self.root = os.path.abspath(self.root)
-            self.fs.makedirs(self.root, exist_ok=True)
+            # The first write creates the folder, not this: a read through a mistyped URL must
+            # leave nothing behind. A file in the way is named now rather than as "[Errno 17]".
+            existing = self.root
+            while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+                existing = os.path.dirname(existing)
+            if not os.path.isdir(existing):
+                raise ValueError(
+                    f"store {self.root} cannot be a folder: {existing} is a file; pass a folder (it is "
+                    "created when missing), s3://bucket/prefix or memory://name to --store"
+                )
 
     # ------------------------------------------------------------------ paths
     def path(self, key: str) -> str:
