@@ -2,8 +2,10 @@
 
 Shards whose result is committed under the same key are skipped inside the task (the store
 is the cache). A shard that still fails after its retries is reported by name under
-``missing`` in the score manifest; the flow completes with the others, and a rerun scores
-only what is missing.
+``missing`` in the score manifest; the flow completes the others and ends "Partially failed"
+(a Failed state whose message names the shards and how to retry them, with the manifests as
+its data), and a rerun scores only what is missing. A progress artifact shows shards done,
+samples per second and the time left while it runs.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import os
 from typing import Any
 
 from prefect import flow, unmapped
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.outcome import finish, missing_shards_message, publish
 from syllabus.pipeline.stages import pool_shards
+from tasks.progress import ScoreProgress
 from tasks.stages import score_manifest_task, score_shard_task
 
 log = logging.getLogger(__name__)
@@ -29,21 +34,34 @@ def _error_of(state) -> str:
     return str(state.message or state.type)
 
 
-@flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
+@flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True, persist_result=True,
+      result_serializer="json")
 def score(pool_manifest: str, scorers: dict[str, dict[str, Any]], model: str = "smollm2-135m",
           store: str | None = None) -> dict[str, dict[str, Any]]:
-    """Score every shard of the pool with every scorer; returns the score manifests by scorer."""
+    """Score every shard of the pool with every scorer; returns the score manifests by scorer.
+
+    Args:
+        pool_manifest: URL of the pool manifest that ingest wrote (the ingest run's "ingest" artifact shows it).
+        scorers: scorer name -> config changes, e.g. {"quality": {}, "difficulty": {"max_new_tokens": 48}}.
+        model: the target model: an alias (smollm2-135m), a Hugging Face directory, a .gguf file or a hub id.
+        store: store URL (a directory, s3://bucket/prefix, memory://name); default $SYLLABUS_STORE or ./syllabus-store.
+    """
     shards = pool_shards(pool_manifest)
     futures = {
         name: score_shard_task.map(shards, unmapped(name), unmapped(config), unmapped(model), unmapped(store),
                                     unmapped(pool_manifest))
         for name, config in scorers.items()
     }
+    progress = ScoreProgress(len(shards) * len(scorers), sum(s["rows"] for s in shards) * len(scorers))
+    rows = {id(fut): shard["rows"] for futs in futures.values() for shard, fut in zip(shards, futs)}
+    for fut in as_completed([f for futs in futures.values() for f in futs]):
+        completed = fut.state.is_completed()
+        line = progress.shard_finished(rows[id(fut)], cached=completed and fut.result()["skipped"], failed=not completed)
+        log.info("%s", line)
     manifests: dict[str, dict[str, Any]] = {}
     for name, futs in futures.items():
         entries, missing = [], []
         for shard, fut in zip(shards, futs):
-            fut.wait()
             if fut.state.is_completed():
                 entries.append(fut.result())
             else:
@@ -55,7 +73,18 @@ def score(pool_manifest: str, scorers: dict[str, dict[str, Any]], model: str = "
         done = manifests[name]
         print(f"{name}: {len(entries)}/{len(shards)} shards ({done['shards_scored']} scored, "
               f"{done['shards_cached']} cached), {len(missing)} missing")
-    return manifests
+    publish(markdown=score_markdown(manifests), key="scores", description="Score manifests: pass their URLs to select")
+    return finish(manifests, [missing_shards_message(manifests)])
+
+
+def score_markdown(manifests: dict[str, dict[str, Any]]) -> str:
+    """What the score flow produced, for the next stage's form: one row per scorer."""
+    lines = ["| scorer | samples | shards scored | cached | missing | samples/s | score manifest |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name, m in manifests.items():
+        lines.append(f"| {name} | {m['samples']} | {m['shards_scored']} | {m['shards_cached']} | {len(m['missing'])} | "
+                     f"{m['samples_per_second'] or '-'} | `{m['url']}` |")
+    return "\n".join(lines)
 
 
 def task_runner(kind: str = "thread", workers: int = 1, address: str | None = None, processes: bool = True):
@@ -86,5 +115,7 @@ def task_runner(kind: str = "thread", workers: int = 1, address: str | None = No
 
 
 def score_with_workers(workers: int, kind: str = "thread", address: str | None = None):
-    """The score flow with its shards spread over ``workers`` (threads or Dask workers)."""
+    """The score flow with its shards spread over ``workers`` (threads or Dask workers).
+    Call it with ``return_state=True``: a run with missing shards ends Failed, its manifests
+    still in its data (``flows.outcome.result_of``)."""
     return score.with_options(task_runner=task_runner(kind, workers, address))

@@ -1,5 +1,5 @@
-"""A Prefect progress artifact for long work inside a task (a fine-tune of the whole pool can
-take half an hour): the task run's Artifacts tab shows how far it is."""
+"""A Prefect progress artifact for long work (a fine-tune of the whole pool can take half an
+hour, scoring it longer): the run's Artifacts tab shows how far it is."""
 
 from __future__ import annotations
 
@@ -12,29 +12,73 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 log = logging.getLogger(__name__)
 
 
-class ProgressArtifact:
-    """Callable ``(done, total, loss)``: creates the artifact on the first call, then updates it
-    at most every ``min_seconds`` (and always at the end), so the API is not flooded."""
+def duration(seconds: float | None) -> str:
+    """``95`` -> ``1 min 35 s``; unknown -> ``unknown``."""
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "unknown"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
-    def __init__(self, what: str, min_seconds: float = 5.0):
+
+class ProgressArtifact:
+    """A progress artifact created on the first update and then updated at most every
+    ``min_seconds`` (and always at the end), so the API is not flooded. Callable as
+    ``(done, total, loss)`` for the fine-tune's progress callback."""
+
+    def __init__(self, what: str, min_seconds: float = 5.0, key: str | None = None):
         self.what = what
         self.min_seconds = min_seconds
+        self.key = key
         self.artifact_id: UUID | None = None
         self.last = 0.0
         self.broken = False
 
-    def __call__(self, done: int, total: int, loss: float) -> None:
+    def update(self, done: float, total: float, description: str) -> None:
         now = time.monotonic()
         if self.broken or (self.artifact_id is not None and done < total and now - self.last < self.min_seconds):
             return
-        percent = 100.0 * done / total if total else 100.0
-        description = f"{self.what}: {done}/{total} samples seen, loss {loss:.4f}"
+        percent = min(100.0, 100.0 * done / total) if total else 100.0
         try:
             if self.artifact_id is None:
-                self.artifact_id = create_progress_artifact(percent, description=description)
+                self.artifact_id = create_progress_artifact(percent, key=self.key, description=description)
             else:
                 update_progress_artifact(self.artifact_id, percent, description=description)
         except Exception as exc:  # progress display must never fail the work it reports on
             log.warning("could not update the Prefect progress artifact (%s); the log still shows progress", exc)
             self.broken = True
         self.last = now
+
+    def __call__(self, done: int, total: int, loss: float) -> None:
+        self.update(done, total, f"{self.what}: {done}/{total} samples seen, loss {loss:.4f}")
+
+
+class ScoreProgress:
+    """Scoring's progress: shards done of all (every scorer), samples per second over the
+    shards actually computed (cached ones take no time), and the time left at that rate."""
+
+    def __init__(self, shards: int, samples: int, artifact: ProgressArtifact | None = None):
+        self.total_shards, self.total_samples = shards, samples
+        self.done_shards = self.done_samples = self.computed_samples = 0
+        self.cached = self.failed = 0
+        self.started = time.monotonic()
+        self.artifact = artifact or ProgressArtifact("scoring", key="scoring-progress")
+
+    def shard_finished(self, rows: int, cached: bool = False, failed: bool = False) -> str:
+        self.done_shards += 1
+        self.done_samples += rows
+        self.cached += cached
+        self.failed += failed
+        if not cached and not failed:
+            self.computed_samples += rows
+        elapsed = time.monotonic() - self.started
+        rate = self.computed_samples / elapsed if self.computed_samples and elapsed > 0 else None
+        left = (self.total_samples - self.done_samples) / rate if rate else None
+        text = (f"scoring: {self.done_shards}/{self.total_shards} shards ({self.cached} cached, {self.failed} failed), "
+                f"{self.done_samples}/{self.total_samples} samples, "
+                f"{f'{rate:.2f}' if rate else 'n/a'} samples/s, time left {duration(left) if self.done_shards < self.total_shards else '0 s'}")
+        self.artifact.update(self.done_shards, self.total_shards, text)
+        return text

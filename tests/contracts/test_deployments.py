@@ -51,3 +51,82 @@ def test_compose_and_dockerfiles_reference_existing_files():
     for dockerfile in (ROOT / "docker").glob("Dockerfile.*"):
         for src in re.findall(r"^COPY (\S+) ", dockerfile.read_text(), flags=re.M):
             assert (ROOT / src).exists(), f"{dockerfile.name}: COPY {src}"
+
+
+def _spec() -> dict:
+    return yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+
+
+def _flow_of(dep: dict):
+    path, attr = dep["entrypoint"].split(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), attr)
+
+
+def _undescribed(schema: dict) -> list[str]:
+    """Every property of the parameter schema, nested models included, that has no description."""
+    missing = [f"parameter {name}" for name, prop in schema.get("properties", {}).items() if not prop.get("description")]
+    for model, definition in schema.get("definitions", {}).items():
+        missing += [f"{model}.{name}" for name, prop in definition.get("properties", {}).items() if not prop.get("description")]
+    return missing
+
+
+def test_every_parameter_of_every_deployment_has_a_description():
+    from prefect.utilities.callables import parameter_schema_from_entrypoint
+
+    for dep in _spec()["deployments"]:
+        # What `prefect deploy` sends to the server: the schema built from the entrypoint's source.
+        schema = parameter_schema_from_entrypoint(str(ROOT / dep["entrypoint"])).model_dump()
+        assert schema["properties"], dep["name"]
+        assert _undescribed(schema) == [], f"deployment {dep['name']}: {_undescribed(schema)}"
+        assert dep.get("description"), dep["name"]
+
+
+def test_budget_with_count_and_ratio_is_rejected_by_the_parameter_schema():
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools import validate
+
+    from flows.stages import select
+
+    schema = parameter_schema(select.fn).model_dump()
+    base = {"method": "random", "scores": ["s3://b/scores.json"]}
+    validate({**base, "budget": {"count": 16}}, schema, raise_on_error=True)
+    validate({**base, "budget": {"count": 16, "ratio": None}}, schema, raise_on_error=True)
+    for bad in ({"count": 16, "ratio": 0.5}, {}):
+        errors = validate({**base, "budget": bad}, schema)
+        assert errors, bad
+
+
+def test_deployments_share_settings_through_job_variables_and_pull_no_local_path():
+    spec = _spec()
+    for step in spec["pull"]:
+        (name, args), = step.items()
+        assert "set_working_directory" not in name, "a fixed working directory only exists on the deployer's machine"
+        assert not any(str(v).startswith("/") for v in args.values()), args
+    clone = spec["pull"][0]["prefect.deployments.steps.git_clone"]
+    assert clone["repository"] == "{{ $SYLLABUS_GIT_URL }}"
+    for dep in spec["deployments"]:
+        env = dep["work_pool"]["job_variables"]["env"]
+        assert {"SYLLABUS_STORE", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "SYLLABUS_GIT_URL"} <= set(env), dep["name"]
+        assert set(env["PREFECT_LOGGING_EXTRA_LOGGERS"].split(",")) >= {"syllabus", "flows", "tasks"}
+
+
+def test_watch_schedule_is_off_and_readme_names_every_variable_the_deployments_read():
+    spec = _spec()
+    watch = next(d for d in spec["deployments"] if d["name"] == "watch-pool")
+    assert all(s.get("active") is False for s in watch["schedules"])
+    text = (ROOT / "deployments" / "prefect.yaml").read_text()
+    variables = set(re.findall(r"\{\{ \$(\w+) \}\}", text))
+    assert {"SYLLABUS_WATCH_POOL", "SYLLABUS_STORE", "MLFLOW_TRACKING_URI"} <= variables
+    team = (ROOT / "README.md").read_text().split("### Running it as a team", 1)[1].split("\n## ", 1)[0]
+    assert [v for v in sorted(variables) if f"`{v}`" not in team and f"{v}=" not in team] == []
+
+
+def test_watch_refuses_an_empty_pool():
+    import pytest
+
+    from flows.watch import real_pool
+
+    for empty in ([], [""], ["  ", ""]):
+        with pytest.raises(ValueError, match="watch needs params.pool"):
+            real_pool(empty)
+    assert real_pool(["", "data/pool.jsonl"]) == ["data/pool.jsonl"]

@@ -25,8 +25,8 @@ class serve:
     """Run a server command in its own process group until the block ends; waits for
     ``health_url`` to answer first."""
 
-    def __init__(self, cmd: list[str], health_url: str, env: dict | None = None, timeout: float = 180.0):
-        self.cmd, self.health_url, self.env, self.timeout = cmd, health_url, env, timeout
+    def __init__(self, cmd: list[str], health_url: str, env: dict | None = None, timeout: float = 180.0, cwd=None):
+        self.cmd, self.health_url, self.env, self.timeout, self.cwd = cmd, health_url, env, timeout, cwd
 
     def __enter__(self):
         import subprocess
@@ -34,7 +34,7 @@ class serve:
         import urllib.request
 
         self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                     start_new_session=True, cwd=self.cwd)
         deadline = time.time() + self.timeout
         while True:
             try:

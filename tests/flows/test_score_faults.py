@@ -31,10 +31,17 @@ def setup(tmp_path, tiny_model_dir):
     return {"faults": faults, "pool": pool, "store": store, "manifest": manifest, "model": tiny_model_dir}
 
 
-def run_score(s, sleep: float = 0.0) -> dict:
+def run_score_state(s, sleep: float = 0.0):
     from flows.score import score
 
-    return score(s["manifest"], {"fault": {"fault_dir": str(s["faults"]), "sleep_seconds": sleep}}, s["model"], s["store"])["fault"]
+    return score(s["manifest"], {"fault": {"fault_dir": str(s["faults"]), "sleep_seconds": sleep}}, s["model"], s["store"],
+                 return_state=True)
+
+
+def run_score(s, sleep: float = 0.0) -> dict:
+    from flows.outcome import result_of
+
+    return result_of(run_score_state(s, sleep))["fault"]
 
 
 def attempts(s) -> list[str]:
@@ -78,7 +85,14 @@ def test_transient_fault_is_retried(setup):
 def test_permanent_fault_is_reported_and_rerun_retries_only_it(setup):
     ids = first_ids(setup)
     (setup["faults"] / f"fail-{ids[1]}").touch()
-    broken = run_score(setup)
+    state = run_score_state(setup)
+    # Not a green success: a Failed state that names the shard and how to retry only it.
+    assert state.is_failed() and state.name == "Partially failed"
+    assert "pool.jsonl-00001" in state.message and "injected permanent fault" in state.message
+    assert "Run the same command again to score only the missing shards" in state.message
+    from flows.outcome import result_of
+
+    broken = result_of(state)["fault"]
     assert len(broken["missing"]) == 1 and broken["missing"][0]["shard"].endswith("pool.jsonl-00001")
     assert "injected permanent fault" in broken["missing"][0]["error"]
     assert broken["shards_scored"] == 4 and len(broken["shards"]) == 4

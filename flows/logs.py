@@ -1,0 +1,28 @@
+"""Library log lines in the run's logs in the Prefect UI.
+
+``PREFECT_LOGGING_EXTRA_LOGGERS=syllabus,flows,tasks`` (set by the CLI, the deployments' job
+variables and the compose worker) attaches Prefect's API handler to those loggers, but Prefect
+3.8 leaves their level unset, so they inherit the root's WARNING and every INFO line (scores
+per shard, cache hits, progress) is dropped before it reaches a handler. Importing ``flows``
+sets the level, and attaches the handler where the variable was not set, so a flow run
+started any way (CLI, deployment, worker, test) shows them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+LIBRARY_LOGGERS = ("syllabus", "flows", "tasks")
+EXTRA_LOGGERS_ENV = ",".join(LIBRARY_LOGGERS)
+
+
+def send_library_logs_to_prefect(level: int = logging.INFO) -> None:
+    """Give the library loggers Prefect's API handler (once) and a level that lets INFO through."""
+    handlers = logging.getLogger("prefect.extra").handlers
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(level)
+        for handler in handlers:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)

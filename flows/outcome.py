@@ -1,0 +1,96 @@
+"""How a flow run ends and what it shows: a partial run is not a green success, and what a run
+produced is published where the user looks (their own run, even when the work ran in a
+subflow it started).
+
+A flow with missing shards or a failed arm returns a ``Failed`` state that carries the full
+result as its (persisted) data, with a message that names what is missing and how to retry
+only that; callers that want the result anyway unwrap it with ``result_of``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+from uuid import UUID
+
+from prefect.artifacts import LinkArtifact, MarkdownArtifact, TableArtifact
+from prefect.runtime import deployment, flow_run
+from prefect.states import Failed, State
+
+log = logging.getLogger(__name__)
+
+PARTIAL = "Partially failed"
+
+
+def retry_hint(what: str) -> str:
+    """How to retry only what is missing: the cache skips everything that was committed."""
+    if deployment.id:
+        return (f"Press Retry on the flow run you started in the Prefect UI (or run deployment {deployment.name!r} again "
+                f"with the same parameters) to {what}; everything committed is reused from the store.")
+    return f"Run the same command again to {what}; everything committed is reused from the store."
+
+
+def missing_shards_message(manifests: dict[str, dict[str, Any]]) -> str | None:
+    """One sentence per scorer with shards missing, naming the shards and their errors."""
+    parts = []
+    for name, manifest in manifests.items():
+        missing = manifest.get("missing") or []
+        if missing:
+            total = len(missing) + len(manifest.get("shards") or [])
+            named = "; ".join(f"{m['shard']} ({m['error'][:200]})" for m in missing)
+            parts.append(f"scorer {name}: {len(missing)} of {total} shards failed after their retries: {named}.")
+    if not parts:
+        return None
+    return " ".join(parts) + " " + retry_hint("score only the missing shards")
+
+
+def finish(result: Any, problems: Iterable[str | None]) -> Any:
+    """The flow's return value: ``result`` when nothing went wrong, else a ``Failed`` state
+    named "Partially failed" whose message lists the problems and whose data is ``result``."""
+    problems = [p for p in problems if p]
+    if not problems:
+        return result
+    message = " ".join(problems)
+    log.error("%s", message)
+    return Failed(name=PARTIAL, message=message[:20000], data=result)
+
+
+def result_of(state: State) -> Any:
+    """The data of a flow's final state, partial or not; an exception (a crash, bad
+    parameters) is raised as itself."""
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+def _targets() -> list[UUID | None]:
+    """This flow run and, when it is a subflow, the run the user started."""
+    here = flow_run.id
+    try:
+        root = flow_run.root_flow_run_id
+    except Exception as exc:  # reading the parent needs the API; this run's own artifacts still land
+        log.warning("could not find the top-level flow run (%s); artifacts go to this run only", exc)
+        root = here
+    targets: list[UUID | None] = [None]  # None: Prefect's own context (this run, or this task run)
+    if root and here and str(root) != str(here):
+        targets.append(UUID(str(root)))
+    return targets
+
+
+def publish(markdown: str | None = None, key: str | None = None, description: str | None = None,
+            link: str | None = None, link_text: str | None = None, link_key: str | None = None,
+            table: list[dict[str, Any]] | None = None, table_key: str | None = None) -> None:
+    """Create a markdown, link and/or table artifact on this flow run and on the top-level
+    run. A missing Prefect API must not lose a result, so failures are only logged."""
+    try:
+        for target in _targets():
+            if link:
+                LinkArtifact(link=link, link_text=link_text, key=link_key, description=description,
+                             flow_run_id=target).create()
+            if markdown is not None:
+                MarkdownArtifact(markdown=markdown, key=key, description=description, flow_run_id=target).create()
+            if table is not None:
+                TableArtifact(table=table, key=table_key or key, description=description, flow_run_id=target).create()
+    except Exception as exc:
+        log.warning("could not create the Prefect artifacts (%s); the result is still returned and in the store", exc)

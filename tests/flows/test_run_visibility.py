@@ -1,0 +1,128 @@
+"""What a team sees in Prefect and MLflow (issue 16): library log lines and a scoring progress
+artifact in the run, artifacts on the run the user started as well as on the subflow, and
+MLflow runs ended as FAILED or KILLED when their flow run fails, crashes or is cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import UUID
+
+import pytest
+from prefect import flow
+
+from flow_helpers import write_pool
+from syllabus.pipeline.stages import ingest as ingest_pool
+
+pytestmark = pytest.mark.flow
+
+
+def _api(coro_fn):
+    from prefect.client.orchestration import get_client
+
+    async def main():
+        async with get_client() as client:
+            return await coro_fn(client)
+
+    return asyncio.run(main())
+
+
+def logs_of(flow_run_id) -> list:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    return _api(lambda c: c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(str(flow_run_id))]))))
+
+
+def artifacts_of(flow_run_id) -> list:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    return _api(lambda c: c.read_artifacts(artifact_filter=ArtifactFilter(
+        flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(str(flow_run_id))]))))
+
+
+def test_library_logs_and_scoring_progress_reach_the_run(tmp_path, tiny_model_dir):
+    from flows.score import score
+
+    pool = write_pool(tmp_path / "pool.jsonl", 12)
+    store = str(tmp_path / "store")
+    manifest = ingest_pool([pool], store, 4)["manifest"]
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    state = score(manifest, {"fault": {"fault_dir": str(faults)}}, tiny_model_dir, store, return_state=True)
+    assert state.is_completed()
+    run_id = state.state_details.flow_run_id
+
+    logs = logs_of(run_id)
+    # A line logged by src/syllabus (not by Prefect, not by print) is in the run's logs in the API.
+    library = [entry for entry in logs if entry.name.startswith("syllabus.")]
+    assert any("fault: scored 4 samples" in entry.message for entry in library), [(e.name, e.message) for e in logs]
+    assert any(entry.name == "flows.score" and "scoring: 3/3 shards" in entry.message for entry in logs)
+
+    progress = [a for a in artifacts_of(run_id) if a.type == "progress"]
+    assert len(progress) == 1 and float(progress[0].data) == 100.0
+    assert "3/3 shards" in progress[0].description and "samples/s" in progress[0].description
+    assert "time left 0 s" in progress[0].description
+    tables = [a for a in artifacts_of(run_id) if a.key == "scores"]
+    assert tables and "scores/manifests" in tables[0].data
+
+
+def test_stage_artifacts_land_on_the_run_the_user_started_and_the_result_is_persisted(tmp_path):
+    from flows.stages import ingest
+
+    pool = write_pool(tmp_path / "pool.jsonl", 5)
+    store = str(tmp_path / "store")
+
+    @flow(name="user-started")
+    def started_by_user() -> str:
+        sub = ingest([pool], store, 2, return_state=True)
+        return str(sub.state_details.flow_run_id)
+
+    parent_state = started_by_user(return_state=True)
+    child_id = parent_state.result()
+    parent_id = parent_state.state_details.flow_run_id
+    for run_id in (child_id, parent_id):
+        keyed = [a for a in artifacts_of(run_id) if a.key == "ingest"]
+        assert len(keyed) == 1, run_id
+        assert "ingests/" in keyed[0].data and "| records_ok | 5 |" in keyed[0].data
+
+
+    child = _api(lambda c: c.read_flow_run(UUID(child_id)))
+    assert child.state.is_completed()
+    persisted = child.state.result()
+    assert persisted["records_ok"] == 5 and persisted["manifest"].endswith("manifest.json")
+
+
+def test_a_failed_flow_ends_its_mlflow_runs_as_failed(tmp_path):
+    import mlflow
+
+    from flows.hooks import end_mlflow_runs_as_failed, root_flow_run_id
+    from syllabus.tracking.lineage import Lineage
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    seen = {}
+
+    @flow(name="dies-mid-run", on_failure=[end_mlflow_runs_as_failed])
+    def dies(params: dict) -> None:
+        from prefect.runtime import flow_run
+
+        lineage = Lineage(uri, "hooks")
+        # Started without a `with` block, as a killed or cancelled process leaves it: RUNNING.
+        run = lineage.mlflow.start_run(experiment_id=lineage.experiment_id, tags={
+            "prefect.flow_run_id": str(flow_run.id), "prefect.root_flow_run_id": root_flow_run_id()})
+        seen["run_id"] = run.info.run_id
+        raise RuntimeError("the scorer's GPU fell off the bus")
+
+    state = dies({"tracking_uri": uri}, return_state=True)
+    assert state.is_failed()
+    run = mlflow.tracking.MlflowClient(uri).get_run(seen["run_id"])
+    mlflow.end_run("FAILED")  # pops the run the flow left on this thread's active-run stack
+    assert run.info.status == "FAILED"
+    assert "GPU fell off the bus" in run.data.tags["error"]
+
+
+def test_watch_refuses_to_run_without_a_pool(tmp_path):
+    from flows.watch import watch
+    from syllabus.pipeline.config import PipelineParams
+
+    state = watch(PipelineParams(pool=[""], store=str(tmp_path / "store")), return_state=True)
+    assert state.is_failed() and "watch needs params.pool" in state.message
+    assert not (tmp_path / "store").exists()  # refused before ingesting anything
