@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 from flows.score import score_with_workers
 from syllabus.pipeline.config import PipelineParams
 from syllabus.pipeline.report import results_markdown, results_table
+from syllabus.scoring.timing import stage_metrics
 from syllabus.tracking.lineage import Lineage
 from tasks.stages import evaluate_task, finetune_task, ingest_task, select_task
 
@@ -106,6 +107,8 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
             lineage.log_metrics({"samples": m["samples"], "shards_scored": m["shards_scored"], "shards_cached": m["shards_cached"],
                                  "shards_missing": len(m["missing"]), "samples_per_second": m["samples_per_second"] or 0.0,
                                  "seconds": m["seconds"]}, f"score/{name}/")
+            # where the time went: <stage>/seconds, samples_per_second, tokens_per_second, padding_share
+            lineage.log_metrics(stage_metrics(m.get("timing", {}).get("stages", {})), f"score/{name}/")
         if manifests:
             lineage.log_params({"model_fingerprint": next(iter(manifests.values()))["model_fingerprint"]})
 

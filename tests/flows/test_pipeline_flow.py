@@ -50,6 +50,8 @@ def test_pipeline_lineage_and_cached_rerun(params, monkeypatch):
     assert parent.data.params["pool_fingerprint"] == result["pool"]["pool_fingerprint"]
     assert parent.data.metrics["pool/records_ok"] == 24
     assert parent.data.metrics["score/ifd/shards_scored"] == 3
+    assert parent.data.metrics["score/ifd/forward/tokens_per_second"] > 0  # where the scoring time went
+    assert 0 <= parent.data.metrics["score/ifd/forward/padding_share"] < 1
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     by_method = {c.data.tags["method"]: c for c in children}
     assert set(by_method) == {"ifd", "random"}
