@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
-from flows.pipeline import run_arms
+from flows.hooks import end_mlflow_runs_as_failed, end_mlflow_runs_as_killed
+from flows.outcome import finish, publish
+from flows.pipeline import problems, run_arms
 from syllabus.pipeline import compare as C
 from syllabus.pipeline.config import CompareParams
 from syllabus.store import Store
@@ -33,9 +34,15 @@ def _band(params: CompareParams) -> tuple[float, float]:
     return float(band["low"]), float(band["high"])
 
 
-@flow(name="compare", log_prints=True)
+@flow(name="compare", log_prints=True, on_cancellation=[end_mlflow_runs_as_killed],
+      on_crashed=[end_mlflow_runs_as_failed], on_failure=[end_mlflow_runs_as_failed])
 def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
-    """Run every arm, then build, log and return the comparison."""
+    """Run every arm, then build, log and return the comparison (ends "Partially failed",
+    the comparison still in its data, when shards are missing or an arm failed).
+
+    Args:
+        params: the pool, model, methods, budget, random seeds, difficulty windows and every stage's settings.
+    """
     band = _band(params) if params.windows else (25.0, 75.0)
     arms = C.compare_arms(params.methods, params.seeds, params.seed, params.selector_overrides, params.windows,
                           params.window_method)
@@ -88,9 +95,6 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
                     name = metric.replace(" ", "_")
                     lineage.log_metrics({f"{name}/value": cell["value"], f"{name}/delta_vs_random": cell.get("delta", float("nan"))},
                                         "compare/")
-    try:
-        create_markdown_artifact(key="comparison", markdown=markdown, description="Syllabus comparison")
-    except Exception as exc:  # artifacts need a Prefect API; a missing one must not lose the report
-        log.warning("could not create the Prefect artifact: %s", exc)
-    return {**{k: result[k] for k in ("results", "mlflow_run_id", "mlflow_run_url", "mlflow_tracking_uri", "scores", "timings")},
-            "comparison": table, "difficulty": analysis, "costs": costs, "report": where, "markdown": markdown}
+    publish(markdown=markdown, key="comparison", description="Syllabus comparison")
+    return finish({**{k: result[k] for k in ("results", "mlflow_run_id", "mlflow_run_url", "mlflow_tracking_uri", "scores", "timings")},
+            "comparison": table, "difficulty": analysis, "costs": costs, "report": where, "markdown": markdown}, problems(result))

@@ -13,9 +13,10 @@ import time
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 
+from flows.hooks import end_mlflow_runs_as_failed, end_mlflow_runs_as_killed, root_flow_run_id
+from flows.outcome import finish, missing_shards_message, publish, result_of
 from flows.score import score_with_workers
 from syllabus.pipeline.config import PipelineParams
 from syllabus.pipeline.report import results_markdown, results_table
@@ -88,7 +89,9 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
     inputs, benches = _pool_inputs(params)
     scorers, per_method = _scorers_for(sorted({a["method"] for a in arms}), params.scorer_configs)
     budget = params.budget.model_dump(exclude_none=True)
-    tags = {"prefect.flow_run_id": flow_run_id, "prefect.flow_run_name": str(flow_run.name or "")}
+    # The root id finds every MLflow run of a cancelled or crashed watch run, whose subflows get no hook of their own.
+    tags = {"prefect.flow_run_id": flow_run_id, "prefect.flow_run_name": str(flow_run.name or ""),
+            "prefect.root_flow_run_id": root_flow_run_id()}
     timings: dict[str, float] = {}
 
     with lineage.run(f"{title}-{flow_run.name or 'local'}", tags=tags) as parent:
@@ -100,7 +103,8 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
         lineage.log_metrics({k: ingest[k] for k in ("records_in", "records_ok", "records_rejected", "duplicates", "shards")}, "pool/")
 
         t0 = time.perf_counter()
-        manifests = score_with_workers(params.score_workers, params.task_runner, params.dask_address)(ingest["manifest"], scorers, params.model, params.store) if scorers else {}
+        manifests = result_of(score_with_workers(params.score_workers, params.task_runner, params.dask_address)(
+            ingest["manifest"], scorers, params.model, params.store, return_state=True)) if scorers else {}
         timings["score_seconds"] = time.perf_counter() - t0
         for name, m in manifests.items():
             lineage.log_params({f"scores.{name}": {"url": m["url"], "config": m["config"], "version": m["version"]}})
@@ -133,15 +137,12 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
         lineage.log_metrics(timings, "time/")
         parent_url = lineage.run_url(parent.info.run_id)
 
-    try:
-        create_link_artifact(key="mlflow-run", link=parent_url, link_text=f"MLflow run of this {title}",
-                             description=f"MLflow tracking URI: {lineage.tracking_uri}")
-        create_markdown_artifact(key=f"{title}-results", markdown=markdown, description="Syllabus results table")
-    except Exception as exc:  # artifacts need a Prefect API; a missing one must not lose the results
-        log.warning("could not create the Prefect artifacts: %s", exc)
+    publish(link=parent_url, link_text=f"MLflow run of this {title}", link_key="mlflow-run",
+            description=f"MLflow tracking URI: {lineage.tracking_uri}")
+    publish(markdown=markdown, key=f"{title}-results", description="Syllabus results table")
     return {"results": table, "rows": rows, "benches": benches, "mlflow_run_id": parent.info.run_id,
             "mlflow_run_url": parent_url, "mlflow_tracking_uri": lineage.tracking_uri, "pool": ingest,
-            "scores": {k: v["url"] for k, v in manifests.items()}, "timings": timings, "markdown": markdown,
+            "scores": {k: v["url"] for k, v in manifests.items()}, "manifests": manifests, "timings": timings, "markdown": markdown,
             "score_costs": {k: {f: v.get(f) for f in ("samples", "shards_scored", "shards_cached", "seconds", "compute_seconds")}
                             for k, v in manifests.items()}}
 
@@ -194,9 +195,29 @@ def _run_arm(params: PipelineParams, arm: dict[str, Any], method_scorers: list[s
     return row
 
 
-@flow(name="pipeline", log_prints=True)
+def problems(result: dict[str, Any]) -> list[str | None]:
+    """What keeps a run from being a clean success: missing shards and failed arms, each
+    named with how to retry only that."""
+    from flows.outcome import retry_hint
+
+    failed = [f"{r['method']}: {r['error']}" for r in result["rows"] if r.get("error")]
+    arms = (f"{len(failed)} arm(s) failed: {'; '.join(failed)}. " + retry_hint("redo only what failed")) if failed else None
+    return [missing_shards_message(result.get("manifests", {})), arms]
+
+
+@flow(name="pipeline", log_prints=True, on_cancellation=[end_mlflow_runs_as_killed],
+      on_crashed=[end_mlflow_runs_as_failed], on_failure=[end_mlflow_runs_as_failed])
 def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
-    """Score the pool once, then select, fine-tune and evaluate every method at the same budget."""
+    """Score the pool once, then select, fine-tune and evaluate every method at the same budget.
+
+    Ends "Partially failed" (a Failed state carrying the results) when shards are missing or
+    an arm failed; its message names them and how to retry only them.
+
+    Args:
+        params: the pool, model, methods, budget and every stage's settings (each field is described below).
+    """
     result = run_arms(params, default_arms(params))
+    issues = problems(result)
     result.pop("rows")
-    return result
+    result.pop("manifests")
+    return finish(result, issues)

@@ -69,10 +69,19 @@ def _params(cls: type, args: argparse.Namespace, changes: dict):
 def _flow(module: str, name: str):
     """A flow of the Prefect layer (outside src/), with Prefect's state kept in the project."""
     os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))  # design.md: state stays in the project
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "syllabus")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "syllabus,flows,tasks")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here; no telemetry attempts
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     return getattr(importlib.import_module(module), name)
+
+
+def _outcome(state) -> tuple[dict, str | None]:
+    """A flow's result and, for a run that ended "Partially failed" (missing shards, a failed
+    arm), the message naming what is missing and how to retry it; a crash raises."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result, (state.message if state.is_failed() else None)
 
 
 def parse_windows(text: str) -> dict[str, tuple[float, float]]:
@@ -95,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from syllabus.pipeline.report import render_table
 
     params = _params(PipelineParams, args, {"store": args.store, "methods": _split(args.methods) if args.methods else None})
-    result = _flow("flows.pipeline", "pipeline")(params)
+    result, partial = _outcome(_flow("flows.pipeline", "pipeline")(params, return_state=True))
     print()
     print(render_table(result["results"]))
     print()
@@ -108,7 +117,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"selected subset ({row['method']}): {row['subset']}")
     if args.json:
         print(json.dumps({k: result[k] for k in ("results", "mlflow_run_id", "mlflow_run_url", "scores", "timings")}, default=str))
-    return 0 if not any(r.get("error") for r in result["results"]) else 1
+    if partial:
+        print(f"\nPARTIALLY FAILED: {partial}")
+    return 0 if not partial and not any(r.get("error") for r in result["results"]) else 1
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -119,7 +130,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         "pool": args.pool, "model": args.model, "methods": _split(args.methods) if args.methods else None,
         "budget": budget, "seeds": args.seeds, "windows": parse_windows(args.windows) if args.windows else None,
         "benches": _split(args.benches) if args.benches else None, "store": args.store, "report_dir": args.report_dir})
-    result = _flow("flows.compare", "compare")(params)
+    result, partial = _outcome(_flow("flows.compare", "compare")(params, return_state=True))
     print()
     print(result["markdown"])
     print(f"MLflow run:  {result['mlflow_run_url']}")
@@ -128,4 +139,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: result[k] for k in ("mlflow_run_id", "mlflow_run_url", "scores", "timings", "report", "comparison")},
                          default=str))
-    return 0 if not any(a.get("error") for a in result["comparison"]["arms"]) else 1
+    if partial:
+        print(f"\nPARTIALLY FAILED: {partial}")
+    return 0 if not partial and not any(a.get("error") for a in result["comparison"]["arms"]) else 1

@@ -12,7 +12,12 @@ from syllabus.store.credentials import adopt_all
 
 
 class BudgetParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # The JSON schema says "exactly one" too, so the Prefect form and server reject both (or
+    # neither) before a run is created, not only this validator once the run has started.
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra={"oneOf": [
+        {"properties": {"count": {"type": "integer"}}, "required": ["count"]},
+        {"properties": {"ratio": {"type": "number"}}, "required": ["ratio"]},
+    ]})
     count: int | None = Field(None, ge=1, description="select this many samples")
     ratio: float | None = Field(None, gt=0, le=1, description="or this fraction of the pool")
 
@@ -34,11 +39,12 @@ class PipelineParams(BaseModel):
     demo_medical: int = Field(64, ge=1, description="demo pool: HealthBench conversations to take")
     demo_general: int = Field(32, ge=0, description="demo pool: AlpacaEval distractors to take")
     demo_heldout: int = Field(24, ge=0, description="demo pool: held-out HealthBench answers for the reference-NLL benchmark")
-    shard_size: int = Field(32, ge=1)
-    model: str = "smollm2-135m"
-    methods: list[str] = Field(default_factory=lambda: ["3ds", "random"])
-    budget: BudgetParams = BudgetParams(count=16)
-    seed: int = 0
+    shard_size: int = Field(32, ge=1, description="samples per shard: the unit of scoring, caching and retry")
+    model: str = Field("smollm2-135m", description="the target model: an alias, a Hugging Face directory, a .gguf file or a hub id")
+    methods: list[str] = Field(default_factory=lambda: ["3ds", "random"],
+                               description="selection methods to compare (3ds, diq, ifd, less, random, full)")
+    budget: BudgetParams = Field(BudgetParams(count=16), description="samples every method selects: exactly one of count or ratio")
+    seed: int = Field(0, description="seed for random selection and for sampling the demo pool")
     store: str | None = Field(None, description="store URL (default $SYLLABUS_STORE or ./syllabus-store)")
     scorer_configs: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"difficulty": {"max_new_tokens": 48}},
@@ -54,7 +60,7 @@ class PipelineParams(BaseModel):
         default_factory=lambda: {"batch_size": 8, "micro_batch_size": 4, "learning_rate": 2e-4, "cutoff": 512},
         description="LoRA fine-tuning overrides (FinetuneConfig fields)",
     )
-    benches: list[str] = Field(default_factory=lambda: ["mmlu-medical"])
+    benches: list[str] = Field(default_factory=lambda: ["mmlu-medical"], description="benchmarks: built-in names or files")
     eval: dict[str, Any] = Field(
         default_factory=lambda: {"limit": 40, "generate": False},
         description="evaluation overrides (EvalConfig fields)",
@@ -64,7 +70,7 @@ class PipelineParams(BaseModel):
     task_runner: Literal["thread", "dask", "ray"] = Field("thread", description="where scoring tasks run: this process, a Dask cluster or a Ray cluster")
     dask_address: str | None = Field(None, description="address of an existing Dask scheduler or Ray cluster (default: start a local one)")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (default sqlite:///./mlflow.db)")
-    experiment: str = "syllabus"
+    experiment: str = Field("syllabus", description="MLflow experiment the runs go to")
 
     @field_validator("methods")
     @classmethod
@@ -144,7 +150,8 @@ class CompareParams(PipelineParams):
     Every method is selected at the same budget, fine-tuned with the same settings and
     evaluated on the same items; random runs once per seed."""
 
-    methods: list[str] = Field(default_factory=lambda: ["3ds", "diq", "ifd", "random", "full"])
+    methods: list[str] = Field(default_factory=lambda: ["3ds", "diq", "ifd", "random", "full"],
+                               description="selection methods to compare (3ds, diq, ifd, less, random, full)")
     seeds: int = Field(3, ge=1, description="random selection seeds (random runs once per seed)")
     windows: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: {"easy": (0.0, 50.0), "medium": (25.0, 75.0), "hard": (50.0, 100.0)},

@@ -170,3 +170,20 @@ class Lineage:
         """A browser link to the run: the tracking server's UI, or the local `mlflow ui` default."""
         base = self.tracking_uri if self.tracking_uri.startswith("http") else "http://127.0.0.1:5000"
         return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+
+def end_open_runs(tracking_uri: str | None, tag: str, value: str, status: str, reason: str = "") -> list[str]:
+    """End every RUNNING run (any experiment) whose tag ``tag`` equals ``value`` with
+    ``status`` (``KILLED``, ``FAILED``): a cancelled or crashed flow never leaves its ``with``
+    block, so its runs would stay RUNNING forever. Returns the ids it ended."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    quoted = value.replace("'", "")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string=f"tags.`{tag}` = '{quoted}' and attributes.status = 'RUNNING'")
+    for run in runs:
+        if reason:
+            client.set_tag(run.info.run_id, "error", reason[:5000])
+        client.set_terminated(run.info.run_id, status=status)
+    return [r.info.run_id for r in runs]
