@@ -32,6 +32,7 @@ import gzip
 import json
 import resource
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -52,7 +53,8 @@ from syllabus.scoring.gradients import (
 )
 from syllabus.store import Store
 
-DATA = "/work/shared/data/medquad.jsonl.gz"
+# ../shared/data beside the project root, wherever the project is cloned
+DATA = str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "medquad.jsonl.gz")
 
 
 def load_samples(path: str, n: int, seed: int) -> list[dict]:
@@ -114,6 +116,7 @@ def main() -> None:
                     help="skip timing the naive loop with a plainly generated matrix (about 30 s)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", default=DATA, help="MedQuAD JSONL(.gz) (default ../shared/data/medquad.jsonl.gz)")
     args = ap.parse_args()
 
     from syllabus.models import load_model
@@ -124,7 +127,7 @@ def main() -> None:
         for p in lm.model.parameters():
             torch.nn.init.normal_(p, std=0.02)
     device = next(lm.model.parameters()).device
-    samples = load_samples(DATA, args.n, args.seed)
+    samples = load_samples(args.data, args.n, args.seed)
     encs = [encode_pair(lm.tokenizer, s, cutoff=args.cutoff) for s in samples]
     lengths = [len(e.input_ids) for e in encs]
     cfg = GradientsConfig(projection=ProjectionSettings(kind=args.kind, dim=args.dim), cutoff=args.cutoff,

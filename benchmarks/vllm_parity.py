@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
-    ap.add_argument("--data", default="/work/shared/data/genmedgpt5k.jsonl.gz")
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "genmedgpt5k.jsonl.gz"),
+                    help="GenMedGPT-5k JSONL(.gz) (default ../shared/data beside the project root)")
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     args = ap.parse_args()

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-DATA = Path("/work/shared/data/genmedgpt5k.jsonl.gz")
+# ../shared/data beside the project root (tests/unit/scoring/ is three levels down)
+DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "genmedgpt5k.jsonl.gz"
 
 pytestmark = [
     pytest.mark.slow,
