@@ -21,7 +21,9 @@ from flows.score import score_with_workers
 from syllabus.pipeline.config import PipelineParams
 from syllabus.pipeline.report import results_markdown, results_table
 from syllabus.scoring.timing import stage_metrics
+from syllabus.pipeline.stages import export_subset
 from syllabus.tracking.lineage import Lineage
+from syllabus.tracking.notes import describe_arm, describe_pipeline
 from tasks.stages import evaluate_task, finetune_task, ingest_task, select_task
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,8 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
         lineage.log_params({"params": params.model_dump(mode="json"), "pool_fingerprint": ingest["pool_fingerprint"],
                             "pool_manifest": ingest["manifest"], "benches": benches})
         lineage.log_metrics({k: ingest[k] for k in ("records_in", "records_ok", "records_rejected", "duplicates", "shards")}, "pool/")
+        lineage.log_pool(ingest)
+        lineage.describe(describe_pipeline(title, [a["name"] for a in arms], budget, ingest, params.model))
 
         t0 = time.perf_counter()
         manifests = result_of(score_with_workers(params.score_workers, params.task_runner, params.dask_address)(
@@ -171,11 +175,15 @@ def _run_arm(params: PipelineParams, arm: dict[str, Any], method_scorers: list[s
             lineage.log_store_object(sel["outputs"][name], "selection")
         for url in sel["outputs"].get("plots", {}).values():
             lineage.log_store_object(url, "selection/plots")
+        lineage.log_subset(sel)
+        if params.export_format:
+            row["export"] = export_subset(sel, params.export_format, params.export_dir)
     if sel and sel["n_selected"] > 0:
         ft, row["error"] = _result_or_error(finetune_task.submit(sel["outputs"]["selected"], params.model, params.finetune, params.store))
         if ft:
             row["finetune"] = ft
             lineage.log_params({"adapter": ft["adapter"]})
+            lineage.log_adapter(ft["adapter"])
             lineage.log_metrics({"train_loss": ft["train_loss"], "train_loss_mean": ft["train_loss_mean"],
                                  "samples": ft["samples"], "steps": ft["steps"], "seconds": ft["seconds"]}, "finetune/")
             for step, loss in enumerate(ft.get("losses", [])):
@@ -191,6 +199,7 @@ def _run_arm(params: PipelineParams, arm: dict[str, Any], method_scorers: list[s
         row["error"] = f"scores missing for {', '.join(missing)}"
     if row["error"]:
         lineage.mlflow.set_tag("error", row["error"][:5000])
+    lineage.describe(describe_arm(row))
     row["seconds"] = time.perf_counter() - t_arm
     return row
 

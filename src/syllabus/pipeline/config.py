@@ -70,6 +70,10 @@ class PipelineParams(BaseModel):
     task_runner: Literal["thread", "dask", "ray"] = Field("thread", description="where scoring tasks run: this process, a Dask cluster or a Ray cluster")
     dask_address: str | None = Field(None, description="address of an existing Dask scheduler or Ray cluster (default: start a local one)")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (default sqlite:///./mlflow.db)")
+    export_format: Literal["jsonl", "alpaca", "sharegpt", "hf"] | None = Field(
+        None, description="also export every arm's subset to export_dir for another trainer: plain JSONL, Alpaca or "
+        "ShareGPT JSON with a LLaMA-Factory dataset_info.json entry, or a datasets.save_to_disk directory")
+    export_dir: str = Field("exports", description="local directory for export_format (one dataset_info.json for every arm)")
     experiment: str = Field("syllabus", description="MLflow experiment the runs go to")
 
     @field_validator("methods")

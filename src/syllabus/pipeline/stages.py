@@ -179,6 +179,14 @@ def select(
     )
 
 
+def export_subset(selection: Mapping[str, Any], fmt: str, out_dir: str) -> dict[str, Any]:
+    """Export a selection's subset for another trainer (``syllabus export``); arms exported to
+    one ``out_dir`` share one LLaMA-Factory ``dataset_info.json``."""
+    from syllabus.selection.export import export_selection
+
+    return export_selection(selection["outputs"]["selected"], fmt, out_dir)
+
+
 # ------------------------------------------------------------------- train and evaluate
 def finetune(selected_url: str, model: str, config: Mapping[str, Any], store_url: str | None,
              on_progress: ProgressCallback | None = None) -> dict[str, Any]:
