@@ -23,7 +23,7 @@ from syllabus.pipeline.stages import pool_shards
 from tasks.progress import ScoreProgress
 from tasks.stages import score_manifest_task, score_shard_task
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flows.score")  # not __name__: a deployment loads this file as module "score"
 
 
 def _error_of(state) -> str:

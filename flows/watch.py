@@ -23,7 +23,7 @@ from syllabus.pipeline.config import PipelineParams
 from syllabus.store import MissingObjectError, Store, content_hash
 from tasks.stages import ingest_task
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flows.watch")  # not __name__: a deployment loads this file as module "watch"
 
 
 def state_key(params: PipelineParams) -> str:
