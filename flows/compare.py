@@ -19,7 +19,7 @@ from syllabus.pipeline.config import CompareParams
 from syllabus.store import Store
 from syllabus.tracking.lineage import Lineage
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flows.compare")  # not __name__: a deployment loads this file as module "compare"
 
 
 def _band(params: CompareParams) -> tuple[float, float]:

@@ -26,7 +26,7 @@ from syllabus.tracking.lineage import Lineage
 from syllabus.tracking.notes import describe_arm, describe_pipeline
 from tasks.stages import evaluate_task, finetune_task, ingest_task, select_task
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flows.pipeline")  # not __name__: a deployment loads this file as module "pipeline"
 
 
 def _pool_inputs(params: PipelineParams) -> tuple[list[str], list[str]]:
