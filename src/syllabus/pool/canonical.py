@@ -90,6 +90,7 @@ class Sample:
     messages: list[dict[str, str]]
     metadata: dict[str, Any] = field(default_factory=dict)
     content_hash: str = ""
+    metadata_json: str | None = None  # the stored form, when normalise already made it
 
     def row(self) -> dict[str, Any]:
         return {
@@ -99,7 +100,8 @@ class Sample:
             "input": self.input,
             "output": self.output,
             "messages": self.messages,
-            "metadata": json.dumps(self.metadata, ensure_ascii=False, sort_keys=True, default=str),
+            "metadata": self.metadata_json if self.metadata_json is not None
+            else json.dumps(self.metadata, ensure_ascii=False, sort_keys=True, default=str),
         }
 
 
@@ -228,8 +230,9 @@ def normalise(
         if isinstance(value, str):
             _check_text(key, value, required=False)
     # Nested metadata and keys can hold lone surrogates too; the stored JSON is what must encode.
-    bad = _SURROGATE.search(json.dumps(metadata, ensure_ascii=False, sort_keys=True, default=str))
+    metadata_json = json.dumps(metadata, ensure_ascii=False, sort_keys=True, default=str)
+    bad = _SURROGATE.search(metadata_json)
     if bad is not None:
         where = next((k for k in metadata if _SURROGATE.search(str(k))), None)
         _reject_surrogate(f"metadata key {where}" if where is not None else "metadata", bad.group())
-    return Sample(sample_id, source, instruction, input_text, output, messages, metadata, content)
+    return Sample(sample_id, source, instruction, input_text, output, messages, metadata, content, metadata_json)
