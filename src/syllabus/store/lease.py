@@ -10,7 +10,8 @@ an ``expires_at`` time. It is taken by an atomic create-if-absent of the next ge
 ``memory://``), so of two workers racing for one generation exactly one wins. A generation is
 only created after the one below it expired or was released, so at most one unexpired
 holder exists at a time. The holder renews its expiry from a background thread; a worker
-that dies stops renewing, and its shard is taken over once the lease expires. Generation
+that dies stops renewing, and its shard is taken over once the lease expires (at once when
+it ran on the same machine and its process is gone). Generation
 files are never reused while the key is uncommitted (a release rewrites its file as expired
 rather than deleting it): deleting would let a late worker restart at generation 0 beside
 a live holder. After the commit the whole lease folder is deleted.
@@ -80,6 +81,23 @@ def create_exclusive(store: Store, key: str, data: bytes) -> bool:
         return False
 
 
+def _holder_is_dead(record: dict[str, Any]) -> bool:
+    """True when the holder ran on this machine and its process is gone: a rerun after a crash
+    or a kill takes the shard at once instead of waiting out the lease. A holder on another
+    machine is only known dead by its expiry."""
+    if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
+        return False
+    if record["pid"] == os.getpid():
+        return False
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 class Lease:
     """The lease on one store key. ``acquire`` once; ``release`` when done (``done=True``
     after the key was committed, which removes the lease folder)."""
@@ -120,12 +138,12 @@ class Lease:
             record = json.loads(self.store.read_bytes(self._gen_key(gens[-1])))
         except (FileNotFoundError, json.JSONDecodeError):
             return None  # removed after a commit, or mid-rewrite: look again
-        return record if float(record.get("expires_at", 0)) > time.time() else None
+        return record if float(record.get("expires_at", 0)) > time.time() and not _holder_is_dead(record) else None
 
     # -------------------------------------------------------------------- holding
     def _record(self, expires_at: float) -> bytes:
-        return json.dumps({"owner": self.owner, "key": self.key, "expires_at": expires_at,
-                           "written_at": time.time()}).encode("utf-8")
+        return json.dumps({"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "key": self.key,
+                           "expires_at": expires_at, "written_at": time.time()}).encode("utf-8")
 
     def acquire(self) -> bool:
         """Take the lease if it is free or expired; False when another worker holds it."""
@@ -140,7 +158,7 @@ class Lease:
                 record = {}  # a torn record: treat as held until its file is rewritten or ages out
                 if time.time() - self._age_reference(gens[-1]) < self.seconds:
                     return False
-            if record and float(record.get("expires_at", 0)) > time.time():
+            if record and float(record.get("expires_at", 0)) > time.time() and not _holder_is_dead(record):
                 return False
             if record:
                 log.info("lease on %s held by %s expired; taking it over", self.key, record.get("owner"))

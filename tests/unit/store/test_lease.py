@@ -96,7 +96,8 @@ def test_two_processes_score_each_shard_once(kind, tmp_path, request):
     assert store.list("leases") == []
 
 
-def test_a_killed_workers_shard_is_taken_over_after_expiry(tmp_path):
+def test_a_killed_workers_shard_is_taken_over(tmp_path):
+    """On the same machine its dead pid frees the shard at once; elsewhere its lease expires (3 s here)."""
     store = Store(str(tmp_path / "store"))
     manifest = _pool(store, tmp_path, shards=2)
     attempts = tmp_path / "attempts.log"
@@ -113,3 +114,15 @@ def test_a_killed_workers_shard_is_taken_over_after_expiry(tmp_path):
     started = attempts.read_text().split()
     assert len(started) == 3 and started.count(started[0]) == 2, started  # the killed shard started again
     assert all(not skipped for _, skipped in json.loads(out.strip().splitlines()[-1])["shards"])
+
+
+def test_a_lease_of_a_dead_process_on_this_machine_is_free_at_once(store):
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record = {"owner": "gone", "host": socket.gethostname(), "pid": int(dead.stdout), "expires_at": time.time() + 3600}
+    store.write_bytes("leases/scores/w.parquet/00000000.json", json.dumps(record).encode())
+    remote = dict(record, host="another-machine")
+    store.write_bytes("leases/scores/v.parquet/00000000.json", json.dumps(remote).encode())
+    assert Lease(store, "scores/w.parquet").acquire()
+    assert not Lease(store, "scores/v.parquet").acquire()  # elsewhere, only expiry says it is dead
