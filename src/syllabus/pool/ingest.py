@@ -173,6 +173,8 @@ def ingest_pool(
     """Ingest ``inputs`` (files, directories, saved datasets, URLs) into ``store``."""
     if shard_size < 1:
         raise ValueError(f"shard size {shard_size} must be at least 1")
+    if max_chars < 1:
+        raise ValueError(f"--max-chars {max_chars} must be at least 1: it is the most characters a record may have")
     started = time.perf_counter()
     files = expand(list(inputs))
     sharder = _Sharder(store, shard_size)

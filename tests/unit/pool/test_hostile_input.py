@@ -197,3 +197,10 @@ def test_the_quarantine_is_written_when_nothing_is_valid(tmp_path):
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
     assert proc.returncode == 2 and "quarantine.jsonl" in proc.stderr, proc.stderr
+
+
+def test_a_max_chars_below_one_is_refused_before_reading(tmp_path, store):
+    (tmp_path / "p.jsonl").write_text(lines_of([alpaca(1)]))
+    with pytest.raises(ValueError, match="--max-chars 0 must be at least 1"):
+        ingest_pool([str(tmp_path / "p.jsonl")], store, max_chars=0, progress=False)
+    assert store.list() == []
