@@ -164,3 +164,21 @@ class CompareParams(PipelineParams):
     )
     window_method: str = Field("3ds", description="the method whose band selector the windows move")
     report_dir: str | None = Field(None, description="also write the report (markdown, plots, JSON) to this directory")
+
+    def check(self) -> None:
+        """The pipeline's checks, and every difficulty window as the band it will become."""
+        super().check()
+        if not self.windows:
+            return
+        from syllabus.selection.recipes import load_recipe
+
+        recipe = load_recipe(self.window_method)
+        index = next((i for i, spec in enumerate(recipe.selectors) if spec.name == "band"), None)
+        if index is None:
+            raise ValueError(f"window_method {self.window_method!r} has no band selector to slide; use 3ds or set windows: {{}}")
+        base = (self.selector_overrides.get(self.window_method) or {}).get("band", {})
+        for name, (low, high) in self.windows.items():
+            try:
+                recipe.with_selector_config(index, **{**base, "low": float(low), "high": float(high)}).build_selectors()
+            except ValueError as exc:
+                raise ValueError(f"window {name!r}: {exc}") from None

@@ -68,3 +68,13 @@ def test_credentials_leave_the_store_and_pool_urls(monkeypatch):
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == "wJalr/XUtn"
     with pytest.raises(ValueError, match="MLFLOW_TRACKING_USERNAME"):
         PipelineParams(tracking_uri="https://user:pw@mlflow.example")
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"windows": {"hard": (80.0, 50.0)}}, "(?s)window 'hard': .*must satisfy 0 <= low < high <= 100"),
+    ({"window_method": "random"}, "window_method 'random' has no band selector"),
+])
+def test_compare_windows_are_checked_before_the_flow(changes, message):
+    with pytest.raises(ValueError, match=message):
+        CompareParams(**changes).check()
+    CompareParams().check()
