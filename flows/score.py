@@ -55,6 +55,7 @@ def score(pool_manifest: str, scorers: dict[str, dict[str, Any]], model: str = "
     progress = ScoreProgress(len(shards) * len(scorers), sum(s["rows"] for s in shards) * len(scorers))
     rows = {id(fut): shard["rows"] for futs in futures.values() for shard, fut in zip(shards, futs)}
     for fut in as_completed([f for futs in futures.values() for f in futs]):
+        fut.wait()  # sets the final state; without it .state is read back from the API, which can lag
         completed = fut.state.is_completed()
         line = progress.shard_finished(rows[id(fut)], cached=completed and fut.result()["skipped"], failed=not completed)
         log.info("%s", line)
