@@ -204,3 +204,15 @@ def test_a_max_chars_below_one_is_refused_before_reading(tmp_path, store):
     with pytest.raises(ValueError, match="--max-chars 0 must be at least 1"):
         ingest_pool([str(tmp_path / "p.jsonl")], store, max_chars=0, progress=False)
     assert store.list() == []
+
+
+def test_an_own_id_equal_to_another_records_content_hash_is_a_duplicate_id(tmp_path, store):
+    from syllabus.pool.canonical import normalise
+
+    hashed = normalise(alpaca(1), "p.jsonl").sample_id
+    (tmp_path / "p.jsonl").write_text(lines_of([alpaca(1), alpaca(2, id=hashed)]))
+    (tmp_path / "q.jsonl").write_text(lines_of([alpaca(3, id=normalise(alpaca(4), "q").sample_id), alpaca(4)]))
+    result = ingest_pool([str(tmp_path / "p.jsonl"), str(tmp_path / "q.jsonl")], store, progress=False)
+    assert result.summary()["rejected_by_reason"] == {"duplicate_id": 2}
+    ids = read_pool(result.manifest).column("sample_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 2
