@@ -172,11 +172,17 @@ def select(
     budget_obj = Budget(**budget) if budget else recipe.budget
     candidates = load_candidates(list(score_manifest_urls), pool_manifest_url)
     result = run_recipe(candidates.frame, recipe, budget_obj, seed)
-    return write_selection(
+    report = write_selection(
         Store(store_url), recipe, result, candidates,
         budget_request=budget_obj.model_dump(exclude_none=True) if budget_obj is not None else None,
         compare=list(compare), plots=True, seconds=time.perf_counter() - start,
     )
+    from syllabus.selection.commands import empty_selection_error
+
+    empty = empty_selection_error(report, recipe, candidates.frame)
+    if empty:  # committed to inspect, but an empty subset is not a result (the CLI exits 1 alike)
+        raise ValueError(f"{empty}; the selection report is {report['outputs']['report']}")
+    return report
 
 
 def export_subset(selection: Mapping[str, Any], fmt: str, out_dir: str) -> dict[str, Any]:

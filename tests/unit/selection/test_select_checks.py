@@ -57,3 +57,14 @@ def test_scores_that_are_not_parquet_are_named(tmp_path, capsys):
     assert main(["select", "--method", "random", "--budget", "1", "--scores", str(bad), "--store", str(tmp_path / "s")]) == 1
     err = capsys.readouterr().err
     assert f"{bad} is not a Parquet file" in err and "syllabus score --json" in err and "<Buffer>" not in err
+
+
+def test_select_stage_of_the_flows_fails_alike(compressed):
+    from syllabus.pipeline.stages import select
+
+    root, quality, difficulty, rated = compressed
+    with pytest.raises(ValueError, match=r"3ds selected 0 of 200 candidates: stage 1 \(threshold\) kept none.*"
+                                         r"min_percentile=80.*the selection report is "):
+        select("3ds", [quality, difficulty], {"count": 10}, root)
+    report = select("3ds", [quality, difficulty], {"count": 10}, root, selector_overrides={"threshold": {"min_percentile": 80}})
+    assert report["n_selected"] > 0
