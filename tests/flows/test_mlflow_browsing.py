@@ -79,3 +79,12 @@ def test_pipeline_runs_as_a_team_browses_them(tmp_path, tiny_model_dir, mlflow_s
     assert model.source_run_id == child.info.run_id and model.tags["syllabus.kind"] == "lora_adapter"
     version = mlflow.register_model(f"models:/{model.model_id}", "team-random-adapter")
     assert int(version.version) == 1 and client.get_model_version("team-random-adapter", "1").status == "READY"
+
+    # The link the pipeline hands out opens MLflow's UI on the runs table, not the GenAI overview.
+    from syllabus.tracking.screenshots import capture
+
+    assert result["mlflow_run_url"].endswith("?workflowType=machine_learning")
+    runs_url = result["mlflow_run_url"].split("/runs/")[0] + "?workflowType=machine_learning"
+    page = capture(runs_url, tmp_path / "mlflow-runs.png", wait_ms=15000)
+    assert parent.info.run_name in page.dom and "Run Name" in page.dom, page.dom[-2000:]
+    assert "pool" in page.dom  # the Dataset column names the pool

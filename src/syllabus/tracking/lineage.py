@@ -31,9 +31,11 @@ _SECRET_WORDS = {"secret", "secrets", "password", "passwd", "pwd", "passphrase",
 _SECRET_KEY_PAIRS = {("api", "key"), ("access", "key"), ("secret", "key"), ("private", "key"), ("account", "key"),
                      ("sas", "token"), ("session", "token")}
 _PARAM_MAX = 6000  # MLflow's limit on a parameter value
-# MLflow 3.17 opens an experiment without this tag in its GenAI view, the runs hidden under
-# "Training runs"; "custom_model_development" (the UI's "Machine learning") opens on the runs.
+# MLflow 3.17's UI opens an experiment in its GenAI view (traces; the runs hidden under "Training
+# runs") unless the link says ?workflowType=machine_learning, which the UI then remembers; the
+# kind tag says the same to MLflow's tools and to UIs without the GenAI/Model training switch.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+RUNS_VIEW = "?workflowType=machine_learning"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 
 
@@ -168,8 +170,12 @@ class Lineage:
 
     def run_url(self, run_id: str) -> str:
         """A browser link to the run: the tracking server's UI, or the local `mlflow ui` default."""
+        return f"{self.experiment_url().removesuffix(RUNS_VIEW)}/runs/{run_id}{RUNS_VIEW}"
+
+    def experiment_url(self) -> str:
+        """A browser link to the experiment's runs table (not the GenAI overview)."""
         base = self.tracking_uri if self.tracking_uri.startswith("http") else "http://127.0.0.1:5000"
-        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}{RUNS_VIEW}"
 
 
 def end_open_runs(tracking_uri: str | None, tag: str, value: str, status: str, reason: str = "") -> list[str]:
