@@ -125,6 +125,7 @@ def score_pool(
 
     manifest = load_manifest(manifest_url)
     done: dict[str, tuple[str, dict, int]] = {}
+    loads: dict[str, float] = {}
     start = time.perf_counter()
     samples = 0
     planned = _limit_shards(manifest, limit)
@@ -140,12 +141,16 @@ def score_pool(
                 table = table.slice(0, take)
                 # A partial shard is different content: key it by its own rows.
                 shard_hash = content_hash({"shard": shard_hash, "rows": take})
+            loaded_before = getattr(lm, "load_seconds", 0.0)
             try:
                 key, marker = score_shard(scorer, lm, table, shard_hash, store, engine=engine, force=force, wait=wait)
             except LeaseHeld as held:
                 log.info("%s: shard %s: %s; scoring the others first", scorer.name, shard["name"], held)
                 continue
             done[shard["name"]] = (key, marker, table.num_rows)
+            # A lazily loaded model loads inside the first shard that needs it: a one-off that
+            # the per-stage timing keeps apart from that shard's scoring.
+            loads[shard["name"]] = getattr(lm, "load_seconds", 0.0) - loaded_before
     entries = []
     for shard, _ in planned:
         key, marker, rows = done[shard["name"]]
@@ -159,6 +164,7 @@ def score_pool(
             "failed": marker.get("failed"),
             "skipped": bool(marker.get("skipped")),
             "seconds": marker.get("seconds"),
+            "model_load_seconds": round(loads.get(shard["name"], 0.0), 3),
             "stats": marker.get("stats"),
         })
     seconds = time.perf_counter() - start

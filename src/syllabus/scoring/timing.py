@@ -12,7 +12,8 @@ Per stage: ``seconds``, ``samples``, ``tokens`` (real tokens the model read or w
 gives ``generated_tokens`` and their rate; its ``computed_tokens`` count each batch at its
 longest prompt plus the full new-token budget, so its padding share is an upper bound when
 every row of a batch stops early. ``other`` is the rest of the shard time (tokenizing,
-filters, bookkeeping), so the stages add up to the shards' seconds.
+filters, bookkeeping), so the stages add up to the shards' seconds; a model loaded lazily
+inside a shard is counted apart (``model_load_seconds``), as it is paid once per run.
 """
 
 from __future__ import annotations
@@ -119,9 +120,12 @@ def pool_stages(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     scored = [e for e in entries if not e.get("skipped")]
     from_cache = not scored and bool(entries)
     clock = StageClock()
+    model_load = 0.0
     for e in scored or entries:
         seconds = e.get("compute_seconds", e.get("seconds")) if e.get("skipped") else e.get("seconds")
-        for name, rec in shard_stages(e.get("stats"), int(e.get("rows") or 0), seconds).items():
+        load = float(e.get("model_load_seconds") or 0.0)
+        model_load += load
+        for name, rec in shard_stages(e.get("stats"), int(e.get("rows") or 0), (seconds or 0.0) - load).items():
             clock.add(name, rec)
     stages = clock.as_dict()
     samples = sum(int(e.get("rows") or 0) for e in (scored or entries))
@@ -131,6 +135,7 @@ def pool_stages(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "samples": samples,
         "seconds": round(seconds, 3),
         "seconds_per_sample": round(seconds / samples, 5) if samples else None,
+        "model_load_seconds": round(model_load, 3),  # inside the first shard scored, kept out of the stages
         "from_cache": from_cache,
     }
 
@@ -180,4 +185,6 @@ def stage_lines(name: str, summary_: Mapping[str, Any]) -> list[str]:
         if st.get("padding_share") is not None:
             parts.append(f"padding {st['padding_share']:.0%}")
         lines.append(f"  {name} {stage}: " + ", ".join(parts))
+    if summary_.get("model_load_seconds"):
+        lines.append(f"  {name} model load: {summary_['model_load_seconds']:.1f} s (once per run, not per sample)")
     return lines

@@ -53,6 +53,10 @@ def test_pool_stages_add_up_to_the_shard_seconds_and_fall_back_for_untimed_score
     cached = pool_stages([dict(entries[2])])
     assert cached["from_cache"] and cached["stages"]["forward"]["seconds"] == 3.0
     assert stage_metrics(out["stages"])["forward/tokens_per_second"] == out["stages"]["forward"]["tokens_per_second"]
+    # a model loaded lazily inside the first shard is a one-off, not part of that shard's stages
+    loaded = pool_stages([dict(entries[0], seconds=34.0, model_load_seconds=30.0), entries[1]])
+    assert loaded["model_load_seconds"] == 30.0 and loaded["stages"] == out["stages"]
+    assert loaded["seconds_per_sample"] == out["seconds_per_sample"]
 
 
 def test_estimate_line():
@@ -98,6 +102,9 @@ def test_cli_score_reports_stages_estimate_and_logs_them_to_mlflow(tmp_path, tin
         assert st["seconds"] > 0 and st["samples"] == 2 and st["tokens_per_second"] > 0
         assert 0 <= st["padding_share"] < 1
     assert diff["stages"]["generation"]["generated_tokens"] <= 2 * 3
+    # the model loads in quality's first shard: reported apart, once
+    assert qual["model_load_seconds"] > 0 and diff["model_load_seconds"] == 0
+    assert "quality model load:" in out
     # the stages add up to the shard times the manifest records (rounding aside)
     store, key = Store.open_url(result["stages"]["difficulty"]["scores"])
     manifest_doc = json.loads(store.read_committed(key))
