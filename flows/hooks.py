@@ -1,7 +1,8 @@
 """State hooks: a cancelled, crashed or failed flow run ends its MLflow runs as KILLED or
-FAILED. A cancelled run's process is stopped before its ``with`` blocks can close the runs,
-and a watch run's subflows get no hook of their own, so the runs are found by the Prefect
-ids tagged on them (this run, or the top-level run that started it)."""
+FAILED. A crashed run's process may die before its ``with`` blocks close the runs, a cancelled
+one leaves them through an exception that MLflow records as FAILED, and a watch run's subflows
+get no hook of their own, so the runs are found by the Prefect ids tagged on them (this run,
+or the top-level run that started it)."""
 
 from __future__ import annotations
 
@@ -26,19 +27,30 @@ def root_flow_run_id() -> str:
 
 
 def _tracking_uri(flow_run: Any) -> str | None:
+    """The run's tracking URI: its parameters, else its environment. A cancellation hook may run
+    in the worker, whose environment lacks the deployment's job variables, so those are read too."""
     params = (flow_run.parameters or {}).get("params") or {}
     if hasattr(params, "model_dump"):
         params = params.model_dump()
-    return params.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or None
+    found = params.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    if found:
+        return found
+    env = (getattr(flow_run, "job_variables", None) or {}).get("env") or {}
+    if not env.get("MLFLOW_TRACKING_URI") and flow_run.deployment_id:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            env = (client.read_deployment(flow_run.deployment_id).job_variables or {}).get("env") or {}
+    return env.get("MLFLOW_TRACKING_URI") or None
 
 
-def _end(flow_run: Any, state: Any, status: str) -> None:
-    uri = _tracking_uri(flow_run)
+def _end(flow_run: Any, state: Any, status: str, among: tuple[str, ...] = ("RUNNING",)) -> None:
     reason = f"Prefect flow run {flow_run.name} ({flow_run.id}) ended {state.name}: {state.message or ''}".strip()
     ended: list[str] = []
     try:
+        uri = _tracking_uri(flow_run)
         for tag in ("prefect.flow_run_id", "prefect.root_flow_run_id"):
-            ended += end_open_runs(uri, tag, str(flow_run.id), status, reason)
+            ended += end_open_runs(uri, tag, str(flow_run.id), status, reason, among)
     except Exception as exc:  # the hook must not hide the state that triggered it
         log.warning("could not end the MLflow runs of flow run %s as %s: %s", flow_run.id, status, exc)
         return
@@ -47,7 +59,8 @@ def _end(flow_run: Any, state: Any, status: str) -> None:
 
 
 def end_mlflow_runs_as_killed(flow, flow_run, state) -> None:
-    _end(flow_run, state, "KILLED")
+    # Cancelling stops the flow with an exception, so its `with` blocks have already marked the runs FAILED.
+    _end(flow_run, state, "KILLED", among=("RUNNING", "FAILED"))
 
 
 def end_mlflow_runs_as_failed(flow, flow_run, state) -> None:

@@ -178,16 +178,19 @@ class Lineage:
         return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}{RUNS_VIEW}"
 
 
-def end_open_runs(tracking_uri: str | None, tag: str, value: str, status: str, reason: str = "") -> list[str]:
-    """End every RUNNING run (any experiment) whose tag ``tag`` equals ``value`` with
-    ``status`` (``KILLED``, ``FAILED``): a cancelled or crashed flow never leaves its ``with``
-    block, so its runs would stay RUNNING forever. Returns the ids it ended."""
+def end_open_runs(tracking_uri: str | None, tag: str, value: str, status: str, reason: str = "",
+                  among: tuple[str, ...] = ("RUNNING",)) -> list[str]:
+    """End every run (any experiment) in a status of ``among`` whose tag ``tag`` equals
+    ``value`` with ``status`` (``KILLED``, ``FAILED``): a crashed flow never leaves its ``with``
+    block, so its runs would stay RUNNING forever; a cancelled one leaves it through an
+    exception, which MLflow records as FAILED. Returns the ids it ended."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri or default_tracking_uri())
     quoted = value.replace("'", "")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string=f"tags.`{tag}` = '{quoted}' and attributes.status = 'RUNNING'")
+    runs = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                          filter_string=f"tags.`{tag}` = '{quoted}'")
+            if r.info.status in among]
     for run in runs:
         if reason:
             client.set_tag(run.info.run_id, "error", reason[:5000])
