@@ -29,7 +29,10 @@ def _git(*args: str) -> str | None:
 def source_tags() -> dict[str, str]:
     """``mlflow.source.git.commit`` (and the repository URL when the checkout has an origin);
     empty when neither the environment nor a checkout says which commit this is."""
-    commit = os.environ.get(COMMIT_ENV) or _git("rev-parse", "HEAD")
+    # A wheel installed into a venv inside some other repository is not that repository's code:
+    # the checkout counts only when it tracks this very file.
+    tracked = _git("ls-files", "--full-name", "--error-unmatch", Path(__file__).name)
+    commit = os.environ.get(COMMIT_ENV) or (_git("rev-parse", "HEAD") if tracked else None)
     if not commit:
         return {}
     tags = {"mlflow.source.git.commit": commit}

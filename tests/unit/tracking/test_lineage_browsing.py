@@ -19,6 +19,12 @@ from syllabus.tracking.lineage import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NOTE
 REPO = Path(__file__).resolve().parents[3]
 
 
+def is_checkout_commit(sha: str) -> bool:
+    """A full commit id of this checkout's history (HEAD moves while other work is committed, so
+    the commit a process read at its start need not be HEAD when the test looks)."""
+    return len(sha) == 40 and subprocess.run(["git", "-C", str(REPO), "merge-base", "--is-ancestor", sha, "HEAD"]).returncode == 0
+
+
 def _cli_json(*argv: str) -> dict:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -68,7 +74,6 @@ def test_runs_carry_source_commit_and_description(tracking, monkeypatch):
 
     from syllabus.tracking import source
 
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     monkeypatch.delenv(source.COMMIT_ENV, raising=False)
     lineage = Lineage(tracking, "team")
     with lineage.run("pipeline-x", description="3ds and random at 16 on pool abc") as parent:
@@ -76,8 +81,8 @@ def test_runs_carry_source_commit_and_description(tracking, monkeypatch):
             lineage.describe("3ds: 9 of 16 selected; LoRA loss 2.80")
     client = MlflowClient(tracking)
     p, c = client.get_run(parent.info.run_id), client.get_run(child.info.run_id)
-    assert p.data.tags["mlflow.source.git.commit"] == head and len(head) == 40
-    assert c.data.tags["mlflow.source.git.commit"] == head
+    assert is_checkout_commit(p.data.tags["mlflow.source.git.commit"])
+    assert c.data.tags["mlflow.source.git.commit"] == p.data.tags["mlflow.source.git.commit"]
     assert p.data.tags[NOTE_TAG] == "3ds and random at 16 on pool abc"
     assert c.data.tags[NOTE_TAG] == "3ds: 9 of 16 selected; LoRA loss 2.80"
 
@@ -178,3 +183,25 @@ def test_adapter_is_a_registrable_logged_model_that_loads_and_answers(tracking, 
     base_ids = TransformersEngine.from_loaded(base, progress=False).generate(
         [encode_prompt(base.tokenizer, {"instruction": q}).input_ids for q in questions], 6)
     assert base_ids != ids  # without the adapter the answers differ
+
+
+def test_no_commit_from_a_repository_that_does_not_hold_the_code(tmp_path, monkeypatch):
+    """A copy of the package inside some other git repository (a wheel in a project's venv)
+    must not report that repository's commit as the source of the code."""
+    import importlib.util
+    import shutil
+
+    from syllabus.tracking import source
+
+    monkeypatch.delenv(source.COMMIT_ENV, raising=False)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q",
+                    "--allow-empty", "-m", "other project"], check=True)
+    copy = tmp_path / "venv" / "syllabus_source.py"
+    copy.parent.mkdir()
+    shutil.copy(source.__file__, copy)
+    spec = importlib.util.spec_from_file_location("syllabus_source_copy", copy)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.source_tags() == {}
+    assert is_checkout_commit(source.source_tags()["mlflow.source.git.commit"])
