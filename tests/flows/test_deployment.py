@@ -22,14 +22,19 @@ PREFECT = str(Path(sys.executable).parent / "prefect")
 def prefect_server(tmp_path):
     port = free_port()
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", SYLLABUS_HOME=str(ROOT))
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", SYLLABUS_GIT_URL=str(ROOT), SYLLABUS_GIT_BRANCH=_branch())
     env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
     with serve([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], f"{env['PREFECT_API_URL']}/health", env):
         yield env
 
 
-def _prefect(env, *args, timeout=180) -> str:
-    out = subprocess.run([PREFECT, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def _branch() -> str:
+    return subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _prefect(env, *args, timeout=180, cwd=ROOT) -> str:
+    out = subprocess.run([PREFECT, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -52,7 +57,8 @@ def test_deploy_trigger_and_complete(prefect_server, tmp_path):
     assert triggered.returncode == 0, triggered.stderr
     run_id = json.loads(triggered.stdout.strip().splitlines()[-1])["id"]
 
-    _prefect(env, "worker", "start", "--pool", "syllabus-process", "--run-once", timeout=300)
+    # The pull step clones the repository into the worker's folder: not the repository itself.
+    _prefect(env, "worker", "start", "--pool", "syllabus-process", "--run-once", timeout=300, cwd=tmp_path)
 
     check = (
         "import asyncio, json\n"

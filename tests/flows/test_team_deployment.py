@@ -181,6 +181,7 @@ def test_a_team_runs_syllabus_from_deployments_with_shared_settings(team, tmp_pa
     assert any(name.startswith("syllabus.") and "fault: scored 4 samples" in m for name, m in messages), messages
     progress = [a for a in api.artifacts(run_id) if a.type == "progress"]
     assert progress and "2/2 shards (0 cached, 1 failed)" in progress[0].description
+    failed_run_id = run_id
     scores = [a for a in api.artifacts(run_id) if a.key == "scores"]
     assert scores and "| fault | 4 | 1 | 0 | 1 |" in scores[0].data
 
@@ -216,3 +217,24 @@ def test_a_team_runs_syllabus_from_deployments_with_shared_settings(team, tmp_pa
         time.sleep(2)
     assert statuses and set(statuses.values()) == {"KILLED"}, (statuses, [e.message for e in api.logs(run_id)
                                                                            if "hook" in e.message.lower() or "MLflow" in e.message])
+    if os.environ.get("SYLLABUS_TEAM_SCREENSHOTS"):
+        _screenshots(Path(os.environ["SYLLABUS_TEAM_SCREENSHOTS"]), api, team["tracking"], failed_run_id,
+                     parent.info.experiment_id)
+
+
+def _screenshots(out: Path, api: Api, tracking: str, failed_run_id: UUID, experiment_id: str) -> None:
+    """The README's team screenshots (SYLLABUS_TEAM_SCREENSHOTS=docs/screenshots): the failed-shard
+    run, the pipeline deployment's Run form and the experiment's runs page, each checked to show
+    what it should rather than a spinner."""
+    from syllabus.tracking.screenshots import capture, mlflow_runs_url, prefect_flow_run_url
+
+    ui = api.url.removesuffix("/api")
+    deployment = api(lambda c: c.read_deployment_by_name("pipeline/pipeline"))
+    shots = {
+        "team-failed-shard-run": (prefect_flow_run_url(ui, str(failed_run_id)), "Partially failed"),
+        "team-deployment-form": (f"{ui}/deployments/deployment/{deployment.id}/run", "samples per shard"),
+        "team-mlflow-runs": (mlflow_runs_url(tracking, experiment_id), "pipeline-"),
+    }
+    for name, (url, expected) in shots.items():
+        page = capture(url, out / f"{name}.png", wait_ms=30000)
+        assert expected in page.dom, f"{name}: {url} does not show {expected!r}"
