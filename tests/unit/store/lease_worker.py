@@ -1,10 +1,11 @@
 """A scoring worker for the lease tests, run as its own process:
 
-    python lease_worker.py MANIFEST_URL STORE_URL ATTEMPTS_FILE SLEEP_SECONDS
+    python lease_worker.py MANIFEST_URL STORE_URL ATTEMPTS_FILE SLEEP_SECONDS [BARRIER_DIR N]
 
 It scores every shard of the pool with a cheap scorer that appends the shard's first sample
 id to ATTEMPTS_FILE when it starts a shard, then sleeps: two workers on one store must
-together start each shard once.
+together start each shard once. With BARRIER_DIR, a worker starts scoring only once N workers
+have reached it, so that on a loaded machine one does not finish before the other has started.
 """
 
 from __future__ import annotations
@@ -52,6 +53,15 @@ def main() -> None:
     from syllabus.store import Store
 
     manifest_url, store_url, attempts, sleep = sys.argv[1:5]
+    if len(sys.argv) > 5:
+        import os
+        from pathlib import Path
+
+        barrier, n = Path(sys.argv[5]), int(sys.argv[6])
+        (barrier / str(os.getpid())).touch()
+        deadline = time.time() + 300
+        while len(list(barrier.iterdir())) < n and time.time() < deadline:
+            time.sleep(0.05)
     store = Store(store_url)
     out = score_pool(manifest_url, SleepyScorer({"attempts": attempts, "sleep_seconds": float(sleep)}), FakeModel(), store)
     print(json.dumps({"shards": [[e["shard"], e["skipped"]] for e in out["shards"]], "url": out["url"]}))

@@ -73,8 +73,9 @@ def _pool(store: Store, tmp_path: Path, shards: int, per_shard: int = 2) -> str:
     return ingest_pool([str(path)], store, shard_size=per_shard, progress=False).manifest_url
 
 
-def _worker(manifest: str, store: Store, attempts: Path, sleep: float, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, WORKER, manifest, store.url(""), str(attempts), str(sleep)],
+def _worker(manifest: str, store: Store, attempts: Path, sleep: float, env: dict | None = None,
+            barrier: list[str] = ()) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, WORKER, manifest, store.url(""), str(attempts), str(sleep), *barrier],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
@@ -84,7 +85,8 @@ def test_two_processes_score_each_shard_once(kind, tmp_path, request):
     store = Store(str(tmp_path / "store")) if kind == "local" else Store(f"{request.getfixturevalue('s3_bucket')}/p")
     manifest = _pool(store, tmp_path, shards=6)
     attempts = tmp_path / "attempts.log"
-    workers = [_worker(manifest, store, attempts, 1.0) for _ in range(2)]
+    (tmp_path / "barrier").mkdir()
+    workers = [_worker(manifest, store, attempts, 1.0, barrier=[str(tmp_path / "barrier"), "2"]) for _ in range(2)]
     outputs = [w.communicate(timeout=300) for w in workers]
     assert all(w.returncode == 0 for w in workers), [o[1][-2000:] for o in outputs]
     started = attempts.read_text().split()
