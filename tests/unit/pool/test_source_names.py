@@ -76,3 +76,17 @@ def test_a_saved_dataset_keeps_its_split_in_the_source(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_list([alpaca(1), alpaca(2)])}).save_to_disk(str(tmp_path / "saved"))
     m = _ingest([str(tmp_path / "saved")], tmp_path / "s")
     assert set(read_pool(m).column("source").to_pylist()) == {"saved[train]"}
+
+
+def test_a_file_name_that_is_not_utf8_is_ingested_and_named(tmp_path):
+    import os
+
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.jsonl")  # a Latin-1 file name on a UTF-8 system
+    (folder / name).write_text(json.dumps(alpaca(1)) + "\n{oops\n")
+    result = ingest_pool([str(folder)], Store(str(tmp_path / "s")), progress=False)
+    assert set(read_pool(result.manifest).column("source").to_pylist()) == {"caf\ufffd.jsonl"}
+    store, key = Store.open_url(result.quarantine_url)
+    (entry,) = [json.loads(line) for line in store.read_committed(key).decode("utf-8").splitlines()]
+    assert entry["location"] == f"{folder}/{name} line 2"  # the real name, escaped in the file
