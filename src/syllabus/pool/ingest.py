@@ -100,6 +100,15 @@ def _text(blob: str) -> bytes:
     return blob.encode("utf-8", "backslashreplace")
 
 
+# JSON leaves these raw inside strings, and str.splitlines() (unlike a file's own line
+# iteration) breaks lines at them, so a quarantine line holding one read back as two halves.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def _jsonl_line(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS) + "\n"
+
+
 def _printable(name: str) -> str:
     """A source name as stored in rows: undecodable file-name bytes become U+FFFD."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -253,7 +262,7 @@ def ingest_pool(
             setattr(totals, k, getattr(totals, k) + getattr(s, k))
     assert totals.records_in == totals.records_ok + totals.records_rejected + totals.duplicates
 
-    quarantine_blob = _text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in quarantine))
+    quarantine_blob = _text("".join(_jsonl_line(q) for q in quarantine))
     if totals.records_ok == 0:
         where = ", ".join(per_file) or ", ".join(inputs)
         top = ", ".join(f"{n} {c}" for c, n in reasons.most_common(3)) or "no records at all"

@@ -216,3 +216,11 @@ def test_an_own_id_equal_to_another_records_content_hash_is_a_duplicate_id(tmp_p
     assert result.summary()["rejected_by_reason"] == {"duplicate_id": 2}
     ids = read_pool(result.manifest).column("sample_id").to_pylist()
     assert len(ids) == len(set(ids)) == 2
+
+
+def test_quarantine_lines_survive_splitlines(tmp_path, store):
+    # U+0085 and U+2028 are line breaks to str.splitlines(); found by the property test.
+    (tmp_path / "p.jsonl").write_text(lines_of([alpaca(1), {"instruction": "", "output": "\x85"}, {"instruction": "\u2028", "output": ""}]), encoding="utf-8")
+    result = ingest_pool([str(tmp_path / "p.jsonl")], store, progress=False)
+    entries = quarantine_at(result.quarantine_url)
+    assert [e["line"] for e in entries] == [2, 3] and json.loads(entries[0]["raw"])["output"] == "\x85"
