@@ -66,7 +66,7 @@ def test_pipeline_runs_as_a_team_browses_them(tmp_path, tiny_model_dir, mlflow_s
     exports = tmp_path / "exports"
     info = json.loads((exports / "dataset_info.json").read_text())
     (name,) = info
-    assert name == subset.dataset.name and info[name]["formatting"] == "sharegpt"
+    assert name == f"{subset.dataset.name}-sharegpt" and info[name]["formatting"] == "sharegpt"
     records = json.loads((exports / info[name]["file_name"]).read_text())
     assert len(records) == 5
     from syllabus.selection.export import selection_fingerprint

@@ -194,7 +194,9 @@ def export_selection(selection: str, fmt: str, out_dir: str | Path, name: str | 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     table, url = read_selection(selection)
-    name = name or default_name(url)
+    # Alpaca and ShareGPT both write NAME.json and a dataset_info.json key: by default each
+    # format gets its own, so exporting both to one directory keeps both.
+    name = name or default_name(url) + (f"-{fmt}" if fmt in ("alpaca", "sharegpt") else "")
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"export name {name!r} must be a plain file name (no '/', no leading '.'); pass --name")
     out = Path(out_dir)
@@ -253,7 +255,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("selection", metavar="SELECTION", help="selection report.json or selected.parquet URL")
     p.add_argument("--format", required=True, choices=FORMATS, help="jsonl, alpaca, sharegpt or hf (save_to_disk)")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write into (created if missing)")
-    p.add_argument("--name", default=None, help="dataset and file name (default: the selection's key, e.g. 3ds-0123abcd)")
+    p.add_argument("--name", default=None, help="dataset and file name (default: the selection's key, e.g. 3ds-0123abcd, "
+                   "with -alpaca or -sharegpt for those formats)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     p.set_defaults(func=cmd_export)
 

@@ -157,6 +157,17 @@ def test_sharegpt_keeps_all_turns_in_llama_factory_order(selection, tmp_path):
     assert "jsonl or hf" in summary["skipped"][0]["reason"]
 
 
+def test_alpaca_and_sharegpt_exports_to_one_directory_keep_both(selection, tmp_path):
+    alpaca = export_selection(selection["report"], "alpaca", tmp_path)
+    sharegpt = export_selection(selection["report"], "sharegpt", tmp_path)
+    key = selection["selected"].split("/")[-2]
+    assert (alpaca["name"], sharegpt["name"]) == (f"{key}-alpaca", f"{key}-sharegpt")
+    info = json.loads((tmp_path / "dataset_info.json").read_text())
+    assert {k: v["formatting"] for k, v in info.items()} == {f"{key}-alpaca": "alpaca", f"{key}-sharegpt": "sharegpt"}
+    for entry in info.values():
+        assert len(json.loads((tmp_path / entry["file_name"]).read_text())) == N - 1
+
+
 def test_alpaca_keeps_earlier_turns_in_history(selection, tmp_path):
     summary = export_selection(selection["report"], "alpaca", tmp_path, name="medical_alpaca")
     info = json.loads((tmp_path / "dataset_info.json").read_text())
