@@ -82,3 +82,24 @@ class ScoreProgress:
                 f"{f'{rate:.2f}' if rate else 'n/a'} samples/s, time left {duration(left) if self.done_shards < self.total_shards else '0 s'}")
         self.artifact.update(self.done_shards, self.total_shards, text)
         return text
+
+
+class EvalProgress:
+    """Evaluation's progress, pass by pass (each benchmark method runs one or more batched
+    passes over its items): items done of the pass, items per second, time left in the pass."""
+
+    def __init__(self, artifact: ProgressArtifact | None = None):
+        self.artifact = artifact or ProgressArtifact("evaluation", key="evaluation-progress")
+        self.what: str | None = None
+        self.last_done = 0
+        self.started = time.monotonic()
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        if what != self.what or done < self.last_done:  # a new pass
+            self.what, self.started = what, time.monotonic()
+        self.last_done = done
+        elapsed = time.monotonic() - self.started
+        rate = done / elapsed if elapsed > 0 else None
+        left = (total - done) / rate if rate else None
+        self.artifact.update(done, total, f"evaluation, {what} pass: {done}/{total} items, "
+                                          f"{f'{rate:.2f}' if rate else 'n/a'} items/s, time left in this pass {duration(left)}")

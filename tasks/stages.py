@@ -8,7 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from syllabus.pipeline import stages
-from tasks.progress import ProgressArtifact
+from tasks.progress import EvalProgress, ProgressArtifact
 from tasks.retry import is_transient, retry_delays
 
 # The store is the cache (keys cover model, config and shard content): Prefect's own
@@ -47,4 +47,4 @@ def finetune_task(selected: str, model: str, config: dict, store: str | None) ->
 
 @task(name="evaluate", tags=["gpu"], **_COMMON)
 def evaluate_task(model: str, adapter: str | None, benches: list[str], config: dict, store: str | None) -> dict[str, Any]:
-    return stages.evaluate(model, adapter, benches, config, store)
+    return stages.evaluate(model, adapter, benches, config, store, on_progress=EvalProgress())

@@ -28,7 +28,9 @@ def _api(coro_fn):
 
 def logs_of(flow_run_id) -> list:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
 
+    APILogHandler().flush()  # logs go to the API in batches from a background worker: send what is queued
     return _api(lambda c: c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(str(flow_run_id))]))))
 
 
@@ -59,7 +61,7 @@ def test_library_logs_and_scoring_progress_reach_the_run(tmp_path, tiny_model_di
 
     progress = [a for a in artifacts_of(run_id) if a.type == "progress"]
     assert len(progress) == 1 and float(progress[0].data) == 100.0
-    assert "3/3 shards" in progress[0].description and "samples/s" in progress[0].description
+    assert "3/3 shards (0 cached, 0 failed)" in progress[0].description and "samples/s" in progress[0].description
     assert "time left 0 s" in progress[0].description
     tables = [a for a in artifacts_of(run_id) if a.key == "scores"]
     assert tables and "scores/manifests" in tables[0].data
@@ -126,3 +128,21 @@ def test_watch_refuses_to_run_without_a_pool(tmp_path):
     state = watch(PipelineParams(pool=[""], store=str(tmp_path / "store")), return_state=True)
     assert state.is_failed() and "watch needs params.pool" in state.message
     assert not (tmp_path / "store").exists()  # refused before ingesting anything
+
+
+def test_evaluation_keeps_a_progress_artifact(tmp_path, tiny_model_dir):
+    import json
+
+    from flows.stages import evaluate
+
+    bench = tmp_path / "mc.jsonl"
+    bench.write_text("".join(json.dumps({"question": f"Which number is {i}?", "options": [str(i), str(i + 1)],
+                                         "answer": "A", "subject": "toy"}) + "\n" for i in range(5)))
+    state = evaluate(tiny_model_dir, None, [str(bench)], {"generate": False, "bootstrap": 10}, str(tmp_path / "store"),
+                     return_state=True)
+    assert state.is_completed()
+    bars = [a for a in artifacts_of(state.state_details.flow_run_id) if a.type == "progress"]
+    assert len(bars) == 1 and float(bars[0].data) == 100.0
+    import re
+
+    assert re.match(r"evaluation, \w+ pass: (\d+)/\1 items, [\d.]+ items/s", bars[0].description), bars[0].description

@@ -118,6 +118,8 @@ def score_cloze(engine: Any, items: Sequence[MCItem], config: MCConfig | None = 
         loglik.append(option_logliks(engine.model, prompt_ids or [], options_ids, engine.pad_id)
                       if i not in status else [-math.inf] * len(item.options))
         ntok.append([len(o) for o in options_ids])
+        if getattr(engine, "on_progress", None) is not None:  # one item at a time here, not map_batches
+            engine.on_progress(i + 1, len(items), "cloze")
 
     rows = []
     for i, item in enumerate(items):

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
@@ -181,9 +181,11 @@ def run_evaluation(
     force: bool = False,
     device: str | None = None,
     progress: bool = True,
+    on_progress: Callable[[int, int, str], None] | None = None,
 ) -> EvalResult:
     """Evaluate ``model_spec`` (a model string, or an already loaded ``LoadedModel``, plus an
-    optional adapter) on the benchmarks and commit the results."""
+    optional adapter) on the benchmarks and commit the results. ``on_progress(items done,
+    items, what)`` is called after every batch of each pass."""
     from syllabus.models.engines import TransformersEngine
     from syllabus.models.ref import fingerprint, resolve
 
@@ -213,6 +215,7 @@ def run_evaluation(
     else:
         lm = load_eval_model(model_spec, adapter_url, device=device)
     engine = TransformersEngine.from_loaded(lm, batch_size=config.batch_size, progress=progress)
+    engine.on_progress = on_progress
     rows, metrics = evaluate_benchmarks(engine, benches, config)
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     table = rows_to_table(rows)

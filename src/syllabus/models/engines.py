@@ -107,6 +107,7 @@ class TransformersEngine:
         self.max_batch_tokens = max_batch_tokens
         self.bucket = bucket
         self.progress = progress
+        self.on_progress: Callable[[int, int, str], None] | None = None  # (items done, items, what) after each batch
         self.stats = EngineStats()
         # Decoding is bound by reading the weights once per step, so generation gains from
         # larger batches than full-sequence forwards, which are compute-bound already.
@@ -175,6 +176,8 @@ class TransformersEngine:
             self.stats.padded_tokens += int(max(lengths[i] for i in idx) * size)
             pos += size
             bar.update(size)
+            if self.on_progress is not None:  # e.g. a Prefect progress artifact, set by the caller
+                self.on_progress(pos, n, desc)
         bar.close()
         self.stats.seconds += time.perf_counter() - start
         return results

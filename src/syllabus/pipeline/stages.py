@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from syllabus.store import Store, content_hash
 
@@ -221,10 +221,12 @@ def evaluate(
     benches: Sequence[str],
     config: Mapping[str, Any],
     store_url: str | None,
+    on_progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the base model or an adapter on benchmarks; returns results URL and metrics."""
+    """Evaluate the base model or an adapter on benchmarks; returns results URL and metrics.
+    ``on_progress(items done, items, what)`` is called after every batch of each pass."""
     from syllabus.evaluation.runner import EvalConfig, run_evaluation
 
     result = run_evaluation(model, list(benches), Store(store_url), adapter_url=adapter_url,
-                            config=EvalConfig(**dict(config)), progress=False)
+                            config=EvalConfig(**dict(config)), progress=False, on_progress=on_progress)
     return result.to_json()
