@@ -77,8 +77,12 @@ def test_pipeline_lineage_and_cached_rerun(params, monkeypatch):
     with get_client(sync_client=True) as client_api:
         bars = client_api.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
     bars = [a for a in bars if a.flow_run_id and str(a.flow_run_id) == flow_run_id]
-    assert len(bars) == 2 and all(a.data == 100.0 and "6/6 samples seen" in a.description for a in bars), \
+    tuning = [a for a in bars if a.description.startswith("fine-tune")]
+    assert len(tuning) == 2 and all(a.data == 100.0 and "6/6 samples seen" in a.description for a in tuning), \
         [(a.data, a.description) for a in bars]
+    # and each evaluation task (the base model and both arms) showed its own, ending at 100%
+    evaluating = [a for a in bars if a.description.startswith("evaluation, ")]
+    assert len(evaluating) == 3 and all(a.data == 100.0 for a in evaluating), [(a.data, a.description) for a in bars]
 
     again = pipeline(params)
     second = MlflowClient(params.tracking_uri).get_run(again["mlflow_run_id"])
