@@ -143,6 +143,7 @@ def log_to_mlflow(args: argparse.Namespace, result: dict, manifests: list[dict])
             timing = m.get("timing") or {}
             lineage.log_metrics({"samples": m["samples"], "seconds": m["seconds"],
                                  "seconds_per_sample": timing.get("seconds_per_sample") or 0.0,
+                                 "model_load_seconds": timing.get("model_load_seconds") or 0.0,
                                  **stage_metrics(timing.get("stages", {}))}, f"score/{m['scorer']}/")
         lineage.log_metrics({"estimate_samples": result["estimate"]["samples"],
                              "estimate_seconds": result["estimate"]["seconds"]}, "score/")

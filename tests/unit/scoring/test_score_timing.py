@@ -120,7 +120,7 @@ def test_cli_score_reports_stages_estimate_and_logs_them_to_mlflow(tmp_path, tin
     metrics = run.data.metrics
     for name in ("score/difficulty/generation/seconds", "score/difficulty/forward/tokens_per_second",
                  "score/difficulty/forward/padding_share", "score/quality/rating/samples_per_second",
-                 "score/estimate_seconds"):
+                 "score/estimate_seconds", "score/quality/model_load_seconds"):
         assert name in metrics, sorted(metrics)
     assert metrics["score/difficulty/forward/tokens_per_second"] == pytest.approx(
         diff["stages"]["forward"]["tokens_per_second"])
