@@ -16,6 +16,7 @@ from flows.outcome import finish, publish
 from flows.pipeline import problems, run_arms
 from syllabus.pipeline import compare as C
 from syllabus.pipeline.config import CompareParams
+from syllabus.selection.defects import audit_markdown, audit_metrics, audit_url, load_labels, plot_audit
 from syllabus.store import Store
 from syllabus.tracking.lineage import Lineage
 
@@ -74,10 +75,17 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
         "evaluation": f"{', '.join(Path(b).name for b in result['benches'])}; {params.eval}",
         "MLflow run": result["mlflow_run_url"],
     }
+    audits = _audit_defects(params, result["rows"])
+    if audits:
+        files["defects.png"] = plot_audit(audits)
+        setup["defect labels"] = params.labels
     costs = C.costs(result["rows"], result["score_costs"], result["timings"])
-    markdown = C.comparison_markdown(table, analysis, setup, costs, [n for n in files if n.endswith(".png")])
+    notes = {r["method"]: (r.get("selection") or {}).get("notes", []) for r in result["rows"] if r["method"] in audits}
+    markdown = C.comparison_markdown(table, analysis, setup, costs, [n for n in files if n.endswith(".png")],
+                                     defects=audit_markdown(audits, notes))
     files = {"report.md": markdown.encode("utf-8"), "comparison.json": C.to_json({"comparison": table, "difficulty": analysis,
-             "setup": setup, "costs": costs, "timings": result["timings"], "results": result["results"]}), **files}
+             "defects": audits, "setup": setup, "costs": costs, "timings": result["timings"], "results": result["results"]}),
+             **files}
     where = C.write_report(params.report_dir, Store(params.store), f"comparisons/{result['mlflow_run_id']}", files)
 
     lineage = Lineage(params.tracking_uri, params.experiment)
@@ -87,6 +95,10 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
         lineage.mlflow.log_artifacts(tmp, "comparison")
         for pair, rho in analysis.get("spearman", {}).items():
             lineage.log_metrics({f"difficulty/spearman_{pair}": rho})
+    for row in result["rows"]:
+        if row["method"] in audits and row.get("mlflow_run_id"):
+            with lineage.mlflow.start_run(run_id=row["mlflow_run_id"]):
+                lineage.log_metrics(audit_metrics(audits[row["method"]]))
     for arm in table["arms"]:
         run_id = next((r.get("mlflow_run_id") for r in result["rows"] if r["method"] == arm["name"]), None)
         if run_id and arm["values"]:
@@ -97,4 +109,15 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
                                         "compare/")
     publish(markdown=markdown, key="comparison", description="Syllabus comparison")
     return finish({**{k: result[k] for k in ("results", "mlflow_run_id", "mlflow_run_url", "mlflow_tracking_uri", "scores", "timings")},
-            "comparison": table, "difficulty": analysis, "costs": costs, "report": where, "markdown": markdown}, problems(result))
+            "comparison": table, "difficulty": analysis, "costs": costs, "report": where, "markdown": markdown,
+            "defects": audits}, problems(result))
+
+
+def _audit_defects(params: CompareParams, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each arm's defect-avoidance audit from its committed selection (needs only scores)."""
+    if not params.labels:
+        return {}
+    labels = load_labels(params.labels)
+    return {row["method"]: audit_url(row["selection"]["outputs"]["candidates"], labels, row["selection"].get("stages", []),
+                                     params.labels)
+            for row in rows if row.get("selection")}

@@ -178,7 +178,9 @@ def _run_arm(params: PipelineParams, arm: dict[str, Any], method_scorers: list[s
         lineage.log_subset(sel)
         if params.export_format:
             row["export"] = export_subset(sel, params.export_format, params.export_dir)
-    if sel and sel["n_selected"] > 0:
+    if sel and params.stop_after == "select":
+        pass  # scores and subsets only: no fine-tuning or evaluation
+    elif sel and sel["n_selected"] > 0:
         ft, row["error"] = _result_or_error(finetune_task.submit(sel["outputs"]["selected"], params.model, params.finetune, params.store))
         if ft:
             row["finetune"] = ft

@@ -48,6 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--benches", default=None, help="comma-separated benchmarks (built-in names or files)")
     c.add_argument("--store", default=None, help="store URL (overrides the config)")
     c.add_argument("--report-dir", default=None, help="write report.md, plots and comparison.json here")
+    c.add_argument("--labels", default=None, metavar="FILE",
+                   help="defect labels from `syllabus plant-defects`: add the defect-avoidance table (share of planted "
+                   "defects per arm, per kind and after each stage, 95%% intervals) to the report, its plot and MLflow")
+    c.add_argument("--stop-after", choices=("select", "evaluate"), default=None,
+                   help="'select': stop every arm after its selection (no fine-tuning or evaluation; with --labels, "
+                   "the defect-avoidance report in seconds once scores are cached)")
     c.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     c.set_defaults(func=cmd_compare)
 
@@ -129,7 +135,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     params = _params(CompareParams, args, {
         "pool": args.pool, "model": args.model, "methods": _split(args.methods) if args.methods else None,
         "budget": budget, "seeds": args.seeds, "windows": parse_windows(args.windows) if args.windows else None,
-        "benches": _split(args.benches) if args.benches else None, "store": args.store, "report_dir": args.report_dir})
+        "benches": _split(args.benches) if args.benches else None, "store": args.store, "report_dir": args.report_dir,
+        "labels": args.labels, "stop_after": args.stop_after})
+    if params.labels:
+        from syllabus.selection.defects import load_labels
+
+        load_labels(params.labels)  # a bad labels file fails before any server or run starts
     result, partial = _outcome(_flow("flows.compare", "compare")(params, return_state=True))
     print()
     print(result["markdown"])

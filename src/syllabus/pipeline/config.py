@@ -61,6 +61,9 @@ class PipelineParams(BaseModel):
         description="LoRA fine-tuning overrides (FinetuneConfig fields)",
     )
     benches: list[str] = Field(default_factory=lambda: ["mmlu-medical"], description="benchmarks: built-in names or files")
+    stop_after: Literal["select", "evaluate"] = Field(
+        "evaluate", description="'select' stops every arm after its selection (scores and subsets only, no "
+        "fine-tuning or evaluation: seconds once the scores are cached); 'evaluate' runs the whole arm")
     eval: dict[str, Any] = Field(
         default_factory=lambda: {"limit": 40, "generate": False},
         description="evaluation overrides (EvalConfig fields)",
@@ -182,3 +185,5 @@ class CompareParams(PipelineParams):
                 recipe.with_selector_config(index, **{**base, "low": float(low), "high": float(high)}).build_selectors()
             except ValueError as exc:
                 raise ValueError(f"window {name!r}: {exc}") from None
+    labels: str | None = Field(None, description="defect labels (JSONL from `syllabus plant-defects`): report each arm's "
+                               "share of planted defects, overall, per kind and after each stage, next to the pool's base rate")
