@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from syllabus.selection.scores import read_url_bytes
+from syllabus.store.store import read_parquet_bytes
 
 
 class LabelsError(ValueError):
@@ -122,9 +123,7 @@ def audit_selection(candidates: pd.DataFrame, labels: Mapping[str, str], stages:
 
 def audit_url(candidates_url: str, labels: Mapping[str, str], stages: Sequence[Mapping[str, Any]], path: str) -> dict[str, Any]:
     """:func:`audit_selection` of a committed selection's ``candidates.parquet``."""
-    import pyarrow.parquet as pq
-
-    frame = pq.read_table(io.BytesIO(read_url_bytes(candidates_url))).to_pandas()
+    frame = read_parquet_bytes(read_url_bytes(candidates_url)).to_pandas()
     return audit_selection(frame, labels, stages, path)
 
 
