@@ -146,3 +146,61 @@ def test_evaluation_keeps_a_progress_artifact(tmp_path, tiny_model_dir):
     import re
 
     assert re.match(r"evaluation, \w+ pass: (\d+)/\1 items, [\d.]+ items/s", bars[0].description), bars[0].description
+
+
+def test_watch_run_gets_the_pipeline_artifacts_and_its_mlflow_runs_carry_its_id(tmp_path, tiny_model_dir):
+    """The user starts `watch`; the pipeline is its subflow. The results table and the MLflow
+    link land on the watch run too, and the MLflow runs carry the watch run's id, which is how
+    a cancelled watch run's hook finds them."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from flows.watch import watch
+    from syllabus.pipeline.config import PipelineParams
+
+    bench = tmp_path / "mc.jsonl"
+    bench.write_text("".join(json.dumps({"question": f"Which number is {i}?", "options": [str(i), str(i + 1)],
+                                         "answer": "A", "subject": "toy"}) + "\n" for i in range(4)))
+    params = PipelineParams(
+        pool=[write_pool(tmp_path / "pool.jsonl", 8)], shard_size=4, model=tiny_model_dir, methods=["random"],
+        budget={"count": 4}, store=str(tmp_path / "store"), scorer_configs={}, selector_overrides={}, evaluate_base=False,
+        finetune={"batch_size": 2, "micro_batch_size": 2, "cutoff": 64}, benches=[str(bench)],
+        eval={"generate": False, "bootstrap": 10}, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="watch")
+    state = watch(params, return_state=True)
+    assert state.is_completed()
+    result = state.result()
+    assert result["ran"] is True
+    watch_id = str(state.state_details.flow_run_id)
+    keys = {a.key for a in artifacts_of(watch_id)}
+    assert {"mlflow-run", "pipeline-results"} <= keys, keys
+    run = MlflowClient(params.tracking_uri).get_run(result["mlflow_run_id"])
+    assert run.data.tags["prefect.root_flow_run_id"] == watch_id
+    assert run.data.tags["prefect.flow_run_id"] != watch_id  # the pipeline subflow's own id
+
+    again = watch(params, return_state=True).result()
+    assert again["ran"] is False  # the fingerprint of a clean run was recorded
+
+
+def test_watch_after_a_partial_pipeline_ends_partial_and_retries_next_time(tmp_path, monkeypatch):
+    import flows.watch
+    from flows.outcome import finish
+    from flows.watch import watch
+    from syllabus.pipeline.config import PipelineParams
+
+    calls = []
+
+    @flow(name="pipeline")
+    def partial_pipeline(params):
+        calls.append(params.pool)
+        return finish({"mlflow_run_id": "r1", "mlflow_run_url": "http://mlflow/r1"},
+                      ["scorer ifd: 1 of 2 shards failed after their retries: pool.jsonl-00001 (OSError: disk gone)."])
+
+    monkeypatch.setattr(flows.watch, "pipeline", partial_pipeline)
+    params = PipelineParams(pool=[write_pool(tmp_path / "pool.jsonl", 8)], shard_size=4, methods=["random"],
+                            store=str(tmp_path / "store"))
+    state = watch(params, return_state=True)
+    assert state.is_failed() and state.name == "Partially failed"
+    assert "pool.jsonl-00001 (OSError: disk gone)" in state.message and "next watch run retries" in state.message
+    assert watch(params, return_state=True).is_failed()
+    assert len(calls) == 2  # no fingerprint was recorded, so the unchanged pool ran again
