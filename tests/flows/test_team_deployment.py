@@ -121,6 +121,20 @@ def team(tmp_path, s3_bucket, s3_endpoint):
             yield {"api": Api(prefect_env["PREFECT_API_URL"]), "store": store, "tracking": tracking, "elsewhere": elsewhere}
 
 
+def _pids_of(flow_run_id: UUID) -> list[int]:
+    """The processes the worker started for this flow run (their environment names it)."""
+    mine = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if mine in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def _pipeline_params(tmp_path, model: str, **changes) -> dict:
     pool = write_pool(tmp_path / "pool.jsonl", 8) if not (tmp_path / "pool.jsonl").exists() else str(tmp_path / "pool.jsonl")
     bench = tmp_path / "mc.jsonl"
@@ -217,6 +231,30 @@ def test_a_team_runs_syllabus_from_deployments_with_shared_settings(team, tmp_pa
         time.sleep(2)
     assert statuses and set(statuses.values()) == {"KILLED"}, (statuses, [e.message for e in api.logs(run_id)
                                                                            if "hook" in e.message.lower() or "MLflow" in e.message])
+    # 5. A flow-run process killed outright (SIGKILL: no Python left to unwind): the run is
+    #    marked Crashed and its MLflow run ends FAILED, not RUNNING forever.
+    run_id = api.start("pipeline/pipeline", {"params": slow})
+    deadline = time.time() + 300
+    runs = []
+    while time.time() < deadline and not runs:
+        runs = mlflow.search_runs([parent.info.experiment_id], f"tags.`prefect.flow_run_id` = '{run_id}'")
+        time.sleep(2)
+    assert runs and runs[0].info.status == "RUNNING", "the pipeline never opened its MLflow run"
+    pids = [pid for pid in _pids_of(run_id)]
+    assert pids, f"no process of flow run {run_id} found"
+    for pid in pids:
+        os.kill(pid, 9)
+    run = api.wait(run_id, timeout=300)
+    assert run.state.type.value == "CRASHED", run.state
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        statuses = {r.info.run_id: r.info.status for r in mlflow.search_runs(
+            [parent.info.experiment_id], f"tags.`prefect.flow_run_id` = '{run_id}'")}
+        if statuses and all(s == "FAILED" for s in statuses.values()):
+            break
+        time.sleep(2)
+    assert statuses and set(statuses.values()) == {"FAILED"}, (statuses, [e.message for e in api.logs(run_id)][-15:])
+
     if os.environ.get("SYLLABUS_TEAM_SCREENSHOTS"):
         _screenshots(Path(os.environ["SYLLABUS_TEAM_SCREENSHOTS"]), api, team["tracking"], failed_run_id,
                      parent.info.experiment_id)
