@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect.runtime import flow_run as current_run
 
-from syllabus.tracking.lineage import end_open_runs
+from syllabus.tracking.lineage import default_tracking_uri, end_open_runs
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ def _end(flow_run: Any, state: Any, status: str, among: tuple[str, ...] = ("RUNN
     reason = f"Prefect flow run {flow_run.name} ({flow_run.id}) ended {state.name}: {state.message or ''}".strip()
     ended: list[str] = []
     try:
-        uri = _tracking_uri(flow_run)
+        uri = _tracking_uri(flow_run) or default_tracking_uri()
+        if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+            return  # no run was ever logged there; opening it would create an empty database
         for tag in ("prefect.flow_run_id", "prefect.root_flow_run_id"):
             ended += end_open_runs(uri, tag, str(flow_run.id), status, reason, among)
     except Exception as exc:  # the hook must not hide the state that triggered it

@@ -204,3 +204,14 @@ def test_watch_after_a_partial_pipeline_ends_partial_and_retries_next_time(tmp_p
     assert "pool.jsonl-00001 (OSError: disk gone)" in state.message and "next watch run retries" in state.message
     assert watch(params, return_state=True).is_failed()
     assert len(calls) == 2  # no fingerprint was recorded, so the unchanged pool ran again
+
+
+def test_unknown_method_from_a_form_fails_before_any_work(tmp_path):
+    """A deployment's form sends JSON: an unknown method fails the run while its parameters are
+    validated, before ingest, scoring or an MLflow run."""
+    from flows.pipeline import pipeline
+
+    state = pipeline({"methods": ["3dss"], "store": str(tmp_path / "store"),
+                      "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, return_state=True)
+    assert state.is_failed() and "3dss" in state.message
+    assert not (tmp_path / "store").exists() and not (tmp_path / "mlflow.db").exists()
