@@ -18,7 +18,11 @@ EXTRA_LOGGERS_ENV = ",".join(LIBRARY_LOGGERS)
 
 def send_library_logs_to_prefect(level: int = logging.INFO) -> None:
     """Give the library loggers Prefect's API handler (once) and a level that lets INFO through."""
-    handlers = logging.getLogger("prefect.extra").handlers
+    from prefect.logging.handlers import APILogHandler
+
+    # Only Prefect's API handler: the list can hold others (pytest's capture handlers, seen in
+    # the test suite), and a copied console or capture handler shows every library line twice.
+    handlers = [h for h in logging.getLogger("prefect.extra").handlers if isinstance(h, APILogHandler)]
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
