@@ -164,7 +164,12 @@ class Store:
             os.replace(tmp, path)
         else:
             # An S3 PUT is atomic by itself; memory:// writes the value in one assignment.
-            self.fs.pipe_file(path, data)
+            try:
+                self.fs.pipe_file(path, data)
+            except FileNotFoundError as exc:  # s3fs: "The specified bucket does not exist", naming nothing
+                raise FileNotFoundError(
+                    f"cannot write {self.url(key)}: {exc}; create the bucket or check the store URL (--store)"
+                ) from exc
 
     def read_bytes(self, key: str) -> bytes:
         try:
