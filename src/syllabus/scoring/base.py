@@ -170,6 +170,7 @@ def score_shard(
     committed = False
     try:
         if not force and store.is_committed(key):  # finished by the previous holder
+            committed = True  # so the release removes the lease folder, not leaves an expired record in it
             return key, dict(store.marker(key) or {}, skipped=True)
         key, marker = _score_and_commit(scorer, lm, table, shard_hash, store, engine, key)
         committed = True
