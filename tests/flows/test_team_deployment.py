@@ -222,13 +222,7 @@ def test_a_team_runs_syllabus_from_deployments_with_shared_settings(team, tmp_pa
     api(lambda c: c.set_flow_run_state(run_id, Cancelling(), force=True))
     run = api.wait(run_id, timeout=300)
     assert run.state.type.value == "CANCELLED", run.state
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        statuses = {r.info.run_id: r.info.status for r in mlflow.search_runs(
-            [parent.info.experiment_id], f"tags.`prefect.flow_run_id` = '{run_id}'")}
-        if statuses and all(s == "KILLED" for s in statuses.values()):
-            break
-        time.sleep(2)
+    statuses = _mlflow_statuses_settle(mlflow, parent.info.experiment_id, run_id, "KILLED")
     assert statuses and set(statuses.values()) == {"KILLED"}, (statuses, [e.message for e in api.logs(run_id)
                                                                            if "hook" in e.message.lower() or "MLflow" in e.message])
     # 5. A flow-run process killed outright (SIGKILL: no Python left to unwind): the run is
@@ -246,13 +240,7 @@ def test_a_team_runs_syllabus_from_deployments_with_shared_settings(team, tmp_pa
         os.kill(pid, 9)
     run = api.wait(run_id, timeout=300)
     assert run.state.type.value == "CRASHED", run.state
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        statuses = {r.info.run_id: r.info.status for r in mlflow.search_runs(
-            [parent.info.experiment_id], f"tags.`prefect.flow_run_id` = '{run_id}'")}
-        if statuses and all(s == "FAILED" for s in statuses.values()):
-            break
-        time.sleep(2)
+    statuses = _mlflow_statuses_settle(mlflow, parent.info.experiment_id, run_id, "FAILED")
     assert statuses and set(statuses.values()) == {"FAILED"}, (statuses, [e.message for e in api.logs(run_id)][-15:])
 
     if os.environ.get("SYLLABUS_TEAM_SCREENSHOTS"):
@@ -276,3 +264,14 @@ def _screenshots(out: Path, api: Api, tracking: str, failed_run_id: UUID, experi
     for name, (url, expected) in shots.items():
         page = capture(url, out / f"{name}.png", wait_ms=30000)
         assert expected in page.dom, f"{name}: {url} does not show {expected!r}"
+
+
+def _mlflow_statuses_settle(mlflow, experiment_id: str, flow_run_id: str, status: str, timeout: float = 120) -> dict:
+    """The statuses of a flow run's MLflow runs once all are ``status`` (or as they are at the timeout)."""
+    deadline = time.time() + timeout
+    while True:
+        statuses = {r.info.run_id: r.info.status for r in mlflow.search_runs(
+            [experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}'")}
+        if (statuses and all(s == status for s in statuses.values())) or time.time() >= deadline:
+            return statuses
+        time.sleep(2)
