@@ -43,6 +43,7 @@ import pyarrow as pa
 import torch
 from pydantic import model_validator
 
+from syllabus import registry
 from syllabus.models.attention import LastLayerCapture, token_importance
 from syllabus.models.chat import DEFAULT_CUTOFF, EncodedPair, encode_pair, encode_prompt, end_of_turn_text
 from syllabus.models.engines import TransformersEngine, decoder_and_head
@@ -247,6 +248,7 @@ def analyse_batch(
     return results
 
 
+@registry.scorer("difficulty")
 class DifficultyScorer(Scorer):
     name: ClassVar[str] = "difficulty"
     version: ClassVar[int] = 1

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
+from syllabus import registry
 from syllabus.models.chat import has_chat_template, instruction_text
 from syllabus.scoring.base import Failed, Scorer, ScorerConfig, error_status, per_item_fallback
 
@@ -153,6 +154,7 @@ def classifier_scores(logits: Any, config: Any, perspective: str) -> tuple[list[
     return scores.tolist(), raws
 
 
+@registry.scorer("diq_difficulty")
 class DIQDifficultyScorer(Scorer):
     name: ClassVar[str] = "diq_difficulty"
     version: ClassVar[int] = 1

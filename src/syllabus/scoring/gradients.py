@@ -57,6 +57,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import model_validator
 
+from syllabus import registry
 from syllabus.models.chat import DEFAULT_CUTOFF, encode_pair
 from syllabus.scoring.base import SCORES_PREFIX, Scorer, ScorerConfig, error_status
 from syllabus.store import content_hash
@@ -753,6 +754,7 @@ def vectors_of(table: pa.Table, column: str = "gradients_vector", status: str | 
     return out
 
 
+@registry.scorer("gradients")
 class GradientsScorer(Scorer):
     """Per-sample projected LoRA gradient features (see the module docstring)."""
 

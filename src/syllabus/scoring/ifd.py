@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from syllabus import registry
 from syllabus.models.chat import DEFAULT_CUTOFF, encode_pair, end_of_turn_text
 from syllabus.models.engines import TransformersEngine
 from syllabus.scoring.base import Scorer, ScorerConfig, error_status
@@ -43,6 +44,7 @@ def response_alone_ids(tokenizer: Any, response: str, cutoff: int) -> list[int]:
     return ([int(start)] + list(ids))[:cutoff]
 
 
+@registry.scorer("ifd")
 class IFDScorer(Scorer):
     name: ClassVar[str] = "ifd"
     version: ClassVar[int] = 1

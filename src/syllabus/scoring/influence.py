@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from syllabus import registry
 from syllabus.scoring.base import Scorer, ScorerConfig
 from syllabus.scoring.gradients import GradientsConfig, LoraGradients, LoraSettings, gradient_features
 from syllabus.scoring.validation import (
@@ -201,6 +202,7 @@ def _weights_id(weights: dict | None) -> str | None:
 
 
 # ------------------------------------------------------------------ scorer
+@registry.scorer("influence")
 class InfluenceScorer(Scorer):
     """DIQ dot-product and LESS cosine influence (see the module docstring)."""
 

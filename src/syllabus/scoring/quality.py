@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from syllabus import registry
 from syllabus.models.chat import DEFAULT_CUTOFF, has_chat_template, instruction_text
 from syllabus.models.engines import TransformersEngine, decoder_and_head
 from syllabus.scoring.base import Failed, Scorer, ScorerConfig, error_status, per_item_fallback
@@ -256,6 +257,7 @@ def _branch_layout(n_rest: int, n_branch: int) -> tuple[list[int], list[list[int
     return offsets, extra_visible
 
 
+@registry.scorer("quality")
 class QualityScorer(Scorer):
     name: ClassVar[str] = "quality"
     version: ClassVar[int] = 1
