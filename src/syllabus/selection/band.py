@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
+from syllabus import registry
 from syllabus.selection.base import (
     Selector,
     SelectorConfig,
@@ -73,6 +74,7 @@ def select_band(columns: dict[str, np.ndarray], low: float, high: float) -> tupl
     return keep, per_metric, bounds
 
 
+@registry.selector("band")
 class BandSelector(Selector):
     """Keep rows inside the [low, high] percentile band of every metric (3DS Stage 2)."""
 

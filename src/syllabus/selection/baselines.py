@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from syllabus import registry
 from syllabus.selection.base import Selector, SelectorConfig, StageOutcome, fewer_than_budget_note, tie_order
 
 
@@ -23,6 +24,7 @@ def random_order(n: int, seed: int, tie: np.ndarray | None = None) -> np.ndarray
     return base[np.random.default_rng(seed).permutation(n)]
 
 
+@registry.selector("random")
 class RandomSelector(Selector):
     """Seeded uniform sample of the budget."""
 
@@ -49,6 +51,7 @@ class FullConfig(SelectorConfig):
     pass
 
 
+@registry.selector("full")
 class FullSelector(Selector):
     """Every candidate: the full-data baseline."""
 

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from syllabus import registry
 from syllabus.selection.base import (
     Selector,
     SelectorConfig,
@@ -226,6 +227,7 @@ class KCenterConfig(SelectorConfig):
     center: bool = True
 
 
+@registry.selector("kcenter")
 class KCenterSelector(Selector):
     """Greedy K-Center on an embedding column down to the budget (3DS diversity stage)."""
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from syllabus import registry
 from syllabus.selection.base import (
     Selector,
     SelectorConfig,
@@ -68,6 +69,7 @@ def quadrant_order(difficulty: np.ndarray, influence: np.ndarray, tau_d: float, 
     return order, labels, d_split, i_split
 
 
+@registry.selector("quadrant")
 class QuadrantSelector(Selector):
     """Fill the budget from DIQ quadrants Q1..Q4, each sorted by influence then difficulty."""
 

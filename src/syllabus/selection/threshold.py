@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
+from syllabus import registry
 from syllabus.selection.base import (
     Selector,
     SelectorConfig,
@@ -58,6 +59,7 @@ def select_threshold(values: np.ndarray, min_value: float | None, max_value: flo
     return keep
 
 
+@registry.selector("threshold")
 class ThresholdSelector(Selector):
     """Keep rows with ``min_value <= column <= max_value`` (3DS: quality_score >= 90)."""
 

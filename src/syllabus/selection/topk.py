@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from syllabus import registry
 from syllabus.selection.base import (
     Selector,
     SelectorConfig,
@@ -44,6 +45,7 @@ def top_k_order(values: np.ndarray, descending: bool = True, tie: np.ndarray | N
     return pos[np.lexsort((tie_rank[pos], key))]
 
 
+@registry.selector("topk")
 class TopKSelector(Selector):
     """Keep the ``budget`` rows with the highest (or lowest) ``column``."""
 
