@@ -38,7 +38,6 @@ import difflib
 import importlib
 import logging
 import pkgutil
-from importlib import metadata
 from typing import Any, Callable, TypeVar
 
 log = logging.getLogger(__name__)
@@ -166,6 +165,8 @@ def discover(kind: str) -> dict[str, str]:
     """Import every module of ``kind``'s package and every plugin module, so that their
     decorators run. Returns the modules that failed to import, with why (also logged); a
     clash between two registrations is raised, not returned."""
+    from importlib import metadata  # 30 ms at import: only discovery needs it
+
     failed: dict[str, str] = {}
     package = PACKAGES.get(kind)
     if package is not None:

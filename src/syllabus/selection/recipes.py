@@ -104,7 +104,10 @@ class Recipe(BaseModel):
         """Every scorer exists in the registry and its config validates against its
         ``config_cls`` (the scorers' pydantic config)."""
         for spec in self.scorers:
-            obj = registry.lookup("scorer", spec.name)
+            try:
+                obj = registry.lookup("scorer", spec.name)
+            except registry.UnknownNameError as exc:  # a KeyError: callers of recipes expect ValueErrors
+                raise ValueError(f"recipe {self.name!r}: {exc}") from None
             config_cls = getattr(obj, "config_cls", None) or getattr(obj, "Config", None)
             if isinstance(config_cls, type) and issubclass(config_cls, BaseModel):
                 try:
@@ -162,11 +165,22 @@ def known_recipes() -> dict[str, Path]:
     return found
 
 
-def load_recipe(name_or_path: str) -> Recipe:
+def recipe_names() -> list[str]:
+    """The shipped methods' names, for CLI choices: reads the YAML files, imports no scorer."""
+    return sorted(known_recipes())
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
     """A shipped recipe by name (``3ds``), or a recipe YAML file by path."""
     candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") and candidate.exists():
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise ValueError(
+                f"recipe file {candidate} does not exist; pass the path of an existing .yaml file "
+                f"or a shipped method name ({', '.join(recipe_names())})"
+            )
         return read_recipe_file(candidate)
+    name_or_path = str(name_or_path)
     known = known_recipes()
     if name_or_path not in known:
         close = difflib.get_close_matches(name_or_path, known, n=3)
