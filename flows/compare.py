@@ -11,9 +11,9 @@ from typing import Any
 
 from prefect import flow
 
-from flows.hooks import end_mlflow_runs_as_failed, end_mlflow_runs_as_killed
-from flows.outcome import finish, publish
-from flows.pipeline import problems, run_arms
+from syllabus_flows.hooks import end_mlflow_runs_as_failed, end_mlflow_runs_as_killed
+from syllabus_flows.outcome import finish, publish
+from syllabus_flows.pipeline import problems, run_arms
 from syllabus.pipeline import compare as C
 from syllabus.pipeline.config import CompareParams
 from syllabus.selection.defects import audit_markdown, audit_metrics, audit_url, load_labels, plot_audit

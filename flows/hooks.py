@@ -14,7 +14,7 @@ from prefect.runtime import flow_run as current_run
 
 from syllabus.tracking.lineage import default_tracking_uri, end_open_runs
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flows.hooks")  # the folder's name, not the installed syllabus_flows: PREFECT_LOGGING_EXTRA_LOGGERS lists flows
 
 
 def root_flow_run_id() -> str:

@@ -3,9 +3,10 @@
 ``PREFECT_LOGGING_EXTRA_LOGGERS=syllabus,flows,tasks`` (set by the CLI, the deployments' job
 variables and the compose worker) attaches Prefect's API handler to those loggers, but Prefect
 3.8 leaves their level unset, so they inherit the root's WARNING and every INFO line (scores
-per shard, cache hits, progress) is dropped before it reaches a handler. Importing ``flows``
-sets the level, and attaches the handler where the variable was not set, so a flow run
-started any way (CLI, deployment, worker, test) shows them.
+per shard, cache hits, progress) is dropped before it reaches a handler. Importing
+``syllabus_flows`` (this folder, installed under that name) sets the level, and attaches the
+handler where the variable was not set, so a flow run started any way (CLI, deployment,
+worker, test) shows them.
 """
 
 from __future__ import annotations

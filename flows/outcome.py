@@ -17,7 +17,7 @@ from prefect.artifacts import LinkArtifact, MarkdownArtifact, TableArtifact
 from prefect.runtime import deployment, flow_run
 from prefect.states import Failed, State
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flows.outcome")  # the folder's name, not the installed syllabus_flows: PREFECT_LOGGING_EXTRA_LOGGERS lists flows
 
 PARTIAL = "Partially failed"
 

@@ -15,16 +15,16 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.hooks import end_mlflow_runs_as_failed, end_mlflow_runs_as_killed, root_flow_run_id
-from flows.outcome import finish, missing_shards_message, publish, result_of
-from flows.score import score_with_workers
+from syllabus_flows.hooks import end_mlflow_runs_as_failed, end_mlflow_runs_as_killed, root_flow_run_id
+from syllabus_flows.outcome import finish, missing_shards_message, publish, result_of
+from syllabus_flows.score import score_with_workers
 from syllabus.pipeline.config import PipelineParams
 from syllabus.pipeline.report import results_markdown, results_table
 from syllabus.scoring.timing import stage_metrics
 from syllabus.pipeline.stages import export_subset
 from syllabus.tracking.lineage import Lineage
 from syllabus.tracking.notes import describe_arm, describe_pipeline
-from tasks.stages import evaluate_task, finetune_task, ingest_task, select_task
+from syllabus_tasks.stages import evaluate_task, finetune_task, ingest_task, select_task
 
 log = logging.getLogger("flows.pipeline")  # not __name__: a deployment loads this file as module "pipeline"
 
@@ -209,7 +209,7 @@ def _run_arm(params: PipelineParams, arm: dict[str, Any], method_scorers: list[s
 def problems(result: dict[str, Any]) -> list[str | None]:
     """What keeps a run from being a clean success: missing shards and failed arms, each
     named with how to retry only that."""
-    from flows.outcome import retry_hint
+    from syllabus_flows.outcome import retry_hint
 
     failed = [f"{r['method']}: {r['error']}" for r in result["rows"] if r.get("error")]
     arms = (f"{len(failed)} arm(s) failed: {'; '.join(failed)}. " + retry_hint("redo only what failed")) if failed else None

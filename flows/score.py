@@ -18,10 +18,10 @@ from prefect import flow, unmapped
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.outcome import finish, missing_shards_message, publish
+from syllabus_flows.outcome import finish, missing_shards_message, publish
 from syllabus.pipeline.stages import pool_shards
-from tasks.progress import ScoreProgress
-from tasks.stages import score_manifest_task, score_shard_task
+from syllabus_tasks.progress import ScoreProgress
+from syllabus_tasks.stages import score_manifest_task, score_shard_task
 
 log = logging.getLogger("flows.score")  # not __name__: a deployment loads this file as module "score"
 
@@ -118,5 +118,5 @@ def task_runner(kind: str = "thread", workers: int = 1, address: str | None = No
 def score_with_workers(workers: int, kind: str = "thread", address: str | None = None):
     """The score flow with its shards spread over ``workers`` (threads or Dask workers).
     Call it with ``return_state=True``: a run with missing shards ends Failed, its manifests
-    still in its data (``flows.outcome.result_of``)."""
+    still in its data (``syllabus_flows.outcome.result_of``)."""
     return score.with_options(task_runner=task_runner(kind, workers, address))

@@ -12,9 +12,9 @@ from typing import Any
 
 from prefect import flow
 
-from flows.outcome import publish
+from syllabus_flows.outcome import publish
 from syllabus.pipeline.config import BudgetParams
-from tasks.stages import evaluate_task, finetune_task, ingest_task, select_task
+from syllabus_tasks.stages import evaluate_task, finetune_task, ingest_task, select_task
 
 # JSON, not pickle: the result file is readable by anyone (and any tool) that fills the next form.
 _PERSISTED = dict(persist_result=True, result_serializer="json")

@@ -16,12 +16,12 @@ from typing import Any
 
 from prefect import flow
 
-from flows.hooks import end_mlflow_runs_as_failed, end_mlflow_runs_as_killed
-from flows.outcome import PARTIAL, finish, result_of
-from flows.pipeline import pipeline
+from syllabus_flows.hooks import end_mlflow_runs_as_failed, end_mlflow_runs_as_killed
+from syllabus_flows.outcome import PARTIAL, finish, result_of
+from syllabus_flows.pipeline import pipeline
 from syllabus.pipeline.config import PipelineParams
 from syllabus.store import MissingObjectError, Store, content_hash
-from tasks.stages import ingest_task
+from syllabus_tasks.stages import ingest_task
 
 log = logging.getLogger("flows.watch")  # not __name__: a deployment loads this file as module "watch"
 

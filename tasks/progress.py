@@ -9,7 +9,7 @@ from uuid import UUID
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tasks.progress")  # the folder's name, not the installed syllabus_tasks: PREFECT_LOGGING_EXTRA_LOGGERS lists tasks
 
 
 def duration(seconds: float | None) -> str:

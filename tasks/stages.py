@@ -8,8 +8,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from syllabus.pipeline import stages
-from tasks.progress import EvalProgress, ProgressArtifact
-from tasks.retry import is_transient, retry_delays
+from syllabus_tasks.progress import EvalProgress, ProgressArtifact
+from syllabus_tasks.retry import is_transient, retry_delays
 
 # The store is the cache (keys cover model, config and shard content): Prefect's own
 # input/source hashing would key on the wrong things, so it is off.

@@ -14,6 +14,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _installed_module(path: str):
+    """The module of an entrypoint file as installed: flows/ is the package syllabus_flows."""
+    folder, name = path.removesuffix(".py").split("/")
+    assert folder == "flows", f"entrypoint {path} lies outside flows/"
+    return importlib.import_module(f"syllabus_flows.{name}")
+
+
 def test_every_deployment_entrypoint_is_a_flow():
     from prefect import Flow
 
@@ -22,8 +29,7 @@ def test_every_deployment_entrypoint_is_a_flow():
     for dep in spec["deployments"]:
         path, attr = dep["entrypoint"].split(":")
         assert (ROOT / path).exists(), dep["entrypoint"]
-        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-        assert isinstance(getattr(module, attr), Flow), dep["entrypoint"]
+        assert isinstance(getattr(_installed_module(path), attr), Flow), dep["entrypoint"]
         names.add(dep["name"])
     assert {"pipeline", "compare", "watch-pool", "score", "select", "finetune", "evaluate"} <= names
     scheduled = [d for d in spec["deployments"] if d.get("schedules")]
@@ -57,11 +63,6 @@ def _spec() -> dict:
     return yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
 
 
-def _flow_of(dep: dict):
-    path, attr = dep["entrypoint"].split(":")
-    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), attr)
-
-
 def _undescribed(schema: dict) -> list[str]:
     """Every property of the parameter schema, nested models included, that has no description."""
     missing = [f"parameter {name}" for name, prop in schema.get("properties", {}).items() if not prop.get("description")]
@@ -85,7 +86,7 @@ def test_budget_with_count_and_ratio_is_rejected_by_the_parameter_schema():
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools import validate
 
-    from flows.stages import select
+    from syllabus_flows.stages import select
 
     schema = parameter_schema(select.fn).model_dump()
     base = {"method": "random", "scores": ["s3://b/scores.json"]}
@@ -124,7 +125,7 @@ def test_watch_schedule_is_off_and_readme_names_every_variable_the_deployments_r
 def test_watch_refuses_an_empty_pool():
     import pytest
 
-    from flows.watch import real_pool
+    from syllabus_flows.watch import real_pool
 
     for empty in ([], [""], ["  ", ""]):
         with pytest.raises(ValueError, match="watch needs params.pool"):

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.flow
 def test_compare_reports_defect_avoidance_without_fine_tuning(tmp_path, tiny_model_dir):
     from mlflow.tracking import MlflowClient
 
-    from flows.compare import compare
+    from syllabus_flows.compare import compare
     from syllabus.pipeline.config import CompareParams
     from syllabus.pool.defects import plant_defects, read_samples
 

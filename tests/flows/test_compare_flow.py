@@ -16,7 +16,7 @@ pytestmark = pytest.mark.flow
 def test_compare_end_to_end(tmp_path, tiny_model_dir):
     from mlflow.tracking import MlflowClient
 
-    from flows.compare import compare
+    from syllabus_flows.compare import compare
     from syllabus.pipeline.config import CompareParams
 
     pool = write_pool(tmp_path / "pool.jsonl", 24)

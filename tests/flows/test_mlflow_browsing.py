@@ -33,7 +33,7 @@ def test_pipeline_runs_as_a_team_browses_them(tmp_path, tiny_model_dir, mlflow_s
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from flows.pipeline import pipeline
+    from syllabus_flows.pipeline import pipeline
     from syllabus.pipeline.config import PipelineParams
     from syllabus.tracking.lineage import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NOTE_TAG
 

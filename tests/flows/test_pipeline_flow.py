@@ -33,7 +33,7 @@ def params(tmp_path, tiny_model_dir):
 def test_pipeline_lineage_and_cached_rerun(params, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from flows.pipeline import pipeline
+    from syllabus_flows.pipeline import pipeline
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak-this")
     result = pipeline(params)

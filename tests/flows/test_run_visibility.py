@@ -42,7 +42,7 @@ def artifacts_of(flow_run_id) -> list:
 
 
 def test_library_logs_and_scoring_progress_reach_the_run(tmp_path, tiny_model_dir):
-    from flows.score import score
+    from syllabus_flows.score import score
 
     pool = write_pool(tmp_path / "pool.jsonl", 12)
     store = str(tmp_path / "store")
@@ -68,7 +68,7 @@ def test_library_logs_and_scoring_progress_reach_the_run(tmp_path, tiny_model_di
 
 
 def test_stage_artifacts_land_on_the_run_the_user_started_and_the_result_is_persisted(tmp_path):
-    from flows.stages import ingest
+    from syllabus_flows.stages import ingest
 
     pool = write_pool(tmp_path / "pool.jsonl", 5)
     store = str(tmp_path / "store")
@@ -96,7 +96,7 @@ def test_stage_artifacts_land_on_the_run_the_user_started_and_the_result_is_pers
 def test_a_failed_flow_ends_its_mlflow_runs_as_failed(tmp_path):
     import mlflow
 
-    from flows.hooks import end_mlflow_runs_as_failed, root_flow_run_id
+    from syllabus_flows.hooks import end_mlflow_runs_as_failed, root_flow_run_id
     from syllabus.tracking.lineage import Lineage
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -122,7 +122,7 @@ def test_a_failed_flow_ends_its_mlflow_runs_as_failed(tmp_path):
 
 
 def test_watch_refuses_to_run_without_a_pool(tmp_path):
-    from flows.watch import watch
+    from syllabus_flows.watch import watch
     from syllabus.pipeline.config import PipelineParams
 
     state = watch(PipelineParams(pool=[""], store=str(tmp_path / "store")), return_state=True)
@@ -133,7 +133,7 @@ def test_watch_refuses_to_run_without_a_pool(tmp_path):
 def test_evaluation_keeps_a_progress_artifact(tmp_path, tiny_model_dir):
     import json
 
-    from flows.stages import evaluate
+    from syllabus_flows.stages import evaluate
 
     bench = tmp_path / "mc.jsonl"
     bench.write_text("".join(json.dumps({"question": f"Which number is {i}?", "options": [str(i), str(i + 1)],
@@ -156,7 +156,7 @@ def test_watch_run_gets_the_pipeline_artifacts_and_its_mlflow_runs_carry_its_id(
 
     from mlflow.tracking import MlflowClient
 
-    from flows.watch import watch
+    from syllabus_flows.watch import watch
     from syllabus.pipeline.config import PipelineParams
 
     bench = tmp_path / "mc.jsonl"
@@ -183,9 +183,9 @@ def test_watch_run_gets_the_pipeline_artifacts_and_its_mlflow_runs_carry_its_id(
 
 
 def test_watch_after_a_partial_pipeline_ends_partial_and_retries_next_time(tmp_path, monkeypatch):
-    import flows.watch
-    from flows.outcome import finish
-    from flows.watch import watch
+    import syllabus_flows.watch
+    from syllabus_flows.outcome import finish
+    from syllabus_flows.watch import watch
     from syllabus.pipeline.config import PipelineParams
 
     calls = []
@@ -196,7 +196,7 @@ def test_watch_after_a_partial_pipeline_ends_partial_and_retries_next_time(tmp_p
         return finish({"mlflow_run_id": "r1", "mlflow_run_url": "http://mlflow/r1"},
                       ["scorer ifd: 1 of 2 shards failed after their retries: pool.jsonl-00001 (OSError: disk gone)."])
 
-    monkeypatch.setattr(flows.watch, "pipeline", partial_pipeline)
+    monkeypatch.setattr(syllabus_flows.watch, "pipeline", partial_pipeline)
     params = PipelineParams(pool=[write_pool(tmp_path / "pool.jsonl", 8)], shard_size=4, methods=["random"],
                             store=str(tmp_path / "store"))
     state = watch(params, return_state=True)
@@ -209,7 +209,7 @@ def test_watch_after_a_partial_pipeline_ends_partial_and_retries_next_time(tmp_p
 def test_unknown_method_from_a_form_fails_before_any_work(tmp_path):
     """A deployment's form sends JSON: an unknown method fails the run while its parameters are
     validated, before ingest, scoring or an MLflow run."""
-    from flows.pipeline import pipeline
+    from syllabus_flows.pipeline import pipeline
 
     state = pipeline({"methods": ["3dss"], "store": str(tmp_path / "store"),
                       "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, return_state=True)

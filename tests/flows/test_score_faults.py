@@ -32,14 +32,14 @@ def setup(tmp_path, tiny_model_dir):
 
 
 def run_score_state(s, sleep: float = 0.0):
-    from flows.score import score
+    from syllabus_flows.score import score
 
     return score(s["manifest"], {"fault": {"fault_dir": str(s["faults"]), "sleep_seconds": sleep}}, s["model"], s["store"],
                  return_state=True)
 
 
 def run_score(s, sleep: float = 0.0) -> dict:
-    from flows.outcome import result_of
+    from syllabus_flows.outcome import result_of
 
     return result_of(run_score_state(s, sleep))["fault"]
 
@@ -90,7 +90,7 @@ def test_permanent_fault_is_reported_and_rerun_retries_only_it(setup):
     assert state.is_failed() and state.name == "Partially failed"
     assert "pool.jsonl-00001" in state.message and "injected permanent fault" in state.message
     assert "Run the same command again to score only the missing shards" in state.message
-    from flows.outcome import result_of
+    from syllabus_flows.outcome import result_of
 
     broken = result_of(state)["fault"]
     assert len(broken["missing"]) == 1 and broken["missing"][0]["shard"].endswith("pool.jsonl-00001")
@@ -133,7 +133,7 @@ def test_killed_flow_loses_only_the_shard_in_flight(setup, tmp_path):
         "import sys\n"
         "from syllabus import registry\n"
         "registry.register('scorer', 'fault', 'fault_scorer:FaultScorer')\n"
-        "from flows.score import score\n"
+        "from syllabus_flows.score import score\n"
         f"score({setup['manifest']!r}, {{'fault': {{'fault_dir': {str(setup['faults'])!r}, 'sleep_seconds': 1.5}}}}, "
         f"{setup['model']!r}, {setup['store']!r})\n"
     )
@@ -168,7 +168,7 @@ def test_dask_runner_gives_the_same_results(setup):
     would each need their own Prefect API)."""
     from prefect_dask import DaskTaskRunner
 
-    from flows.score import score
+    from syllabus_flows.score import score
 
     config = {"fault": {"fault_dir": str(setup["faults"]), "sleep_seconds": 0.0}}
     runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": False})
@@ -183,7 +183,7 @@ def test_ray_runner_gives_the_same_results(setup):
     """The same flow with its shards on a local Ray cluster (worker processes that reach the
     test's Prefect server through the runtime environment): a real scorer on the tiny model,
     the same keys as on threads, and nothing left to score afterwards."""
-    from flows.score import score, task_runner
+    from syllabus_flows.score import score, task_runner
 
     config = {"ifd": {"cutoff": 128}}
     on_ray = score.with_options(task_runner=task_runner("ray", 2))(setup["manifest"], config, setup["model"], setup["store"])["ifd"]

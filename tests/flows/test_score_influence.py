@@ -20,7 +20,7 @@ VAL = [{"question": "Which organ makes insulin?", "options": ["Liver", "Pancreas
 
 
 def test_validation_gradients_are_computed_once_for_all_shards(tmp_path, tiny_model_dir, monkeypatch):
-    from flows.score import score
+    from syllabus_flows.score import score
 
     val = tmp_path / "val.jsonl"
     val.write_text("".join(json.dumps(r) + "\n" for r in VAL))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from syllabus.scoring.commands import positive_int
@@ -72,13 +72,29 @@ def _params(cls: type, args: argparse.Namespace, changes: dict):
     return params
 
 
-def _flow(module: str, name: str):
-    """A flow of the Prefect layer (outside src/), with Prefect's state kept in the project."""
+FLOW_ENTRY_POINTS = "syllabus.flows"
+
+
+def load_flow(name: str):
+    """The Prefect layer's flow ``name`` (flows/, installed as ``syllabus_flows``), found through
+    the ``syllabus.flows`` entry points that pyproject.toml declares: src/syllabus names no
+    module outside itself, and importing it never imports prefect."""
+    found = entry_points(group=FLOW_ENTRY_POINTS, name=name)
+    if not found:
+        raise RuntimeError(
+            f"no flow named {name!r} is declared under the {FLOW_ENTRY_POINTS!r} entry points, so the Prefect layer "
+            "(flows/ and tasks/) is not installed with this syllabus; reinstall the project from its repository root "
+            "with `pip install -e .` (or `make install`)")
+    return next(iter(found)).load()
+
+
+def _flow(name: str):
+    """A flow of the Prefect layer, with Prefect's state kept in the project."""
     os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))  # design.md: state stays in the project
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "syllabus,flows,tasks")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here; no telemetry attempts
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
-    return getattr(importlib.import_module(module), name)
+    return load_flow(name)
 
 
 def _outcome(state) -> tuple[dict, str | None]:
@@ -110,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from syllabus.pipeline.report import render_table
 
     params = _params(PipelineParams, args, {"store": args.store, "methods": _split(args.methods) if args.methods else None})
-    result, partial = _outcome(_flow("flows.pipeline", "pipeline")(params, return_state=True))
+    result, partial = _outcome(_flow("pipeline")(params, return_state=True))
     print()
     print(render_table(result["results"]))
     print()
@@ -141,7 +157,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from syllabus.selection.defects import load_labels
 
         load_labels(params.labels)  # a bad labels file fails before any server or run starts
-    result, partial = _outcome(_flow("flows.compare", "compare")(params, return_state=True))
+    result, partial = _outcome(_flow("compare")(params, return_state=True))
     print()
     print(result["markdown"])
     print(f"MLflow run:  {result['mlflow_run_url']}")

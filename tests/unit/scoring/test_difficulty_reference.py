@@ -209,7 +209,7 @@ def test_reference_and_ours_differ_where_methods_md_says(tiny_llama, smol_tokeni
 
 
 def test_pipeline_and_compare_configs_select_the_reference_preset():
-    from flows.pipeline import _scorers_for
+    from syllabus_flows.pipeline import _scorers_for
     from syllabus.pipeline import compare as C
     from syllabus.pipeline.config import CompareParams, PipelineParams
 
