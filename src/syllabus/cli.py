@@ -82,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
-        print(f"syllabus {args.command}: error: {redact(str(exc))}", file=sys.stderr)
+        from pydantic import ValidationError
+
+        from syllabus.config import describe_errors
+
+        text = describe_errors(exc) if isinstance(exc, ValidationError) else str(exc)
+        print(f"syllabus {args.command}: error: {redact(text)}", file=sys.stderr)
         return 1
 
 

@@ -9,6 +9,7 @@ import os
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from syllabus.config import SET_HELP, deep_merge, parse_set
 from syllabus.scoring.commands import positive_int
 
 
@@ -23,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", nargs="?", default=None, help="YAML file of pipeline parameters")
     p.add_argument("--store", default=None, help="store URL (overrides the config)")
     p.add_argument("--methods", default=None, help="comma-separated methods, e.g. 3ds,ifd,random")
+    p.add_argument("--set", dest="changes", action="append", default=[], metavar="PATH=VALUE",
+                   help=SET_HELP.format(example="finetune.epochs=2 or scorer_configs.difficulty.max_new_tokens=64"))
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     p.set_defaults(func=cmd_run)
 
@@ -54,6 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--stop-after", choices=("select", "evaluate"), default=None,
                    help="'select': stop every arm after its selection (no fine-tuning or evaluation; with --labels, "
                    "the defect-avoidance report in seconds once scores are cached)")
+    c.add_argument("--set", dest="changes", action="append", default=[], metavar="PATH=VALUE",
+                   help=SET_HELP.format(example="finetune.epochs=2 or selector_overrides.3ds.threshold.min_percentile=20"))
     c.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     c.set_defaults(func=cmd_compare)
 
@@ -63,13 +68,15 @@ def _split(text: str) -> list[str]:
 
 
 def _params(cls: type, args: argparse.Namespace, changes: dict):
-    """The config file's parameters (or the defaults) with the flags' changes, every setting
-    checked before the flow starts a Prefect server or an MLflow run."""
+    """The config file's parameters (or the defaults) with the flags' and ``--set`` changes
+    deep-merged on top; every setting is checked here, before the flow starts a Prefect
+    server or an MLflow run."""
     params = cls.from_file(args.config) if args.config else cls()
     changes = {k: v for k, v in changes.items() if v is not None}
-    params = cls(**{**params.model_dump(), **changes}) if changes else params
-    params.check()
-    return params
+    budget = changes.pop("budget", None)  # a flag's count or ratio replaces the other, not merges with it
+    changes = deep_merge(changes, parse_set(args.changes, "finetune.epochs=2"))
+    params = params.with_changes(changes) if changes else params
+    return cls.model_validate({**params.model_dump(mode="json"), "budget": budget}) if budget else params
 
 
 FLOW_ENTRY_POINTS = "syllabus.flows"

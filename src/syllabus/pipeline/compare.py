@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from syllabus.config import deep_merge
 from syllabus.evaluation.metrics import bootstrap_ci
 from syllabus.store import Store
 
@@ -31,17 +32,9 @@ log = logging.getLogger(__name__)
 
 SEEDED_METHODS = ("random",)
 DIFFICULTY = ("difficulty_d1", "difficulty_d2", "difficulty_d3")
-DEFAULT_WINDOWS = {"easy": (0.0, 50.0), "medium": (25.0, 75.0), "hard": (50.0, 100.0)}
 
 
 # ---------------------------------------------------------------------------------- arms
-def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in base.items()}
-    for key, value in extra.items():
-        out[key] = {**out.get(key, {}), **value} if isinstance(value, Mapping) else value
-    return out
-
-
 def compare_arms(methods: Sequence[str], seeds: int, seed: int, overrides: Mapping[str, Mapping[str, Any]],
                  windows: Mapping[str, Sequence[float]], window_method: str = "3ds") -> list[dict[str, Any]]:
     """The arms of a comparison: each method once (``random`` once per seed), then the
@@ -56,7 +49,7 @@ def compare_arms(methods: Sequence[str], seeds: int, seed: int, overrides: Mappi
             arms.append({"name": method, "method": method, "seed": seed, "overrides": base, "group": method})
     for name, (low, high) in windows.items():
         arms.append({"name": f"{window_method}-{name}", "method": window_method, "seed": seed, "group": "window",
-                     "overrides": _merge(overrides.get(window_method) or {}, {"band": {"low": float(low), "high": float(high)}})})
+                     "overrides": deep_merge(overrides.get(window_method) or {}, {"band": {"low": float(low), "high": float(high)}})})
     return arms
 
 

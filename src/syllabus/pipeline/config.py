@@ -8,7 +8,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from syllabus.config import deep_merge
+from syllabus.evaluation.runner import EvalConfig
+from syllabus.plan import Plan, make_plan
 from syllabus.store.credentials import adopt_all
+from syllabus.training.config import FinetuneConfig
 
 
 class BudgetParams(BaseModel):
@@ -56,17 +60,17 @@ class PipelineParams(BaseModel):
         default_factory=lambda: {"3ds": {"threshold": {"min_percentile": 50}}},
         description="per method, per selector config changes, e.g. {'3ds': {'threshold': {'min_value': 85}}}",
     )
-    finetune: dict[str, Any] = Field(
-        default_factory=lambda: {"batch_size": 8, "micro_batch_size": 4, "learning_rate": 2e-4, "cutoff": 512},
-        description="LoRA fine-tuning overrides (FinetuneConfig fields)",
+    finetune: FinetuneConfig = Field(
+        default_factory=lambda: FinetuneConfig(batch_size=8, micro_batch_size=4, learning_rate=2e-4, cutoff=512),
+        description="LoRA fine-tuning settings (FinetuneConfig); fields not given take FinetuneConfig's defaults",
     )
     benches: list[str] = Field(default_factory=lambda: ["mmlu-medical"], description="benchmarks: built-in names or files")
     stop_after: Literal["select", "evaluate"] = Field(
         "evaluate", description="'select' stops every arm after its selection (scores and subsets only, no "
         "fine-tuning or evaluation: seconds once the scores are cached); 'evaluate' runs the whole arm")
-    eval: dict[str, Any] = Field(
-        default_factory=lambda: {"limit": 40, "generate": False},
-        description="evaluation overrides (EvalConfig fields)",
+    eval: EvalConfig = Field(
+        default_factory=lambda: EvalConfig(limit=40, generate=False),
+        description="evaluation settings (EvalConfig); fields not given take EvalConfig's defaults",
     )
     evaluate_base: bool = Field(True, description="also evaluate the base model, for reference")
     score_workers: int = Field(1, ge=1, description="scoring tasks run at once (threads, or local Dask workers)")
@@ -106,50 +110,25 @@ class PipelineParams(BaseModel):
             raise ValueError(f"pipeline config {path} must be a YAML mapping of PipelineParams fields")
         return cls(**data)
 
+    @model_validator(mode="after")
+    def _plan_checks(self) -> "PipelineParams":
+        # Every scorer config (recipe + overrides) and selector override is validated when the
+        # config is read: a typo must not surface after hours of scoring.
+        self.plan()
+        return self
+
+    def plan(self, methods: list[str] | None = None) -> Plan:
+        """The scorer instances and per-method selection of ``methods`` (default: this run's),
+        with this run's scorer and selector overrides; raises one sentence naming the setting."""
+        return make_plan(methods or self.methods, self.scorer_configs, self.selector_overrides)
+
     def check(self) -> None:
-        """Validate what the fields alone cannot: every method's scorer configs with this run's
-        overrides, the selector overrides, the fine-tuning and evaluation settings. Called
-        before any server, MLflow run or model load; raises one sentence naming the setting."""
-        from syllabus import registry
-        from syllabus.evaluation.runner import EvalConfig
-        from syllabus.selection.recipes import load_recipe
-        from syllabus.training.config import FinetuneConfig
+        """Kept for callers that validate a copy built without validation (``model_construct``)."""
+        type(self).model_validate(self.model_dump())
 
-        known = registry.names("scorer")
-        for name in self.scorer_configs:
-            if name not in known:
-                try:
-                    registry.lookup("scorer", name)
-                except registry.UnknownNameError as exc:  # a KeyError: the known names and the closest match
-                    raise ValueError(f"scorer_configs names {exc}") from None
-        for method in self.methods:
-            recipe = load_recipe(method)
-            for spec in recipe.scorers:
-                config = {**spec.config, **self.scorer_configs.get(spec.name, {})}
-                config_cls = registry.lookup("scorer", spec.name).config_cls
-                _sentence(lambda: config_cls.model_validate(config), f"method {method!r}: scorer {spec.name} config")
-            changes = self.selector_overrides.get(method) or {}
-            for selector, config in changes.items():
-                index = next((i for i, spec in enumerate(recipe.selectors) if spec.name == selector), None)
-                if index is None:
-                    raise ValueError(f"selector_overrides.{method}.{selector}: method {method!r} has no selector {selector!r}; "
-                                     f"its selectors are {', '.join(spec.name for spec in recipe.selectors)}")
-                recipe = recipe.with_selector_config(index, **config)
-            recipe.build_selectors()
-        _sentence(lambda: FinetuneConfig(**self.finetune), "finetune")
-        _sentence(lambda: EvalConfig(**self.eval), "eval")
-
-
-def _sentence(check, where: str) -> None:
-    """Run ``check``; a pydantic error becomes one line per bad field, naming ``where``."""
-    from pydantic import ValidationError
-
-    try:
-        check()
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'} = {e.get('input')!r}: {e['msg']}"
-                             for e in exc.errors())
-        raise ValueError(f"{where}: {problems}") from None
+    def with_changes(self, changes: dict[str, Any]) -> "PipelineParams":
+        """These parameters with ``changes`` deep-merged on top (command-line flags, ``--set``)."""
+        return type(self).model_validate(deep_merge(self.model_dump(mode="json"), changes))
 
 
 class CompareParams(PipelineParams):
@@ -168,22 +147,24 @@ class CompareParams(PipelineParams):
     window_method: str = Field("3ds", description="the method whose band selector the windows move")
     report_dir: str | None = Field(None, description="also write the report (markdown, plots, JSON) to this directory")
 
-    def check(self) -> None:
-        """The pipeline's checks, and every difficulty window as the band it will become."""
-        super().check()
+    labels: str | None = Field(None, description="defect labels (JSONL from `syllabus plant-defects`): report each arm's "
+                               "share of planted defects, overall, per kind and after each stage, next to the pool's base rate")
+
+    @model_validator(mode="after")
+    def _windows_are_bands(self) -> "CompareParams":
+        """Every difficulty window, as the band of the window method it will become."""
         if not self.windows:
-            return
+            return self
+        from syllabus.plan import apply_selector_overrides
         from syllabus.selection.recipes import load_recipe
 
         recipe = load_recipe(self.window_method)
-        index = next((i for i, spec in enumerate(recipe.selectors) if spec.name == "band"), None)
-        if index is None:
+        if not any(spec.name == "band" for spec in recipe.selectors):
             raise ValueError(f"window_method {self.window_method!r} has no band selector to slide; use 3ds or set windows: {{}}")
-        base = (self.selector_overrides.get(self.window_method) or {}).get("band", {})
+        base = self.selector_overrides.get(self.window_method) or {}
         for name, (low, high) in self.windows.items():
             try:
-                recipe.with_selector_config(index, **{**base, "low": float(low), "high": float(high)}).build_selectors()
+                apply_selector_overrides(recipe, deep_merge(base, {"band": {"low": float(low), "high": float(high)}}))
             except ValueError as exc:
                 raise ValueError(f"window {name!r}: {exc}") from None
-    labels: str | None = Field(None, description="defect labels (JSONL from `syllabus plant-defects`): report each arm's "
-                               "share of planted defects, overall, per kind and after each stage, next to the pool's base rate")
+        return self

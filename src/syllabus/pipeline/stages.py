@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # torch-free at import: the training module is loaded inside 
 
 log = logging.getLogger(__name__)
 
-SCORE_MANIFEST_PREFIX = "scores/manifests"
 
 
 # ------------------------------------------------------------------------------ ingest
@@ -48,45 +47,13 @@ def score_shard(
     store_url: str | None,
     pool_manifest_url: str | None = None,
 ) -> dict[str, Any]:
-    """Score one shard with one scorer (the model is loaded once per process and reused).
-
+    """Score one shard with one scorer instance (``syllabus score``'s per-shard step; the
+    model is loaded once per process, by the first shard that is not cached, and reused).
     Returns the score-manifest entry for the shard; ``skipped`` is true when a committed
-    result with the same key was found and reused. A scorer with shared inputs (influence:
-    validation gradients, LESS warm-up checkpoints) caches them in the store, so the first
-    shard computes them and every other shard and worker reads them.
-    """
-    from syllabus.pool.manifest import read_shard
-    from syllabus.scoring.base import score_shard as run_scorer
-    from syllabus.scoring.pool import LazyModel, make_scorer
+    result with the same key was reused."""
+    from syllabus.scoring.pool import LazyModel, score_shard_entry
 
-    store = Store(store_url)
-    scorer = make_scorer(scorer_name, scorer_config, store, pool_manifest_url)
-    # The key needs only the weights' fingerprint: a cached rerun neither loads the model
-    # nor reads the shard, and a worker that waits for another's lease on the shard loads
-    # nothing either (the model is loaded, once per process, by the first shard it scores).
-    lm = LazyModel(model)
-    key = scorer.key(lm.fingerprint, shard["content_hash"])
-    if store.is_committed(key):
-        marker = store.marker(key) or {}
-        return _entry(shard, store, key, marker, skipped=True)
-    table = read_shard(shard)
-    key, marker = run_scorer(scorer, lm, table, shard["content_hash"], store)
-    return _entry(shard, store, key, marker, skipped=bool(marker.get("skipped")))
-
-
-def _entry(shard: Mapping[str, Any], store: Store, key: str, marker: Mapping[str, Any], skipped: bool) -> dict[str, Any]:
-    return {
-        "shard": shard["name"],
-        "key": key,
-        "url": store.url(key),
-        "rows": marker.get("rows", shard["rows"]),
-        "ok": marker.get("ok"),
-        "failed": marker.get("failed"),
-        "skipped": skipped,
-        "seconds": 0.0 if skipped else marker.get("seconds"),
-        "compute_seconds": marker.get("seconds"),  # what scoring the shard took when it ran, cached or not
-        "stats": marker.get("stats"),
-    }
+    return score_shard_entry(shard, scorer_name, scorer_config, LazyModel(model), Store(store_url), pool_manifest_url)
 
 
 def write_score_manifest(
@@ -98,44 +65,13 @@ def write_score_manifest(
     missing: Sequence[Mapping[str, Any]],
     store_url: str | None,
 ) -> dict[str, Any]:
-    """Fan in one scorer's shard entries into a score manifest (the format ``syllabus score``
-    writes), recording the shards that failed under ``missing``."""
+    """Fan in one scorer instance's shard entries into its score manifest (the format
+    ``syllabus score`` writes), recording the shards that failed under ``missing``."""
     from syllabus.models.ref import fingerprint, resolve
-    from syllabus.pool.manifest import load_manifest
-    from syllabus.scoring.pool import make_scorer
-    from syllabus.scoring.timing import pool_stages
+    from syllabus.scoring.pool import write_score_manifest as write
 
-    store = Store(store_url)
-    scorer = make_scorer(scorer_name, scorer_config)
-    pool = load_manifest(pool_manifest_url)
-    order = {s["name"]: i for i, s in enumerate(pool["shards"])}
-    entries = sorted(entries, key=lambda e: order.get(e["shard"], 1 << 30))
-    scored = [e for e in entries if not e["skipped"]]
-    samples = sum(e["rows"] for e in entries)
-    seconds = sum(e["seconds"] or 0.0 for e in scored)
-    out = {
-        "scorer": scorer.name,
-        "version": scorer.version,
-        "config": scorer.config.model_dump(mode="json"),
-        "model_fingerprint": fingerprint(resolve(model)),
-        "pool_manifest": pool_manifest_url,
-        "pool_fingerprint": pool["pool_fingerprint"],
-        "shards": list(entries),
-        "missing": list(missing),
-        "samples": samples,
-        "shards_scored": len(scored),
-        "shards_cached": len(entries) - len(scored),
-        "seconds": round(seconds, 3),
-        "compute_seconds": round(sum(e.get("compute_seconds") or 0.0 for e in entries), 3),
-        "samples_per_second": round(sum(e["rows"] for e in scored) / seconds, 3) if seconds else None,
-        "timing": pool_stages(entries),  # per stage: seconds, samples/s, tokens/s, padding share
-    }
-    key = f"{SCORE_MANIFEST_PREFIX}/{scorer.name}-{content_hash([[e['key'] for e in entries], list(missing)], 20)}.json"
-    import json
-
-    store.commit(key, json.dumps(out, indent=1, sort_keys=True, default=str).encode(), {"scorer": scorer.name, "samples": samples})
-    out["url"] = store.url(key)
-    return out
+    return write(scorer_name, scorer_config, fingerprint(resolve(model)), pool_manifest_url, entries, missing,
+                 Store(store_url))
 
 
 # --------------------------------------------------------------------------- selection
@@ -151,24 +87,17 @@ def select(
 ) -> dict[str, Any]:
     """Run a method's selectors on cached scores; returns the selection report.
 
-    ``selector_overrides`` maps a selector name in the recipe to config keys to change
+    ``selector_overrides`` maps a selector name in the recipe to config changes, deep-merged
     (e.g. ``{"threshold": {"min_value": 50}}``); selection needs no model.
     """
+    from syllabus.plan import apply_selector_overrides
     from syllabus.selection.base import Budget
     from syllabus.selection.recipes import load_recipe, run_recipe
     from syllabus.selection.report import write_selection
     from syllabus.selection.scores import load_candidates
 
     start = time.perf_counter()
-    recipe = load_recipe(method)
-    for name, changes in (selector_overrides or {}).items():
-        index = next((i for i, s in enumerate(recipe.selectors) if s.name == name), None)
-        if index is None:
-            raise ValueError(
-                f"method {method!r} has no selector {name!r} to override; its selectors are "
-                f"{', '.join(s.name for s in recipe.selectors)}"
-            )
-        recipe = recipe.with_selector_config(index, **changes)
+    recipe = apply_selector_overrides(load_recipe(method), selector_overrides)
     budget_obj = Budget(**budget) if budget else recipe.budget
     candidates = load_candidates(list(score_manifest_urls), pool_manifest_url)
     result = run_recipe(candidates.frame, recipe, budget_obj, seed)

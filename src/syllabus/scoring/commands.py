@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 
+from syllabus.config import SET_HELP, deep_merge, parse_set
+
 log = logging.getLogger(__name__)
 
 
@@ -33,10 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pool files/directories to ingest first (or use --pool with a manifest URL)")
     p.add_argument("--pool", dest="pool_manifest", default=None, metavar="MANIFEST_URL",
                    help="URL of a pool manifest printed by `syllabus ingest --json`")
-    p.add_argument("--method", required=True,
-                   choices=["quality", "difficulty", "ifd", "3ds", "3ds-reference", "gradients", "influence", "diq"],
-                   help="3ds = quality then difficulty on every sample; 3ds-reference = the same as the authors' "
-                   "code computes it (the 3ds-reference recipe's configs); diq = DIQ difficulty then influence")
+    p.add_argument("--method", required=True, choices=method_choices(), metavar="METHOD",
+                   help="a method (its recipe's scorers and configs, as the pipeline scores them: "
+                   f"{', '.join(recipe_choices())}) or one scorer ({', '.join(scorer_choices())})")
     p.add_argument("--validation", default=None, metavar="FILE",
                    help="influence/diq: benchmark-style JSONL/CSV/Parquet validation items (default: a seeded "
                    "held-out sample of the MMLU medical items)")
@@ -62,12 +63,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: fp32 on CPU, bf16 on GPU)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    p.add_argument("--set", dest="changes", action="append", default=[], metavar="PATH=VALUE",
+                   help=SET_HELP.format(example="difficulty.max_new_tokens=64 or influence.gradients.batch_size=4") +
+                   "; the path starts at a scorer name (or an instance name such as influence@less)")
     p.add_argument("--force", action="store_true", help="recompute even when a committed result exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     p.set_defaults(func=cmd_score)
 
 
-def scorer_configs(args: argparse.Namespace) -> dict[str, dict]:
+def recipe_choices() -> list[str]:
+    from syllabus.selection.recipes import known_recipes
+
+    return sorted(known_recipes())
+
+
+def scorer_choices() -> list[str]:
+    from syllabus import registry
+
+    return registry.names("scorer")
+
+
+def method_choices() -> list[str]:
+    return sorted(set(recipe_choices()) | set(scorer_choices()))
+
+
+def scorer_overrides(args: argparse.Namespace) -> dict[str, dict]:
+    """The flags' changes per scorer name (shortcuts for common fields), with ``--set`` on top."""
     common = {k: v for k, v in {"batch_size": args.batch_size, "cutoff": args.cutoff}.items() if v is not None}
     quality = dict(common)
     if args.quality_mode:
@@ -77,8 +98,10 @@ def scorer_configs(args: argparse.Namespace) -> dict[str, dict]:
         difficulty["max_new_tokens"] = args.max_new_tokens
         if args.quality_mode == "generate":
             quality["max_new_tokens"] = args.max_new_tokens
+    if getattr(args, "preset", None):
+        difficulty["preset"] = args.preset
     gradients = dict(common)
-    influence = {"gradients": gradients} if gradients else {}
+    influence: dict = {"gradients": gradients} if gradients else {}
     if getattr(args, "validation", None):
         influence["validation"] = {"source": args.validation}
     # The rating prompt has its own length budget (rubric + question + shortened answer):
@@ -86,20 +109,27 @@ def scorer_configs(args: argparse.Namespace) -> dict[str, dict]:
     diq = {k: v for k, v in common.items() if k != "cutoff"}
     if getattr(args, "perspective", None):
         diq["perspective"] = args.perspective
-    if getattr(args, "preset", None):
-        difficulty["preset"] = args.preset
-    if args.method in RECIPE_METHODS:  # the recipe's scorer configs, the command line's changes on top
-        from syllabus.selection.recipes import load_recipe
-
-        base = {spec.name: spec.config for spec in load_recipe(args.method).scorers}
-        quality = {**base.get("quality", {}), **quality}
-        difficulty = {**base.get("difficulty", {}), **difficulty}
-    return {"quality": quality, "difficulty": difficulty, "ifd": dict(common), "gradients": gradients,
-            "influence": influence, "diq_difficulty": diq}
+    flags = {"quality": quality, "difficulty": difficulty, "ifd": dict(common), "gradients": gradients,
+             "influence": influence, "diq_difficulty": diq}
+    return deep_merge({k: v for k, v in flags.items() if v}, parse_set(getattr(args, "changes", []), "difficulty.max_new_tokens=64"))
 
 
-# Methods whose scorer configs come from the shipped recipe of the same name.
-RECIPE_METHODS = {"3ds-reference"}
+def score_plan(args: argparse.Namespace) -> dict[str, dict]:
+    """Scorer instance -> config for ``--method``: a method's plan exactly as the pipeline
+    makes it (so the cache keys are the pipeline's), or one scorer with the changes."""
+    from syllabus.plan import make_plan, scorer_plan
+    from syllabus.selection.recipes import known_recipes
+
+    overrides = scorer_overrides(args)
+    if args.method in known_recipes():
+        plan = make_plan([args.method], overrides)
+        if not plan.scorers:
+            raise ValueError(f"method {args.method!r} needs no scores: run `syllabus select --method {args.method}` "
+                             "on any scored pool, or score another method")
+        return {name: plan.scorers[name] for name in plan.instances_of(args.method)}
+    return scorer_plan(args.method, overrides.get(args.method)).scorers
+
+
 DEFAULT_ESTIMATE = 10_000
 
 
@@ -177,7 +207,7 @@ def pool_manifest_of(url: str) -> str:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from syllabus.scoring.pool import METHOD_SCORERS, LazyModel, combined_table, commit_combined, make_scorer, score_pool
+    from syllabus.scoring.pool import LazyModel, combined_table, commit_combined, score_pool
     from syllabus.store import Store
 
     if bool(args.pool) == bool(args.pool_manifest):
@@ -185,10 +215,8 @@ def cmd_score(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     store = Store(args.store)
-    configs = scorer_configs(args)
     # Every setting is checked before any work: a bad config must not cost an ingest or a model load.
-    for name in METHOD_SCORERS[args.method]:
-        make_scorer(name, configs[name])
+    configs = score_plan(args)
     manifest_url = pool_manifest_of(args.pool_manifest) if args.pool_manifest else None
     if args.pool:
         from syllabus.pool.ingest import ingest_pool
@@ -198,17 +226,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     lm = LazyModel(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     manifests = []
     stages = {}
-    for name in METHOD_SCORERS[args.method]:
-        scorer = make_scorer(name, configs[name], store, manifest_url)
-        m = score_pool(manifest_url, scorer, lm, store, limit=args.limit, force=args.force)
+    for name, config in configs.items():
+        m = score_pool(manifest_url, name, config, lm, store, limit=args.limit, force=args.force)
         manifests.append(m)
         stages[name] = {
             "scores": m["url"],
             "seconds": m["seconds"],
-            "samples_per_second": round(m["samples"] / m["seconds"], 3) if m["seconds"] else None,
+            "samples_per_second": m["samples_per_second"],
             "ok": sum(e["ok"] or 0 for e in m["shards"]),
             "failed": sum(e["failed"] or 0 for e in m["shards"]),
-            "skipped_shards": sum(e["skipped"] for e in m["shards"]),
+            "skipped_shards": m["shards_cached"],
         }
         stages[name]["timing"] = m["timing"]
         health = [e["stats"]["health"] for e in m["shards"] if e.get("stats") and "health" in e["stats"]]

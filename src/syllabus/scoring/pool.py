@@ -1,18 +1,17 @@
-"""Score a whole pool: every shard through a scorer, committed per shard, plus a score
-manifest and one combined table with a row per sample.
+"""Score a whole pool: every shard through a scorer instance, committed per shard, then one
+score manifest per instance and (for the CLI) one combined table with a row per sample.
 
-Score manifest JSON: ``{"scorer", "version", "config", "model_fingerprint", "pool_manifest",
-"shards": [{"shard", "url", "rows", "ok", "failed", "skipped", "stats"}], "timing"}``, ``timing``
-the per-stage figures of :func:`syllabus.scoring.timing.pool_stages`. For the ``3ds``
-method the quality and difficulty manifests are written first and a ``3ds`` manifest names
-both (``components``) and lists per-shard tables joining their columns.
+:func:`score_shard_entry` is the one per-shard step: ``syllabus score`` loops over the shards
+with it (:func:`score_pool`) and the pipeline's score flow maps it over shards as a Prefect
+task; both fan in with :func:`write_score_manifest`, so they write the same manifest and, for
+the same method, the same cache keys (the scorer configs come from :mod:`syllabus.plan`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
@@ -22,21 +21,6 @@ from syllabus.store import Store, content_hash
 
 log = logging.getLogger(__name__)
 
-METHOD_SCORERS = {
-    "quality": ["quality"],
-    "difficulty": ["difficulty"],
-    "ifd": ["ifd"],
-    "3ds": ["quality", "difficulty"],
-    "3ds-reference": ["quality", "difficulty"],  # configs from the recipe of the same name
-    "gradients": ["gradients"],
-    "influence": ["influence"],
-    "diq": ["diq_difficulty", "influence"],
-}
-SCORER_CLASSES = {
-    "quality": "syllabus.scoring.quality:QualityScorer",
-    "difficulty": "syllabus.scoring.difficulty:DifficultyScorer",
-    "ifd": "syllabus.scoring.ifd:IFDScorer",
-}
 # Short aliases the issue asks for in the combined table (selection reads the long names).
 ALIASES = {"difficulty_d1": "d1", "difficulty_d2": "d2", "difficulty_d3": "d3", "difficulty_response": "generated",
            "influence_dot": "influence", "diq_difficulty_score": "difficulty"}
@@ -47,9 +31,10 @@ def make_scorer(name: str, config: Mapping[str, Any] | None = None, store: Store
     """The registered scorer ``name`` with ``config``. A scorer with inputs shared by every
     shard (influence: validation gradients, LESS warm-up checkpoints) is attached to ``store``,
     where the first shard commits them and the rest read them, and to the pool they warm up on."""
+    from syllabus.plan import scorer_of
     from syllabus.registry import lookup
 
-    scorer = lookup("scorer", name)(dict(config or {}))
+    scorer = lookup("scorer", scorer_of(name))(dict(config or {}))
     if hasattr(scorer, "attach"):
         scorer.attach(store=store, pool_manifest=pool_manifest)
     return scorer
@@ -108,83 +93,145 @@ def _limit_shards(manifest: dict, limit: int | None) -> list[tuple[dict, int | N
     return out
 
 
+def score_shard_entry(
+    shard: Mapping[str, Any],
+    instance: str,
+    config: Mapping[str, Any],
+    lm: Any,
+    store: Store,
+    pool_manifest_url: str | None = None,
+    take: int | None = None,
+    force: bool = False,
+    wait: bool = True,
+) -> dict[str, Any]:
+    """Score one shard with one scorer instance: the one per-shard step of ``syllabus score``
+    and of the pipeline's score flow (which maps it over shards). Returns the shard's entry
+    in the score manifest; ``skipped`` is true when a committed result was reused.
+
+    ``take`` scores only the shard's first rows (``--limit``), keyed as their own content.
+    With ``wait=False`` a shard another worker holds raises
+    :class:`~syllabus.store.lease.LeaseHeld` at once, so the caller can score others first.
+    A committed shard is found from the key alone: neither the model nor the shard is read.
+    """
+    from syllabus.pool.manifest import read_shard
+
+    scorer = make_scorer(instance, config, store, pool_manifest_url)
+    shard_hash = shard["content_hash"]
+    if take is not None:
+        shard_hash = content_hash({"shard": shard_hash, "rows": take})
+    key = scorer.key(lm.fingerprint, shard_hash)
+    loaded_before = getattr(lm, "load_seconds", 0.0)
+    if not force and store.is_committed(key):
+        marker, skipped, rows = dict(store.marker(key) or {}), True, take or shard["rows"]
+    else:
+        table = read_shard(shard)
+        if take is not None:
+            table = table.slice(0, take)
+        key, marker = score_shard(scorer, lm, table, shard_hash, store, force=force, wait=wait)
+        skipped, rows = bool(marker.get("skipped")), table.num_rows
+    return {
+        "shard": shard["name"],
+        "key": key,
+        "url": store.url(key),
+        "rows": marker.get("rows", rows),
+        "ok": marker.get("ok"),
+        "failed": marker.get("failed"),
+        "skipped": skipped,
+        "seconds": 0.0 if skipped else marker.get("seconds"),
+        "compute_seconds": marker.get("seconds"),  # what scoring the shard took when it ran, cached or not
+        # A lazily loaded model loads inside the first shard that needs it: a one-off that the
+        # per-stage timing keeps apart from that shard's scoring.
+        "model_load_seconds": round(getattr(lm, "load_seconds", 0.0) - loaded_before, 3),
+        "stats": marker.get("stats"),
+    }
+
+
+def write_score_manifest(
+    instance: str,
+    config: Mapping[str, Any],
+    model_fingerprint: str,
+    pool_manifest_url: str,
+    entries: Sequence[Mapping[str, Any]],
+    missing: Sequence[Mapping[str, Any]],
+    store: Store,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Fan in one scorer instance's shard entries (in pool order) into its score manifest,
+    committed to the store; the one manifest format of the CLI and the pipeline:
+
+    ``{"scorer", "instance", "version", "config", "model_fingerprint", "pool_manifest",
+    "pool_fingerprint", "limit", "shards": [entry...], "missing": [{"shard", "error"}],
+    "samples", "shards_scored", "shards_cached", "seconds", "compute_seconds",
+    "samples_per_second", "timing", "validation_ids"?, "url"}``; ``timing`` holds the per-stage
+    figures of :func:`syllabus.scoring.timing.pool_stages`, ``validation_ids`` the benchmark
+    items a scorer held out (influence), which evaluation must leave out.
+    """
+    from syllabus.pool.manifest import load_manifest
+
+    scorer = make_scorer(instance, config)
+    pool = load_manifest(pool_manifest_url)
+    order = {s["name"]: i for i, s in enumerate(pool["shards"])}
+    entries = sorted(entries, key=lambda e: order.get(e["shard"], 1 << 30))
+    scored = [e for e in entries if not e["skipped"]]
+    samples = sum(e["rows"] for e in entries)
+    seconds = sum(e["seconds"] or 0.0 for e in scored)
+    out = {
+        "scorer": scorer.name,
+        "instance": instance,
+        "version": scorer.version,
+        "config": scorer.config.model_dump(mode="json"),
+        "model_fingerprint": model_fingerprint,
+        "pool_manifest": pool_manifest_url,
+        "pool_fingerprint": pool.get("pool_fingerprint"),
+        "limit": limit,
+        "shards": list(entries),
+        "missing": list(missing),
+        "samples": samples,
+        "shards_scored": len(scored),
+        "shards_cached": len(entries) - len(scored),
+        "seconds": round(seconds, 3),
+        "compute_seconds": round(sum(e.get("compute_seconds") or 0.0 for e in entries), 3),
+        "samples_per_second": round(sum(e["rows"] for e in scored) / seconds, 3) if seconds else None,
+        "timing": pool_stages(entries),  # per stage: seconds, samples/s, tokens/s, padding share
+    }
+    held_out = getattr(scorer, "held_out_ids", None)
+    if callable(held_out):
+        out["validation_ids"] = held_out()
+    key = f"scores/manifests/{instance}-{content_hash([[e['key'] for e in entries], list(missing)], 20)}.json"
+    store.commit(key, _json_bytes(out), {"scorer": scorer.name, "samples": samples})
+    out["url"] = store.url(key)
+    return out
+
+
 def score_pool(
     manifest_url: str,
-    scorer: Scorer,
+    instance: str,
+    config: Mapping[str, Any],
     lm: Any,
     store: Store,
     limit: int | None = None,
-    engine: Any | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Score every shard of the pool (up to ``limit`` samples); returns the score manifest
-    (also written to the store, its URL under ``"url"``)."""
-    from syllabus.pool.manifest import load_manifest, read_shard
-
+    """Score every shard of the pool (up to ``limit`` samples) with one scorer instance, one
+    :func:`score_shard_entry` per shard; returns the committed score manifest."""
+    from syllabus.pool.manifest import load_manifest
     from syllabus.store.lease import LeaseHeld
 
-    manifest = load_manifest(manifest_url)
-    done: dict[str, tuple[str, dict, int]] = {}
-    loads: dict[str, float] = {}
-    start = time.perf_counter()
-    samples = 0
-    planned = _limit_shards(manifest, limit)
+    planned = _limit_shards(load_manifest(manifest_url), limit)
+    done: dict[str, dict] = {}
     # First pass: shards another worker is scoring are left for later, so two runs on one
     # store split the pool; the second pass waits for (or takes over) what is left.
     for wait in (False, True):
         for shard, take in planned:
             if shard["name"] in done:
                 continue
-            table = read_shard(shard)
-            shard_hash = shard["content_hash"]
-            if take is not None:
-                table = table.slice(0, take)
-                # A partial shard is different content: key it by its own rows.
-                shard_hash = content_hash({"shard": shard_hash, "rows": take})
-            loaded_before = getattr(lm, "load_seconds", 0.0)
             try:
-                key, marker = score_shard(scorer, lm, table, shard_hash, store, engine=engine, force=force, wait=wait)
+                done[shard["name"]] = score_shard_entry(shard, instance, config, lm, store, manifest_url, take=take,
+                                                        force=force, wait=wait)
             except LeaseHeld as held:
-                log.info("%s: shard %s: %s; scoring the others first", scorer.name, shard["name"], held)
-                continue
-            done[shard["name"]] = (key, marker, table.num_rows)
-            # A lazily loaded model loads inside the first shard that needs it: a one-off that
-            # the per-stage timing keeps apart from that shard's scoring.
-            loads[shard["name"]] = getattr(lm, "load_seconds", 0.0) - loaded_before
-    entries = []
-    for shard, _ in planned:
-        key, marker, rows = done[shard["name"]]
-        samples += rows
-        entries.append({
-            "shard": shard["name"],
-            "key": key,
-            "url": store.url(key),
-            "rows": marker.get("rows", rows),
-            "ok": marker.get("ok"),
-            "failed": marker.get("failed"),
-            "skipped": bool(marker.get("skipped")),
-            "seconds": marker.get("seconds"),
-            "model_load_seconds": round(loads.get(shard["name"], 0.0), 3),
-            "stats": marker.get("stats"),
-        })
-    seconds = time.perf_counter() - start
-    out = {
-        "scorer": scorer.name,
-        "version": scorer.version,
-        "config": scorer.config.model_dump(mode="json"),
-        "model_fingerprint": lm.fingerprint,
-        "pool_manifest": manifest_url,
-        "pool_fingerprint": manifest.get("pool_fingerprint"),
-        "limit": limit,
-        "shards": entries,
-        "samples": samples,
-        "seconds": round(seconds, 3),
-        "timing": pool_stages(entries),
-    }
-    key = f"scores/manifests/{scorer.name}-{content_hash([e['key'] for e in entries], 20)}.json"
-    store.commit(key, _json_bytes(out), {"scorer": scorer.name, "samples": samples})
-    out["url"] = store.url(key)
-    return out
+                log.info("%s: shard %s: %s; scoring the others first", instance, shard["name"], held)
+    entries = [done[shard["name"]] for shard, _ in planned]
+    return write_score_manifest(instance, config, lm.fingerprint, manifest_url, entries, [], store, limit=limit)
 
 
 def _json_bytes(obj: Any) -> bytes:

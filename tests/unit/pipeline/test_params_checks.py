@@ -4,6 +4,7 @@ model: an unknown method, a bad scorer size, a budget of 0; credentials leave th
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -31,20 +32,27 @@ def test_run_with_a_bad_config_starts_no_server_and_no_mlflow_run(tmp_path, monk
     (tmp_path / "sizes.yaml").write_text("methods: [3ds]\nscorer_configs: {difficulty: {max_new_tokens: -5}}\n")
     assert main(["run", "sizes.yaml"]) == 1
     err = capsys.readouterr().err
-    assert "method '3ds': scorer difficulty config" in err and "max_new_tokens = -5 must be at least 1" in err
+    assert "scorer difficulty config: DifficultyConfig max_new_tokens = -5 must be at least 1" in err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / ".prefect").exists()
 
 
 @pytest.mark.parametrize("changes,message", [
-    ({"scorer_configs": {"ifd": {"cutoff": 0}}, "methods": ["ifd"]}, "method 'ifd': scorer ifd config"),
+    ({"scorer_configs": {"ifd": {"cutoff": 0}}, "methods": ["ifd"]}, "scorer ifd config: IFDConfig cutoff = 0 must be at least 1"),
     ({"scorer_configs": {"dificulty": {}}}, "unknown scorer 'dificulty'. Did you mean 'difficulty'"),
     ({"selector_overrides": {"3ds": {"treshold": {"min_value": 50}}}}, "method '3ds' has no selector 'treshold'"),
     ({"selector_overrides": {"3ds": {"threshold": {"min_percentile": 150}}}}, "threshold"),
-    ({"finetune": {"batch_size": 0}}, "finetune: batch_size = 0"),
+    ({"finetune": {"batch_size": 0}}, "finetune.batch_size = 0: Input should be greater than or equal to 1"),
+    ({"finetune": {"epoch": 2}}, "finetune.epoch = 2: Extra inputs are not permitted"),
+    ({"eval": {"limt": 5}}, "eval.limt = 5: Extra inputs are not permitted"),
 ])
-def test_check_names_the_bad_setting(changes, message):
-    with pytest.raises(ValueError, match=message):
-        PipelineParams(**changes).check()
+def test_reading_the_config_names_the_bad_setting(changes, message):
+    from pydantic import ValidationError
+
+    from syllabus.config import describe_errors
+
+    with pytest.raises(ValidationError) as info:
+        PipelineParams(**changes)  # refused when the config is read, before any work
+    assert re.search(message, describe_errors(info.value))
     PipelineParams().check()  # the defaults pass
 
 

@@ -62,8 +62,11 @@ def main() -> None:
         deadline = time.time() + 300
         while len(list(barrier.iterdir())) < n and time.time() < deadline:
             time.sleep(0.05)
+    from syllabus import registry
+
+    registry.register("scorer", "sleepy", "lease_worker:SleepyScorer")  # this file runs as module lease_worker
     store = Store(store_url)
-    out = score_pool(manifest_url, SleepyScorer({"attempts": attempts, "sleep_seconds": float(sleep)}), FakeModel(), store)
+    out = score_pool(manifest_url, "sleepy", {"attempts": attempts, "sleep_seconds": float(sleep)}, FakeModel(), store)
     print(json.dumps({"shards": [[e["shard"], e["skipped"]] for e in out["shards"]], "url": out["url"]}))
 
 

@@ -1,0 +1,89 @@
+"""The plan: scorer instances resolved once from recipes and overrides, one deep-merge rule,
+and the CLI scoring with exactly the pipeline's configs (so the same cache keys)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from syllabus.config import deep_merge, parse_set
+from syllabus.plan import make_plan, scorer_of
+from syllabus.selection.recipes import known_recipes, load_recipe
+
+
+def test_two_methods_with_one_scorer_in_different_configs_get_two_instances():
+    plan = make_plan(["diq", "less"])
+    assert set(plan.scorers) == {"diq_difficulty", "influence@diq", "influence@less"}
+    assert plan.instances_of("diq") == ["diq_difficulty", "influence@diq"]
+    assert plan.instances_of("less") == ["influence@less"]
+    assert plan.scorers["influence@diq"]["gradients"]["projection"]["dim"] == 4096
+    assert plan.scorers["influence@less"]["gradients"]["projection"]["dim"] == 8192
+    assert scorer_of("influence@less") == "influence"
+    # the same config is one instance under the scorer's own name, shared by both methods
+    plan = make_plan(["3ds", "ifd", "diq"])
+    assert set(plan.scorers) == {"quality", "difficulty", "ifd", "diq_difficulty", "influence"}
+
+
+def test_overrides_deep_merge_into_the_recipe_and_target_one_instance():
+    plan = make_plan(["less"], {"influence": {"gradients": {"batch_size": 4}}})
+    # the LESS recipe's projection survives a change of a sibling field (it was dropped before)
+    assert plan.scorers["influence"]["gradients"] == {"projection": {"kind": "rademacher", "dim": 8192}, "batch_size": 4}
+    plan = make_plan(["diq", "less"], {"influence@less": {"warmup": {"epochs": 1}}})
+    assert plan.scorers["influence@less"]["warmup"] == {"fraction": 0.05, "epochs": 1}
+    assert "warmup" not in plan.scorers["influence@diq"]
+
+
+def test_selector_overrides_deep_merge_and_name_the_bad_selector():
+    plan = make_plan(["3ds"], selector_overrides={"3ds": {"threshold": {"min_percentile": 20}}})
+    threshold = plan.methods["3ds"].recipe.selectors[0].config
+    assert threshold == {"column": "quality_score", "min_value": 90, "min_percentile": 20}
+    with pytest.raises(ValueError, match="method '3ds' has no selector 'treshold'; its selectors are threshold, band"):
+        make_plan(["3ds"], selector_overrides={"3ds": {"treshold": {"min_value": 1}}})
+    with pytest.raises(ValueError, match="scorer difficulty config: .*max_new_tokens = 0"):
+        make_plan(["3ds"], {"difficulty": {"max_new_tokens": 0}})
+    with pytest.raises(ValueError, match="Did you mean 'difficulty'"):
+        make_plan(["3ds"], {"dificulty": {}})
+
+
+def test_deep_merge_and_set_syntax():
+    base = {"a": {"b": 1, "c": {"d": 2}}, "l": [1, 2]}
+    assert deep_merge(base, {"a": {"c": {"e": 3}}, "l": [3]}) == {"a": {"b": 1, "c": {"d": 2, "e": 3}}, "l": [3]}
+    assert base == {"a": {"b": 1, "c": {"d": 2}}, "l": [1, 2]}  # not modified
+    assert parse_set(["x.y.z=2e-4", "x.y.w=true", "n=[a, b]", "t=some text", "z=null"]) == {
+        "x": {"y": {"z": 2e-4, "w": True}}, "n": ["a", "b"], "t": "some text", "z": None}
+    for bad in ("novalue", "a..b=1", "=3"):
+        with pytest.raises(ValueError, match="must look like PATH=VALUE"):
+            parse_set([bad])
+
+
+def _score_args(*argv: str) -> argparse.Namespace:
+    from syllabus.scoring.commands import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["score", "--pool", "x", "--model", "m", *argv])
+
+
+def test_the_cli_scores_every_method_with_the_pipelines_configs():
+    """Same configs, so the same cache keys: a shard scored by `syllabus score --method M` is
+    a cache hit for the pipeline running M, and the other way round."""
+    from syllabus.pipeline.config import PipelineParams
+    from syllabus.scoring.commands import score_plan
+
+    scored = [m for m in known_recipes() if load_recipe(m).scorers]
+    assert {"3ds", "3ds-reference", "diq", "ifd", "less"} <= set(scored)
+    for method in scored:
+        pipeline = PipelineParams(methods=[method], scorer_configs={}, selector_overrides={}).plan()
+        assert score_plan(_score_args("--method", method)) == pipeline.scorers, method
+    assert score_plan(_score_args("--method", "less", "--set", "influence.warmup.epochs=1")) == \
+        PipelineParams(methods=["less"], scorer_configs={"influence": {"warmup": {"epochs": 1}}}).plan().scorers
+    with pytest.raises(ValueError, match="method 'random' needs no scores"):
+        score_plan(_score_args("--method", "random"))
+
+
+def test_cli_choices_come_from_the_registry_and_the_recipes():
+    from syllabus import registry
+    from syllabus.scoring.commands import method_choices
+
+    assert set(method_choices()) == set(registry.names("scorer")) | set(known_recipes())
