@@ -55,8 +55,9 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
     table = C.comparison(result["rows"], seed=params.seed)
     analysis: dict[str, Any] = {}
     files: dict[str, bytes] = {}
-    if "difficulty" in result["scores"]:
-        frame = C.load_difficulty(result["scores"]["difficulty"])
+    difficulty = _difficulty_instance(result, params.window_method)
+    if difficulty:
+        frame = C.load_difficulty(result["scores"][difficulty])
         analysis = C.difficulty_analysis(frame, params.windows, band)
         if analysis.get("n", 0) >= 3:
             files["difficulty.png"] = C.plot_difficulty(frame, analysis)
@@ -71,8 +72,9 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
         "model": params.model,
         "budget": ", ".join(f"{k} {v}" for k, v in budget.items()) + f"; random over {params.seeds} seeds",
         "windows": ", ".join(f"{k} {list(v)}" for k, v in params.windows.items()) or "none",
-        "fine-tuning": params.finetune,
-        "evaluation": f"{', '.join(Path(b).name for b in result['benches'])}; {params.eval}",
+        "fine-tuning": params.finetune.model_dump(mode="json", exclude_defaults=True),
+        "evaluation": f"{', '.join(Path(b).name for b in result['benches'])}; "
+                      f"{params.eval.model_dump(mode='json', exclude_defaults=True)}",
         "MLflow run": result["mlflow_run_url"],
     }
     audits = _audit_defects(params, result["rows"])
@@ -111,6 +113,14 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
     return finish({**{k: result[k] for k in ("results", "mlflow_run_id", "mlflow_run_url", "mlflow_tracking_uri", "scores", "timings")},
             "comparison": table, "difficulty": analysis, "costs": costs, "report": where, "markdown": markdown,
             "defects": audits}, problems(result))
+
+
+def _difficulty_instance(result: dict[str, Any], window_method: str) -> str | None:
+    """The difficulty scores the analysis reads: the window method's, else any run's."""
+    from syllabus.plan import scorer_of
+
+    ours = [i for i in result["instances"].get(window_method, []) if scorer_of(i) == "difficulty"]
+    return next(iter(ours or [i for i in result["scores"] if scorer_of(i) == "difficulty"]), None)
 
 
 def _audit_defects(params: CompareParams, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -42,24 +42,6 @@ def _pool_inputs(params: PipelineParams) -> tuple[list[str], list[str]]:
     return inputs, benches
 
 
-def _scorers_for(methods: list[str], overrides: dict[str, dict[str, Any]]) -> tuple[dict[str, dict], dict[str, list[str]]]:
-    """Every scorer the methods need (configs merged with overrides), and which each method uses."""
-    from syllabus.selection.recipes import load_recipe
-
-    scorers: dict[str, dict] = {}
-    per_method: dict[str, list[str]] = {}
-    for method in methods:
-        recipe = load_recipe(method)
-        per_method[method] = [s.name for s in recipe.scorers]
-        for spec in recipe.scorers:
-            config = {**spec.config, **overrides.get(spec.name, {})}
-            if spec.name in scorers and scorers[spec.name] != config:
-                raise ValueError(f"methods ask for scorer {spec.name!r} with different configs ({scorers[spec.name]} vs {config}); "
-                                 "run them in separate pipelines or align their recipes")
-            scorers[spec.name] = config
-    return scorers, per_method
-
-
 def _result_or_error(future) -> tuple[dict | None, str | None]:
     future.wait()
     if future.state.is_completed():
@@ -89,7 +71,8 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
     flow_run_id = str(flow_run.id or "")
     lineage = Lineage(params.tracking_uri, params.experiment)
     inputs, benches = _pool_inputs(params)
-    scorers, per_method = _scorers_for(sorted({a["method"] for a in arms}), params.scorer_configs)
+    plan = params.plan(sorted({a["method"] for a in arms}))
+    scorers, per_method = plan.scorers, {m: plan.instances_of(m) for m in plan.methods}
     budget = params.budget.model_dump(exclude_none=True)
     # The root id finds every MLflow run of a cancelled or crashed watch run, whose subflows get no hook of their own.
     tags = {"prefect.flow_run_id": flow_run_id, "prefect.flow_run_name": str(flow_run.name or ""),
@@ -120,10 +103,11 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
         if manifests:
             lineage.log_params({"model_fingerprint": next(iter(manifests.values()))["model_fingerprint"]})
 
+        eval_config = params.eval.model_dump(mode="json")
         rows: list[dict[str, Any]] = []
         if params.evaluate_base:
             t0 = time.perf_counter()
-            base, error = _result_or_error(evaluate_task.submit(params.model, None, benches, params.eval, params.store))
+            base, error = _result_or_error(evaluate_task.submit(params.model, None, benches, eval_config, params.store))
             rows.append({"method": "base model", "evaluation": base, "error": error, "seconds": time.perf_counter() - t0})
             if base:
                 lineage.log_metrics(base["metrics"], "base/")
@@ -131,7 +115,7 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
         for arm in arms:
             with lineage.run(arm["name"], nested=True, tags={**tags, "method": arm["name"], "recipe": arm["method"]}) as child:
                 rows.append(_run_arm(params, arm, per_method[arm["method"]], scorers, manifests, ingest, benches,
-                                     budget, lineage, child.info.run_id))
+                                     budget, eval_config, lineage, child.info.run_id))
             timings[f"{arm['name']}_seconds"] = rows[-1]["seconds"]
 
         table = results_table(rows, benches)
@@ -146,14 +130,14 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
     publish(markdown=markdown, key=f"{title}-results", description="Syllabus results table")
     return {"results": table, "rows": rows, "benches": benches, "mlflow_run_id": parent.info.run_id,
             "mlflow_run_url": parent_url, "mlflow_tracking_uri": lineage.tracking_uri, "pool": ingest,
-            "scores": {k: v["url"] for k, v in manifests.items()}, "manifests": manifests, "timings": timings, "markdown": markdown,
+            "scores": {k: v["url"] for k, v in manifests.items()}, "manifests": manifests, "instances": per_method, "timings": timings, "markdown": markdown,
             "score_costs": {k: {f: v.get(f) for f in ("samples", "shards_scored", "shards_cached", "seconds", "compute_seconds")}
                             for k, v in manifests.items()}}
 
 
 def _run_arm(params: PipelineParams, arm: dict[str, Any], method_scorers: list[str], scorers: dict[str, dict],
-             manifests: dict[str, dict], ingest: dict, benches: list[str], budget: dict, lineage: Lineage,
-             run_id: str) -> dict[str, Any]:
+             manifests: dict[str, dict], ingest: dict, benches: list[str], budget: dict, eval_config: dict[str, Any],
+             lineage: Lineage, run_id: str) -> dict[str, Any]:
     """Select, fine-tune and evaluate one arm inside its nested MLflow run; returns its row."""
     t_arm = time.perf_counter()
     method = arm["method"]
@@ -162,7 +146,8 @@ def _run_arm(params: PipelineParams, arm: dict[str, Any], method_scorers: list[s
     scores = [manifests[s]["url"] for s in method_scorers if s in manifests]
     lineage.log_params({"method": method, "arm": arm["name"], "budget": budget, "seed": arm["seed"], "model": params.model,
                         "scorers": {s: scorers[s] for s in method_scorers}, "selector_overrides": arm["overrides"],
-                        "finetune": params.finetune, "eval": params.eval, "score_manifests": scores})
+                        "finetune": params.finetune.model_dump(mode="json"), "eval": params.eval.model_dump(mode="json"),
+                        "score_manifests": scores})
     sel, row["error"] = _result_or_error(select_task.submit(
         method, scores, budget, params.store, arm["seed"], arm["overrides"], ingest["manifest"]))
     if sel:
@@ -181,7 +166,7 @@ def _run_arm(params: PipelineParams, arm: dict[str, Any], method_scorers: list[s
     if sel and params.stop_after == "select":
         pass  # scores and subsets only: no fine-tuning or evaluation
     elif sel and sel["n_selected"] > 0:
-        ft, row["error"] = _result_or_error(finetune_task.submit(sel["outputs"]["selected"], params.model, params.finetune, params.store))
+        ft, row["error"] = _result_or_error(finetune_task.submit(sel["outputs"]["selected"], params.model, params.finetune.model_dump(mode="json"), params.store))
         if ft:
             row["finetune"] = ft
             lineage.log_params({"adapter": ft["adapter"]})
@@ -190,7 +175,7 @@ def _run_arm(params: PipelineParams, arm: dict[str, Any], method_scorers: list[s
                                  "samples": ft["samples"], "steps": ft["steps"], "seconds": ft["seconds"]}, "finetune/")
             for step, loss in enumerate(ft.get("losses", [])):
                 lineage.mlflow.log_metric("finetune/step_loss", loss, step=step)
-            ev, row["error"] = _result_or_error(evaluate_task.submit(params.model, ft["adapter"], benches, params.eval, params.store))
+            ev, row["error"] = _result_or_error(evaluate_task.submit(params.model, ft["adapter"], benches, eval_config, params.store))
             if ev:
                 row["evaluation"] = ev
                 lineage.log_metrics(ev["metrics"], "eval/")
@@ -231,4 +216,5 @@ def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     issues = problems(result)
     result.pop("rows")
     result.pop("manifests")
+    result.pop("instances")
     return finish(result, issues)
