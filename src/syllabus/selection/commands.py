@@ -7,6 +7,7 @@ import json
 import sys
 import time
 
+from syllabus.config import SET_HELP, parse_set
 from syllabus.scoring.commands import positive_int
 from syllabus.selection.base import Budget
 
@@ -25,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--budget", type=positive_int, metavar="N", help="select N samples (1 or more)")
     budget.add_argument("--ratio", type=float, metavar="R", help="select this fraction of the pool, e.g. 0.1")
     p.add_argument("--set", action="append", default=[], metavar="SELECTOR.KEY=VALUE",
-                   help="override a selector's config, e.g. --set threshold.min_value=85 --set band.low=40 "
-                   "(VALUE is read as YAML; repeatable)")
+                   help=SET_HELP.format(example="threshold.min_value=85 --set band.low=40") +
+                   "; the path starts at a selector of the method")
     p.add_argument("--pool", default=None, metavar="MANIFEST_URL", help="pool manifest URL (default: the one named by the score manifests)")
     p.add_argument("--seed", type=int, default=None, help="seed for K-Center's first centre and random sampling (default: the recipe's)")
     p.add_argument("--compare", nargs="+", default=[], metavar="SELECTION_URL", help="other selections (selected.parquet or report.json) to report the Jaccard overlap with")
@@ -65,21 +66,11 @@ def empty_selection_error(report: dict, recipe, frame) -> str | None:
 
 
 def apply_overrides(recipe, overrides: list[str]):
-    """``threshold.min_value=85`` -> the recipe with that selector's config key changed."""
-    import yaml
+    """``threshold.min_value=85`` -> the recipe with that selector's config changed (deep-merged,
+    the pipeline's rule), checked by building the selectors."""
+    from syllabus.plan import apply_selector_overrides
 
-    for item in overrides:
-        target, _, raw = item.partition("=")
-        name, _, key = target.partition(".")
-        if not raw or not key:
-            raise ValueError(f"--set {item!r} must look like SELECTOR.KEY=VALUE, e.g. --set band.low=40")
-        index = next((i for i, spec in enumerate(recipe.selectors) if spec.name == name), None)
-        if index is None:
-            have = ", ".join(spec.name for spec in recipe.selectors)
-            raise ValueError(f"--set {item!r}: method {recipe.name!r} has no selector {name!r}; its selectors are {have}")
-        recipe = recipe.with_selector_config(index, **{key: yaml.safe_load(raw)})
-    recipe.build_selectors()  # validate the changed configs now, with the recipe's name in the error
-    return recipe
+    return apply_selector_overrides(recipe, parse_set(overrides, "threshold.min_value=85"), "--set")
 
 
 def cmd_select(args: argparse.Namespace) -> int:

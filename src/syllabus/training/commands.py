@@ -8,23 +8,11 @@ import logging
 import random
 import time
 
+from syllabus.config import SET_HELP, parse_set
 from syllabus.store import Store
 from syllabus.training.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
-
-
-def _overrides(values: list[str]) -> dict:
-    out = {}
-    for item in values:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r} must look like NAME=VALUE, e.g. --set lora_rank=16")
-        name, raw = (x.strip() for x in item.split("=", 1))
-        try:
-            out[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[name] = raw
-    return out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=float, default=d.epochs, help=f"epochs (default {d.epochs:g})")
     p.add_argument("--cutoff", type=int, default=d.cutoff, help=f"max tokens per sample (default {d.cutoff})")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="any other FinetuneConfig field, e.g. warmup_ratio=0.05")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help=SET_HELP.format(example="warmup_ratio=0.05") + "; the path starts at a FinetuneConfig field")
     p.add_argument("--exclude-bench", nargs="+", default=[], metavar="NAME_OR_FILE",
                    help="drop training samples whose question matches an item of these benchmarks (decontamination)")
     p.add_argument("--store", default=None, help="store URL (default: $SYLLABUS_STORE or ./syllabus-store)")
@@ -56,14 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from syllabus.models import load_model
-    from syllabus.training.data import load_samples
+    from syllabus.pool.samples import load_samples
     from syllabus.training.lora import finetune
 
     start = time.perf_counter()
     config = FinetuneConfig(**{
         "learning_rate": args.lr, "lora_rank": args.rank, "batch_size": args.batch_size,
         "micro_batch_size": args.micro_batch_size, "epochs": args.epochs, "cutoff": args.cutoff, "seed": args.seed,
-        **_overrides(args.set),
+        **parse_set(args.set, "warmup_ratio=0.05"),
     })
     samples, counts = load_samples(args.data)
     if not samples:
