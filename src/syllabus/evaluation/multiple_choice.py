@@ -39,9 +39,9 @@ LETTER_INSTRUCTION = "Answer with the letter of the correct option."
 class MCConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    normalisation: Normalisation = "char"
-    cutoff: int = Field(1024, ge=8)
-    letter_instruction: str = LETTER_INSTRUCTION
+    normalisation: Normalisation = Field("char", description="cloze: how option log-likelihoods are normalised for length")
+    cutoff: int = Field(1024, ge=8, description="max tokens of question + option")
+    letter_instruction: str = Field(LETTER_INSTRUCTION, description="letter method: the instruction after the options")
 
 
 def letter_question(item: MCItem, instruction: str = LETTER_INSTRUCTION) -> str:
