@@ -166,7 +166,7 @@ def load_pool_rows(sources: Sequence[str]) -> list[dict]:
     """Pool rows from pool manifests (``.../manifest.json`` written by ``syllabus ingest``, read
     shard by shard with checksums) or any pool/selection file the pool readers accept."""
     from syllabus.pool.manifest import iter_shards, load_manifest
-    from syllabus.training.data import load_samples
+    from syllabus.pool.samples import load_samples
 
     rows: list[dict] = []
     files = []

@@ -152,7 +152,7 @@ def load_eval_model(model_spec: str, adapter_url: str | None = None, device: str
     """The model to evaluate: the base from ``load_model``, or a private copy with the
     adapter merged in (a cached base model must not be modified)."""
     from syllabus.models import load_model
-    from syllabus.training.lora import load_adapter
+    from syllabus.models.adapters import load_adapter
 
     if not adapter_url:
         return load_model(model_spec, device=device)
@@ -209,7 +209,7 @@ def run_evaluation(
     if hasattr(model_spec, "model"):
         lm = model_spec
         if adapter_url:
-            from syllabus.training.lora import load_adapter
+            from syllabus.models.adapters import load_adapter
 
             lm.model = load_adapter(lm.model, adapter_url, merge=True).eval()
     else:

@@ -2,6 +2,7 @@
 
 - ``config``: :class:`FinetuneConfig` (the 3DS paper's defaults, all overridable);
 - ``data``: reading selections/pool files, templating, prompt masking (labels -100);
-- ``lora``: the training loop, exact gradient accumulation, adapter commit/load via the store;
+- ``lora``: the training loop, exact gradient accumulation, the adapter's store key (its
+  format: :mod:`syllabus.models.adapters`);
 - ``commands``: ``syllabus finetune``.
 """

@@ -1,4 +1,5 @@
-"""Training data: read a selection (or any pool file), template it, mask the prompt.
+"""Training data: read a selection (or any pool file; :func:`load_samples`, from
+:mod:`syllabus.pool.samples`), template it, mask the prompt.
 
 Every sample becomes ``T = P + y + E`` through the shared chat templating
 (:func:`syllabus.models.chat.encode_pair`). Labels are the token ids on response positions
@@ -12,9 +13,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-import pyarrow as pa
-
 from syllabus.models.chat import encode_pair
+from syllabus.pool.samples import load_samples
+
+__all__ = ["IGNORE_INDEX", "TrainExample", "build_examples", "collate", "load_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -30,39 +32,6 @@ class TrainExample:
     @property
     def n_targets(self) -> int:
         return sum(1 for t in self.labels if t != IGNORE_INDEX)
-
-
-def load_samples(paths: Sequence[str] | str, fields: Any = None) -> tuple[list[dict], dict]:
-    """Canonical samples (instruction, input, output, messages, sample_id) from selection
-    Parquet files or any pool file the pool readers accept (question/answer fields included).
-
-    Returns ``(samples, counts)``; rejected records are logged with their reason and counted.
-    """
-    from syllabus.pool.canonical import FieldMap, RecordRejected, normalise
-    from syllabus.pool.readers import expand, read
-
-    fields = fields or FieldMap()
-    paths = [paths] if isinstance(paths, str) else list(paths)
-    samples: list[dict] = []
-    rejected = 0
-    for url, kind, _ in expand(paths):
-        for record in read(url, kind):
-            if record.error is not None:
-                rejected += 1
-                log.warning("%s: %s; skipped", record.location, record.error[1])
-                continue
-            try:
-                sample = normalise(record.value, source=url, fields=fields, max_chars=10**9)
-            except RecordRejected as exc:
-                rejected += 1
-                log.warning("%s: %s; skipped", record.location, exc.reason)
-                continue
-            samples.append(sample.row())
-    return samples, {"read": len(samples) + rejected, "rejected": rejected}
-
-
-def samples_from_table(table: pa.Table) -> list[dict]:
-    return table.to_pylist()
 
 
 def build_examples(tokenizer: Any, samples: Iterable[Any], cutoff: int) -> tuple[list[TrainExample], dict]:

@@ -8,27 +8,24 @@ size. Per-token NLL comes from the shared :func:`syllabus.models.losses.token_nl
 Lower loss is better.
 
 The adapter (peft's ``adapter_config.json`` and ``adapter_model.safetensors`` plus a
-``training.json`` manifest) is committed to the store as one deterministic tar under a key
-made of everything that changes it: base model fingerprint, config, the templated
-training tokens and this module's version. A committed key is reused, not retrained.
+``training.json`` manifest, :mod:`syllabus.models.adapters`) is committed to the store as one
+deterministic tar under a key made of everything that changes it: base model fingerprint,
+config, the templated training tokens and this module's version. A committed key is reused,
+not retrained.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import math
 import random
-import tarfile
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from syllabus.models.adapters import read_adapter_manifest, save_adapter
 from syllabus.store import Store, content_hash
 from syllabus.training.config import FinetuneConfig
 from syllabus.training.data import IGNORE_INDEX, TrainExample, build_examples, collate
@@ -230,54 +227,6 @@ def train_lora(
 
 
 # ------------------------------------------------------------------ store
-def _tar_dir(directory: Path) -> bytes:
-    """A byte-for-byte reproducible tar of ``directory`` (sorted names, zeroed times and owners)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            data = path.read_bytes()
-            info = tarfile.TarInfo(str(path.relative_to(directory)))
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def save_adapter(peft_model: Any, store: Store, key: str, manifest: dict) -> dict:
-    """Commit the adapter files and ``manifest`` as one tar at ``key``; returns the marker."""
-    with tempfile.TemporaryDirectory() as tmp:
-        peft_model.save_pretrained(tmp)
-        Path(tmp, "training.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-        data = _tar_dir(Path(tmp))
-    return store.commit(key, data, {"kind": "lora_adapter", "base_model": manifest.get("base_model"),
-                                    "train_loss": manifest.get("train_loss"), "samples": manifest.get("samples")})
-
-
-def read_adapter_manifest(url: str) -> dict:
-    store, key = Store.open_url(url)
-    with tarfile.open(fileobj=io.BytesIO(store.read_committed(key))) as tar:
-        return json.loads(tar.extractfile("training.json").read())
-
-
-def load_adapter(model: Any, url: str, merge: bool = True) -> Any:
-    """Apply the committed adapter at ``url`` to ``model`` (checksum verified).
-
-    With ``merge`` the LoRA deltas are folded into the weights (plain model, full-speed
-    inference). ``model`` is modified in place: pass a private copy, not a cached one.
-    """
-    from peft import PeftModel
-
-    store, key = Store.open_url(url)
-    if not store.is_committed(key, verify=False):
-        raise FileNotFoundError(f"adapter {url} has no commit marker; it was never finished (rerun `syllabus finetune`)")
-    data = store.read_committed(key)
-    with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            tar.extractall(tmp, filter="data")
-        peft_model = PeftModel.from_pretrained(model, tmp)
-        peft_model.eval()
-        return peft_model.merge_and_unload() if merge else peft_model
-
-
 def adapter_key(fingerprint: str, config: FinetuneConfig, examples: Sequence[TrainExample]) -> str:
     data_hash = content_hash([[e.input_ids, e.labels] for e in examples], 20)
     digest = content_hash({"v": VERSION, "model": fingerprint, "config": config.model_dump(mode="json"), "data": data_hash}, 20)

@@ -13,18 +13,12 @@ import torch
 
 from tiny_models import make_tiny_llama
 from syllabus.models.chat import encode_pair
+from syllabus.models.adapters import load_adapter, read_adapter_manifest
+from syllabus.pool.samples import load_samples
 from syllabus.store import Store
 from syllabus.training.config import FinetuneConfig
-from syllabus.training.data import IGNORE_INDEX, build_examples, collate, load_samples
-from syllabus.training.lora import (
-    accumulate_gradients,
-    finetune,
-    load_adapter,
-    make_lora_model,
-    read_adapter_manifest,
-    response_loss,
-    train_lora,
-)
+from syllabus.training.data import IGNORE_INDEX, build_examples, collate
+from syllabus.training.lora import accumulate_gradients, finetune, make_lora_model, response_loss, train_lora
 
 SAMPLES = [
     {"sample_id": f"s{i}", "instruction": q, "input": "", "output": a, "messages": None}
