@@ -41,16 +41,9 @@ import torch
 from syllabus.models.chat import encode_pair
 from syllabus.models.losses import token_nll_from_hidden
 from syllabus.models.engines import decoder_and_head
-from syllabus.scoring import gradients as gradients_module
-from syllabus.scoring.gradients import (
-    GradientsConfig,
-    KroneckerProjector,
-    LoraGradients,
-    ProjectionSettings,
-    Projector,
-    gradient_features,
-    vectors_column,
-)
+from syllabus.scoring.gradients import GradientsConfig, gradient_features, vectors_column
+from syllabus.scoring.lora_gradients import LoraGradients
+from syllabus.scoring.projection import KroneckerProjector, ProjectionSettings, Projector, clear_factor_cache
 from syllabus.store import Store
 
 # ../shared/data beside the project root, wherever the project is cloned
@@ -177,7 +170,7 @@ def main() -> None:
                 t_textbook = time.perf_counter() - t3
                 t2 = time.perf_counter()
             if kron:  # the same gradients, Kronecker factors regenerated per sample
-                gradients_module._FACTOR_CACHE.clear()
+                clear_factor_cache()
                 kp = KroneckerProjector(cfg.projection, cfg.lora.rank, lora.param_shapes(), device)
                 naive_vecs.append(kp.project(grads)[0].cpu().numpy())
                 t_kron += time.perf_counter() - t2
@@ -196,7 +189,7 @@ def main() -> None:
               f"(of which projecting, factors regenerated per sample: {t_kron / args.n_naive:.3f} s)")
 
     # -- ours
-    gradients_module._FACTOR_CACHE.clear()  # ours pays for generating its factors
+    clear_factor_cache()  # ours pays for generating its factors
     start = time.perf_counter()
     res = gradient_features(lm, samples, cfg, progress=False)
     ours = (time.perf_counter() - start) / len(samples)

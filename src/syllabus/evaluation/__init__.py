@@ -6,5 +6,6 @@
 - ``metrics``: accuracy with bootstrap intervals, BLEU-1/4, ROUGE (character level for Chinese);
 - ``judges``: local or OpenAI-compatible judges, pairwise win rate, clinical rubric;
 - ``decontamination``: exact and near-duplicate benchmark questions in a training pool;
+- ``heldout``: the validation items influence scoring holds out, which evaluation leaves out;
 - ``runner``: run benchmarks, commit per-item results; ``commands``: ``syllabus evaluate``.
 """

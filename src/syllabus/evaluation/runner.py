@@ -15,10 +15,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Collection, Literal, Mapping, Sequence
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from syllabus.evaluation import metrics as M
 from syllabus.evaluation.benchmarks import Benchmark, FieldMap, load_benchmark
@@ -44,10 +44,43 @@ class EvalConfig(BaseModel):
     limit: int | None = Field(None, ge=1)  # items per benchmark, a seeded random subset
     seed: int = 0
     bootstrap: int = Field(1000, ge=10)
-    # Leave out the built-in benchmark's items that influence scoring (DIQ, LESS) uses as its
-    # default validation set (``scoring.validation``): a method must not be scored on items
-    # it was selected for.
+    # A method must not be scored on the items it was selected for. ``exclude_ids``
+    # ({benchmark name: item ids}, e.g. a score manifest's ``validation_ids`` from the influence
+    # scorer that ran) leaves out exactly those items of the benchmarks so named; when it is
+    # not given, the items the default influence validation set holds out are left out
+    # (``evaluation.heldout.default_held_out_ids``), unless ``exclude_validation`` is false.
     exclude_validation: bool = True
+    exclude_ids: dict[str, tuple[str, ...]] | None = None
+
+    @field_validator("exclude_ids")
+    @classmethod
+    def _sorted_ids(cls, value: dict[str, tuple[str, ...]] | None) -> dict[str, tuple[str, ...]] | None:
+        # One spelling per set of ids, so the evaluation key does not depend on their order.
+        return None if value is None else {name: tuple(sorted(set(ids))) for name, ids in sorted(value.items())}
+
+    @model_validator(mode="after")
+    def _exclusion_is_on(self) -> "EvalConfig":
+        if self.exclude_ids is not None and not self.exclude_validation:
+            raise ValueError("exclude_ids was given with exclude_validation false; drop exclude_ids to evaluate on "
+                             "every item, or drop exclude_validation to leave those items out")
+        return self
+
+    def held_out(self, bench_names: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        """``{benchmark name: item ids}`` to leave out of the benchmarks ``bench_names``."""
+        if not self.exclude_validation:
+            return {}
+        if self.exclude_ids is not None:
+            return self.exclude_ids
+        from syllabus.evaluation.heldout import DEFAULT_BENCHMARK, default_held_out_ids
+
+        if DEFAULT_BENCHMARK not in bench_names:  # the default set is drawn from it alone: nothing to load
+            return {}
+        return {name: tuple(ids) for name, ids in default_held_out_ids().items()}
+
+    def key_dump(self) -> dict:
+        """The config as the evaluation key spells it: without ``exclude_ids`` when none are
+        given, so evaluations committed before the field existed keep their keys."""
+        return self.model_dump(mode="json", exclude={"exclude_ids"} if self.exclude_ids is None else None)
 
 
 @dataclass
@@ -79,17 +112,15 @@ def _accuracy_metrics(prefix: str, rows: Sequence[dict], key: str, config: EvalC
     return out
 
 
-def without_validation_items(bench: Benchmark) -> Benchmark:
-    """``bench`` less the items of the default influence validation set, when it is the
-    benchmark that set is drawn from."""
-    from syllabus.scoring.validation import DEFAULT_BENCHMARK, heldout_item_ids
-
-    if bench.name != DEFAULT_BENCHMARK:
-        return bench
-    held = heldout_item_ids()
+def without_items(bench: Benchmark, item_ids: Collection[str]) -> Benchmark:
+    """``bench`` less the items whose id is in ``item_ids`` (held out for influence scoring)."""
+    held = set(item_ids)
     kept = [it for it in bench.items if it.item_id not in held]
     if len(kept) < len(bench.items):
         log.info("%s: leaving out %d items held out as the influence validation set", bench.name, len(bench.items) - len(kept))
+    if not kept:
+        log.warning("%s: every item is held out as the influence validation set, so nothing is left to evaluate; "
+                    "validate on another benchmark or evaluate on one that was not held out", bench.name)
     return Benchmark(bench.name, bench.kind, kept)
 
 
@@ -97,9 +128,10 @@ def evaluate_benchmarks(engine: Any, benchmarks: Sequence[Benchmark], config: Ev
     """Score every benchmark with ``engine``; returns (per-item rows, flat metrics)."""
     rows: list[dict] = []
     metrics: dict = {}
+    held_out = config.held_out([b.name for b in benchmarks])
     for bench in benchmarks:
-        if config.exclude_validation:
-            bench = without_validation_items(bench)
+        if bench.name in held_out:
+            bench = without_items(bench, held_out[bench.name])
         bench = bench.limit(config.limit, seed=config.seed)
         start = time.perf_counter()
         if bench.kind == "mc":
@@ -182,21 +214,26 @@ def run_evaluation(
     device: str | None = None,
     progress: bool = True,
     on_progress: Callable[[int, int, str], None] | None = None,
+    exclude_ids: Mapping[str, Sequence[str]] | None = None,
 ) -> EvalResult:
     """Evaluate ``model_spec`` (a model string, or an already loaded ``LoadedModel``, plus an
     optional adapter) on the benchmarks and commit the results. ``on_progress(items done,
-    items, what)`` is called after every batch of each pass."""
+    items, what)`` is called after every batch of each pass. ``exclude_ids`` ({benchmark
+    name: item ids}, the influence scorer's ``held_out_ids()``) replaces ``config.exclude_ids``:
+    exactly those items are left out (see :class:`EvalConfig`)."""
     from syllabus.models.engines import TransformersEngine
     from syllabus.models.ref import fingerprint, resolve
 
     config = config or EvalConfig()
+    if exclude_ids is not None:
+        config = EvalConfig.model_validate({**config.model_dump(), "exclude_ids": dict(exclude_ids)})
     start = time.perf_counter()
     benches = [b if isinstance(b, Benchmark) else load_benchmark(b, fields) for b in bench_specs]
     key_parts = {
         "v": VERSION,
         "model": model_spec.fingerprint if hasattr(model_spec, "fingerprint") else fingerprint(resolve(model_spec)),
         "adapter": adapter_checksum(adapter_url),
-        "config": config.model_dump(mode="json"),
+        "config": config.key_dump(),
         "benchmarks": [[b.name, b.kind, content_hash([list(map(str, vars(i).values())) for i in b.items], 20)] for b in benches],
     }
     digest = content_hash(key_parts, 20)

@@ -14,10 +14,14 @@
 
 Without a warm-up there is one "checkpoint": the freshly initialised adapters (B = 0, so
 the gradient is a fixed random sketch of the full weight gradient; weight 1). With a warm-up
-(``warmup``), LoRA is trained on a seeded ``fraction`` of the pool for ``epochs`` epochs
-with the training module's step function, and the adapters and Adam moments at the end of
-every epoch are the checkpoints; ``influence_dot`` is then the learning-rate-weighted mean
-over checkpoints of the plain dot products.
+(``warmup``, :mod:`syllabus.scoring.warmup`), LoRA is trained on a seeded ``fraction`` of the
+pool for ``epochs`` epochs by the training module's loop, and the adapters and Adam moments at
+the end of every epoch are the checkpoints; ``influence_dot`` is then the
+learning-rate-weighted mean over checkpoints of the plain dot products.
+
+The validation items are benchmark items (:mod:`syllabus.evaluation.heldout`); the scorer
+reports which it held out (:meth:`InfluenceScorer.held_out_ids`) so evaluation leaves
+exactly those out.
 
 Streaming fan-in: a shard's features are computed, dotted with the validation summaries
 (a few k-vectors) and dropped; no step holds the gradients of more than one shard.
@@ -28,48 +32,24 @@ Columns: ``influence_dot``, ``influence_less``, ``influence_status``.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
 
 from syllabus import registry
+from syllabus.evaluation.heldout import ValidationConfig, held_out_ids, validation_samples
 from syllabus.scoring.base import Scorer, ScorerConfig
-from syllabus.scoring.gradients import GradientsConfig, LoraGradients, LoraSettings, gradient_features
-from syllabus.scoring.validation import (
-    ValidationConfig,
-    ValidationGradients,
-    normalise_rows,
-    samples_hash,
-    validation_gradients,
-    validation_samples,
-)
+from syllabus.scoring.gradients import GradientsConfig, gradient_features
+from syllabus.scoring.lora_gradients import LoraGradients
+from syllabus.scoring.validation import ValidationGradients, normalise_rows, samples_hash, validation_gradients
+from syllabus.scoring.warmup import Checkpoint, WarmupSettings, warmup_checkpoints, warmup_samples
 from syllabus.store import Store, content_hash
 
 log = logging.getLogger(__name__)
-
-WARMUP_VERSION = 1
-
-
-class WarmupSettings(ScorerConfig):
-    """LESS's warm-up (paper: 5% of the data, 4 epochs, lr 2e-5, linear decay, warmup 3%)."""
-
-    fraction: float = Field(0.05, gt=0, le=1)
-    epochs: int = Field(4, ge=1)
-    learning_rate: float = Field(2e-5, gt=0)
-    lr_scheduler: Literal["cosine", "linear", "constant"] = "linear"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    batch_size: int = Field(32, ge=1)
-    micro_batch_size: int = Field(4, ge=1)
-    max_grad_norm: float | None = 1.0
-    cutoff: int = 1024
-    seed: int = 0
 
 
 class InfluenceConfig(ScorerConfig):
@@ -77,118 +57,6 @@ class InfluenceConfig(ScorerConfig):
     validation: ValidationConfig = ValidationConfig()
     warmup: WarmupSettings | None = None
     adam_preconditioning: bool = True  # LESS's Gamma for training samples (only with a warm-up)
-
-
-@dataclass
-class Checkpoint:
-    epoch: int
-    weights: dict | None  # canonical LoRA name -> tensor; None = fresh init
-    moments: dict | None  # canonical name -> (exp_avg, exp_avg_sq)
-    lr: float
-    url: str | None = None
-
-
-# ------------------------------------------------------------------ warm-up
-def in_fraction(sample_id: str, fraction: float, seed: int) -> bool:
-    """A seeded, order-free coin per sample: the warm-up subset can be picked shard by shard."""
-    h = hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64 < fraction
-
-
-def warmup_samples(pool_manifest_url: str, fraction: float, seed: int) -> list[dict]:
-    from syllabus.pool.manifest import load_manifest, read_shard
-
-    out = []
-    for shard in load_manifest(pool_manifest_url)["shards"]:
-        for row in read_shard(shard).to_pylist():
-            if in_fraction(str(row["sample_id"]), fraction, seed):
-                out.append(row)
-    return out
-
-
-def _checkpoint_bytes(ck: Checkpoint) -> bytes:
-    import torch
-
-    buf = io.BytesIO()
-    torch.save({"epoch": ck.epoch, "weights": ck.weights, "moments": ck.moments, "lr": ck.lr}, buf)
-    return buf.getvalue()
-
-
-def read_checkpoint(url: str) -> dict:
-    """A committed warm-up checkpoint: ``{"epoch", "weights", "moments", "lr"}``."""
-    import torch
-
-    store, key = Store.open_url(url)
-    return torch.load(io.BytesIO(store.read_committed(key)), weights_only=True)
-
-
-def warmup_checkpoints(lm: Any, samples: list[dict], lora: LoraSettings, warm: WarmupSettings,
-                       store: Store | None = None, progress: bool = True) -> list[Checkpoint]:
-    """Train LoRA on ``samples`` and return a checkpoint (adapters, Adam moments, mean lr of
-    the epoch) at the end of every epoch. The step is the training module's (exact
-    gradient accumulation over micro-batches, response-only loss). Committed to ``store``
-    under a key of everything that changes them, and reused from there."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from syllabus.training.config import FinetuneConfig
-    from syllabus.training.data import build_examples
-    from syllabus.training.lora import _schedule, accumulate_gradients, training_order
-
-    tok = lm.tokenizer
-    examples, counts = build_examples(tok, samples, warm.cutoff)
-    if not examples:
-        raise ValueError(f"the warm-up has no usable samples ({len(samples)} picked, {counts}); raise warmup.fraction")
-    digest = content_hash({"v": WARMUP_VERSION, "model": lm.fingerprint, "lora": lora.model_dump(mode="json"),
-                           "warmup": warm.model_dump(mode="json"),
-                           "data": content_hash([[e.input_ids, e.labels] for e in examples], 20)}, 24)
-    keys = [f"influence/warmup/v{WARMUP_VERSION}/{digest}/checkpoint-{e + 1}.pt" for e in range(warm.epochs)]
-    if store is not None and all(store.is_committed(k) for k in keys):
-        log.info("warm-up: reusing %d committed checkpoints under %s", len(keys), store.url(keys[0]).rsplit("/", 1)[0])
-        return [Checkpoint(d["epoch"], d["weights"], d["moments"], d["lr"], store.url(k))
-                for k, d in ((k, read_checkpoint(store.url(k))) for k in keys)]
-    ft = FinetuneConfig(lora_rank=lora.rank, lora_alpha=lora.alpha, lora_dropout=0.0,
-                        target_modules=tuple(lora.target_modules), learning_rate=warm.learning_rate,
-                        lr_scheduler=warm.lr_scheduler, warmup_ratio=warm.warmup_ratio, epochs=warm.epochs,
-                        cutoff=warm.cutoff, batch_size=warm.batch_size, micro_batch_size=warm.micro_batch_size,
-                        max_grad_norm=warm.max_grad_norm, seed=warm.seed)
-    n = len(examples)
-    order = training_order(n, ft)
-    per_epoch = -(-n // warm.batch_size)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    out: list[Checkpoint] = []
-    torch.manual_seed(warm.seed)
-    with LoraGradients(lm.model, lora) as wrapped:
-        params = {f"{m.name}.lora_A": m.a.weight for m in wrapped.modules}
-        params.update({f"{m.name}.lora_B": m.b.weight for m in wrapped.modules})
-        opt = torch.optim.AdamW(list(params.values()), lr=warm.learning_rate, weight_decay=0.0)
-        sched = _schedule(opt, ft, per_epoch * warm.epochs)
-        device = next(wrapped.peft_model.parameters()).device
-        bar = tqdm(total=len(order), desc="warm-up", unit="sample", disable=not progress)
-        for epoch in range(warm.epochs):
-            epoch_order = order[epoch * n : (epoch + 1) * n]
-            lrs = []
-            for s0 in range(0, len(epoch_order), warm.batch_size):
-                step = [examples[i] for i in epoch_order[s0 : s0 + warm.batch_size]]
-                opt.zero_grad(set_to_none=True)
-                lrs.append(sched.get_last_lr()[0])
-                accumulate_gradients(wrapped.peft_model, step, warm.micro_batch_size, pad_id, device,
-                                     on_micro_batch=bar.update)
-                if warm.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(list(params.values()), warm.max_grad_norm)
-                opt.step()
-                sched.step()
-            moments = {name: (opt.state[p]["exp_avg"].detach().cpu().clone(),
-                              opt.state[p]["exp_avg_sq"].detach().cpu().clone()) for name, p in params.items()}
-            ck = Checkpoint(epoch + 1, wrapped.state(), moments, float(np.mean(lrs)))
-            if store is not None:
-                store.commit(keys[epoch], _checkpoint_bytes(ck), {"kind": "warmup_checkpoint", "epoch": ck.epoch,
-                                                                  "lr": ck.lr, "samples": n})
-                ck.url = store.url(keys[epoch])
-            out.append(ck)
-        bar.close()
-    log.info("warm-up: %d samples, %d epochs, mean lr per epoch %s", n, warm.epochs, [f"{c.lr:.2e}" for c in out])
-    return out
 
 
 def _weights_id(weights: dict | None) -> str | None:
@@ -231,6 +99,12 @@ class InfluenceScorer(Scorer):
         if self._validation is None:
             self._validation = validation_samples(self.config.validation)
         return self._validation
+
+    def held_out_ids(self) -> dict[str, list[str]]:
+        """``{benchmark name: item ids}`` of the benchmark items this scorer validates on: the
+        score manifest records them (``validation_ids``) and evaluation must leave them out
+        (``EvalConfig.exclude_ids``). Needs no model."""
+        return held_out_ids(self.config.validation)
 
     def key_parts(self, model_fingerprint: str, shard_hash: str) -> dict[str, Any]:
         """A validation file can change under the same path, and the warm-up depends on the

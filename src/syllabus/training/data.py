@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 from syllabus.models.chat import encode_pair
 from syllabus.pool.samples import load_samples
 
-__all__ = ["IGNORE_INDEX", "TrainExample", "build_examples", "collate", "load_samples"]
+__all__ = ["IGNORE_INDEX", "TrainExample", "build_examples", "collate", "load_samples", "pad_token_id"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,12 @@ def build_examples(tokenizer: Any, samples: Iterable[Any], cutoff: int) -> tuple
     if any(counts.values()):
         log.info("training examples: %d kept; %s", len(examples), counts)
     return examples, counts
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id padding is written with: the tokenizer's pad token, else its end-of-sequence token
+    (padded positions are masked out of attention and loss, so which id does not matter)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
 
 def collate(examples: Sequence[TrainExample], pad_token_id: int):

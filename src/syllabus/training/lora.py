@@ -7,6 +7,10 @@ step's token count``, so the gradient equals that of one big batch whatever the 
 size. Per-token NLL comes from the shared :func:`syllabus.models.losses.token_nll`.
 Lower loss is better.
 
+The optimizer loop (:func:`train_steps`: AdamW, the learning-rate schedule, exact gradient
+accumulation, clipping) is the one both fine-tuning and LESS's warm-up
+(:mod:`syllabus.scoring.warmup`) drive.
+
 The adapter (peft's ``adapter_config.json`` and ``adapter_model.safetensors`` plus a
 ``training.json`` manifest, :mod:`syllabus.models.adapters`) is committed to the store as one
 deterministic tar under a key made of everything that changes it: base model fingerprint,
@@ -28,7 +32,7 @@ from tqdm.auto import tqdm
 from syllabus.models.adapters import read_adapter_manifest, save_adapter
 from syllabus.store import Store, content_hash
 from syllabus.training.config import FinetuneConfig
-from syllabus.training.data import IGNORE_INDEX, TrainExample, build_examples, collate
+from syllabus.training.data import IGNORE_INDEX, TrainExample, build_examples, collate, pad_token_id
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +104,9 @@ def make_lora_model(model: Any, config: FinetuneConfig):
     return get_peft_model(model, lora)
 
 
-def _schedule(optimizer: Any, config: FinetuneConfig, total_steps: int):
+def lr_schedule(optimizer: Any, config: FinetuneConfig, total_steps: int):
+    """The learning-rate schedule of ``config`` (linear warm-up over ``warmup_ratio`` of the
+    steps, then cosine, linear or constant) for ``total_steps`` optimizer steps."""
     from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
     warmup = math.ceil(config.warmup_ratio * total_steps)
@@ -159,6 +165,55 @@ def accumulate_gradients(
     return step_nll
 
 
+@dataclass(frozen=True)
+class StepResult:
+    """One optimizer step of :func:`train_steps`."""
+
+    index: int  # 0-based
+    lr: float  # the learning rate the step used
+    nll_sum: float  # response-token NLL summed over the step's samples
+    n_targets: int  # response tokens in the step
+    samples: int
+
+    @property
+    def loss(self) -> float:
+        return self.nll_sum / self.n_targets
+
+
+def train_steps(
+    model: Any, params: Sequence[Any], steps: Sequence[Sequence[TrainExample]], config: FinetuneConfig, pad_id: int,
+    on_micro_batch: Callable[[int], Any] | None = None, on_step: Callable[[StepResult, Any], None] | None = None,
+) -> list[StepResult]:
+    """The LoRA training loop that fine-tuning and the LESS warm-up both drive.
+
+    AdamW on ``params`` (``config``'s learning rate and weight decay) under ``config``'s
+    schedule over ``len(steps)`` optimizer steps; every step accumulates its loss exactly over
+    micro-batches (:func:`accumulate_gradients`, ``micro_batch_size`` and
+    ``max_micro_batch_tokens``) and clips the gradient norm to ``max_grad_norm``. ``model``
+    keeps the train/eval mode its caller set. ``on_step(result, optimizer)`` is called after
+    every step (the optimizer holds the Adam moments a checkpoint keeps)."""
+    import torch
+
+    params = list(params)
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = lr_schedule(optimizer, config, len(steps))
+    results: list[StepResult] = []
+    for index, step in enumerate(steps):
+        optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        nll = accumulate_gradients(model, step, config.micro_batch_size, pad_id, device,
+                                   on_micro_batch=on_micro_batch, max_tokens=config.max_micro_batch_tokens)
+        if config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        results.append(StepResult(index, lr, nll, sum(e.n_targets for e in step), len(step)))
+        if on_step is not None:
+            on_step(results[-1], optimizer)
+    return results
+
+
 # Called after every optimiser step with (samples done, samples in all, last step's loss).
 ProgressCallback = Callable[[int, int, float], None]
 
@@ -178,48 +233,38 @@ def train_lora(
         raise ValueError("no training examples: every sample was too long or had an empty response")
     torch.manual_seed(config.seed)
     peft_model = make_lora_model(model, config)
-    device = next(peft_model.parameters()).device
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     order = training_order(len(examples), config)
-    steps = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-    scheduler = _schedule(optimizer, config, len(steps))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    # Steps run across epoch boundaries: a fractional epoch count ends mid-epoch.
+    steps = [[examples[i] for i in order[s : s + config.batch_size]] for s in range(0, len(order), config.batch_size)]
 
     peft_model.train()
-    losses: list[float] = []
-    nll_sum, token_sum = 0.0, 0
     bar = tqdm(total=len(order), desc="finetune", unit="sample", disable=not progress)
     started, done, next_log = time.perf_counter(), 0, 0.1
-    for step_indices in steps:
-        step_examples = [examples[i] for i in step_indices]
-        n_targets = sum(e.n_targets for e in step_examples)
-        optimizer.zero_grad(set_to_none=True)
-        step_nll = accumulate_gradients(peft_model, step_examples, config.micro_batch_size, pad_id, device,
-                                        on_micro_batch=bar.update, max_tokens=config.max_micro_batch_tokens)
-        if config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        losses.append(step_nll / n_targets)
-        nll_sum += step_nll
-        token_sum += n_targets
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        done += len(step_indices)
+
+    def report(step: StepResult, _optimizer: Any) -> None:
+        nonlocal done, next_log
+        bar.set_postfix(loss=f"{step.loss:.4f}", lr=f"{step.lr:.2e}")
+        done += step.samples
         if on_progress is not None:
-            on_progress(done, len(order), losses[-1])
+            on_progress(done, len(order), step.loss)
         if done >= next_log * len(order):
             elapsed = time.perf_counter() - started
             log.info("finetune: %d/%d samples seen (%d%%), step %d/%d, loss %.4f, %.0f s elapsed, about %.0f s left",
-                     done, len(order), 100 * done // len(order), len(losses), len(steps), losses[-1], elapsed,
+                     done, len(order), 100 * done // len(order), step.index + 1, len(steps), step.loss, elapsed,
                      elapsed * (len(order) - done) / done)
             next_log = math.floor(10 * done / len(order) + 1) / 10
+
+    results = train_steps(peft_model, params, steps, config, pad_token_id(tokenizer), on_micro_batch=bar.update,
+                          on_step=report)
     bar.close()
     peft_model.eval()
+    losses = [r.loss for r in results]
+    token_sum = sum(r.n_targets for r in results)
     return peft_model, {
         "losses": losses,
         "train_loss": losses[-1],
-        "train_loss_mean": nll_sum / token_sum,
+        "train_loss_mean": sum(r.nll_sum for r in results) / token_sum,
         "steps": len(steps),
         "samples_seen": len(order),
         "tokens": token_sum,

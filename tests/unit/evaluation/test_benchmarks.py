@@ -106,15 +106,3 @@ def test_split_validation_is_disjoint_per_subject_and_seeded():
     assert {i.subject for i in val.items} == set(MMLU_MEDICAL_SUBSETS)
     again, _ = bench.split_validation(per_subject=5, seed=2)
     assert [i.item_id for i in again.items] == [i.item_id for i in val.items]
-
-
-def test_evaluation_leaves_out_the_influence_validation_items():
-    from syllabus.evaluation.benchmarks import load_benchmark
-    from syllabus.evaluation.runner import without_validation_items
-    from syllabus.scoring.validation import heldout_item_ids
-
-    bench = load_benchmark("mmlu-medical")
-    held = heldout_item_ids()
-    kept = without_validation_items(bench)
-    assert held and not held & {it.item_id for it in kept.items}
-    assert len(kept.items) == sum(it.item_id not in held for it in bench.items)

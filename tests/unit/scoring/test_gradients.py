@@ -17,21 +17,9 @@ import torch
 from syllabus.models.chat import encode_pair
 from syllabus.models.loading import LoadedModel
 from syllabus.models.losses import token_nll
-from syllabus.scoring.gradients import (
-    GradientsConfig,
-    GradientsScorer,
-    KroneckerProjector,
-    LoraGradients,
-    LoraSettings,
-    ProjectionSettings,
-    Projector,
-    adam_precondition,
-    gradient_features,
-    kronecker_factor,
-    projection_block,
-    vectors_column,
-    vectors_of,
-)
+from syllabus.scoring.gradients import GradientsConfig, GradientsScorer, gradient_features, vectors_column, vectors_of
+from syllabus.scoring.lora_gradients import LoraGradients, LoraSettings, adam_precondition
+from syllabus.scoring.projection import KroneckerProjector, ProjectionSettings, Projector, kronecker_factor, projection_block
 from syllabus.store import Store
 
 SAMPLES = [
@@ -119,7 +107,7 @@ def test_adam_preconditioning_formula():
 
 _CHILD = """
 import json, sys, numpy as np, torch
-from syllabus.scoring.gradients import ProjectionSettings, Projector, projection_block
+from syllabus.scoring.projection import ProjectionSettings, Projector, projection_block
 s = ProjectionSettings(**json.loads(sys.argv[1]))
 block = projection_block(s, "layers.0.self_attn.q_proj.lora_B", 1, 40).numpy()
 x = torch.from_numpy(np.arange(3 * 300, dtype=np.float32).reshape(3, 300) / 300.0)
@@ -298,7 +286,7 @@ def test_kronecker_in_hooks_equals_projecting_one_backward_each(tiny_llama, smol
 
 _KRON_CHILD = """
 import json, sys, numpy as np, torch
-from syllabus.scoring.gradients import KroneckerProjector, ProjectionSettings, kronecker_factor
+from syllabus.scoring.projection import KroneckerProjector, ProjectionSettings, kronecker_factor
 s = ProjectionSettings(**json.loads(sys.argv[1]))
 f = kronecker_factor(s, "layers.0.self_attn.q_proj.lora_B", 50, 16).numpy()
 x = torch.from_numpy(np.arange(3 * 300, dtype=np.float32).reshape(3, 300) / 300.0)

@@ -16,15 +16,11 @@ from test_gradients import SAMPLES, _lm, _one_backward_per_sample
 
 from syllabus.evaluation.benchmarks import load_benchmark
 from syllabus.models.chat import encode_pair
-from syllabus.scoring.gradients import GradientsConfig, LoraGradients, LoraSettings, ProjectionSettings
-from syllabus.scoring.influence import InfluenceScorer, WarmupSettings, in_fraction
-from syllabus.scoring.validation import (
-    ValidationConfig,
-    heldout_item_ids,
-    item_sample,
-    summarise,
-    validation_samples,
-)
+from syllabus.evaluation.heldout import ValidationConfig, held_out_ids, item_sample, validation_samples
+from syllabus.scoring.influence import InfluenceScorer
+from syllabus.scoring.lora_gradients import LoraGradients, LoraSettings
+from syllabus.scoring.validation import summarise
+from syllabus.scoring.warmup import in_fraction
 from syllabus.store import Store
 
 VAL_ITEMS = [
@@ -65,7 +61,7 @@ def test_default_validation_is_a_held_out_seeded_mmlu_split():
     assert ids.isdisjoint({it.item_id for it in rest.items})
     assert len(val) + len(rest) <= len(bench) and {it.item_id for it in bench.items} == ids | {it.item_id for it in rest.items}
     assert all(it.answer in range(4) for it in val.items)  # the header rows (answer "answer") are gone
-    assert heldout_item_ids(ValidationConfig(per_task=5)) == ids
+    assert held_out_ids(ValidationConfig(per_task=5)) == {"mmlu-medical": sorted(ids)}
     assert {it.item_id for it in bench.split_validation(5, seed=1)[0].items} != ids
     vs = validation_samples(ValidationConfig(per_task=5))
     assert [v["sample_id"] for v in vs] == [f"val-{it.item_id}" for it in val.items]
