@@ -67,7 +67,8 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; values as JSON text, cut to MLflow's limit."""
     out: dict[str, str] = {}
     for key, value in scrub(dict(params)).items():
-        name = f"{prefix}{key}"
+        # MLflow refuses other characters in a name (a scorer instance such as influence@less)
+        name = re.sub(r"[^A-Za-z0-9_\-./ :]", "_", f"{prefix}{key}")
         if isinstance(value, Mapping) and value:
             out.update(flatten(value, f"{name}."))
         else:
