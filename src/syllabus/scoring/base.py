@@ -42,10 +42,6 @@ class ScorerConfig(BaseModel):
         return self
 
 
-class SampleError(Exception):
-    """A failure that belongs to one sample; it becomes that sample's status."""
-
-
 class ShardSettingError(ValueError):
     """Every sample of a shard failed the same way: a setting, not the data, is at fault."""
 
@@ -122,10 +118,6 @@ class Scorer:
         (name, version, full config, model fingerprint, shard content hash)."""
         digest = content_hash(self.key_parts(model_fingerprint, shard_hash), length=24)
         return f"{SCORES_PREFIX}/{self.name}/v{self.version}/{digest}.parquet"
-
-
-def rows_of(table: pa.Table) -> list[dict[str, Any]]:
-    return table.to_pylist()
 
 
 def status_counts(statuses: Sequence[str]) -> tuple[int, int]:
