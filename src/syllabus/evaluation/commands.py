@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check-pool", nargs="+", default=[], metavar="POOL",
                    help="report pool samples (pool manifest.json URLs or pool/selection files) whose question matches a "
                    "benchmark item exactly or nearly; enforce with `syllabus finetune --exclude-bench`")
+    p.add_argument("--held-out-from", default=None, metavar="SCORE_MANIFEST_URL",
+                   help="leave out the benchmark items an influence scorer validated on (the score manifest's "
+                   "validation_ids, from `syllabus score --json`) instead of the default validation set's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--store", default=None, help="store URL (default: $SYLLABUS_STORE or ./syllabus-store)")
     p.add_argument("--force", action="store_true", help="recompute even when the results are committed")
@@ -67,12 +70,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def held_out_ids_of(manifest_url: str) -> dict[str, list[str]]:
+    """The ``validation_ids`` a committed score manifest records (an influence scorer's)."""
+    store, key = Store.open_url(manifest_url)
+    manifest = json.loads(store.read_committed(key))
+    if "validation_ids" not in manifest:
+        raise ValueError(f"score manifest {manifest_url} records no validation_ids (scorer {manifest.get('scorer')!r}); "
+                         "give the manifest of an influence scorer, or drop --held-out-from to leave out the default "
+                         "validation set")
+    return manifest["validation_ids"]
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     methods = ("cloze", "letter") if args.mc == "both" else (args.mc,)
     config = EvalConfig(mc_methods=methods, mc=MCConfig(normalisation=args.norm), generate=not args.no_generate,
                         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit, seed=args.seed)
+    # Without --held-out-from, the default influence validation set is left out (EvalConfig).
+    exclude = held_out_ids_of(args.held_out_from) if args.held_out_from else None
     result = run_evaluation(args.model, args.bench, Store(args.store), adapter_url=args.adapter, config=config,
-                            fields=_fields(args.field), force=args.force)
+                            fields=_fields(args.field), force=args.force, exclude_ids=exclude)
     out = result.to_json()
     if args.rubric or args.compare:
         if not args.judge:

@@ -3,6 +3,7 @@ the scorer's own ids (any per_task and seed), exactly those; given none, the def
 
 from __future__ import annotations
 
+import json
 import uuid
 from types import SimpleNamespace
 
@@ -77,3 +78,16 @@ def test_without_items_and_a_validation_file(tmp_path):
     path.write_text('{"question": "Q1?", "options": ["a", "b"], "answer": "A", "id": "q1"}\n'
                     '{"question": "Q2?", "options": ["a", "b"], "answer": "B", "id": "q2"}\n')
     assert held_out_ids(ValidationConfig(source=str(path))) == {load_benchmark(str(path)).name: ["q1", "q2"]}
+
+
+def test_held_out_ids_from_a_score_manifest():
+    from syllabus.evaluation.commands import held_out_ids_of
+
+    store = Store(f"memory://manifest-{uuid.uuid4().hex[:8]}")
+    ids = InfluenceScorer(validation={"per_task": 2, "seed": 1}).held_out_ids()
+    store.commit("scores/manifests/influence.json", json.dumps({"scorer": "influence", "validation_ids": ids}).encode(),
+                 {"scorer": "influence"})
+    assert held_out_ids_of(store.url("scores/manifests/influence.json")) == ids
+    store.commit("scores/manifests/ifd.json", json.dumps({"scorer": "ifd"}).encode(), {"scorer": "ifd"})
+    with pytest.raises(ValueError, match="records no validation_ids"):
+        held_out_ids_of(store.url("scores/manifests/ifd.json"))
