@@ -197,8 +197,9 @@ class KroneckerProjector:
     (needed only when B != 0, e.g. after a warm-up) another ``512 x 30 x 3 x 576 x 4`` = 106.2 MB,
     165.2 MB in all (a dense matrix for the 645k LoRA parameters: 10.6 GB).
 
-    Per-sample gradients need never be stored: :meth:`LoraGradients.per_sample_projected`
-    projects each module's gradients inside the backward hooks (:meth:`project_outer`)."""
+    Per-sample gradients need never be stored:
+    :meth:`syllabus.scoring.lora_gradients.LoraGradients.per_sample_projected` projects each
+    module's gradients inside the backward hooks (:meth:`project_outer`)."""
 
     def __init__(self, settings: ProjectionSettings, rank: int, shapes: Mapping[str, Sequence[int]] | None = None,
                  device: Any = "cpu"):
