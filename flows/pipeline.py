@@ -21,7 +21,7 @@ from syllabus_flows.score import score_with_workers
 from syllabus.pipeline.config import PipelineParams
 from syllabus.pipeline.report import results_markdown, results_table
 from syllabus.scoring.timing import stage_metrics
-from syllabus.pipeline.stages import export_subset
+from syllabus.pipeline.stages import evaluation_config, export_subset
 from syllabus.tracking.lineage import Lineage
 from syllabus.tracking.notes import describe_arm, describe_pipeline
 from syllabus_tasks.stages import evaluate_task, finetune_task, ingest_task, select_task
@@ -103,7 +103,7 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
         if manifests:
             lineage.log_params({"model_fingerprint": next(iter(manifests.values()))["model_fingerprint"]})
 
-        eval_config = params.eval.model_dump(mode="json")
+        eval_config = evaluation_config(params.eval, manifests)  # leaves out what influence scoring validated on
         rows: list[dict[str, Any]] = []
         if params.evaluate_base:
             t0 = time.perf_counter()
@@ -146,7 +146,7 @@ def _run_arm(params: PipelineParams, arm: dict[str, Any], method_scorers: list[s
     scores = [manifests[s]["url"] for s in method_scorers if s in manifests]
     lineage.log_params({"method": method, "arm": arm["name"], "budget": budget, "seed": arm["seed"], "model": params.model,
                         "scorers": {s: scorers[s] for s in method_scorers}, "selector_overrides": arm["overrides"],
-                        "finetune": params.finetune.model_dump(mode="json"), "eval": params.eval.model_dump(mode="json"),
+                        "finetune": params.finetune.model_dump(mode="json"), "eval": eval_config,
                         "score_manifests": scores})
     sel, row["error"] = _result_or_error(select_task.submit(
         method, scores, budget, params.store, arm["seed"], arm["overrides"], ingest["manifest"]))

@@ -144,6 +144,22 @@ def finetune(selected_url: str, model: str, config: Mapping[str, Any], store_url
     return out
 
 
+def evaluation_config(config: Any, manifests: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The evaluation settings of a run as JSON: ``config`` (an EvalConfig) with the benchmark
+    items every scorer of the run held out for validation (the score manifests'
+    ``validation_ids``, e.g. DIQ's and LESS's influence) added to ``exclude_ids``, so that no
+    arm is evaluated on an item a method was selected for. Without such a scorer the settings
+    are unchanged (the default validation set is left out, as before)."""
+    out = config.model_dump(mode="json")
+    held_out: dict[str, set[str]] = {name: set(ids) for name, ids in (out.get("exclude_ids") or {}).items()}
+    for manifest in manifests.values():
+        for name, ids in (manifest.get("validation_ids") or {}).items():
+            held_out.setdefault(name, set()).update(ids)
+    if held_out and out.get("exclude_validation", True):
+        out["exclude_ids"] = {name: sorted(ids) for name, ids in sorted(held_out.items())}
+    return out
+
+
 def evaluate(
     model: str,
     adapter_url: str | None,
