@@ -27,6 +27,15 @@ def tiny_llama(smol_tokenizer):
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smol_tokenizer, tiny_llama):
+    """A 2-layer random Llama with the SmolLM2 tokenizer, saved as a Hugging Face directory."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_llama.save_pretrained(path)
+    smol_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 endpoint: moto's server on 127.0.0.1 (a free port), stopped after the session.
 

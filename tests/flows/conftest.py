@@ -1,5 +1,5 @@
-"""Flow tier: Prefect's test harness (a temporary local server), a tiny model saved to disk,
-and the fault-injection scorer registered under the name ``fault``."""
+"""Flow tier: Prefect's test harness (a temporary local server) and the fault-injection
+scorer registered under the name ``fault`` (the tiny model directory is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -25,12 +25,3 @@ def fault_scorer_registered():
 
     registry.register("scorer", "fault", "fault_scorer:FaultScorer")  # tests/flows is on sys.path
     yield
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, smol_tokenizer, tiny_llama):
-    """A 2-layer random Llama with the SmolLM2 tokenizer, saved as a Hugging Face directory."""
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_llama.save_pretrained(path)
-    smol_tokenizer.save_pretrained(path)
-    return str(path)

@@ -7,25 +7,14 @@ import math
 import pyarrow as pa
 import pytest
 import torch
+from scoring_helpers import SAMPLES, loaded_tiny_model
 from tiny_models import make_tiny_llama
 from syllabus.scoring.reference import d1_plain, embedding_plain, greedy_plain, wd_plain
 
 from syllabus.models.attention import LastLayerCapture, token_importance
 from syllabus.models.chat import encode_pair, encode_prompt
 from syllabus.models.engines import TransformersEngine, eos_ids
-from syllabus.models.loading import LoadedModel
 from syllabus.scoring.difficulty import DifficultyConfig, DifficultyScorer, is_content_text
-
-SAMPLES = [
-    {"sample_id": "a", "instruction": "What is anemia?", "input": "", "output": "A lack of healthy red blood cells.",
-     "messages": None},
-    {"sample_id": "b", "instruction": "List two symptoms of flu and explain each briefly.", "input": "Adult patient.",
-     "output": "Fever: the body raises its temperature. Cough: irritation of the airways, often dry.",
-     "messages": None},
-    {"sample_id": "c", "instruction": "Define BMI.", "input": "",
-     "output": "Body mass index: weight in kilograms divided by height in metres squared.", "messages": None},
-]
-
 
 @pytest.fixture(scope="module")
 def eager_twin(tiny_llama, smol_tokenizer):
@@ -33,11 +22,6 @@ def eager_twin(tiny_llama, smol_tokenizer):
     twin = make_tiny_llama(len(smol_tokenizer), attn_implementation="eager")
     twin.load_state_dict(tiny_llama.state_dict())
     return twin.eval()
-
-
-def _lm(model, tok):
-    return LoadedModel(ref=None, model=model, tokenizer=tok, fingerprint="sha256:tiny", device="cpu",
-                       dtype=torch.float32)
 
 
 def test_is_content_text():
@@ -78,7 +62,7 @@ def test_batched_generation_equals_one_at_a_time(tiny_llama, smol_tokenizer):
 def test_scorer_matches_plain_definitions(tiny_llama, eager_twin, smol_tokenizer):
     tok = smol_tokenizer
     scorer = DifficultyScorer(DifficultyConfig(max_new_tokens=6, batch_size=3))
-    out = scorer.score(pa.Table.from_pylist(SAMPLES), _lm(tiny_llama, tok))
+    out = scorer.score(pa.Table.from_pylist(SAMPLES), loaded_tiny_model(tiny_llama, tok))
     assert out.column_names == ["sample_id"] + scorer.columns()
     rows = out.to_pylist()
     for s, r in zip(SAMPLES, rows):
@@ -98,7 +82,7 @@ def test_bad_and_too_long_samples_get_a_status(tiny_llama, smol_tokenizer):
     bad = dict(SAMPLES[0], sample_id="bad", messages=[{"role": "user"}])  # no content: encoding fails
     long = dict(SAMPLES[1], sample_id="long", instruction="word " * 80)
     scorer = DifficultyScorer(max_new_tokens=4, cutoff=60)
-    out = scorer.score(pa.Table.from_pylist([SAMPLES[0], bad, long]), _lm(tiny_llama, smol_tokenizer)).to_pylist()
+    out = scorer.score(pa.Table.from_pylist([SAMPLES[0], bad, long]), loaded_tiny_model(tiny_llama, smol_tokenizer)).to_pylist()
     assert out[0]["difficulty_status"] == "ok"
     assert out[1]["difficulty_status"].startswith("error: ")
     assert out[2]["difficulty_status"] == "too_long" and out[2]["difficulty_d1"] != out[2]["difficulty_d1"]

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
-from test_difficulty import SAMPLES, _lm
+from scoring_helpers import SAMPLES, loaded_tiny_model
 from tiny_models import make_tiny_llama
 
 from syllabus.models.chat import end_of_turn_text, render_prompt
@@ -111,7 +111,7 @@ def _punctuation_stop_words(tok, sample, response):
 
 def _score(tiny_llama, tok, samples, **config):
     scorer = DifficultyScorer(DifficultyConfig(max_new_tokens=6, batch_size=3, **config))
-    rows = scorer.score(pa.Table.from_pylist(samples), _lm(tiny_llama, tok)).to_pylist()
+    rows = scorer.score(pa.Table.from_pylist(samples), loaded_tiny_model(tiny_llama, tok)).to_pylist()
     assert all(r["difficulty_status"] == "ok" for r in rows), [r["difficulty_status"] for r in rows]
     return scorer, rows
 

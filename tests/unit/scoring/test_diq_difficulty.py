@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from test_gradients import SAMPLES, _lm
+from scoring_helpers import GRADIENT_SAMPLES as SAMPLES
+from scoring_helpers import loaded_tiny_model
 
 from syllabus.models.chat import has_chat_template, instruction_text
 from syllabus.scoring.diq_difficulty import (
@@ -26,7 +27,7 @@ from syllabus.scoring.diq_difficulty import DIQDifficultyConfig
 def test_judge_expected_digit_matches_plain_reading(tiny_llama, smol_tokenizer):
     tok = smol_tokenizer
     cfg = DIQDifficultyConfig(perspective="knowledge", batch_size=3)
-    out = DIQDifficultyScorer(cfg).score(pa.Table.from_pylist(SAMPLES), _lm(tiny_llama, tok)).to_pylist()
+    out = DIQDifficultyScorer(cfg).score(pa.Table.from_pylist(SAMPLES), loaded_tiny_model(tiny_llama, tok)).to_pylist()
     digits = digit_token_ids(tok)
     for s, r in zip(SAMPLES, out):
         prompt = rating_prompt(tok, s, cfg)
@@ -51,7 +52,7 @@ def test_perspective_changes_the_prompt(smol_tokenizer):
 
 
 def test_judge_too_long(tiny_llama, smol_tokenizer):
-    out = DIQDifficultyScorer(cutoff=16).score(pa.Table.from_pylist(SAMPLES[:2]), _lm(tiny_llama, smol_tokenizer))
+    out = DIQDifficultyScorer(cutoff=16).score(pa.Table.from_pylist(SAMPLES[:2]), loaded_tiny_model(tiny_llama, smol_tokenizer))
     assert out.column("diq_difficulty_status").to_pylist() == ["too_long", "too_long"]
 
 

@@ -13,49 +13,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from scoring_helpers import GRADIENT_SAMPLES as SAMPLES
+from scoring_helpers import loaded_tiny_model, one_backward_per_sample
 
 from syllabus.models.chat import encode_pair
-from syllabus.models.loading import LoadedModel
-from syllabus.models.losses import token_nll
 from syllabus.scoring.gradients import GradientsConfig, GradientsScorer, gradient_features, vectors_column, vectors_of
 from syllabus.scoring.lora_gradients import LoraGradients, LoraSettings, adam_precondition
 from syllabus.scoring.projection import KroneckerProjector, ProjectionSettings, Projector, kronecker_factor, projection_block
 from syllabus.store import Store
-
-SAMPLES = [
-    {"sample_id": "a", "instruction": "What is anemia?", "input": "", "output": "A lack of healthy red blood cells.",
-     "messages": None},
-    {"sample_id": "b", "instruction": "List two symptoms of flu and explain each briefly.", "input": "Adult patient.",
-     "output": "Fever: the body raises its temperature. Cough: irritation of the airways, often dry.",
-     "messages": None},
-    {"sample_id": "c", "instruction": "Define BMI.", "input": "",
-     "output": "Body mass index: weight in kilograms divided by height in metres squared.", "messages": None},
-    {"sample_id": "d", "instruction": "Is aspirin an NSAID?", "input": "", "output": "Yes.", "messages": None},
-]
-
-
-def _lm(model, tok):
-    return LoadedModel(ref=None, model=model, tokenizer=tok, fingerprint="sha256:tiny", device="cpu",
-                       dtype=torch.float32)
-
-
-def _one_backward_per_sample(lora: LoraGradients, seq: list[int], prompt_len: int) -> dict[str, torch.Tensor]:
-    """The plain definition: the sample alone, mean response NLL from full logits, .grad."""
-    for p in lora.peft_model.parameters():
-        p.grad = None
-    ids = torch.tensor([seq])
-    with torch.enable_grad():
-        logits = lora.peft_model(input_ids=ids).logits
-        nll = token_nll(logits, ids)[0, prompt_len:]
-        nll.mean().backward()
-    out = {}
-    for m in lora.modules:
-        out[f"{m.name}.lora_A"] = m.a.weight.grad.detach().clone().reshape(-1)
-        out[f"{m.name}.lora_B"] = m.b.weight.grad.detach().clone().reshape(-1)
-    for p in lora.peft_model.parameters():
-        p.grad = None
-    return out
-
 
 @pytest.mark.parametrize("random_b", [False, True])
 def test_batched_per_sample_gradients_equal_one_backward_each(tiny_llama, smol_tokenizer, random_b):
@@ -71,7 +36,7 @@ def test_batched_per_sample_gradients_equal_one_backward_each(tiny_llama, smol_t
                                                 tok.pad_token_id)
         assert (f"{lora.modules[0].name}.lora_A" in grads) == random_b
         for i, e in enumerate(encs):
-            want = _one_backward_per_sample(lora, e.input_ids, e.prompt_len)
+            want = one_backward_per_sample(lora, e.input_ids, e.prompt_len)
             assert counts[i] == len(e.input_ids) - e.prompt_len
             for name, w in want.items():
                 got = grads[name][i] if name in grads else torch.zeros_like(w)
@@ -207,7 +172,7 @@ def test_scorer_features_and_statuses(tiny_llama, smol_tokenizer):
     rows = SAMPLES + [{"sample_id": "long", "instruction": "word " * 200, "input": "", "output": "x", "messages": None}]
     table = pa.Table.from_pylist(rows)
     scorer = GradientsScorer(cfg.model_copy(update={"cutoff": 64}))
-    out = scorer.score(table, _lm(tiny_llama, smol_tokenizer))
+    out = scorer.score(table, loaded_tiny_model(tiny_llama, smol_tokenizer))
     st = out.column("gradients_status").to_pylist()
     assert st == ["ok", "ok", "ok", "ok", "too_long"]
     vec = vectors_of(out)
@@ -216,7 +181,7 @@ def test_scorer_features_and_statuses(tiny_llama, smol_tokenizer):
     with LoraGradients(tiny_llama, cfg.lora) as lora:
         for i, s in enumerate(SAMPLES):
             e = encode_pair(smol_tokenizer, s, cutoff=64)
-            want = _one_backward_per_sample(lora, e.input_ids, e.prompt_len)
+            want = one_backward_per_sample(lora, e.input_ids, e.prompt_len)
             proj = Projector(cfg.projection).project({k: w[None] for k, w in want.items()})[0].numpy()
             assert np.allclose(vec[i], proj, rtol=2e-2, atol=2e-3 * np.abs(proj).max())
             assert math.isclose(out.column("gradients_tokens")[i].as_py(), len(e.input_ids) - e.prompt_len)
@@ -275,7 +240,7 @@ def test_kronecker_in_hooks_equals_projecting_one_backward_each(tiny_llama, smol
         # Projecting the stored batched gradients the plain way gives the same.
         assert torch.allclose(proj.project(grads), vecs, rtol=1e-4, atol=1e-5 * float(vecs.abs().max()))
         for i, e in enumerate(encs):
-            want = _one_backward_per_sample(lora, e.input_ids, e.prompt_len)
+            want = one_backward_per_sample(lora, e.input_ids, e.prompt_len)
             assert any(n.endswith("lora_A") and float(w.abs().max()) > 0 for n, w in want.items()) == random_b
             ref = _kron_plain(s, rank, want, shapes)
             assert ref.abs().max() > 0
@@ -359,7 +324,7 @@ def test_kronecker_features_plain_and_preconditioned(tiny_llama, smol_tokenizer)
     rank = 2
     cfg = GradientsConfig(lora=LoraSettings(rank=rank), projection=ProjectionSettings(kind="kronecker", dim=64),
                           batch_size=2, projection_group=3, cutoff=64)
-    lm = _lm(tiny_llama, smol_tokenizer)
+    lm = loaded_tiny_model(tiny_llama, smol_tokenizer)
     res = gradient_features(lm, SAMPLES, cfg, progress=False)
     assert res.status == ["ok"] * 4 and res.vectors.shape == (4, 64) and np.isfinite(res.vectors).all()
     with LoraGradients(tiny_llama, cfg.lora) as lora:
@@ -369,7 +334,7 @@ def test_kronecker_features_plain_and_preconditioned(tiny_llama, smol_tokenizer)
         proj = KroneckerProjector(cfg.projection, rank, shapes)
         for i, smp in enumerate(SAMPLES):
             e = encode_pair(smol_tokenizer, smp, cutoff=64)
-            want = _one_backward_per_sample(lora, e.input_ids, e.prompt_len)
+            want = one_backward_per_sample(lora, e.input_ids, e.prompt_len)
             ref = proj.project({k: w[None] for k, w in want.items()})[0].numpy()
             assert np.allclose(res.vectors[i], ref, rtol=1e-3, atol=1e-4 * np.abs(ref).max())
             assert np.allclose(pre.plain[i], ref, rtol=1e-3, atol=1e-4 * np.abs(ref).max())

@@ -7,7 +7,7 @@ import math
 import pyarrow as pa
 import torch
 from syllabus.scoring.reference import full_forward, nll_list
-from test_difficulty import SAMPLES, _lm
+from scoring_helpers import SAMPLES, loaded_tiny_model
 
 from syllabus.models.chat import encode_pair
 from syllabus.scoring.ifd import IFDScorer, response_alone_ids
@@ -15,7 +15,7 @@ from syllabus.scoring.ifd import IFDScorer, response_alone_ids
 
 def test_ifd_matches_plain_ratio(tiny_llama, smol_tokenizer):
     tok = smol_tokenizer
-    out = IFDScorer(batch_size=2).score(pa.Table.from_pylist(SAMPLES), _lm(tiny_llama, tok)).to_pylist()
+    out = IFDScorer(batch_size=2).score(pa.Table.from_pylist(SAMPLES), loaded_tiny_model(tiny_llama, tok)).to_pylist()
     for s, r in zip(SAMPLES, out):
         enc = encode_pair(tok, s)
         nll = nll_list(full_forward(tiny_llama, enc.input_ids)[0], enc.input_ids)
@@ -36,5 +36,5 @@ def test_response_alone_starts_with_start_token(smol_tokenizer):
 
 
 def test_ifd_too_long(tiny_llama, smol_tokenizer):
-    out = IFDScorer(cutoff=8).score(pa.Table.from_pylist(SAMPLES[:1]), _lm(tiny_llama, smol_tokenizer)).to_pylist()
+    out = IFDScorer(cutoff=8).score(pa.Table.from_pylist(SAMPLES[:1]), loaded_tiny_model(tiny_llama, smol_tokenizer)).to_pylist()
     assert out[0]["ifd_status"] == "too_long" and math.isnan(out[0]["ifd_score"])

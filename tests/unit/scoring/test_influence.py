@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from test_gradients import SAMPLES, _lm, _one_backward_per_sample
+from scoring_helpers import GRADIENT_SAMPLES as SAMPLES
+from scoring_helpers import loaded_tiny_model, one_backward_per_sample
 
 from syllabus.evaluation.benchmarks import load_benchmark
 from syllabus.models.chat import encode_pair
@@ -71,14 +72,14 @@ def test_dot_approximates_unprojected_influence(tiny_llama, smol_tokenizer, val_
     """True value: the full (unprojected) per-sample gradient from one backward each, dotted
     with the mean full validation gradient; the projected score is within the JL error."""
     tok = smol_tokenizer
-    lm = _lm(tiny_llama, tok)
+    lm = loaded_tiny_model(tiny_llama, tok)
     scorer = InfluenceScorer(_cfg(val_file, dim=4096))
     out = scorer.score(pa.Table.from_pylist(SAMPLES), lm).to_pylist()
     vals = validation_samples(ValidationConfig(source=val_file))
     with LoraGradients(tiny_llama, LoraSettings(rank=4)) as lora:
         def full(sample):
             e = encode_pair(tok, sample)
-            g = _one_backward_per_sample(lora, e.input_ids, e.prompt_len)
+            g = one_backward_per_sample(lora, e.input_ids, e.prompt_len)
             return torch.cat([g[k] for k in sorted(g)]).double().numpy()
 
         gv = [full(v) for v in vals]
@@ -98,7 +99,7 @@ def test_dot_approximates_unprojected_influence(tiny_llama, smol_tokenizer, val_
 
 
 def test_shard_by_shard_equals_all_at_once(tiny_llama, smol_tokenizer, val_file):
-    lm = _lm(tiny_llama, smol_tokenizer)
+    lm = loaded_tiny_model(tiny_llama, smol_tokenizer)
     scorer = InfluenceScorer(_cfg(val_file, dim=256))
     whole = scorer.score(pa.Table.from_pylist(SAMPLES), lm)
     parts = [scorer.score(pa.Table.from_pylist(SAMPLES[:2]), lm), scorer.score(pa.Table.from_pylist(SAMPLES[2:]), lm)]
@@ -135,7 +136,7 @@ def test_warmup_checkpoints_adam_less_and_reuse(tiny_llama, smol_tokenizer, val_
     cfg = _cfg(val_file, dim=256, warmup={"fraction": 1.0, "epochs": 2, "learning_rate": 1e-2, "batch_size": 2,
                                           "micro_batch_size": 2, "warmup_ratio": 0.0})
     scorer = InfluenceScorer(cfg).attach(store=store, pool_manifest=manifest)
-    lm = _lm(tiny_llama, smol_tokenizer)
+    lm = loaded_tiny_model(tiny_llama, smol_tokenizer)
     out = scorer.score(pa.Table.from_pylist(SAMPLES), lm)
     cks = scorer._prepared[lm.fingerprint]["checkpoints"]
     assert [c.epoch for c in cks] == [1, 2] and all(c.url and Store.open_url(c.url)[0].is_committed(Store.open_url(c.url)[1]) for c in cks)
@@ -162,7 +163,7 @@ def test_bad_sample_gets_a_status(tiny_llama, smol_tokenizer, val_file):
                            "messages": None}]
     cfg = _cfg(val_file, dim=256)
     cfg["gradients"]["cutoff"] = 128
-    out = InfluenceScorer(cfg).score(pa.Table.from_pylist(rows), _lm(tiny_llama, smol_tokenizer)).to_pylist()
+    out = InfluenceScorer(cfg).score(pa.Table.from_pylist(rows), loaded_tiny_model(tiny_llama, smol_tokenizer)).to_pylist()
     assert [r["influence_status"] for r in out] == ["ok", "ok", "too_long"]
     assert math.isnan(out[2]["influence_dot"]) and math.isnan(out[2]["influence_less"])
 

@@ -9,7 +9,7 @@ import math
 import pyarrow as pa
 import pytest
 import torch
-from test_difficulty import SAMPLES, _lm
+from scoring_helpers import SAMPLES, loaded_tiny_model
 
 from syllabus.scoring.reference import expected_quality_plain
 
@@ -27,7 +27,7 @@ from syllabus.scoring.quality import (
 def test_expected_score_equals_sequential_forwards(tiny_llama, smol_tokenizer, reuse):
     tok = smol_tokenizer
     cfg = QualityConfig(batch_size=3, reuse_prefix_cache=reuse)
-    out = QualityScorer(cfg).score(pa.Table.from_pylist(SAMPLES), _lm(tiny_llama, tok)).to_pylist()
+    out = QualityScorer(cfg).score(pa.Table.from_pylist(SAMPLES), loaded_tiny_model(tiny_llama, tok)).to_pylist()
     for s, r in zip(SAMPLES, out):
         assert r["quality_status"] == "ok"
         assert 0 <= r["quality_score"] <= 100
@@ -38,8 +38,8 @@ def test_expected_score_equals_sequential_forwards(tiny_llama, smol_tokenizer, r
 
 def test_cache_and_no_cache_agree_and_scores_differ_between_samples(tiny_llama, smol_tokenizer):
     t = pa.Table.from_pylist(SAMPLES)
-    a = QualityScorer(reuse_prefix_cache=True).score(t, _lm(tiny_llama, smol_tokenizer)).column("quality_score")
-    b = QualityScorer(reuse_prefix_cache=False, batch_size=1).score(t, _lm(tiny_llama, smol_tokenizer))
+    a = QualityScorer(reuse_prefix_cache=True).score(t, loaded_tiny_model(tiny_llama, smol_tokenizer)).column("quality_score")
+    b = QualityScorer(reuse_prefix_cache=False, batch_size=1).score(t, loaded_tiny_model(tiny_llama, smol_tokenizer))
     assert torch.allclose(torch.tensor(a.to_pylist()), torch.tensor(b.column("quality_score").to_pylist()), atol=1e-4)
     assert len({round(x, 6) for x in a.to_pylist()}) == 3
 
@@ -72,7 +72,7 @@ def test_parse_score():
 
 def test_generate_mode_records_reply_and_parse_status(tiny_llama, smol_tokenizer):
     out = QualityScorer(mode="generate", max_new_tokens=3).score(pa.Table.from_pylist(SAMPLES),
-                                                                  _lm(tiny_llama, smol_tokenizer)).to_pylist()
+                                                                  loaded_tiny_model(tiny_llama, smol_tokenizer)).to_pylist()
     for r in out:
         assert isinstance(r["quality_raw"], str)
         expected = parse_score(r["quality_raw"])
@@ -92,7 +92,7 @@ def test_rubric_languages_and_domain():
 
 
 def test_too_long_rating_prompt(tiny_llama, smol_tokenizer):
-    out = QualityScorer(cutoff=50).score(pa.Table.from_pylist(SAMPLES[:1]), _lm(tiny_llama, smol_tokenizer))
+    out = QualityScorer(cutoff=50).score(pa.Table.from_pylist(SAMPLES[:1]), loaded_tiny_model(tiny_llama, smol_tokenizer))
     assert out.column("quality_status").to_pylist() == ["too_long"]
 
 
@@ -105,5 +105,5 @@ def test_long_answer_is_cut_to_fit_the_cutoff(tiny_llama, smol_tokenizer):
     rest = prompts.rest_ids(long)
     assert len(prompts.prefix_ids) + len(rest) <= 500
     assert " ..." in smol_tokenizer.decode(rest)
-    out = QualityScorer(cfg).score(pa.Table.from_pylist([long]), _lm(tiny_llama, smol_tokenizer))
+    out = QualityScorer(cfg).score(pa.Table.from_pylist([long]), loaded_tiny_model(tiny_llama, smol_tokenizer))
     assert out.column("quality_status").to_pylist() == ["ok"]

@@ -8,17 +8,9 @@ import json
 
 import pyarrow as pa
 import pytest
-from test_difficulty import SAMPLES, _lm
+from scoring_helpers import SAMPLES, loaded_tiny_model
 
 from syllabus.store import Store
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tiny_llama, smol_tokenizer):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_llama.save_pretrained(path)
-    smol_tokenizer.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture
@@ -72,8 +64,8 @@ def test_shard_failing_alike_for_a_setting_is_not_committed(tiny_llama, smol_tok
     store = Store("memory://setting-failure")
     scorer = IFDScorer(cutoff=2)  # below every sample's length: each one is too_long
     with pytest.raises(ShardSettingError, match="all 3 samples of shard abc failed with status 'too_long'"):
-        score_shard(scorer, _lm(tiny_llama, smol_tokenizer), pa.Table.from_pylist(SAMPLES), "abc", store)
-    key = scorer.key(_lm(tiny_llama, smol_tokenizer).fingerprint, "abc")
+        score_shard(scorer, loaded_tiny_model(tiny_llama, smol_tokenizer), pa.Table.from_pylist(SAMPLES), "abc", store)
+    key = scorer.key(loaded_tiny_model(tiny_llama, smol_tokenizer).fingerprint, "abc")
     assert not store.is_committed(key)
     from syllabus.store.lease import Lease
 

@@ -6,7 +6,7 @@ import json
 
 import pyarrow as pa
 import pytest
-from test_difficulty import SAMPLES, _lm
+from scoring_helpers import SAMPLES, loaded_tiny_model
 
 from syllabus.scoring.base import score_shard
 from syllabus.scoring.difficulty import DifficultyScorer
@@ -34,21 +34,13 @@ def test_key_changes_with_every_part():
 
 def test_score_shard_commits_then_skips(tiny_llama, smol_tokenizer):
     store = Store("memory://score-shard-test")
-    lm = _lm(tiny_llama, smol_tokenizer)
+    lm = loaded_tiny_model(tiny_llama, smol_tokenizer)
     table = pa.Table.from_pylist(SAMPLES)
     key, marker = score_shard(IFDScorer(), lm, table, "abc", store)
     assert not marker["skipped"] and marker["ok"] == 3 and marker["failed"] == 0
     assert store.read_table(key).column("sample_id").to_pylist() == ["a", "b", "c"]
     key2, marker2 = score_shard(IFDScorer(), lm, table, "abc", store)
     assert key2 == key and marker2["skipped"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tiny_llama, smol_tokenizer):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_llama.save_pretrained(path)
-    smol_tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def test_cli_score_3ds_json(tmp_path, tiny_model_dir, capsys):

@@ -8,7 +8,7 @@ import math
 from types import SimpleNamespace
 
 import pytest
-from test_difficulty import SAMPLES
+from scoring_helpers import SAMPLES
 
 from syllabus.scoring.timing import StageClock, estimate_line, pool_stages, stage_metrics
 from syllabus.store import Store
@@ -66,7 +66,9 @@ def test_estimate_line():
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tiny_llama, smol_tokenizer):
+def unloaded_tiny_model_dir(tmp_path_factory, tiny_llama, smol_tokenizer):
+    """The shared tiny model saved at a path no other test loads: this process caches loaded
+    models by path, and the timing test must see this one load."""
     path = tmp_path_factory.mktemp("tiny-model-timing")
     tiny_llama.save_pretrained(path)
     smol_tokenizer.save_pretrained(path)
@@ -83,15 +85,15 @@ def _ingest(tmp_path, capsys):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["manifest"], store_url
 
 
-def test_cli_score_reports_stages_estimate_and_logs_them_to_mlflow(tmp_path, tiny_model_dir, capsys):
+def test_cli_score_reports_stages_estimate_and_logs_them_to_mlflow(tmp_path, unloaded_tiny_model_dir, capsys):
     from mlflow.tracking import MlflowClient
 
     from syllabus.cli import main
 
     manifest, store_url = _ingest(tmp_path, capsys)
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    rc = main(["score", "--pool", manifest, "--method", "3ds", "--model", tiny_model_dir, "--store", store_url,
-               "--max-new-tokens", "3", "--limit", "2", "--json", "--tracking-uri", tracking])
+    rc = main(["score", "--pool", manifest, "--method", "3ds", "--model", unloaded_tiny_model_dir,
+               "--store", store_url, "--max-new-tokens", "3", "--limit", "2", "--json", "--tracking-uri", tracking])
     assert rc == 0
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])

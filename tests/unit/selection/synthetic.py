@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from syllabus.store import Store
@@ -24,6 +25,15 @@ def pool_table(n: int, offset: int = 0) -> pa.Table:
         ),
         "metadata": ["{}"] * n,
     })
+
+
+def score_frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
+    """Every scorer's columns of ``score_columns`` joined on sample_id: the table recipes select from."""
+    ids = [f"id{i:05d}" for i in range(n)]
+    frame = pd.DataFrame({"sample_id": ids})
+    for table in score_columns(ids, seed).values():
+        frame = frame.merge(table.to_pandas(), on="sample_id")
+    return frame
 
 
 def score_columns(ids: list[str], seed: int, dim: int = 8) -> dict[str, pa.Table]:

@@ -13,7 +13,7 @@ from syllabus import registry
 from syllabus.selection.base import Budget
 from syllabus.selection.recipes import Recipe, load_recipe, read_recipe_file, recipe_files, run_recipe
 
-from synthetic import score_columns
+from synthetic import score_frame
 
 EXPECTED = {"3ds", "diq", "ifd", "less", "random", "full"}
 
@@ -58,14 +58,6 @@ def test_bad_recipes_fail_with_a_sentence(tmp_path):
     bad.write_text("name: x\nscorers:\n  - {name: ifd, config: {no_such_option: 1}}\nselectors:\n  - {name: full}\n")
     with pytest.raises(ValueError, match="scorer ifd: invalid config"):
         read_recipe_file(bad).check_scorers()
-
-
-def score_frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
-    ids = [f"id{i:05d}" for i in range(n)]
-    frame = pd.DataFrame({"sample_id": ids})
-    for table in score_columns(ids, seed).values():
-        frame = frame.merge(table.to_pandas(), on="sample_id")
-    return frame
 
 
 def test_3ds_chain_counts_and_why():

@@ -12,7 +12,7 @@ from syllabus.selection.plots import all_plots
 from syllabus.selection.recipes import load_recipe, run_recipe
 from syllabus.selection.report import jaccard, jsonable
 
-from test_recipes import score_frame
+from synthetic import score_frame
 
 
 def test_jaccard():
