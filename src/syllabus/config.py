@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+import argparse
+
 import yaml
 
 SET_HELP = ("change any setting: a dotted path into this command's configuration and a YAML value, "
@@ -88,3 +90,14 @@ def describe_errors(exc: Any) -> str:
         parts.append(f"{path} = {e.get('input')!r}: {message}" if path and e["type"] != "value_error" else
                      f"{path}: {message}" if path else message)
     return "; ".join(parts)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (a size of 0 fails every sample)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; give 1 or more")
+    return value

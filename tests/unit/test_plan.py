@@ -87,3 +87,16 @@ def test_cli_choices_come_from_the_registry_and_the_recipes():
     from syllabus.scoring.commands import method_choices
 
     assert set(method_choices()) == set(registry.names("scorer")) | set(known_recipes())
+
+
+def test_every_command_that_takes_settings_takes_set(capsys):
+    from syllabus.cli import build_parser, main
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for command in ("run", "compare", "score", "select", "finetune", "evaluate"):
+        options = {o for action in sub.choices[command]._actions for o in action.option_strings}
+        assert "--set" in options, command
+    # evaluate: the path reaches nested EvalConfig fields and a bad one fails before any model load
+    assert main(["evaluate", "--model", "no-such-model", "--bench", "mmlu-medical", "--set", "mc.normalisation=words"]) == 1
+    assert "mc.normalisation = 'words'" in capsys.readouterr().err

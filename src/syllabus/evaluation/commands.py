@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from syllabus.config import SET_HELP, deep_merge, parse_set
 from syllabus.evaluation.benchmarks import FieldMap
-from syllabus.evaluation.multiple_choice import MCConfig
 from syllabus.evaluation.runner import EvalConfig, run_evaluation
 from syllabus.store import Store
 
@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="leave out the benchmark items an influence scorer validated on (the score manifest's "
                    "validation_ids, from `syllabus score --json`) instead of the default validation set's")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="changes", action="append", default=[], metavar="PATH=VALUE",
+                   help=SET_HELP.format(example="cutoff=512 or mc.normalisation=token") + "; the path starts at an "
+                   "EvalConfig field and wins over the flags")
     p.add_argument("--store", default=None, help="store URL (default: $SYLLABUS_STORE or ./syllabus-store)")
     p.add_argument("--force", action="store_true", help="recompute even when the results are committed")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
@@ -83,8 +86,9 @@ def held_out_ids_of(manifest_url: str) -> dict[str, list[str]]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     methods = ("cloze", "letter") if args.mc == "both" else (args.mc,)
-    config = EvalConfig(mc_methods=methods, mc=MCConfig(normalisation=args.norm), generate=not args.no_generate,
-                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit, seed=args.seed)
+    flags = {"mc_methods": methods, "mc": {"normalisation": args.norm}, "generate": not args.no_generate,
+             "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "limit": args.limit, "seed": args.seed}
+    config = EvalConfig(**deep_merge(flags, parse_set(args.changes, "cutoff=512")))
     # Without --held-out-from, the default influence validation set is left out (EvalConfig).
     exclude = held_out_ids_of(args.held_out_from) if args.held_out_from else None
     result = run_evaluation(args.model, args.bench, Store(args.store), adapter_url=args.adapter, config=config,

@@ -35,22 +35,26 @@ EVAL_PREFIX = "evaluations"
 class EvalConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    mc_methods: tuple[Literal["cloze", "letter"], ...] = ("cloze",)
-    mc: MCConfig = MCConfig()
-    generate: bool = True  # open QA: greedy answers for BLEU/ROUGE (reference NLL is always computed)
-    max_new_tokens: int = Field(256, ge=1)
-    cutoff: int = Field(1024, ge=8)
-    batch_size: int = Field(8, ge=1)
-    limit: int | None = Field(None, ge=1)  # items per benchmark, a seeded random subset
-    seed: int = 0
-    bootstrap: int = Field(1000, ge=10)
+    mc_methods: tuple[Literal["cloze", "letter"], ...] = Field(
+        ("cloze",), description="multiple-choice scoring: cloze (option likelihood) and/or letter (the answer's letter)")
+    mc: MCConfig = Field(MCConfig(), description="multiple-choice settings")
+    generate: bool = Field(True, description="open QA: also generate greedy answers for BLEU/ROUGE (reference NLL is "
+                           "always computed)")
+    max_new_tokens: int = Field(256, ge=1, description="open QA: answer length when generating")
+    cutoff: int = Field(1024, ge=8, description="max tokens per sequence")
+    batch_size: int = Field(8, ge=1, description="sequences per forward pass")
+    limit: int | None = Field(None, ge=1, description="items per benchmark: a seeded random subset; empty for all")
+    seed: int = Field(0, description="seed for the item subset and the bootstrap")
+    bootstrap: int = Field(1000, ge=10, description="bootstrap resamples for the 95% intervals")
     # A method must not be scored on the items it was selected for. ``exclude_ids``
     # ({benchmark name: item ids}, e.g. a score manifest's ``validation_ids`` from the influence
     # scorer that ran) leaves out exactly those items of the benchmarks so named; when it is
     # not given, the items the default influence validation set holds out are left out
     # (``evaluation.heldout.default_held_out_ids``), unless ``exclude_validation`` is false.
-    exclude_validation: bool = True
-    exclude_ids: dict[str, tuple[str, ...]] | None = None
+    exclude_validation: bool = Field(True, description="leave out benchmark items held out for influence validation")
+    exclude_ids: dict[str, tuple[str, ...]] | None = Field(
+        None, description="{benchmark: item ids} to leave out (the pipeline fills it from its influence scorers); "
+        "empty: the default validation set")
 
     @field_validator("exclude_ids")
     @classmethod

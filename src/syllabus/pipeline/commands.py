@@ -9,8 +9,7 @@ import os
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from syllabus.config import SET_HELP, deep_merge, parse_set
-from syllabus.scoring.commands import positive_int
+from syllabus.config import SET_HELP, deep_merge, parse_set, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:

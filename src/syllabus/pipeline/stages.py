@@ -129,7 +129,7 @@ def finetune(selected_url: str, model: str, config: Mapping[str, Any], store_url
     ``on_progress(samples done, samples in all, loss)`` is called after every step."""
     from syllabus.models import load_model
     from syllabus.training.config import FinetuneConfig
-    from syllabus.training.data import load_samples
+    from syllabus.pool.samples import load_samples
     from syllabus.training.lora import finetune as train
 
     cfg = FinetuneConfig(**dict(config))

@@ -7,20 +7,9 @@ import json
 import logging
 import sys
 
-from syllabus.config import SET_HELP, deep_merge, parse_set
+from syllabus.config import SET_HELP, deep_merge, parse_set, positive_int
 
 log = logging.getLogger(__name__)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1 (a size of 0 fails every sample)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; give 1 or more")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:

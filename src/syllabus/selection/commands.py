@@ -7,8 +7,7 @@ import json
 import sys
 import time
 
-from syllabus.config import SET_HELP, parse_set
-from syllabus.scoring.commands import positive_int
+from syllabus.config import SET_HELP, parse_set, positive_int
 from syllabus.selection.base import Budget
 
 

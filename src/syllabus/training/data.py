@@ -1,5 +1,5 @@
-"""Training data: read a selection (or any pool file; :func:`load_samples`, from
-:mod:`syllabus.pool.samples`), template it, mask the prompt.
+"""Training data: template samples (read by :func:`syllabus.pool.samples.load_samples`) and
+mask the prompt.
 
 Every sample becomes ``T = P + y + E`` through the shared chat templating
 (:func:`syllabus.models.chat.encode_pair`). Labels are the token ids on response positions
@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from syllabus.models.chat import encode_pair
-from syllabus.pool.samples import load_samples
 
-__all__ = ["IGNORE_INDEX", "TrainExample", "build_examples", "collate", "load_samples", "pad_token_id"]
+__all__ = ["IGNORE_INDEX", "TrainExample", "build_examples", "collate", "pad_token_id"]
 
 log = logging.getLogger(__name__)
 
