@@ -209,21 +209,21 @@ def test_reference_and_ours_differ_where_methods_md_says(tiny_llama, smol_tokeni
 
 
 def test_pipeline_and_compare_configs_select_the_reference_preset():
-    from syllabus_flows.pipeline import _scorers_for
     from syllabus.pipeline import compare as C
     from syllabus.pipeline.config import CompareParams, PipelineParams
+    from syllabus.plan import make_plan
 
     params = PipelineParams(methods=["3ds-reference", "random"])
-    scorers, per_method = _scorers_for(params.methods, params.scorer_configs)
+    scorers = make_plan(params.methods, params.scorer_configs).scorers
     assert scorers["difficulty"] == {"preset": "reference", "max_new_tokens": 48}
     assert DifficultyConfig(**scorers["difficulty"]).token_filter == "pos"
     # or the 3ds method with the preset as a scorer override
-    scorers, _ = _scorers_for(["3ds"], {"difficulty": {"preset": "reference"}})
+    scorers = make_plan(["3ds"], {"difficulty": {"preset": "reference"}}).scorers
     assert DifficultyConfig(**scorers["difficulty"]).d1_span == "prompt"
     # compare: the difficulty windows slide the reference method's band
     compare = CompareParams(methods=["3ds-reference", "random"], window_method="3ds-reference")
     arms = C.compare_arms(compare.methods, compare.seeds, compare.seed, compare.selector_overrides, compare.windows,
                           compare.window_method)
     assert {a["method"] for a in arms if a["group"] == "window"} == {"3ds-reference"}
-    scorers, _ = _scorers_for(sorted({a["method"] for a in arms}), compare.scorer_configs)
+    scorers = make_plan(sorted({a["method"] for a in arms}), compare.scorer_configs).scorers
     assert scorers["difficulty"]["preset"] == "reference"

@@ -148,20 +148,25 @@ def test_cli_score_3ds_reference_uses_the_recipe_configs(tmp_path, tiny_model_di
     assert result["estimate"]["line"].startswith("at this rate, 500 samples take about")
 
 
-def test_scorer_configs_put_the_command_line_over_the_recipe():
+def test_score_plan_puts_the_command_line_over_the_recipe():
     import argparse
 
-    from syllabus.scoring.commands import register, scorer_configs
+    from syllabus.scoring.commands import register, score_plan
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     args = parser.parse_args(["score", "--pool", "x", "--method", "3ds-reference", "--model", "m",
                               "--quality-mode", "generate", "--max-new-tokens", "7"])
-    configs = scorer_configs(args)
+    configs = score_plan(args)
     assert configs["difficulty"] == {"preset": "reference", "max_new_tokens": 7}
     assert configs["quality"] == {"mode": "generate", "max_new_tokens": 7}
     args = parser.parse_args(["score", "--pool", "x", "--method", "difficulty", "--model", "m", "--preset", "reference"])
-    assert scorer_configs(args)["difficulty"] == {"preset": "reference"}
+    assert score_plan(args) == {"difficulty": {"preset": "reference"}}
+    # --set reaches any field, nested ones deep-merged into the recipe's (LESS keeps its 8,192 dims)
+    args = parser.parse_args(["score", "--pool", "x", "--method", "less", "--model", "m",
+                              "--set", "influence.gradients.batch_size=2"])
+    gradients = score_plan(args)["influence"]["gradients"]
+    assert gradients == {"projection": {"kind": "rademacher", "dim": 8192}, "batch_size": 2}
 
 
 def test_pipeline_score_manifest_carries_the_stages(tmp_path, tiny_model_dir, capsys):
