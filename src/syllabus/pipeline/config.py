@@ -11,25 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from syllabus.config import deep_merge
 from syllabus.evaluation.runner import EvalConfig
 from syllabus.plan import Plan, make_plan
+from syllabus.selection.base import Budget
 from syllabus.store.credentials import adopt_all
 from syllabus.training.config import FinetuneConfig
-
-
-class BudgetParams(BaseModel):
-    # The JSON schema says "exactly one" too, so the Prefect form and server reject both (or
-    # neither) before a run is created, not only this validator once the run has started.
-    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra={"oneOf": [
-        {"properties": {"count": {"type": "integer"}}, "required": ["count"]},
-        {"properties": {"ratio": {"type": "number"}}, "required": ["ratio"]},
-    ]})
-    count: int | None = Field(None, ge=1, description="select this many samples")
-    ratio: float | None = Field(None, gt=0, le=1, description="or this fraction of the pool")
-
-    @model_validator(mode="after")
-    def _one(self) -> "BudgetParams":
-        if (self.count is None) == (self.ratio is None):
-            raise ValueError("give the budget as exactly one of count or ratio")
-        return self
 
 
 class PipelineParams(BaseModel):
@@ -47,7 +31,7 @@ class PipelineParams(BaseModel):
     model: str = Field("smollm2-135m", description="the target model: an alias, a Hugging Face directory, a .gguf file or a hub id")
     methods: list[str] = Field(default_factory=lambda: ["3ds", "random"],
                                description="selection methods to compare (3ds, diq, ifd, less, random, full)")
-    budget: BudgetParams = Field(BudgetParams(count=16), description="samples every method selects: exactly one of count or ratio")
+    budget: Budget = Field(Budget(count=16), description="samples every method selects: exactly one of count or ratio")
     seed: int = Field(0, description="seed for random selection and for sampling the demo pool")
     store: str | None = Field(None, description="store URL (default $SYLLABUS_STORE or ./syllabus-store)")
     scorer_configs: dict[str, dict[str, Any]] = Field(

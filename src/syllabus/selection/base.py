@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class SelectorConfig(BaseModel):
@@ -86,19 +86,20 @@ class Budget(BaseModel):
     any stage). ``ratio * n`` is rounded to the nearest integer, and at least 1 when the pool
     is not empty (ours: 1% of 50 samples is one sample, not none)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # The JSON schema says "exactly one" too, so the Prefect form and server reject both (or
+    # neither) before a run is created, not only this validator once the run has started.
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra={"oneOf": [
+        {"properties": {"count": {"type": "integer"}}, "required": ["count"]},
+        {"properties": {"ratio": {"type": "number"}}, "required": ["ratio"]},
+    ]})
 
-    count: int | None = None
-    ratio: float | None = None
+    count: int | None = Field(None, ge=1, description="select this many samples")
+    ratio: float | None = Field(None, gt=0, le=1, description="or this fraction of the pool")
 
     @model_validator(mode="after")
     def _one_of(self) -> "Budget":
         if (self.count is None) == (self.ratio is None):
             raise ValueError("a budget is either a count or a ratio; give exactly one of 'count' and 'ratio'")
-        if self.count is not None and self.count < 0:
-            raise ValueError(f"budget count {self.count} is negative; give a count >= 0")
-        if self.ratio is not None and not (0.0 < self.ratio <= 1.0):
-            raise ValueError(f"budget ratio {self.ratio} is outside (0, 1]; give e.g. 0.1 for 10% of the pool")
         return self
 
     def resolve(self, n_pool: int) -> int:

@@ -257,5 +257,7 @@ def test_budget_count_or_ratio():
     assert Budget(ratio=0.5).resolve(0) == 0
     with pytest.raises(ValueError, match="exactly one"):
         Budget(count=5, ratio=0.1)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="less than or equal to 1"):
         Budget(ratio=1.5)
+    with pytest.raises(ValueError, match="greater than or equal to 1"):  # one budget model: the pipeline's rule too
+        Budget(count=0)
