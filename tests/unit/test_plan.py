@@ -100,3 +100,21 @@ def test_every_command_that_takes_settings_takes_set(capsys):
     # evaluate: the path reaches nested EvalConfig fields and a bad one fails before any model load
     assert main(["evaluate", "--model", "no-such-model", "--bench", "mmlu-medical", "--set", "mc.normalisation=words"]) == 1
     assert "mc.normalisation = 'words'" in capsys.readouterr().err
+
+
+def test_compare_flags_replace_whole_fields_and_set_paths_merge(tmp_path, monkeypatch):
+    """`--windows none` leaves no window (a deep merge of {} would have kept the config's three),
+    `--budget` replaces a ratio, and `--set` changes one nested key."""
+    from syllabus.cli import build_parser
+    from syllabus.pipeline import commands
+    from syllabus.pipeline.config import CompareParams
+
+    (tmp_path / "c.yaml").write_text("budget: {ratio: 0.1}\nfinetune: {epochs: 2, batch_size: 4}\n"
+                                     "windows: {easy: [0, 50], hard: [50, 100]}\n")
+    args = build_parser().parse_args(["compare", str(tmp_path / "c.yaml"), "--windows", "none", "--budget", "7",
+                                      "--set", "finetune.learning_rate=1e-3", "--set", "eval.limit=9"])
+    params = commands._params(CompareParams, args, {"windows": commands.parse_windows(args.windows),
+                                                    "budget": {"count": args.budget}})
+    assert params.windows == {} and params.budget.count == 7 and params.budget.ratio is None
+    assert (params.finetune.epochs, params.finetune.batch_size, params.finetune.learning_rate) == (2, 4, 1e-3)
+    assert params.eval.limit == 9

@@ -9,7 +9,7 @@ import os
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from syllabus.config import SET_HELP, deep_merge, parse_set, positive_int
+from syllabus.config import SET_HELP, parse_set, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,31 +67,15 @@ def _split(text: str) -> list[str]:
 
 
 def _params(cls: type, args: argparse.Namespace, changes: dict):
-    """The config file's parameters (or the defaults) with the flags' and ``--set`` changes
-    deep-merged on top; every setting is checked here, before the flow starts a Prefect
-    server or an MLflow run."""
+    """The config file's parameters (or the defaults), then the flags (each replaces its whole
+    field: ``--windows none`` leaves no window), then the ``--set`` paths deep-merged on top;
+    every setting is checked here, before the flow starts a Prefect server or an MLflow run."""
     params = cls.from_file(args.config) if args.config else cls()
-    changes = {k: v for k, v in changes.items() if v is not None}
-    budget = changes.pop("budget", None)  # a flag's count or ratio replaces the other, not merges with it
-    changes = deep_merge(changes, parse_set(args.changes, "finetune.epochs=2"))
-    params = params.with_changes(changes) if changes else params
-    return cls.model_validate({**params.model_dump(mode="json"), "budget": budget}) if budget else params
-
-
-FLOW_ENTRY_POINTS = "syllabus.flows"
-
-
-def load_flow(name: str):
-    """The Prefect layer's flow ``name`` (flows/, installed as ``syllabus_flows``), found through
-    the ``syllabus.flows`` entry points that pyproject.toml declares: src/syllabus names no
-    module outside itself, and importing it never imports prefect."""
-    found = entry_points(group=FLOW_ENTRY_POINTS, name=name)
-    if not found:
-        raise RuntimeError(
-            f"no flow named {name!r} is declared under the {FLOW_ENTRY_POINTS!r} entry points, so the Prefect layer "
-            "(flows/ and tasks/) is not installed with this syllabus; reinstall the project from its repository root "
-            "with `pip install -e .` (or `make install`)")
-    return next(iter(found)).load()
+    flags = {k: v for k, v in changes.items() if v is not None}
+    if flags:
+        params = cls.model_validate({**params.model_dump(mode="json"), **flags})
+    paths = parse_set(args.changes, "finetune.epochs=2")
+    return params.with_changes(paths) if paths else params
 
 
 def _flow(name: str):
