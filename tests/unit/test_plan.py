@@ -118,3 +118,9 @@ def test_compare_flags_replace_whole_fields_and_set_paths_merge(tmp_path, monkey
     assert params.windows == {} and params.budget.count == 7 and params.budget.ratio is None
     assert (params.finetune.epochs, params.finetune.batch_size, params.finetune.learning_rate) == (2, 4, 1e-3)
     assert params.eval.limit == 9
+
+
+def test_run_and_compare_reach_their_flows_through_the_entry_points():
+    from syllabus.pipeline.commands import _flow
+
+    assert _flow("pipeline").name == "pipeline" and _flow("compare").name == "compare"

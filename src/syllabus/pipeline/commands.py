@@ -78,6 +78,22 @@ def _params(cls: type, args: argparse.Namespace, changes: dict):
     return params.with_changes(paths) if paths else params
 
 
+FLOW_ENTRY_POINTS = "syllabus.flows"
+
+
+def load_flow(name: str):
+    """The Prefect layer's flow ``name`` (flows/, installed as ``syllabus_flows``), found through
+    the ``syllabus.flows`` entry points that pyproject.toml declares: src/syllabus names no
+    module outside itself, and importing it never imports prefect."""
+    found = entry_points(group=FLOW_ENTRY_POINTS, name=name)
+    if not found:
+        raise RuntimeError(
+            f"no flow named {name!r} is declared under the {FLOW_ENTRY_POINTS!r} entry points, so the Prefect layer "
+            "(flows/ and tasks/) is not installed with this syllabus; reinstall the project from its repository root "
+            "with `pip install -e .` (or `make install`)")
+    return next(iter(found)).load()
+
+
 def _flow(name: str):
     """A flow of the Prefect layer, with Prefect's state kept in the project."""
     os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))  # design.md: state stays in the project
