@@ -75,13 +75,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def held_out_ids_of(manifest_url: str) -> dict[str, list[str]]:
     """The ``validation_ids`` a committed score manifest records (an influence scorer's)."""
-    store, key = Store.open_url(manifest_url)
-    manifest = json.loads(store.read_committed(key))
-    if "validation_ids" not in manifest:
-        raise ValueError(f"score manifest {manifest_url} records no validation_ids (scorer {manifest.get('scorer')!r}); "
+    from syllabus.scoring.manifest import read_score_manifest
+
+    manifest = read_score_manifest(manifest_url)
+    if manifest.validation_ids is None:
+        raise ValueError(f"score manifest {manifest_url} records no validation_ids (scorer {manifest.scorer!r}); "
                          "give the manifest of an influence scorer, or drop --held-out-from to leave out the default "
                          "validation set")
-    return manifest["validation_ids"]
+    return manifest.validation_ids
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

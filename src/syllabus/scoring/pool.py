@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import pyarrow as pa
 
 from syllabus.scoring.base import Scorer, score_shard
+from syllabus.scoring.manifest import ScoreManifest
 from syllabus.scoring.timing import pool_stages
 from syllabus.store import Store, content_hash
 
@@ -156,16 +157,9 @@ def write_score_manifest(
     store: Store,
     limit: int | None = None,
 ) -> dict[str, Any]:
-    """Fan in one scorer instance's shard entries (in pool order) into its score manifest,
-    committed to the store; the one manifest format of the CLI and the pipeline:
-
-    ``{"scorer", "instance", "version", "config", "model_fingerprint", "pool_manifest",
-    "pool_fingerprint", "limit", "shards": [entry...], "missing": [{"shard", "error"}],
-    "samples", "shards_scored", "shards_cached", "seconds", "compute_seconds",
-    "samples_per_second", "timing", "validation_ids"?, "url"}``; ``timing`` holds the per-stage
-    figures of :func:`syllabus.scoring.timing.pool_stages`, ``validation_ids`` the benchmark
-    items a scorer held out (influence), which evaluation must leave out.
-    """
+    """Fan in one scorer instance's shard entries (in pool order) into its score manifest
+    (:class:`~syllabus.scoring.manifest.ScoreManifest`, the one format of the CLI and the
+    pipeline), committed to the store; returns it as JSON with its ``url``."""
     from syllabus.pool.manifest import load_manifest
 
     scorer = make_scorer(instance, config)
@@ -175,29 +169,29 @@ def write_score_manifest(
     scored = [e for e in entries if not e["skipped"]]
     samples = sum(e["rows"] for e in entries)
     seconds = sum(e["seconds"] or 0.0 for e in scored)
-    out = {
-        "scorer": scorer.name,
-        "instance": instance,
-        "version": scorer.version,
-        "config": scorer.config.model_dump(mode="json"),
-        "model_fingerprint": model_fingerprint,
-        "pool_manifest": pool_manifest_url,
-        "pool_fingerprint": pool.get("pool_fingerprint"),
-        "limit": limit,
-        "shards": list(entries),
-        "missing": list(missing),
-        "samples": samples,
-        "shards_scored": len(scored),
-        "shards_cached": len(entries) - len(scored),
-        "seconds": round(seconds, 3),
-        "compute_seconds": round(sum(e.get("compute_seconds") or 0.0 for e in entries), 3),
-        "samples_per_second": round(sum(e["rows"] for e in scored) / seconds, 3) if seconds else None,
-        "timing": pool_stages(entries),  # per stage: seconds, samples/s, tokens/s, padding share
-    }
     held_out = getattr(scorer, "held_out_ids", None)
-    if callable(held_out):
-        out["validation_ids"] = held_out()
+    manifest = ScoreManifest(
+        scorer=scorer.name,
+        instance=instance,
+        version=scorer.version,
+        config=scorer.config.model_dump(mode="json"),
+        model_fingerprint=model_fingerprint,
+        pool_manifest=pool_manifest_url,
+        pool_fingerprint=pool.get("pool_fingerprint"),
+        limit=limit,
+        shards=list(entries),
+        missing=list(missing),
+        samples=samples,
+        shards_scored=len(scored),
+        shards_cached=len(entries) - len(scored),
+        seconds=round(seconds, 3),
+        compute_seconds=round(sum(e.get("compute_seconds") or 0.0 for e in entries), 3),
+        samples_per_second=round(sum(e["rows"] for e in scored) / seconds, 3) if seconds else None,
+        timing=pool_stages(entries),  # per stage: seconds, samples/s, tokens/s, padding share
+        validation_ids=held_out() if callable(held_out) else None,
+    )
     key = f"scores/manifests/{instance}-{content_hash([[e['key'] for e in entries], list(missing)], 20)}.json"
+    out = manifest.to_json()
     store.commit(key, _json_bytes(out), {"scorer": scorer.name, "samples": samples})
     out["url"] = store.url(key)
     return out

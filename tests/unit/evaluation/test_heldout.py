@@ -82,12 +82,20 @@ def test_without_items_and_a_validation_file(tmp_path):
 
 def test_held_out_ids_from_a_score_manifest():
     from syllabus.evaluation.commands import held_out_ids_of
+    from syllabus.scoring.manifest import ScoreManifest
 
     store = Store(f"memory://manifest-{uuid.uuid4().hex[:8]}")
     ids = InfluenceScorer(validation={"per_task": 2, "seed": 1}).held_out_ids()
-    store.commit("scores/manifests/influence.json", json.dumps({"scorer": "influence", "validation_ids": ids}).encode(),
-                 {"scorer": "influence"})
-    assert held_out_ids_of(store.url("scores/manifests/influence.json")) == ids
-    store.commit("scores/manifests/ifd.json", json.dumps({"scorer": "ifd"}).encode(), {"scorer": "ifd"})
+
+    def commit(name: str, **fields) -> str:
+        manifest = ScoreManifest(scorer=name, version=1, config={}, model_fingerprint="m", pool_manifest="p",
+                                 shards=[], samples=0, **fields)
+        store.commit(f"scores/manifests/{name}.json", json.dumps(manifest.to_json()).encode(), {"scorer": name})
+        return store.url(f"scores/manifests/{name}.json")
+
+    assert held_out_ids_of(commit("influence", validation_ids=ids)) == ids
     with pytest.raises(ValueError, match="records no validation_ids"):
-        held_out_ids_of(store.url("scores/manifests/ifd.json"))
+        held_out_ids_of(commit("ifd"))
+    store.commit("scores/manifests/other.json", json.dumps({"scorer": "ifd"}).encode(), {"scorer": "ifd"})
+    with pytest.raises(ValueError, match="is not a score manifest .*shards"):
+        held_out_ids_of(store.url("scores/manifests/other.json"))
