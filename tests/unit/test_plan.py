@@ -121,6 +121,6 @@ def test_compare_flags_replace_whole_fields_and_set_paths_merge(tmp_path, monkey
 
 
 def test_run_and_compare_reach_their_flows_through_the_entry_points():
-    from syllabus.pipeline.commands import _flow
+    from syllabus.pipeline.commands import load_flow
 
-    assert _flow("pipeline").name == "pipeline" and _flow("compare").name == "compare"
+    assert load_flow("pipeline").name == "pipeline" and load_flow("compare").name == "compare"
