@@ -82,6 +82,19 @@ def test_3ds_chain_counts_and_why():
     assert result.stages[1].thresholds["difficulty_d1"]["low"] == pytest.approx(np.percentile(d1, 25))
 
 
+def test_3ds_ifd_drops_what_the_question_does_not_help_before_the_bands():
+    frame = score_frame()
+    plain = run_recipe(frame, load_recipe("3ds"), Budget(count=10), seed=1)
+    guarded = run_recipe(frame, load_recipe("3ds-ifd"), Budget(count=10), seed=1)
+    assert [s.selector for s in guarded.stages] == ["threshold", "threshold", "band", "kcenter"]
+    assert guarded.stages[0].n_out == plain.stages[0].n_out  # Stage 1 unchanged
+    after_quality = guarded.candidates.iloc[guarded.stage_inputs[1]]
+    assert guarded.stages[1].n_out == int((after_quality["ifd_score"] <= 1.0).sum()) < guarded.stages[1].n_in
+    chosen = guarded.candidates_frame()
+    chosen = chosen[chosen["chosen"]]
+    assert len(chosen) == 10 and (frame.set_index("sample_id").loc[chosen["sample_id"], "ifd_score"] <= 1.0).all()
+
+
 def test_3ds_fewer_survivors_than_budget_keeps_all_and_says_so():
     result = run_recipe(score_frame(), load_recipe("3ds"), Budget(count=10_000), seed=0)
     assert result.n_selected == result.stages[1].n_out
