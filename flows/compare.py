@@ -83,10 +83,11 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
         setup["defect labels"] = params.labels
     costs = C.costs(result["rows"], result["score_costs"], result["timings"])
     notes = {r["method"]: (r.get("selection") or {}).get("notes", []) for r in result["rows"] if r["method"] in audits}
+    identical = C.identical_selections(result["rows"])
     markdown = C.comparison_markdown(table, analysis, setup, costs, [n for n in files if n.endswith(".png")],
-                                     defects=audit_markdown(audits, notes))
+                                     defects=audit_markdown(audits, notes), identical=identical)
     files = {"report.md": markdown.encode("utf-8"), "comparison.json": C.to_json({"comparison": table, "difficulty": analysis,
-             "defects": audits, "setup": setup, "costs": costs, "timings": result["timings"], "results": result["results"]}),
+             "defects": audits, "identical_selections": identical, "setup": setup, "costs": costs, "timings": result["timings"], "results": result["results"]}),
              **files}
     where = C.write_report(params.report_dir, Store(params.store), f"comparisons/{result['mlflow_run_id']}", files)
 

@@ -282,8 +282,31 @@ def costs(rows: Sequence[Mapping[str, Any]], score_costs: Mapping[str, Mapping[s
     return out
 
 
+def identical_selections(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Arms that selected the very same samples as an earlier arm: ``{arm: earlier arm}``. Such
+    arms differ only in rank order; the report says so, so that their rows are not read as
+    independent evidence."""
+    from syllabus.selection.scores import read_url_bytes
+    from syllabus.store.store import read_parquet_bytes
+
+    first: dict[frozenset, str] = {}
+    out: dict[str, str] = {}
+    for row in rows:
+        selection = row.get("selection") or {}
+        if not selection.get("n_selected"):
+            continue
+        table = read_parquet_bytes(read_url_bytes(selection["outputs"]["selected"]))
+        ids = frozenset(table.column("sample_id").to_pylist())
+        if ids in first:
+            out[row["method"]] = first[ids]
+        else:
+            first[ids] = row["method"]
+    return out
+
+
 def comparison_markdown(result: Mapping[str, Any], analysis: Mapping[str, Any], setup: Mapping[str, Any],
-                        costs: Sequence[Mapping[str, Any]], plots: Sequence[str] = (), defects: str = "") -> str:
+                        costs: Sequence[Mapping[str, Any]], plots: Sequence[str] = (), defects: str = "",
+                        identical: Mapping[str, str] | None = None) -> str:
     """The comparison report: set-up, the table with intervals, paired deltas against random
     with verdicts, random's seed spread, the defect-avoidance tables (``defects``, Markdown),
     the difficulty analyses, costs and plots."""
@@ -319,6 +342,11 @@ def comparison_markdown(result: Mapping[str, Any], analysis: Mapping[str, Any], 
         lines += [f"| {p} | {_f(analysis['pearson'][p])} | {_f(analysis['spearman'][p])} |" for p in analysis["pearson"]]
         lines += ["", "| percentile window (each of D1, D2, D3) | inside all three | share |", "|---|---|---|"]
         lines += [f"| {w} | {v['count']} | {v['share']:.1%} |" for w, v in analysis["inside_all_bands"].items()]
+    if identical:
+        lines += ["", "## Identical selections", "",
+                  "These arms selected exactly the samples of another arm (only the rank order may differ): their "
+                  "rows are one result, not two.", ""]
+        lines += [f"- {arm} = {same}" for arm, same in identical.items()]
     lines += ["", "## Cost", "", "Seconds each stage took when it ran; a cached stage was only read back in this run.", "",
               "| stage | compute (s) | this run (s) | note |", "|---|---|---|---|"]
     lines += [f"| {c['stage']} | {_seconds(c['compute'])} | {_seconds(c['this_run'])} | {c['note']} |" for c in costs]

@@ -97,3 +97,18 @@ def test_parse_windows():
     assert parse_windows("none") == {}
     with pytest.raises(ValueError, match="NAME=LOW:HIGH"):
         parse_windows("easy=0-50")
+
+
+def test_arms_with_the_same_samples_are_named_as_one_result(tmp_path):
+    store = Store(str(tmp_path))
+
+    def arm(name: str, ids: list[str]) -> dict:
+        store.commit_table(f"sel/{name}.parquet", pa.table({"sample_id": ids, "rank": list(range(1, len(ids) + 1))}), {})
+        return {"method": name, "selection": {"n_selected": len(ids), "outputs": {"selected": store.url(f"sel/{name}.parquet")}}}
+
+    rows = [arm("3ds", ["a", "b", "c"]), arm("3ds-medium", ["c", "a", "b"]), arm("random@0", ["a", "b", "d"]),
+            {"method": "full", "selection": {"n_selected": 0}}, arm("3ds-ifd", ["b", "c", "a"])]
+    identical = C.identical_selections(rows)
+    assert identical == {"3ds-medium": "3ds", "3ds-ifd": "3ds"}
+    md = C.comparison_markdown({"metrics": [], "arms": [], "random": {}}, {}, {"pool": "test"}, [], identical=identical)
+    assert "## Identical selections" in md and "- 3ds-medium = 3ds" in md
