@@ -106,10 +106,7 @@ def make_plan(methods: Sequence[str], scorer_overrides: Mapping[str, Mapping[str
     for method in methods:
         recipe = load_recipe(method)
         recipes[method] = apply_selector_overrides(recipe, selector_overrides.get(method), f"selector_overrides.{method}")
-        wanted[method] = {}
-        for spec in recipe.scorers:
-            config = deep_merge(spec.config, scorer_overrides.get(spec.name, {}))
-            wanted[method][spec.name] = config
+        wanted[method] = {spec.name: deep_merge(spec.config, scorer_overrides.get(spec.name, {})) for spec in recipe.scorers}
 
     # Name the instances: one per distinct config of a scorer.
     configs_of: dict[str, list[tuple[str, dict]]] = {}
@@ -132,6 +129,11 @@ def make_plan(methods: Sequence[str], scorer_overrides: Mapping[str, Mapping[str
             full = deep_merge(config, scorer_overrides.get(name, {})) if name != scorer else config
             scorers[name] = scorer_config(name, full)
             instance_of[(method, scorer)] = name
+    unused = [key for key in scorer_overrides if INSTANCE_SEPARATOR in key and key not in scorers]
+    if unused:
+        raise ValueError(f"scorer_configs names the instance {unused[0]!r}, which this run does not have; its scorer "
+                         f"instances are {', '.join(scorers) or '(none)'} (an instance is <scorer>@<method> only when "
+                         "two methods need one scorer in different configs; otherwise key the change by the scorer)")
     plans = {m: MethodPlan(m, recipes[m], {s: instance_of[(m, s)] for s in wanted[m]}) for m in methods}
     return Plan(scorers=scorers, methods=plans)
 

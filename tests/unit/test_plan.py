@@ -44,6 +44,8 @@ def test_selector_overrides_deep_merge_and_name_the_bad_selector():
         make_plan(["3ds"], {"difficulty": {"max_new_tokens": 0}})
     with pytest.raises(ValueError, match="Did you mean 'difficulty'"):
         make_plan(["3ds"], {"dificulty": {}})
+    with pytest.raises(ValueError, match="instance 'influence@less', which this run does not have; its scorer instances are influence"):
+        make_plan(["less"], {"influence@less": {"warmup": {"epochs": 1}}})
 
 
 def test_deep_merge_and_set_syntax():
