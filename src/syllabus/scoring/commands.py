@@ -15,10 +15,11 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "score",
-        help="score a pool with the target model (3DS quality/difficulty, IFD)",
+        help="score a pool with the target model for a method (3DS, DIQ, IFD, LESS) or one scorer",
         description="Score every sample of a pool with the target model and commit per-shard score tables, "
-        "a score manifest and one combined table to the store. Shards already scored with the same "
-        "scorer, version, config and model are skipped.",
+        "a score manifest and one combined table to the store. A method is scored with exactly the configs the "
+        "pipeline uses for it (the same cache keys). Shards already scored with the same scorer, version, config "
+        "and model are skipped.",
     )
     p.add_argument("pool", nargs="*", metavar="POOL",
                    help="pool files/directories to ingest first (or use --pool with a manifest URL)")
