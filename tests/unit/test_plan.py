@@ -20,6 +20,9 @@ def test_two_methods_with_one_scorer_in_different_configs_get_two_instances():
     assert plan.scorers["influence@diq"]["gradients"]["projection"]["dim"] == 4096
     assert plan.scorers["influence@less"]["gradients"]["projection"]["dim"] == 8192
     assert scorer_of("influence@less") == "influence"
+    plan = make_plan(["3ds", "3ds-reference"])  # one pipeline: the ratings once, two difficulty configs
+    assert list(plan.scorers) == ["quality", "difficulty@3ds", "difficulty@3ds-reference"]
+    assert plan.scorers["difficulty@3ds-reference"] == {"preset": "reference"}
     # the same config is one instance under the scorer's own name, shared by both methods
     plan = make_plan(["3ds", "ifd", "diq"])
     assert set(plan.scorers) == {"quality", "difficulty", "ifd", "diq_difficulty", "influence"}
