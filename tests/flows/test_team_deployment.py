@@ -80,6 +80,16 @@ class Api:
 
         return self(lambda c: c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))))
 
+    def logs_once(self, run_id: UUID, found, timeout: float = 60) -> list:
+        """The run's logs once ``found(logs)`` holds: the final state can be recorded before the
+        run's last batch of log lines reaches the server (seen on a loaded machine)."""
+        deadline = time.time() + timeout
+        while True:
+            logs = self.logs(run_id)
+            if found(logs) or time.time() > deadline:
+                return logs
+            time.sleep(1)
+
     def artifacts(self, run_id: UUID) -> list:
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -172,7 +182,7 @@ def test_a_team_runs_syllabus_from_deployments_with_shared_settings(team, tmp_pa
     assert [c.data.tags["method"] for c in children] == ["ifd"]
     selection = {a.path for a in mlflow.list_artifacts(children[0].info.run_id, "selection")}
     assert "selection/selected.parquet" in selection  # served by the tracking server from the S3 bucket
-    logs = api.logs(run_id)
+    logs = api.logs_once(run_id, lambda logs: any(e.name.startswith("syllabus.") for e in logs))
     assert any(e.name.startswith("syllabus.") for e in logs), sorted({e.name for e in logs})
     links = [a for a in api.artifacts(run_id) if a.key == "mlflow-run"]
     assert links and parent.info.run_id in links[0].data and team["tracking"] in links[0].data
@@ -190,8 +200,10 @@ def test_a_team_runs_syllabus_from_deployments_with_shared_settings(team, tmp_pa
     assert run.state.type.value == "FAILED" and run.state.name == "Partially failed", run.state
     assert second["name"] in run.state.message and "injected permanent fault" in run.state.message
     assert "Press Retry" in run.state.message
-    messages = [(e.name, e.message) for e in api.logs(run_id)]
-    assert any(name == "flows.score" and second["name"] in m and "failed after retries" in m for name, m in messages)
+    named = lambda logs: any(e.name == "flows.score" and second["name"] in e.message and "failed after retries" in e.message
+                             for e in logs)  # noqa: E731
+    messages = [(e.name, e.message) for e in api.logs_once(run_id, named)]
+    assert any(name == "flows.score" and second["name"] in m and "failed after retries" in m for name, m in messages), messages
     assert any(name.startswith("syllabus.") and "fault: scored 4 samples" in m for name, m in messages), messages
     progress = [a for a in api.artifacts(run_id) if a.type == "progress"]
     assert progress and "2/2 shards (0 cached, 1 failed)" in progress[0].description
