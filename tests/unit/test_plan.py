@@ -89,9 +89,11 @@ def test_the_cli_scores_every_method_with_the_pipelines_configs():
 
 def test_cli_choices_come_from_the_registry_and_the_recipes():
     from syllabus import registry
-    from syllabus.scoring.commands import method_choices
+    from syllabus.cli import build_parser
 
-    assert set(method_choices()) == set(registry.names("scorer")) | set(known_recipes())
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    (method,) = [a for a in sub.choices["score"]._actions if a.dest == "method"]
+    assert set(method.choices) == set(registry.names("scorer")) | set(known_recipes())
 
 
 def test_every_command_that_takes_settings_takes_set(capsys):

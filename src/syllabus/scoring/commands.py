@@ -25,9 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pool files/directories to ingest first (or use --pool with a manifest URL)")
     p.add_argument("--pool", dest="pool_manifest", default=None, metavar="MANIFEST_URL",
                    help="URL of a pool manifest printed by `syllabus ingest --json`")
-    p.add_argument("--method", required=True, choices=method_choices(), metavar="METHOD",
+    from syllabus import registry
+    from syllabus.selection.recipes import recipe_names
+
+    recipes, scorers = recipe_names(), registry.names("scorer")  # read once: this runs at every CLI start
+    p.add_argument("--method", required=True, choices=sorted(set(recipes) | set(scorers)), metavar="METHOD",
                    help="a method (its recipe's scorers and configs, as the pipeline scores them: "
-                   f"{', '.join(recipe_choices())}) or one scorer ({', '.join(scorer_choices())})")
+                   f"{', '.join(recipes)}) or one scorer ({', '.join(scorers)})")
     p.add_argument("--validation", default=None, metavar="FILE",
                    help="influence/diq: benchmark-style JSONL/CSV/Parquet validation items (default: a seeded "
                    "held-out sample of the MMLU medical items)")
@@ -59,22 +63,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="recompute even when a committed result exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     p.set_defaults(func=cmd_score)
-
-
-def recipe_choices() -> list[str]:
-    from syllabus.selection.recipes import known_recipes
-
-    return sorted(known_recipes())
-
-
-def scorer_choices() -> list[str]:
-    from syllabus import registry
-
-    return registry.names("scorer")
-
-
-def method_choices() -> list[str]:
-    return sorted(set(recipe_choices()) | set(scorer_choices()))
 
 
 def scorer_overrides(args: argparse.Namespace) -> dict[str, dict]:
