@@ -67,7 +67,6 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
     adds random seeds and difficulty windows). Runs inside a flow; returns the results
     table, the per-arm rows, the MLflow parent run and the score manifests."""
     started = time.perf_counter()
-    params.check()  # a deployment's form reaches here unchecked: fail before the MLflow run exists
     flow_run_id = str(flow_run.id or "")
     lineage = Lineage(params.tracking_uri, params.experiment)
     inputs, benches = _pool_inputs(params)

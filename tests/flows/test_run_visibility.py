@@ -215,3 +215,8 @@ def test_unknown_method_from_a_form_fails_before_any_work(tmp_path):
                       "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, return_state=True)
     assert state.is_failed() and "3dss" in state.message
     assert not (tmp_path / "store").exists() and not (tmp_path / "mlflow.db").exists()
+    # so does a bad scorer setting: every scorer config is checked when the parameters are built
+    state = pipeline({"methods": ["ifd"], "scorer_configs": {"ifd": {"cutoff": 0}}, "store": str(tmp_path / "store"),
+                      "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, return_state=True)
+    assert state.is_failed() and "cutoff = 0" in state.message
+    assert not (tmp_path / "store").exists() and not (tmp_path / "mlflow.db").exists()

@@ -107,7 +107,8 @@ class PipelineParams(BaseModel):
         return make_plan(methods or self.methods, self.scorer_configs, self.selector_overrides)
 
     def check(self) -> None:
-        """Kept for callers that validate a copy built without validation (``model_construct``)."""
+        """Validate these parameters again: every field, the plan and (for a comparison) the
+        windows, the checks that already ran when they were built; raises as building does."""
         type(self).model_validate(self.model_dump())
 
     def with_changes(self, changes: dict[str, Any]) -> "PipelineParams":
