@@ -50,6 +50,7 @@ TABLE: dict[str, dict[str, str]] = {
         "gradients": "syllabus.scoring.gradients:GradientsScorer",
         "influence": "syllabus.scoring.influence:InfluenceScorer",
         "diq_difficulty": "syllabus.scoring.diq_difficulty:DIQDifficultyScorer",
+        "relevance": "syllabus.scoring.relevance:RelevanceScorer",
     },
     "selector": {
         "threshold": "syllabus.selection.threshold:ThresholdSelector",

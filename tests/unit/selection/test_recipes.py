@@ -144,3 +144,21 @@ def test_recipe_default_budget_and_overrides():
                                     "budget": {"count": 3}})
     assert run_recipe(score_frame(30), recipe).n_selected == 3
     assert recipe.with_selector_config(0, descending=False).selectors[0].config == {"column": "ifd_score", "descending": False}
+
+
+def test_3ds_relevance_drops_the_least_related_tenth_before_the_bands():
+    frame = score_frame()
+    frame["relevance_score"] = np.random.default_rng(4).uniform(-0.1, 0.8, len(frame))
+    frame["relevance_status"] = "ok"
+    plain = run_recipe(frame, load_recipe("3ds"), Budget(count=10), seed=1)
+    guarded = run_recipe(frame, load_recipe("3ds-relevance"), Budget(count=10), seed=1)
+    assert [s.selector for s in guarded.stages] == ["threshold", "threshold", "band", "kcenter"]
+    assert guarded.stages[0].n_out == plain.stages[0].n_out  # Stage 1 unchanged
+    after_quality = guarded.candidates.iloc[guarded.stage_inputs[1]]
+    cut = np.percentile(after_quality["relevance_score"], 10)
+    assert guarded.stages[1].thresholds["relevance_score"]["min"] == pytest.approx(cut)
+    assert guarded.stages[1].n_out == int((after_quality["relevance_score"] >= cut).sum()) < guarded.stages[1].n_in
+    chosen = guarded.candidates_frame()
+    chosen = chosen[chosen["chosen"]]
+    assert len(chosen) == 10
+    assert (frame.set_index("sample_id").loc[chosen["sample_id"], "relevance_score"] >= cut).all()
