@@ -1,4 +1,4 @@
-"""Scorers: compute per-sample columns (with the target model, but for ``relevance``); never decide anything.
+"""Scorers: compute per-sample columns, with the target model except for ``relevance``; never decide anything.
 
 - ``quality``: 3DS Stage 1 rating (:mod:`syllabus.scoring.quality`)
 - ``difficulty``: 3DS Stage 2 D1/D2/D3 and embedding (:mod:`syllabus.scoring.difficulty`)
