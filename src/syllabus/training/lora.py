@@ -24,8 +24,10 @@ import logging
 import math
 import random
 import time
+import dataclasses
+import io
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -183,6 +185,8 @@ class StepResult:
 def train_steps(
     model: Any, params: Sequence[Any], steps: Sequence[Sequence[TrainExample]], config: FinetuneConfig, pad_id: int,
     on_micro_batch: Callable[[int], Any] | None = None, on_step: Callable[[StepResult, Any], None] | None = None,
+    resume: Mapping[str, Any] | None = None, save_state: Callable[[dict], None] | None = None,
+    save_every: float = 300.0,
 ) -> list[StepResult]:
     """The LoRA training loop that fine-tuning and the LESS warm-up both drive.
 
@@ -191,7 +195,13 @@ def train_steps(
     micro-batches (:func:`accumulate_gradients`, ``micro_batch_size`` and
     ``max_micro_batch_tokens``) and clips the gradient norm to ``max_grad_norm``. ``model``
     keeps the train/eval mode its caller set. ``on_step(result, optimizer)`` is called after
-    every step (the optimizer holds the Adam moments a checkpoint keeps)."""
+    every step (the optimizer holds the Adam moments a checkpoint keeps).
+
+    ``save_state(state)`` is called after a step once ``save_every`` seconds have passed since
+    the last save (not after the last step) with everything the rest of the run depends on:
+    the parameters, the optimizer and schedule states, torch's random state (LoRA dropout) and
+    the steps so far. Passed back as ``resume``, such a state continues the run where it
+    stopped, and the result is the one an uninterrupted run gives, bit for bit."""
     import torch
 
     params = list(params)
@@ -199,7 +209,19 @@ def train_steps(
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = lr_schedule(optimizer, config, len(steps))
     results: list[StepResult] = []
-    for index, step in enumerate(steps):
+    if resume is not None:
+        if resume["total_steps"] != len(steps) or len(resume["params"]) != len(params):
+            raise ValueError(f"a saved training state of {resume['total_steps']} steps cannot resume a run of {len(steps)}")
+        with torch.no_grad():
+            for p, saved in zip(params, resume["params"]):
+                p.copy_(saved)
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["rng"])
+        results = [StepResult(**r) for r in resume["results"]]
+    last_save = time.perf_counter()
+    for index in range(len(results), len(steps)):
+        step = steps[index]
         optimizer.zero_grad(set_to_none=True)
         lr = scheduler.get_last_lr()[0]
         nll = accumulate_gradients(model, step, config.micro_batch_size, pad_id, device,
@@ -209,6 +231,11 @@ def train_steps(
         optimizer.step()
         scheduler.step()
         results.append(StepResult(index, lr, nll, sum(e.n_targets for e in step), len(step)))
+        if save_state is not None and index + 1 < len(steps) and time.perf_counter() - last_save >= save_every:
+            save_state({"total_steps": len(steps), "params": [p.detach().clone() for p in params],
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "rng": torch.get_rng_state(), "results": [dataclasses.asdict(r) for r in results]})
+            last_save = time.perf_counter()
         if on_step is not None:
             on_step(results[-1], optimizer)
     return results
@@ -220,13 +247,14 @@ ProgressCallback = Callable[[int, int, float], None]
 
 def train_lora(
     model: Any, tokenizer: Any, examples: Sequence[TrainExample], config: FinetuneConfig, progress: bool = True,
-    on_progress: ProgressCallback | None = None,
+    on_progress: ProgressCallback | None = None, resume: Mapping[str, Any] | None = None,
+    save_state: Callable[[dict], None] | None = None, save_every: float = 300.0,
 ) -> tuple[Any, dict]:
     """Train LoRA adapters on ``examples``; returns ``(peft_model, stats)``.
 
     ``progress`` shows a terminal bar; whatever it says, every tenth of the way is also logged
     (so a flow's log shows how far a long fine-tune is), and ``on_progress`` is called after
-    every step."""
+    every step. ``resume``, ``save_state`` and ``save_every``: see :func:`train_steps`."""
     import torch
 
     if not examples:
@@ -239,8 +267,10 @@ def train_lora(
     steps = [[examples[i] for i in order[s : s + config.batch_size]] for s in range(0, len(order), config.batch_size)]
 
     peft_model.train()
-    bar = tqdm(total=len(order), desc="finetune", unit="sample", disable=not progress)
-    started, done, next_log = time.perf_counter(), 0, 0.1
+    done = sum(r["samples"] for r in resume["results"]) if resume else 0
+    bar = tqdm(total=len(order), initial=done, desc="finetune", unit="sample", disable=not progress)
+    started, next_log = time.perf_counter(), math.floor(10 * done / len(order) + 1) / 10
+    start_done = done
 
     def report(step: StepResult, _optimizer: Any) -> None:
         nonlocal done, next_log
@@ -252,11 +282,11 @@ def train_lora(
             elapsed = time.perf_counter() - started
             log.info("finetune: %d/%d samples seen (%d%%), step %d/%d, loss %.4f, %.0f s elapsed, about %.0f s left",
                      done, len(order), 100 * done // len(order), step.index + 1, len(steps), step.loss, elapsed,
-                     elapsed * (len(order) - done) / done)
+                     elapsed * (len(order) - done) / max(1, done - start_done))
             next_log = math.floor(10 * done / len(order) + 1) / 10
 
     results = train_steps(peft_model, params, steps, config, pad_token_id(tokenizer), on_micro_batch=bar.update,
-                          on_step=report)
+                          on_step=report, resume=resume, save_state=save_state, save_every=save_every)
     bar.close()
     peft_model.eval()
     losses = [r.loss for r in results]
@@ -268,6 +298,7 @@ def train_lora(
         "steps": len(steps),
         "samples_seen": len(order),
         "tokens": token_sum,
+        **({"resumed_at_step": len(resume["results"])} if resume else {}),
     }
 
 
@@ -276,6 +307,23 @@ def adapter_key(fingerprint: str, config: FinetuneConfig, examples: Sequence[Tra
     data_hash = content_hash([[e.input_ids, e.labels] for e in examples], 20)
     digest = content_hash({"v": VERSION, "model": fingerprint, "config": config.model_dump(mode="json"), "data": data_hash}, 20)
     return f"{ADAPTER_PREFIX}/{digest}/adapter.tar"
+
+
+def resume_key(key: str) -> str:
+    """Where a fine-tune in progress keeps its training state: next to its adapter's key."""
+    return key.rsplit("/", 1)[0] + "/resume.pt"
+
+
+def _read_resume_state(store: Store, key: str) -> dict | None:
+    import torch
+
+    if not store.exists(key):
+        return None
+    try:
+        return torch.load(io.BytesIO(store.read_bytes(key)), weights_only=True)
+    except Exception as exc:  # a state cut short by a crash while writing: start over
+        log.warning("ignoring the unreadable training state %s (%s); training from the start", store.url(key), exc)
+        return None
 
 
 def finetune(
@@ -289,8 +337,15 @@ def finetune(
     force: bool = False,
     progress: bool = True,
     on_progress: ProgressCallback | None = None,
+    save_every: float = 300.0,
 ) -> FinetuneResult:
-    """Template ``samples``, train LoRA on ``model`` (modified in place) and commit the adapter."""
+    """Template ``samples``, train LoRA on ``model`` (modified in place) and commit the adapter.
+
+    Every ``save_every`` seconds the training state goes to the store next to the adapter's
+    key (:func:`resume_key`), so a fine-tune that stops (a killed worker, the end of a
+    session) continues from there when it is run again with the same model, config and data,
+    and ends with the adapter an uninterrupted run gives; the state is removed once the
+    adapter is committed. ``force`` retrains from the start."""
     start = time.perf_counter()
     examples, counts = build_examples(tokenizer, samples, config.cutoff)
     key = adapter_key(model_fingerprint, config, examples)
@@ -300,8 +355,22 @@ def finetune(
         return FinetuneResult(store.url(key), key, manifest["train_loss"], manifest["train_loss_mean"],
                               manifest["samples"], manifest["steps"], time.perf_counter() - start, True,
                               manifest["losses"], manifest.get("counts", {}), manifest.get("seconds"))
-    peft_model, stats = train_lora(model, tokenizer, examples, config, progress=progress, on_progress=on_progress)
-    seconds = time.perf_counter() - start
+    state_key = resume_key(key)
+    state = None if force else _read_resume_state(store, state_key)
+    if state is not None:
+        log.info("fine-tune: resuming at step %d of %d from %s", len(state["results"]), state["total_steps"],
+                 store.url(state_key))
+
+    def save_state(st: dict) -> None:
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save({**st, "seconds": (state or {}).get("seconds", 0.0) + time.perf_counter() - start}, buffer)
+        store.write_bytes(state_key, buffer.getvalue())
+
+    peft_model, stats = train_lora(model, tokenizer, examples, config, progress=progress, on_progress=on_progress,
+                                   resume=state, save_state=save_state, save_every=save_every)
+    seconds = time.perf_counter() - start + (state or {}).get("seconds", 0.0)
     manifest = {
         "base_model": base_model,
         "model_fingerprint": model_fingerprint,
@@ -314,5 +383,6 @@ def finetune(
         **stats,
     }
     save_adapter(peft_model, store, key, manifest)
+    store.delete(state_key)
     return FinetuneResult(store.url(key), key, stats["train_loss"], stats["train_loss_mean"], len(examples),
                           stats["steps"], seconds, False, stats["losses"], counts)

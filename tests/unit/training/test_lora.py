@@ -195,3 +195,57 @@ def test_micro_batches_respect_count_and_token_budget():
     assert [[len(e.input_ids) for e in g] for g in groups] == [[50, 100, 200], [300], [900], [1000]]
     assert sorted(e.sample_id for g in groups for e in g) == sorted(e.sample_id for e in exs)
     assert [[len(e.input_ids) for e in g] for g in micro_batches(exs, 4, None)] == [[50, 100, 200, 300], [900, 1000]]
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_stopped_fine_tune_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(smol_tokenizer, tmp_path, caplog):
+    from syllabus.training.lora import resume_key
+
+    # dropout on: the resumed run must also continue torch's random state
+    cfg = FinetuneConfig(batch_size=2, micro_batch_size=2, learning_rate=5e-3, epochs=2, warmup_ratio=0.2,
+                         lora_dropout=0.1)
+
+    def weights(result, seed=7):
+        model = load_adapter(make_tiny_llama(len(smol_tokenizer), seed=seed), result.adapter_url)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+    whole = finetune(make_tiny_llama(len(smol_tokenizer), seed=7), smol_tokenizer, SAMPLES, cfg,
+                     Store(str(tmp_path / "whole")), "sha256:tiny", progress=False)
+    assert whole.steps == 6
+
+    store = Store(str(tmp_path / "stopped"))
+    seen = []
+
+    def stop_after_four(done, total, loss):
+        seen.append(loss)
+        if len(seen) == 4:
+            raise Stop  # a killed worker, the end of a session
+
+    with pytest.raises(Stop):
+        finetune(make_tiny_llama(len(smol_tokenizer), seed=7), smol_tokenizer, SAMPLES, cfg, store, "sha256:tiny",
+                 progress=False, on_progress=stop_after_four, save_every=0.0)
+    state = resume_key(whole.adapter_key)
+    assert store.exists(state) and not store.is_committed(whole.adapter_key)
+
+    rest = []
+    with caplog.at_level("INFO", logger="syllabus.training.lora"):
+        resumed = finetune(make_tiny_llama(len(smol_tokenizer), seed=7), smol_tokenizer, SAMPLES, cfg, store,
+                           "sha256:tiny", progress=False, on_progress=lambda d, t, loss: rest.append((d, t)),
+                           save_every=0.0)
+    assert "fine-tune: resuming at step 4 of 6" in caplog.text
+    assert rest == [(10, 12), (12, 12)]  # only the two steps left were trained
+    assert resumed.adapter_key == whole.adapter_key and resumed.losses == whole.losses
+    assert read_adapter_manifest(resumed.adapter_url)["resumed_at_step"] == 4
+    a, b = weights(whole), weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    assert not store.exists(state)  # removed once the adapter is committed
+
+    # a state that cannot be read (a crash while writing) is ignored: training starts over
+    store2 = Store(str(tmp_path / "garbled"))
+    store2.write_bytes(state, b"not a torch file")
+    again = finetune(make_tiny_llama(len(smol_tokenizer), seed=7), smol_tokenizer, SAMPLES, cfg, store2, "sha256:tiny",
+                     progress=False)
+    assert again.losses == whole.losses and not store2.exists(state)
