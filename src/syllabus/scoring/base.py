@@ -81,6 +81,23 @@ def per_item_fallback(fn: Callable[[list[int]], list[Any]]) -> Callable[[list[in
     return run
 
 
+def in_batches(n: int, batch_size: int, fn: Callable[[list[int]], list[Any]]) -> tuple[list[Any], list[str]]:
+    """Run ``fn`` over items ``0..n-1`` in batches of ``batch_size`` through
+    :func:`per_item_fallback`; returns each item's result (None where it failed) and status
+    (``ok`` or the failure's)."""
+    results: list[Any] = [None] * n
+    status = ["ok"] * n
+    run = per_item_fallback(fn)
+    for s0 in range(0, n, batch_size):
+        idx = list(range(s0, min(n, s0 + batch_size)))
+        for i, res in zip(idx, run(idx)):
+            if isinstance(res, Failed):
+                status[i] = res.status
+            else:
+                results[i] = res
+    return results, status
+
+
 class Scorer:
     """Base for scorers: a name, a version bumped whenever numbers can change, a config."""
 

