@@ -42,7 +42,7 @@ def test_compare_reports_defect_avoidance_without_fine_tuning(tmp_path, tiny_mod
     full = audits["full"]["selected"]
     assert full["n"] == 24 + len(records) and full["defects"] == len(records)  # full keeps the whole noisy pool
     assert audits["full"]["pool"] == full
-    assert [s["stage"] for s in audits["3ds"]["stages"]] == ["1:threshold", "2:band", "3:kcenter"]
+    assert [s["stage"] for s in audits["3ds"]["stages"]] == ["1:threshold(quality_score)", "2:band", "3:kcenter"]
     assert all(a["selected"]["n"] <= 6 for name, a in audits.items() if name != "full")
     assert not any("finetune" in r or "evaluation" in r for r in result["results"] if r.get("method") != "base model")
 
@@ -54,4 +54,4 @@ def test_compare_reports_defect_avoidance_without_fine_tuning(tmp_path, tiny_mod
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     by_arm = {c.data.tags["method"]: c for c in children}
     assert by_arm["full"].data.metrics["defects/share"] == pytest.approx(len(records) / (24 + len(records)))
-    assert "defects/after_stage/1_threshold" in by_arm["3ds"].data.metrics
+    assert "defects/after_stage/1_threshold_quality_score" in by_arm["3ds"].data.metrics

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
@@ -94,6 +95,14 @@ def _cell(ids: np.ndarray, labels: Mapping[str, str], kinds: Sequence[str]) -> d
             "per_kind": {kind: int(found.get(kind, 0)) for kind in kinds}}
 
 
+def stage_label(stage: Mapping[str, Any]) -> str:
+    """``2:threshold`` for a report stage, with the column a threshold cuts when the report
+    has it (``2:threshold(relevance_score)``): a recipe may hold two thresholds."""
+    label = f"{int(stage['index'])}:{stage['selector']}"
+    column = (stage.get("config") or {}).get("column") if stage["selector"] == "threshold" else None
+    return f"{label}({column})" if column else label
+
+
 def audit_selection(candidates: pd.DataFrame, labels: Mapping[str, str], stages: Sequence[Mapping[str, Any]],
                     path: str = "labels") -> dict[str, Any]:
     """The defect shares of one selection. ``candidates`` is the selection's per-candidate
@@ -107,7 +116,7 @@ def audit_selection(candidates: pd.DataFrame, labels: Mapping[str, str], stages:
     for stage in stages:
         index = int(stage["index"])
         alive = (dropped_at == 0) | (dropped_at > index)
-        out["stages"].append({"stage": f"{index}:{stage['selector']}", **_cell(ids[alive], labels, kinds)})
+        out["stages"].append({"stage": stage_label(stage), **_cell(ids[alive], labels, kinds)})
     chosen = candidates["chosen"].to_numpy(dtype=bool)
     out["selected"] = _cell(ids[chosen], labels, kinds)
     if "group" in candidates.columns:
@@ -221,7 +230,7 @@ def audit_metrics(audit: Mapping[str, Any]) -> dict[str, float]:
         out[f"defects/kind/{kind}"] = float(n)
     for st in audit["stages"]:
         if st["share"] is not None:
-            out[f"defects/after_stage/{st['stage'].replace(':', '_')}"] = st["share"]
+            out[f"defects/after_stage/{re.sub(r'[^A-Za-z0-9_]+', '_', st['stage']).strip('_')}"] = st["share"]
     for group, cell in (audit.get("groups") or {}).items():
         if cell["share"] is not None:
             out[f"defects/group/{group}"] = cell["share"]

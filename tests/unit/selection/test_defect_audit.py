@@ -93,7 +93,7 @@ def test_select_with_labels_reports_the_quality_stage_against_the_scores(tmp_pat
     audit = result["defects"]
     # Stage 1 keeps ratings >= 90: its defects are exactly the labelled ids rated that high.
     kept = set(quality.loc[quality["quality_score"] >= 90, "sample_id"])
-    assert audit["stages"][0]["stage"] == "1:threshold"
+    assert audit["stages"][0]["stage"] == "1:threshold(quality_score)"
     assert audit["stages"][0]["n"] == len(kept)
     assert audit["stages"][0]["defects"] == len(kept & set(labels))
     assert audit["stages"][0]["per_kind"]["boilerplate"] == 0  # all 40 lowest-rated are below 90
