@@ -29,6 +29,14 @@ from syllabus.store.store import read_parquet_bytes
 log = logging.getLogger(__name__)
 
 
+def _location(url: str) -> str:
+    """A URL or path in one spelling: a local file as its absolute path, others unchanged."""
+    import os
+
+    path = url.removeprefix("file://")
+    return url if "://" in path else os.path.abspath(path)
+
+
 def read_url_bytes(url: str) -> bytes:
     """The bytes at ``url``, checksum-verified when the object has a commit marker."""
     store, key = Store.open_url(url)
@@ -191,7 +199,7 @@ def load_candidates(score_urls: list[str], pool_url: str | None = None) -> Candi
             f"the score manifests name different pools ({', '.join(named)}); pass --pool with the one to select from"
         )
     pool_url = pool_url or (named[0] if named else None)
-    if pool_url and named and any(n != pool_url for n in named):
+    if pool_url and named and any(_location(n) != _location(pool_url) for n in named):
         notes.append(f"--pool {pool_url} overrides the pool named by the score manifests ({', '.join(named)})")
 
     pool = None

@@ -9,7 +9,9 @@ NaN) are dropped with their status in the reason.
 over the rows this stage receives (numpy's linear interpolation) and ``min_value`` is not
 used. A small rater compresses its scale (SmolLM2-135M rated 24 demo samples between 19
 and 35), so an absolute delta of 90 can keep nothing; a percentile keeps the top share.
-The value actually used is reported either way.
+The value actually used is reported either way. ``max_percentile`` (ours) likewise sets the
+upper threshold: ``{column: ifd_nll_alone, min_value: null, max_percentile: 90}`` drops the
+tenth of the rows whose answer the target model finds least likely (a perplexity filter).
 """
 
 from __future__ import annotations
@@ -38,11 +40,17 @@ class ThresholdConfig(SelectorConfig):
     min_value: float | None = 90.0
     max_value: float | None = None
     min_percentile: float | None = Field(None, ge=0.0, le=100.0)
+    max_percentile: float | None = Field(None, ge=0.0, le=100.0)
 
     @model_validator(mode="after")
     def _bounds(self) -> "ThresholdConfig":
-        if self.min_value is None and self.max_value is None and self.min_percentile is None:
-            raise ValueError("a threshold needs min_value, min_percentile, max_value or a combination")
+        if (self.min_value is None and self.max_value is None and self.min_percentile is None
+                and self.max_percentile is None):
+            raise ValueError("a threshold needs min_value, min_percentile, max_value, max_percentile or a combination")
+        if (self.min_percentile is not None and self.max_percentile is not None
+                and self.min_percentile > self.max_percentile):
+            raise ValueError(f"threshold min_percentile {self.min_percentile} is above max_percentile "
+                             f"{self.max_percentile}; swap them")
         if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
             raise ValueError(f"threshold min_value {self.min_value} is above max_value {self.max_value}; swap them")
         return self
@@ -74,20 +82,23 @@ class ThresholdSelector(Selector):
         cfg = self.config
         require_columns(frame, [cfg.column], self.name)
         values, reasons = numeric_values(frame, cfg.column)
-        low = cfg.min_value
+        low, high = cfg.min_value, cfg.max_value
+        finite = values[np.isfinite(values)]
         if cfg.min_percentile is not None:
-            finite = values[np.isfinite(values)]
             low = float(np.percentile(finite, cfg.min_percentile)) if finite.size else float("inf")
-        keep = select_threshold(values, low, cfg.max_value)
+        if cfg.max_percentile is not None:
+            high = float(np.percentile(finite, cfg.max_percentile)) if finite.size else float("-inf")
+        keep = select_threshold(values, low, high)
         for i in np.flatnonzero(~keep & np.isfinite(values)):
             v = values[i]
             if low is not None and v < low:
                 reasons[i] = f"{cfg.column} = {fmt(v)} < {fmt(low)}"
             else:
-                reasons[i] = f"{cfg.column} = {fmt(v)} > {fmt(cfg.max_value)}"
-        thresholds = {cfg.column: {"min": low, "max": cfg.max_value}}
-        if cfg.min_percentile is not None:
-            thresholds[cfg.column]["min_percentile"] = cfg.min_percentile
+                reasons[i] = f"{cfg.column} = {fmt(v)} > {fmt(high)}"
+        thresholds = {cfg.column: {"min": low, "max": high}}
+        for name in ("min_percentile", "max_percentile"):
+            if getattr(cfg, name) is not None:
+                thresholds[cfg.column][name] = getattr(cfg, name)
         notes = []
         if len(frame) and not keep.any() and np.isfinite(values).any():
             notes.append(
@@ -102,5 +113,5 @@ class ThresholdSelector(Selector):
             reasons=reasons,
             thresholds=thresholds,
             notes=notes,
-            details={"kept_ranges": {cfg.column: [low, cfg.max_value]}},
+            details={"kept_ranges": {cfg.column: [low, high]}},
         )

@@ -162,3 +162,32 @@ def test_3ds_relevance_drops_the_least_related_tenth_before_the_bands():
     chosen = chosen[chosen["chosen"]]
     assert len(chosen) == 10
     assert (frame.set_index("sample_id").loc[chosen["sample_id"], "relevance_score"] >= cut).all()
+
+
+def test_threshold_max_percentile_drops_the_top_share():
+    from syllabus.selection.threshold import ThresholdConfig, ThresholdSelector
+
+    frame = pd.DataFrame({"sample_id": [f"s{i}" for i in range(11)], "x": np.arange(11.0)})
+    out = ThresholdSelector(ThresholdConfig(column="x", min_value=None, max_percentile=80)).apply(frame, None, 0)
+    assert out.kept.tolist() == list(range(9))  # the 80th percentile of 0..10 is 8
+    assert out.thresholds["x"] == {"min": None, "max": 8.0, "max_percentile": 80}
+    assert out.reasons[10] == "x = 10 > 8"
+    with pytest.raises(ValueError, match="min_percentile 60.0 is above max_percentile 40.0"):
+        ThresholdConfig(column="x", min_percentile=60, max_percentile=40)
+
+
+def test_ifd_filtered_ranks_by_ifd_after_the_relevance_and_perplexity_filters():
+    frame = score_frame()
+    rng = np.random.default_rng(5)
+    frame["relevance_score"] = rng.uniform(-0.1, 0.8, len(frame))
+    frame["relevance_status"] = "ok"
+    frame["ifd_nll_alone"] = rng.uniform(1.0, 6.0, len(frame))
+    result = run_recipe(frame, load_recipe("ifd-filtered"), Budget(count=10), seed=0)
+    assert [s.selector for s in result.stages] == ["threshold", "threshold", "topk"]
+    chosen = frame.set_index("sample_id").loc[result.selected_ids()]
+    assert (chosen["relevance_score"] >= np.percentile(frame["relevance_score"], 10)).all()
+    after_relevance = frame.iloc[result.stage_inputs[1]]
+    assert (chosen["ifd_nll_alone"] <= np.percentile(after_relevance["ifd_nll_alone"], 90)).all()
+    survivors = frame.iloc[result.stage_inputs[2]]
+    best = survivors[survivors["ifd_score"] <= 1.0].nlargest(10, "ifd_score")["sample_id"]
+    assert sorted(result.selected_ids()) == sorted(best)
