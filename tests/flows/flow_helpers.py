@@ -48,7 +48,17 @@ class serve:
 
     def __exit__(self, *exc):
         import os
+        import signal
+        import subprocess
+        import warnings
 
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-        self.proc.wait(timeout=60)
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # A Prefect worker's graceful shutdown has hung past a minute on a loaded machine
+            # (CI, after its test had passed): the server is stopped all the same.
+            warnings.warn(f"{' '.join(self.cmd[:3])} ignored SIGTERM for 60 s; killed")
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)

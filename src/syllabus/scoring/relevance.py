@@ -105,7 +105,7 @@ class RelevanceScorer(Scorer):
         results, status = in_batches(len(rows), cfg.batch_size, run)
         scores = [math.nan if r is None else r for r in results]
         ok = [s for s, st in zip(scores, status) if st == "ok"]
-        self.last_stats = {"embedder": Path(embedder_dir(cfg.model)).name,
+        self.last_stats = {"embedder": cfg.model,
                            "mean": round(float(np.mean(ok)), 4) if ok else None,
                            "std": round(float(np.std(ok)), 4) if ok else None}
         return pa.table({
