@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +32,6 @@ log = logging.getLogger(__name__)
 
 def _location(url: str) -> str:
     """A URL or path in one spelling: a local file as its absolute path, others unchanged."""
-    import os
-
     path = url.removeprefix("file://")
     return url if "://" in path else os.path.abspath(path)
 

@@ -20,12 +20,12 @@ not retrained.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import logging
 import math
 import random
 import time
-import dataclasses
-import io
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 VERSION = 1
 ADAPTER_PREFIX = "adapters"
+SAVE_EVERY_S = 300.0  # how often a fine-tune saves the state it resumes from
 
 
 @dataclass
@@ -186,7 +187,7 @@ def train_steps(
     model: Any, params: Sequence[Any], steps: Sequence[Sequence[TrainExample]], config: FinetuneConfig, pad_id: int,
     on_micro_batch: Callable[[int], Any] | None = None, on_step: Callable[[StepResult, Any], None] | None = None,
     resume: Mapping[str, Any] | None = None, save_state: Callable[[dict], None] | None = None,
-    save_every: float = 300.0,
+    save_every: float = SAVE_EVERY_S,
 ) -> list[StepResult]:
     """The LoRA training loop that fine-tuning and the LESS warm-up both drive.
 
@@ -248,7 +249,7 @@ ProgressCallback = Callable[[int, int, float], None]
 def train_lora(
     model: Any, tokenizer: Any, examples: Sequence[TrainExample], config: FinetuneConfig, progress: bool = True,
     on_progress: ProgressCallback | None = None, resume: Mapping[str, Any] | None = None,
-    save_state: Callable[[dict], None] | None = None, save_every: float = 300.0,
+    save_state: Callable[[dict], None] | None = None, save_every: float = SAVE_EVERY_S,
 ) -> tuple[Any, dict]:
     """Train LoRA adapters on ``examples``; returns ``(peft_model, stats)``.
 
@@ -267,10 +268,12 @@ def train_lora(
     steps = [[examples[i] for i in order[s : s + config.batch_size]] for s in range(0, len(order), config.batch_size)]
 
     peft_model.train()
+    def next_tenth(seen: int) -> float:
+        return math.floor(10 * seen / len(order) + 1) / 10
+
     done = sum(r["samples"] for r in resume["results"]) if resume else 0
     bar = tqdm(total=len(order), initial=done, desc="finetune", unit="sample", disable=not progress)
-    started, next_log = time.perf_counter(), math.floor(10 * done / len(order) + 1) / 10
-    start_done = done
+    started, next_log, start_done = time.perf_counter(), next_tenth(done), done
 
     def report(step: StepResult, _optimizer: Any) -> None:
         nonlocal done, next_log
@@ -283,7 +286,7 @@ def train_lora(
             log.info("finetune: %d/%d samples seen (%d%%), step %d/%d, loss %.4f, %.0f s elapsed, about %.0f s left",
                      done, len(order), 100 * done // len(order), step.index + 1, len(steps), step.loss, elapsed,
                      elapsed * (len(order) - done) / max(1, done - start_done))
-            next_log = math.floor(10 * done / len(order) + 1) / 10
+            next_log = next_tenth(done)
 
     results = train_steps(peft_model, params, steps, config, pad_token_id(tokenizer), on_micro_batch=bar.update,
                           on_step=report, resume=resume, save_state=save_state, save_every=save_every)
@@ -337,7 +340,7 @@ def finetune(
     force: bool = False,
     progress: bool = True,
     on_progress: ProgressCallback | None = None,
-    save_every: float = 300.0,
+    save_every: float = SAVE_EVERY_S,
 ) -> FinetuneResult:
     """Template ``samples``, train LoRA on ``model`` (modified in place) and commit the adapter.
 
@@ -357,6 +360,7 @@ def finetune(
                               manifest["losses"], manifest.get("counts", {}), manifest.get("seconds"))
     state_key = resume_key(key)
     state = None if force else _read_resume_state(store, state_key)
+    earlier = (state or {}).get("seconds", 0.0)  # what the stopped runs trained for
     if state is not None:
         log.info("fine-tune: resuming at step %d of %d from %s", len(state["results"]), state["total_steps"],
                  store.url(state_key))
@@ -365,12 +369,12 @@ def finetune(
         import torch
 
         buffer = io.BytesIO()
-        torch.save({**st, "seconds": (state or {}).get("seconds", 0.0) + time.perf_counter() - start}, buffer)
+        torch.save({**st, "seconds": earlier + time.perf_counter() - start}, buffer)
         store.write_bytes(state_key, buffer.getvalue())
 
     peft_model, stats = train_lora(model, tokenizer, examples, config, progress=progress, on_progress=on_progress,
                                    resume=state, save_state=save_state, save_every=save_every)
-    seconds = time.perf_counter() - start + (state or {}).get("seconds", 0.0)
+    seconds = earlier + time.perf_counter() - start
     manifest = {
         "base_model": base_model,
         "model_fingerprint": model_fingerprint,
