@@ -22,10 +22,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-from collections import Counter
+import subprocess
+import sys
 from pathlib import Path
-
-from syllabus.pool.defects import distractor_pairs, plant_defects, read_samples, _write_jsonl
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -50,13 +49,11 @@ def main() -> None:
     args = p.parse_args()
     medical = _medical_prepare()
     files = medical.prepare(args.medquad, args.genmed, args.heldout, args.seed, args.out, args.data)
-    samples = read_samples(files["pool"])
-    records, labels = plant_defects(samples, args.fraction, args.seed, distractors=distractor_pairs())
-    _write_jsonl(args.out / "defects" / "defects.jsonl", records)
-    _write_jsonl(args.out / "labels.jsonl", labels)
-    print(json.dumps({**files, "defects": str(args.out / "defects" / "defects.jsonl"), "labels": str(args.out / "labels.jsonl"),
-                      "counts": {**files["counts"], "clean": len(samples), "defects": len(records),
-                                 "per_kind": dict(Counter(label["defect"] for label in labels))}}))
+    defects, labels = args.out / "defects" / "defects.jsonl", args.out / "labels.jsonl"
+    planted = subprocess.run([str(Path(sys.executable).with_name("syllabus")), "plant-defects", *files["pool"], "--out", str(defects),
+                              "--labels", str(labels), "--fraction", str(args.fraction), "--seed", str(args.seed), "--json"],
+                             check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+    print(json.dumps({**files, "defects": str(defects), "labels": str(labels), "planted": json.loads(planted)}))
 
 
 if __name__ == "__main__":
