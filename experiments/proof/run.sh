@@ -16,6 +16,16 @@ mkdir -p "$PROOF_STORE" experiments/proof/out
 [ -e experiments/proof/out/store ] || ln -s "$PROOF_STORE" experiments/proof/out/store
 .venv/bin/python experiments/proof/prepare.py
 STAGE="${STAGE:-evaluate}"
-# The noisy pool first: its scores cover every clean shard too.
-.venv/bin/syllabus compare experiments/proof/compare_noisy.yaml --stop-after "$STAGE" --json
-.venv/bin/syllabus compare experiments/proof/compare_clean.yaml --stop-after "$STAGE" --json
+NOISY=experiments/proof/compare_noisy.yaml
+CLEAN=experiments/proof/compare_clean.yaml
+if [ "$STAGE" = evaluate ]; then
+  # The 200-sample arms of both pools before the two full arms (2,857 and 2,000 sample passes,
+  # more than all the others together), so a run stopped part-way has the comparisons that say
+  # most. The noisy pool first: its scores cover every clean shard too.
+  SUBSETS=3ds,3ds-ifd,3ds-relevance,diq,ifd,ifd-filtered,random
+  .venv/bin/syllabus compare "$NOISY" --methods "$SUBSETS" --stop-after evaluate
+  .venv/bin/syllabus compare "$CLEAN" --methods "$SUBSETS" --stop-after evaluate
+fi
+# Every arm (the ones above are read back from the store): the reports.
+.venv/bin/syllabus compare "$NOISY" --stop-after "$STAGE" --json
+.venv/bin/syllabus compare "$CLEAN" --stop-after "$STAGE" --json
