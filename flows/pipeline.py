@@ -104,7 +104,7 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
 
         eval_config = evaluation_config(params.eval, manifests)  # leaves out what influence scoring validated on
         rows: list[dict[str, Any]] = []
-        if params.evaluate_base:
+        if params.evaluate_base and params.stop_after != "select":  # 'select': scores and subsets only
             t0 = time.perf_counter()
             base, error = _result_or_error(evaluate_task.submit(params.model, None, benches, eval_config, params.store))
             rows.append({"method": "base model", "evaluation": base, "error": error, "seconds": time.perf_counter() - t0})
