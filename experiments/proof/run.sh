@@ -22,7 +22,7 @@ if [ "$STAGE" = evaluate ]; then
   # The 200-sample arms of both pools before the two full arms (2,857 and 2,000 sample passes,
   # more than all the others together), so a run stopped part-way has the comparisons that say
   # most. The noisy pool first: its scores cover every clean shard too.
-  SUBSETS=3ds,3ds-ifd,3ds-relevance,diq,ifd,ifd-filtered,random
+  SUBSETS=$(.venv/bin/python -c 'import sys, yaml; print(",".join(m for m in yaml.safe_load(open(sys.argv[1]))["methods"] if m != "full"))' "$NOISY")
   .venv/bin/syllabus compare "$NOISY" --methods "$SUBSETS" --stop-after evaluate
   .venv/bin/syllabus compare "$CLEAN" --methods "$SUBSETS" --stop-after evaluate
 fi
