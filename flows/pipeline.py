@@ -165,20 +165,36 @@ def _run_arm(params: PipelineParams, arm: dict[str, Any], method_scorers: list[s
     if sel and params.stop_after == "select":
         pass  # scores and subsets only: no fine-tuning or evaluation
     elif sel and sel["n_selected"] > 0:
-        ft, row["error"] = _result_or_error(finetune_task.submit(sel["outputs"]["selected"], params.model, params.finetune.model_dump(mode="json"), params.store))
+        def train(force: bool = False) -> tuple[dict | None, str | None]:
+            return _result_or_error(finetune_task.submit(sel["outputs"]["selected"], params.model,
+                                                         params.finetune.model_dump(mode="json"), params.store, force))
+
+        def evaluate(adapter: str) -> tuple[dict | None, str | None]:
+            return _result_or_error(evaluate_task.submit(params.model, adapter, benches, eval_config, params.store))
+
+        ft, row["error"] = train()
+        ev = None
+        if ft:
+            ev, row["error"] = evaluate(ft["adapter"])
+            if ev is None and ft.get("pruned"):  # neither its weights nor this evaluation are in the store: train again
+                ft, row["error"] = train(force=True)
+                if ft:
+                    ev, row["error"] = evaluate(ft["adapter"])
         if ft:
             row["finetune"] = ft
             lineage.log_params({"adapter": ft["adapter"]})
-            lineage.log_adapter(ft["adapter"])
+            if ft.get("pruned"):  # its weights are not in the store: nothing to log as a model
+                lineage.mlflow.set_tag("adapter_pruned", "true")
+            else:
+                lineage.log_adapter(ft["adapter"])
             lineage.log_metrics({"train_loss": ft["train_loss"], "train_loss_mean": ft["train_loss_mean"],
                                  "samples": ft["samples"], "steps": ft["steps"], "seconds": ft["seconds"]}, "finetune/")
             for step, loss in enumerate(ft.get("losses", [])):
                 lineage.mlflow.log_metric("finetune/step_loss", loss, step=step)
-            ev, row["error"] = _result_or_error(evaluate_task.submit(params.model, ft["adapter"], benches, eval_config, params.store))
-            if ev:
-                row["evaluation"] = ev
-                lineage.log_metrics(ev["metrics"], "eval/")
-                lineage.log_store_object(ev["results"], "evaluation", name="per_item_results.parquet")
+        if ev:
+            row["evaluation"] = ev
+            lineage.log_metrics(ev["metrics"], "eval/")
+            lineage.log_store_object(ev["results"], "evaluation", name="per_item_results.parquet")
     elif sel and not row["error"]:
         row["error"] = f"{arm['name']} selected no sample; relax its thresholds (selector_overrides) or raise the budget"
     if missing:

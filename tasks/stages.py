@@ -41,8 +41,8 @@ def select_task(method: str, scores: list[str], budget: dict | None, store: str 
 
 
 @task(name="finetune", tags=["gpu"], **_COMMON)
-def finetune_task(selected: str, model: str, config: dict, store: str | None) -> dict[str, Any]:
-    return stages.finetune(selected, model, config, store, on_progress=ProgressArtifact("fine-tune"))
+def finetune_task(selected: str, model: str, config: dict, store: str | None, force: bool = False) -> dict[str, Any]:
+    return stages.finetune(selected, model, config, store, on_progress=ProgressArtifact("fine-tune"), force=force)
 
 
 @task(name="evaluate", tags=["gpu"], **_COMMON)

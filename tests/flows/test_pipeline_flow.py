@@ -89,3 +89,45 @@ def test_pipeline_lineage_and_cached_rerun(params, monkeypatch):
     assert second.data.metrics["score/ifd/shards_scored"] == 0 and second.data.metrics["score/ifd/shards_cached"] == 3
     # a cached rerun spends nothing on scoring but still knows what scoring cost
     assert again["score_costs"]["ifd"]["seconds"] == 0 and again["score_costs"]["ifd"]["compute_seconds"] > 0
+
+
+def test_a_store_carried_without_adapter_weights_reuses_evaluations_and_retrains_only_what_it_must(params):
+    """The proof's store travels in git with each adapter's marker but not its weights
+    (experiments/proof/store/.gitignore). A rerun must not fine-tune an arm whose evaluation
+    came along, and must train again (not fail) an arm whose evaluation did not."""
+    from mlflow.tracking import MlflowClient
+
+    from syllabus.store import Store
+    from syllabus_flows.pipeline import pipeline
+
+    client = MlflowClient(params.tracking_uri)
+
+    def arms(result):
+        runs = client.search_runs([client.get_run(result["mlflow_run_id"]).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{result['mlflow_run_id']}'")
+        return {r.data.tags["method"]: r for r in runs}
+
+    first = pipeline(params)
+    adapters = {m: r.data.params["adapter"] for m, r in arms(first).items()}
+    store = Store(params.store)
+    keys = {m: store.key_of(url) for m, url in adapters.items()}
+    checksums = {m: store.marker(k)["sha256"] for m, k in keys.items()}  # what an evaluation is keyed by
+    evaluations = {m: [k for k in store.list("evaluations/") if k.endswith("results.parquet")
+                       and (store.marker(k) or {}).get("adapter") == checksums[m]] for m in keys}
+    assert all(len(v) == 1 for v in evaluations.values()), evaluations
+    for method in ("ifd", "random"):  # both lose their weights; random also loses its evaluation
+        store.fs.rm(store.path(keys[method]))
+    store.delete(evaluations["random"][0])
+
+    again = pipeline(params)
+    rows = {r["method"]: r for r in again["results"]}
+    assert all(r["error"] is None for r in rows.values()), [r["error"] for r in rows.values()]
+    before = {r["method"]: r for r in first["results"]}
+    assert rows["ifd"]["mc.jsonl cloze acc"] == before["ifd"]["mc.jsonl cloze acc"]
+    assert rows["random"]["train_loss"] == before["random"]["train_loss"]  # seeded: the same training again
+    assert not store.exists(keys["ifd"])  # not trained again: its evaluation was found by the marker's checksum
+    assert store.is_committed(keys["random"])  # trained again, and evaluated (its new checksum keys a new evaluation)
+    assert [k for k in store.list("evaluations/") if k.endswith("results.parquet")
+            and store.marker(k)["adapter"] == store.marker(keys["random"])["sha256"]]
+    tags = {m: r.data.tags for m, r in arms(again).items()}
+    assert tags["ifd"].get("adapter_pruned") == "true" and "adapter_pruned" not in tags["random"]

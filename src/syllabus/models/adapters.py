@@ -37,13 +37,34 @@ def save_adapter(peft_model: Any, store: Store, key: str, manifest: dict) -> dic
         peft_model.save_pretrained(tmp)
         Path(tmp, "training.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         data = _tar_dir(Path(tmp))
+    # The marker carries the training record too, so a store that keeps markers but drops the
+    # weights (a pruned adapter) still knows what was trained and how it went.
     return store.commit(key, data, {"kind": "lora_adapter", "base_model": manifest.get("base_model"),
-                                    "train_loss": manifest.get("train_loss"), "samples": manifest.get("samples")})
+                                    "train_loss": manifest.get("train_loss"), "samples": manifest.get("samples"),
+                                    "training": manifest})
+
+
+class AdapterPrunedError(FileNotFoundError):
+    """The adapter's marker is in the store but its weights are not."""
+
+
+def adapter_bytes(url: str) -> bytes:
+    """The committed adapter tar at ``url`` (checksum verified), or an error that says what is
+    missing and how to get it back."""
+    store, key = Store.open_url(url)
+    marker = store.marker(key)
+    if marker is None:
+        raise FileNotFoundError(f"adapter {url} has no commit marker; it was never finished (rerun `syllabus finetune`)")
+    if not store.exists(key):
+        raise AdapterPrunedError(
+            f"adapter {url} is pruned: its marker and training record are in the store but its weights are not "
+            f"(a store carried without adapters); retrain it with `syllabus finetune --force` on the same selection "
+            f"and settings, or copy the adapter into the store")
+    return store.read_committed(key, marker=marker)
 
 
 def read_adapter_manifest(url: str) -> dict:
-    store, key = Store.open_url(url)
-    with tarfile.open(fileobj=io.BytesIO(store.read_committed(key))) as tar:
+    with tarfile.open(fileobj=io.BytesIO(adapter_bytes(url))) as tar:
         return json.loads(tar.extractfile("training.json").read())
 
 
@@ -55,10 +76,7 @@ def load_adapter(model: Any, url: str, merge: bool = True) -> Any:
     """
     from peft import PeftModel
 
-    store, key = Store.open_url(url)
-    if not store.is_committed(key, verify=False):
-        raise FileNotFoundError(f"adapter {url} has no commit marker; it was never finished (rerun `syllabus finetune`)")
-    data = store.read_committed(key)
+    data = adapter_bytes(url)
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             tar.extractall(tmp, filter="data")

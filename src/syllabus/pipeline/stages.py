@@ -124,9 +124,10 @@ def export_subset(selection: Mapping[str, Any], fmt: str, out_dir: str) -> dict[
 
 # ------------------------------------------------------------------- train and evaluate
 def finetune(selected_url: str, model: str, config: Mapping[str, Any], store_url: str | None,
-             on_progress: ProgressCallback | None = None) -> dict[str, Any]:
+             on_progress: ProgressCallback | None = None, force: bool = False) -> dict[str, Any]:
     """LoRA fine-tune ``model`` on a selection Parquet; returns the adapter summary.
-    ``on_progress(samples done, samples in all, loss)`` is called after every step."""
+    ``on_progress(samples done, samples in all, loss)`` is called after every step; ``force``
+    trains even when the adapter is committed (a pruned one gets its weights back)."""
     from syllabus.models import load_model
     from syllabus.training.config import FinetuneConfig
     from syllabus.pool.samples import load_samples
@@ -138,7 +139,7 @@ def finetune(selected_url: str, model: str, config: Mapping[str, Any], store_url
         raise ValueError(f"selection {selected_url} holds no usable sample; relax the method's thresholds or raise the budget")
     lm = load_model(model, reuse=False)  # training modifies the weights: never the shared copy
     result = train(lm.model, lm.tokenizer, samples, cfg, Store(store_url), lm.fingerprint, base_model=model, progress=False,
-                   on_progress=on_progress)
+                   on_progress=on_progress, force=force)
     out = result.to_json()
     out["read"] = counts
     return out

@@ -79,14 +79,12 @@ def log_adapter(adapter_url: str, name: str = "adapter", max_new_tokens: int = D
     returns MLflow's ``ModelInfo`` (``model_uri`` is what ``mlflow.register_model`` takes)."""
     import json
 
-    from syllabus.store import Store
+    from syllabus.models.adapters import adapter_bytes
 
-    store, key = Store.open_url(adapter_url)
-    if not store.is_committed(key, verify=False):
-        raise FileNotFoundError(f"adapter {adapter_url} has no commit marker; it was never finished (rerun `syllabus finetune`)")
+    data = adapter_bytes(adapter_url)
     with tempfile.TemporaryDirectory() as tmp:
         adapter_dir = Path(tmp) / "adapter"
-        with tarfile.open(fileobj=io.BytesIO(store.read_committed(key))) as tar:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             tar.extractall(adapter_dir, filter="data")
         manifest = json.loads((adapter_dir / "training.json").read_text())
         if not manifest.get("base_model"):

@@ -56,6 +56,7 @@ class FinetuneResult:
     losses: list[float] = field(default_factory=list)
     counts: dict = field(default_factory=dict)
     compute_seconds: float | None = None  # what training took when it ran (a cached result: then, not now)
+    pruned: bool = False  # committed, but its weights were removed from the store (only its marker kept)
 
     def to_json(self) -> dict:
         return {
@@ -69,6 +70,7 @@ class FinetuneResult:
             "compute_seconds": round(self.seconds if self.compute_seconds is None else self.compute_seconds, 2),
             "losses": self.losses,
             **({"counts": self.counts} if self.counts else {}),
+            **({"pruned": True} if self.pruned else {}),
         }
 
 
@@ -352,12 +354,18 @@ def finetune(
     start = time.perf_counter()
     examples, counts = build_examples(tokenizer, samples, config.cutoff)
     key = adapter_key(model_fingerprint, config, examples)
-    if not force and store.is_committed(key):
-        manifest = read_adapter_manifest(store.url(key))
-        log.info("adapter %s already committed; reusing it (pass force to retrain)", store.url(key))
+    marker = None if force else store.marker(key)
+    if marker is not None and (store.is_committed(key) or ("training" in marker and not store.exists(key))):
+        # Committed, or pruned: its marker (checksum and training record) kept without its bytes,
+        # as in a store carried without adapters. A pruned adapter's evaluations, keyed by that
+        # checksum, are still found; anything that needs its weights says so (models.adapters).
+        pruned = not store.exists(key)
+        manifest = marker["training"] if pruned else read_adapter_manifest(store.url(key))
+        log.info("adapter %s already committed%s; reusing it (pass force to retrain)", store.url(key),
+                 " and pruned (its weights are not in the store)" if pruned else "")
         return FinetuneResult(store.url(key), key, manifest["train_loss"], manifest["train_loss_mean"],
                               manifest["samples"], manifest["steps"], time.perf_counter() - start, True,
-                              manifest["losses"], manifest.get("counts", {}), manifest.get("seconds"))
+                              manifest["losses"], manifest.get("counts", {}), manifest.get("seconds"), pruned)
     state_key = resume_key(key)
     state = None if force else _read_resume_state(store, state_key)
     earlier = (state or {}).get("seconds", 0.0)  # what the stopped runs trained for

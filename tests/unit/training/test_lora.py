@@ -249,3 +249,44 @@ def test_a_stopped_fine_tune_resumes_where_it_stopped_and_ends_as_an_uninterrupt
     again = finetune(make_tiny_llama(len(smol_tokenizer), seed=7), smol_tokenizer, SAMPLES, cfg, store2, "sha256:tiny",
                      progress=False)
     assert again.losses == whole.losses and not store2.exists(state)
+
+
+def test_a_pruned_adapter_keeps_its_record_and_its_evaluations_but_names_the_fix_when_its_weights_are_needed(
+        smol_tokenizer, tmp_path):
+    """A store carried without adapter weights (the proof's store in git keeps only their
+    markers): the fine-tune is not redone, its evaluation is still found by the marker's
+    checksum, and whatever needs the weights says how to get them back."""
+    from syllabus.evaluation.runner import adapter_checksum
+    from syllabus.models.adapters import AdapterPrunedError
+
+    cfg = FinetuneConfig(batch_size=2, micro_batch_size=2, learning_rate=5e-3, epochs=1, warmup_ratio=0.0)
+    store = Store(str(tmp_path / "store"))
+    first = finetune(make_tiny_llama(len(smol_tokenizer), seed=7), smol_tokenizer, SAMPLES, cfg, store, "sha256:tiny",
+                     progress=False)
+    checksum = adapter_checksum(first.adapter_url)
+    store.fs.rm(store.path(first.adapter_key))  # pruned: the marker stays
+
+    trained = []
+    again = finetune(make_tiny_llama(len(smol_tokenizer), seed=7), smol_tokenizer, SAMPLES, cfg, store, "sha256:tiny",
+                     progress=False, on_progress=lambda d, t, loss: trained.append(d))
+    assert not trained and again.cached and again.pruned and again.to_json()["pruned"] is True
+    assert (again.losses, again.steps, again.train_loss, again.samples) == (first.losses, first.steps, first.train_loss, first.samples)
+    assert adapter_checksum(again.adapter_url) == checksum  # what evaluation results are keyed by
+    with pytest.raises(AdapterPrunedError, match="pruned.*finetune --force"):
+        load_adapter(make_tiny_llama(len(smol_tokenizer), seed=7), again.adapter_url)
+    with pytest.raises(AdapterPrunedError):
+        read_adapter_manifest(again.adapter_url)
+
+    retrained = finetune(make_tiny_llama(len(smol_tokenizer), seed=7), smol_tokenizer, SAMPLES, cfg, store,
+                         "sha256:tiny", progress=False, force=True)
+    assert not retrained.pruned and store.is_committed(retrained.adapter_key)
+    assert retrained.losses == first.losses  # seeded: the same training again, weights back in the store
+    load_adapter(make_tiny_llama(len(smol_tokenizer), seed=7), retrained.adapter_url)
+
+    # an adapter committed before markers carried the training record is retrained, not guessed
+    marker = store.marker(first.adapter_key)
+    store.write_json(store.marker_key(first.adapter_key), {k: v for k, v in marker.items() if k != "training"})
+    store.fs.rm(store.path(first.adapter_key))
+    old = finetune(make_tiny_llama(len(smol_tokenizer), seed=7), smol_tokenizer, SAMPLES, cfg, store, "sha256:tiny",
+                   progress=False)
+    assert not old.cached and store.is_committed(old.adapter_key)
