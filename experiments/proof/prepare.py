@@ -39,8 +39,8 @@ def _medical_prepare():
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--medquad", type=int, default=1700)
-    p.add_argument("--genmed", type=int, default=300)
+    p.add_argument("--medquad", type=int, default=850)
+    p.add_argument("--genmed", type=int, default=150)
     p.add_argument("--heldout", type=int, default=400)
     p.add_argument("--fraction", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
