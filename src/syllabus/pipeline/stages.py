@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from syllabus.store import Store, content_hash
+from syllabus.store import Store
 
 if TYPE_CHECKING:  # torch-free at import: the training module is loaded inside finetune
     from syllabus.training.lora import ProgressCallback
