@@ -83,8 +83,19 @@ class EvalConfig(BaseModel):
 
     def key_dump(self) -> dict:
         """The config as the evaluation key spells it: without ``exclude_ids`` when none are
-        given, so evaluations committed before the field existed keep their keys."""
-        return self.model_dump(mode="json", exclude={"exclude_ids"} if self.exclude_ids is None else None)
+        given, so evaluations committed before the field existed keep their keys, and likewise
+        when they are exactly the default validation set, which leaves out the same items as
+        giving none: an adapter evaluated in a run with an influence scorer on the default
+        validation set (DIQ, LESS) and in a run without one is evaluated once."""
+        default = self.exclude_ids is None or self.exclude_ids == _default_exclusion()
+        return self.model_dump(mode="json", exclude={"exclude_ids"} if default else None)
+
+
+def _default_exclusion() -> dict[str, tuple[str, ...]]:
+    """The default validation set as ``exclude_ids`` spells it (sorted ids)."""
+    from syllabus.evaluation.heldout import default_held_out_ids
+
+    return {name: tuple(sorted(set(ids))) for name, ids in sorted(default_held_out_ids().items())}
 
 
 @dataclass

@@ -65,6 +65,18 @@ def test_exclusion_rules_of_eval_config():
     # No ids given: the config spells its key as before the field existed.
     assert "exclude_ids" not in EvalConfig().key_dump()
     assert EvalConfig(exclude_ids={"t": ["b", "a"]}).key_dump()["exclude_ids"] == {"t": ["a", "b"]}
+    assert EvalConfig(exclude_ids={}).key_dump()["exclude_ids"] == {}  # nothing left out: not the default
+
+
+def test_the_default_validation_set_given_explicitly_keys_the_evaluation_as_the_default():
+    """A DIQ or LESS run passes its validation ids (by default the default set) as exclude_ids;
+    a run without an influence scorer gives none. Both leave out the same items, so an adapter
+    both evaluate must have one evaluation key, not two."""
+    diq = held_out_ids(ValidationConfig())  # what the influence scorer reports by default
+    assert EvalConfig(exclude_ids=diq).key_dump() == EvalConfig().key_dump()
+    assert EvalConfig(exclude_ids=diq).held_out(list(diq)) == EvalConfig().held_out(list(diq))
+    fewer = {name: list(ids)[1:] for name, ids in default_held_out_ids().items()}
+    assert "exclude_ids" in EvalConfig(exclude_ids=fewer).key_dump()  # another set: another key
 
 
 def test_without_items_and_a_validation_file(tmp_path):
