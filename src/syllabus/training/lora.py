@@ -355,12 +355,14 @@ def finetune(
     examples, counts = build_examples(tokenizer, samples, config.cutoff)
     key = adapter_key(model_fingerprint, config, examples)
     marker = None if force else store.marker(key)
-    if marker is not None and (store.is_committed(key) or ("training" in marker and not store.exists(key))):
-        # Committed, or pruned: its marker (checksum and training record) kept without its bytes,
-        # as in a store carried without adapters. A pruned adapter's evaluations, keyed by that
-        # checksum, are still found; anything that needs its weights says so (models.adapters).
-        pruned = not store.exists(key)
-        manifest = marker["training"] if pruned else read_adapter_manifest(store.url(key))
+    # Pruned: its marker (checksum and training record) kept without its bytes, as in a store
+    # carried without adapters. A pruned adapter's evaluations, keyed by that checksum, are still
+    # found; anything that needs its weights says so (models.adapters).
+    pruned = marker is not None and "training" in marker and not store.exists(key)
+    if pruned or (marker is not None and store.is_committed(key)):
+        # The marker's training record is the tar's training.json; markers from before it was
+        # added have none, and the tar is read for it.
+        manifest = marker.get("training") or read_adapter_manifest(store.url(key))
         log.info("adapter %s already committed%s; reusing it (pass force to retrain)", store.url(key),
                  " and pruned (its weights are not in the store)" if pruned else "")
         return FinetuneResult(store.url(key), key, manifest["train_loss"], manifest["train_loss_mean"],
