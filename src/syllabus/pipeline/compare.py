@@ -137,6 +137,45 @@ def comparison(rows: Sequence[Mapping[str, Any]], n_resamples: int = 2000, seed:
     return {"metrics": metrics, "arms": arms, "random": random_summary, "reference": "random" if reference else None}
 
 
+def across_runs(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]], n_resamples: int = 2000,
+                seed: int = 0) -> list[dict[str, Any]]:
+    """The same arms in two comparisons evaluated on the same items (a clean and a noisy pool,
+    two models): per arm both share and metric, run ``b`` minus run ``a``, paired per item, with
+    its 95% paired-bootstrap interval and verdict (``better`` = ``b`` is better). Rows are
+    comparison results rows (``method``, ``evaluation``: the per-item results' URL); seeded arms
+    (``random@k``) are one arm, the per-item mean over the seeds both runs share."""
+
+    def arms(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, dict[str, float]]]]:
+        out: dict[str, list[dict[str, dict[str, float]]]] = {}
+        for row in rows:
+            if row.get("evaluation"):
+                seeded = str(row["method"]).split("@")[0]
+                name = seeded if seeded in SEEDED_METHODS else str(row["method"])
+                out.setdefault(name, []).append(per_item_values(row["evaluation"]))
+        return out
+
+    def mean_over_seeds(per_seed: list[dict[str, dict[str, float]]], metric: str) -> dict[str, float]:
+        maps = [p.get(metric, {}) for p in per_seed]
+        common = set.intersection(*(set(m) for m in maps)) if maps else set()
+        return {i: float(np.mean([m[i] for m in maps])) for i in common}
+
+    arms_a, arms_b = arms(a), arms(b)
+    out = []
+    for name in [n for n in arms_a if n in arms_b]:
+        metrics = sorted({m for p in arms_a[name] + arms_b[name] for m in p})
+        for metric in metrics:
+            va, vb = mean_over_seeds(arms_a[name], metric), mean_over_seeds(arms_b[name], metric)
+            shared = sorted(set(va) & set(vb))
+            if not shared:
+                continue
+            diff = np.array([vb[i] - va[i] for i in shared])
+            ci = _interval(diff, n_resamples, seed)
+            out.append({"arm": name, "metric": metric, "seeds": (len(arms_a[name]), len(arms_b[name])),
+                        "a": float(np.mean([va[i] for i in shared])), "b": float(np.mean([vb[i] for i in shared])),
+                        "delta": float(diff.mean()), "delta_ci": ci, "n_paired": len(shared), "verdict": verdict(metric, ci)})
+    return out
+
+
 # ------------------------------------------------------------------- difficulty analyses
 def difficulty_analysis(frame: Any, windows: Mapping[str, Sequence[float]], band: Sequence[float] = (25.0, 75.0)) -> dict[str, Any]:
     """The 3DS paper's analyses on the pool's D1, D2, D3 (a DataFrame with those columns):

@@ -40,6 +40,8 @@ def results_table(rows: Sequence[Mapping[str, Any]], benches: Sequence[str]) -> 
         item["error"] = row.get("error")
         item["mlflow_run_id"] = row.get("mlflow_run_id")
         item["subset"] = ((row.get("selection") or {}).get("outputs") or {}).get("selected")
+        # The per-item results, for analyses across runs (experiments/proof/cross_pool.py).
+        item["evaluation"] = (row.get("evaluation") or {}).get("results")
         out.append(item)
     return out
 
@@ -58,7 +60,7 @@ def render_table(table: Sequence[Mapping[str, Any]]) -> str:
     """A Markdown table of the rows (columns in first-seen order, ids and errors left out)."""
     columns: list[str] = []
     for row in table:
-        columns += [c for c in row if c not in columns and c not in ("mlflow_run_id", "error", "subset")]
+        columns += [c for c in row if c not in columns and c not in ("mlflow_run_id", "error", "subset", "evaluation")]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for row in table:
         lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")

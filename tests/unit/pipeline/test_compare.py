@@ -69,6 +69,32 @@ def test_verdict_follows_the_interval_and_the_metric_direction(metric, ci, expec
     assert C.verdict(metric, ci) == expected
 
 
+def test_across_runs_pairs_each_shared_arm_item_by_item_and_pools_random_seeds(tmp_path):
+    """A clean and a noisy run of the same arms: noisy - clean per item, random as the mean of
+    its seeds, only arms both runs have (``evaluation`` is the results URL, as in a report)."""
+    store = Store(str(tmp_path))
+    rng = np.random.default_rng(1)
+    n = 150
+    nll = rng.normal(2.0, 0.5, n)
+    correct = list(rng.random(n) < 0.4)
+
+    def row(run: str, method: str, shift: float) -> dict:
+        return {"method": method, "evaluation": _eval(store, f"{run}-{method}", correct, list(nll + shift))["results"]}
+
+    clean = [row("c", "random@0", 0.00), row("c", "random@1", 0.02), row("c", "3ds", 0.0), row("c", "only-clean", 0.0),
+             {"method": "base model", "evaluation": None}]
+    noisy = [row("n", "random@0", 0.05), row("n", "random@1", 0.05), row("n", "3ds", 0.0 + rng.normal(0, 0.01, n)),
+             row("n", "ifd", 0.3)]
+    out = {(r["arm"], r["metric"]): r for r in C.across_runs(clean, noisy, n_resamples=500)}
+    assert set(out) == {("random", "qa ref NLL"), ("random", "mc cloze acc"), ("3ds", "qa ref NLL"), ("3ds", "mc cloze acc")}
+    rand = out[("random", "qa ref NLL")]
+    assert rand["seeds"] == (2, 2) and rand["n_paired"] == n
+    assert rand["delta"] == pytest.approx(0.04) and rand["verdict"] == "worse"   # the noisy pool's arm is worse
+    assert rand["b"] - rand["a"] == pytest.approx(0.04)
+    assert out[("3ds", "qa ref NLL")]["verdict"] == "no detectable difference"
+    assert out[("3ds", "mc cloze acc")]["delta"] == 0.0
+
+
 def test_difficulty_analysis_correlations_and_band_shares():
     rng = np.random.default_rng(1)
     d1 = rng.normal(size=400)
