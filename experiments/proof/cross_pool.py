@@ -24,8 +24,10 @@ HERE = Path(__file__).resolve().parent
 def rows(report: Path, store: Path) -> list[dict]:
     if not report.is_file():
         raise SystemExit(f"{report}: no comparison report; run experiments/proof/run.sh (or its compare commands) first")
+    data = json.loads(report.read_text())
+    same = data.get("identical_selections") or {}  # 3ds-medium = 3ds: one result, reported once
     out = []
-    for row in json.loads(report.read_text())["results"]:
+    for row in (r for r in data["results"] if r["method"] not in same):
         url = row.get("evaluation")
         if url and not os.path.exists(url) and "/evaluations/" in url:
             url = str(store / ("evaluations/" + url.split("/evaluations/", 1)[1]))

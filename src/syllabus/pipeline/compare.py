@@ -143,15 +143,15 @@ def across_runs(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]], 
     two models): per arm both share and metric, run ``b`` minus run ``a``, paired per item, with
     its 95% paired-bootstrap interval and verdict (``better`` = ``b`` is better). Rows are
     comparison results rows (``method``, ``evaluation``: the per-item results' URL); seeded arms
-    (``random@k``) are one arm, the per-item mean over the seeds both runs share."""
+    (``random@k``) are one arm, the per-item mean over the seeds both runs share. An arm whose
+    evaluations are the same in both runs (the base model) has nothing to compare and is left out."""
 
-    def arms(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, dict[str, float]]]]:
-        out: dict[str, list[dict[str, dict[str, float]]]] = {}
+    def urls(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
         for row in rows:
             if row.get("evaluation"):
                 seeded = str(row["method"]).split("@")[0]
-                name = seeded if seeded in SEEDED_METHODS else str(row["method"])
-                out.setdefault(name, []).append(per_item_values(row["evaluation"]))
+                out.setdefault(seeded if seeded in SEEDED_METHODS else str(row["method"]), []).append(row["evaluation"])
         return out
 
     def mean_over_seeds(per_seed: list[dict[str, dict[str, float]]], metric: str) -> dict[str, float]:
@@ -159,18 +159,18 @@ def across_runs(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]], 
         common = set.intersection(*(set(m) for m in maps)) if maps else set()
         return {i: float(np.mean([m[i] for m in maps])) for i in common}
 
-    arms_a, arms_b = arms(a), arms(b)
+    urls_a, urls_b = urls(a), urls(b)
     out = []
-    for name in [n for n in arms_a if n in arms_b]:
-        metrics = sorted({m for p in arms_a[name] + arms_b[name] for m in p})
-        for metric in metrics:
-            va, vb = mean_over_seeds(arms_a[name], metric), mean_over_seeds(arms_b[name], metric)
+    for name in [n for n in urls_a if n in urls_b and sorted(urls_a[n]) != sorted(urls_b[n])]:
+        seeds_a, seeds_b = [per_item_values(u) for u in urls_a[name]], [per_item_values(u) for u in urls_b[name]]
+        for metric in sorted({m for p in seeds_a + seeds_b for m in p}):
+            va, vb = mean_over_seeds(seeds_a, metric), mean_over_seeds(seeds_b, metric)
             shared = sorted(set(va) & set(vb))
             if not shared:
                 continue
             diff = np.array([vb[i] - va[i] for i in shared])
             ci = _interval(diff, n_resamples, seed)
-            out.append({"arm": name, "metric": metric, "seeds": (len(arms_a[name]), len(arms_b[name])),
+            out.append({"arm": name, "metric": metric, "seeds": (len(seeds_a), len(seeds_b)),
                         "a": float(np.mean([va[i] for i in shared])), "b": float(np.mean([vb[i] for i in shared])),
                         "delta": float(diff.mean()), "delta_ci": ci, "n_paired": len(shared), "verdict": verdict(metric, ci)})
     return out

@@ -40,8 +40,9 @@ def results_table(rows: Sequence[Mapping[str, Any]], benches: Sequence[str]) -> 
         item["error"] = row.get("error")
         item["mlflow_run_id"] = row.get("mlflow_run_id")
         item["subset"] = ((row.get("selection") or {}).get("outputs") or {}).get("selected")
-        # The per-item results, for analyses across runs (experiments/proof/cross_pool.py).
-        item["evaluation"] = (row.get("evaluation") or {}).get("results")
+        if (row.get("evaluation") or {}).get("results"):
+            # The per-item results, for analyses across runs (experiments/proof/cross_pool.py).
+            item["evaluation"] = row["evaluation"]["results"]
         out.append(item)
     return out
 

@@ -82,9 +82,10 @@ def test_across_runs_pairs_each_shared_arm_item_by_item_and_pools_random_seeds(t
         return {"method": method, "evaluation": _eval(store, f"{run}-{method}", correct, list(nll + shift))["results"]}
 
     clean = [row("c", "random@0", 0.00), row("c", "random@1", 0.02), row("c", "3ds", 0.0), row("c", "only-clean", 0.0),
-             {"method": "base model", "evaluation": None}]
+             {"method": "base model", "evaluation": store.url("evals/base.parquet")}]
+    _eval(store, "base", correct, list(nll + 0.4))
     noisy = [row("n", "random@0", 0.05), row("n", "random@1", 0.05), row("n", "3ds", 0.0 + rng.normal(0, 0.01, n)),
-             row("n", "ifd", 0.3)]
+             row("n", "ifd", 0.3), clean[-1]]  # the base model: one evaluation, in both runs
     out = {(r["arm"], r["metric"]): r for r in C.across_runs(clean, noisy, n_resamples=500)}
     assert set(out) == {("random", "qa ref NLL"), ("random", "mc cloze acc"), ("3ds", "qa ref NLL"), ("3ds", "mc cloze acc")}
     rand = out[("random", "qa ref NLL")]
