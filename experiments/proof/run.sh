@@ -29,3 +29,5 @@ ARMS="${ARMS:-3ds,diq,ifd,random}"
 .venv/bin/syllabus compare "$CLEAN" --methods "$ARMS" --stop-after evaluate
 .venv/bin/syllabus compare "$NOISY" --methods "$ARMS,full" --json
 .venv/bin/syllabus compare "$CLEAN" --methods "$ARMS,full" --json
+# What the planted defects cost each arm: noisy against clean, paired per evaluation item.
+.venv/bin/python experiments/proof/cross_pool.py
