@@ -68,6 +68,12 @@ def per_item_values(results_url: str) -> dict[str, dict[str, float]]:
     return out
 
 
+def item_means(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """``{item_id: mean over the seeds}`` for the items every seed has (seeded arms, as one)."""
+    common = set.intersection(*(set(p) for p in per_seed)) if per_seed else set()
+    return {i: float(np.mean([p[i] for p in per_seed])) for i in common}
+
+
 def lower_is_better(metric: str) -> bool:
     return metric.endswith("NLL")
 
@@ -107,9 +113,8 @@ def comparison(rows: Sequence[Mapping[str, Any]], n_resamples: int = 2000, seed:
     random_summary: dict[str, dict[str, Any]] = {}
     for metric in metrics:
         per_seed = [items[name].get(metric, {}) for name in randoms]
-        common = set.intersection(*(set(p) for p in per_seed)) if per_seed else set()
-        if common:
-            reference[metric] = {i: float(np.mean([p[i] for p in per_seed])) for i in common}
+        if ref := item_means(per_seed):
+            reference[metric] = ref
             means = np.array([np.mean(list(p.values())) for p in per_seed])
             random_summary[metric] = {"mean": float(means.mean()), "sd": float(means.std(ddof=1)) if len(means) > 1 else 0.0,
                                       "min": float(means.min()), "max": float(means.max()), "seeds": len(means)}
@@ -154,17 +159,12 @@ def across_runs(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]], 
                 out.setdefault(seeded if seeded in SEEDED_METHODS else str(row["method"]), []).append(row["evaluation"])
         return out
 
-    def mean_over_seeds(per_seed: list[dict[str, dict[str, float]]], metric: str) -> dict[str, float]:
-        maps = [p.get(metric, {}) for p in per_seed]
-        common = set.intersection(*(set(m) for m in maps)) if maps else set()
-        return {i: float(np.mean([m[i] for m in maps])) for i in common}
-
     urls_a, urls_b = urls(a), urls(b)
     out = []
     for name in [n for n in urls_a if n in urls_b and sorted(urls_a[n]) != sorted(urls_b[n])]:
         seeds_a, seeds_b = [per_item_values(u) for u in urls_a[name]], [per_item_values(u) for u in urls_b[name]]
         for metric in sorted({m for p in seeds_a + seeds_b for m in p}):
-            va, vb = mean_over_seeds(seeds_a, metric), mean_over_seeds(seeds_b, metric)
+            va, vb = item_means([p.get(metric, {}) for p in seeds_a]), item_means([p.get(metric, {}) for p in seeds_b])
             shared = sorted(set(va) & set(vb))
             if not shared:
                 continue
