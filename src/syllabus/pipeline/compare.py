@@ -94,6 +94,17 @@ def verdict(metric: str, ci: Sequence[float]) -> str:
     return "better" if better else "worse"
 
 
+def paired_delta(metric: str, values: Mapping[str, float], reference: Mapping[str, float], n_resamples: int,
+                 seed: int) -> dict[str, Any]:
+    """``values - reference`` over the items both have: ``{delta, delta_ci, n_paired, verdict}``
+    with the 95% paired-bootstrap interval; ``{}`` when they share no item."""
+    diff = np.array([values[i] - reference[i] for i in sorted(set(values) & set(reference))])
+    if not diff.size:
+        return {}
+    ci = _interval(diff, n_resamples, seed)
+    return {"delta": float(diff.mean()), "delta_ci": ci, "n_paired": int(diff.size), "verdict": verdict(metric, ci)}
+
+
 def comparison(rows: Sequence[Mapping[str, Any]], n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
     """The comparison over arms' rows (``method``, ``group``, ``evaluation.results``).
 
@@ -132,11 +143,7 @@ def comparison(rows: Sequence[Mapping[str, Any]], n_resamples: int = 2000, seed:
             cell: dict[str, Any] = {"value": float(arr.mean()), "ci": _interval(arr, n_resamples, seed), "n": int(arr.size)}
             ref = reference.get(metric)
             if ref and name not in randoms:
-                shared = sorted(set(values) & set(ref))
-                diff = np.array([values[i] - ref[i] for i in shared])
-                if diff.size:
-                    cell.update(delta=float(diff.mean()), delta_ci=_interval(diff, n_resamples, seed), n_paired=int(diff.size))
-                    cell["verdict"] = verdict(metric, cell["delta_ci"])
+                cell.update(paired_delta(metric, values, ref, n_resamples, seed))
             entry["values"][metric] = cell
         arms.append(entry)
     return {"metrics": metrics, "arms": arms, "random": random_summary, "reference": "random" if reference else None}
@@ -165,14 +172,12 @@ def across_runs(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]], 
         seeds_a, seeds_b = [per_item_values(u) for u in urls_a[name]], [per_item_values(u) for u in urls_b[name]]
         for metric in sorted({m for p in seeds_a + seeds_b for m in p}):
             va, vb = item_means([p.get(metric, {}) for p in seeds_a]), item_means([p.get(metric, {}) for p in seeds_b])
-            shared = sorted(set(va) & set(vb))
-            if not shared:
+            delta = paired_delta(metric, vb, va, n_resamples, seed)
+            if not delta:
                 continue
-            diff = np.array([vb[i] - va[i] for i in shared])
-            ci = _interval(diff, n_resamples, seed)
+            shared = sorted(set(va) & set(vb))
             out.append({"arm": name, "metric": metric, "seeds": (len(seeds_a), len(seeds_b)),
-                        "a": float(np.mean([va[i] for i in shared])), "b": float(np.mean([vb[i] for i in shared])),
-                        "delta": float(diff.mean()), "delta_ci": ci, "n_paired": len(shared), "verdict": verdict(metric, ci)})
+                        "a": float(np.mean([va[i] for i in shared])), "b": float(np.mean([vb[i] for i in shared])), **delta})
     return out
 
 
