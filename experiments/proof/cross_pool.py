@@ -5,8 +5,9 @@ with 95% paired-bootstrap intervals; random is the per-item mean over its 3 seed
     .venv/bin/python experiments/proof/cross_pool.py    # after run.sh (both comparisons' reports)
 
 Reads the two reports' comparison.json (their rows name each arm's evaluation in the store) and
-writes experiments/proof/out/cross_pool.md. Evaluations are looked up in --store when the path a
-report recorded is not there (a report written on another machine).
+writes experiments/proof/out/cross_pool.md and cross_pool.png (the differences with their
+intervals). Evaluations are looked up in --store when the path a report recorded is not there (a
+report written on another machine).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from syllabus.pipeline.compare import across_runs
+from syllabus.pipeline.compare import across_runs, plot_across_runs
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,7 +56,9 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    print(text + f"\nwritten to {args.out}")
+    plot = args.out.with_suffix(".png")
+    plot.write_bytes(plot_across_runs(table, ("clean", "noisy")))
+    print(text + f"\nwritten to {args.out} and {plot}")
 
 
 if __name__ == "__main__":

@@ -253,6 +253,31 @@ def plot_comparison(result: Mapping[str, Any]) -> bytes:
     return _png(fig)
 
 
+def plot_across_runs(rows: Sequence[Mapping[str, Any]], labels: Sequence[str] = ("a", "b")) -> bytes:
+    """:func:`across_runs` as a picture: one panel per metric, each arm's ``b - a`` with its 95%
+    paired interval against a zero line, red where ``b`` is worse, green where it is better."""
+    from matplotlib.figure import Figure
+
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    fig = Figure(figsize=(4.2 * max(len(metrics), 1), 0.45 * len(arms) + 1.6))
+    for k, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, max(len(metrics), 1), k + 1)
+        for r in (r for r in rows if r["metric"] == metric):
+            lo, hi = r["delta_ci"]
+            colour = {"worse": "tab:red", "better": "tab:green"}.get(r["verdict"], "tab:gray")
+            ax.errorbar(r["delta"], arms.index(r["arm"]), xerr=[[r["delta"] - lo], [hi - r["delta"]]], fmt="o",
+                        color=colour, capsize=3)
+        ax.axvline(0.0, color="black", linewidth=1)
+        ax.set_yticks(range(len(arms)))
+        ax.set_yticklabels(arms if k == 0 else [])
+        ax.invert_yaxis()
+        better = "lower" if lower_is_better(metric) else "higher"
+        ax.set_title(f"{metric}: {labels[1]} - {labels[0]} ({better} is better)", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
 def plot_difficulty(frame: Any, analysis: Mapping[str, Any]) -> bytes:
     """D1-D2, D1-D3 and D2-D3 scatter plots with their Spearman correlations."""
     from matplotlib.figure import Figure

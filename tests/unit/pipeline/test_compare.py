@@ -94,6 +94,7 @@ def test_across_runs_pairs_each_shared_arm_item_by_item_and_pools_random_seeds(t
     assert rand["b"] - rand["a"] == pytest.approx(0.04)
     assert out[("3ds", "qa ref NLL")]["verdict"] == "no detectable difference"
     assert out[("3ds", "mc cloze acc")]["delta"] == 0.0
+    assert C.plot_across_runs(list(out.values()), ("clean", "noisy"))[:4] == b"\x89PNG"
 
 
 def test_difficulty_analysis_correlations_and_band_shares():
