@@ -297,17 +297,25 @@ def plot_difficulty(frame: Any, analysis: Mapping[str, Any]) -> bytes:
 
 
 def plot_losses(rows: Sequence[Mapping[str, Any]]) -> bytes:
-    """Training loss per optimizer step, per arm."""
+    """Training loss per arm: the running mean over a tenth of the arm's optimizer steps (at
+    batch 1 a step's loss is one sample's, too noisy to read), on a log step axis when the arms'
+    lengths differ five-fold or more (a full arm next to budget arms)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.5, 3.8))
     ax = fig.add_subplot(1, 1, 1)
+    lengths = []
     for row in rows:
-        losses = (row.get("finetune") or {}).get("losses") or []
-        if losses:
-            ax.plot(range(1, len(losses) + 1), losses, label=row["method"], linewidth=1)
+        losses = np.asarray((row.get("finetune") or {}).get("losses") or [], dtype=float)
+        if losses.size:
+            window = max(1, losses.size // 10)
+            smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+            ax.plot(np.arange(window, losses.size + 1), smooth, label=row["method"], linewidth=1.2)
+            lengths.append(losses.size)
+    if lengths and max(lengths) >= 5 * min(lengths):
+        ax.set_xscale("log")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel("training loss, running mean\nover a tenth of the arm's steps", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _png(fig)

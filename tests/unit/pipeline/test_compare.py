@@ -140,3 +140,12 @@ def test_arms_with_the_same_samples_are_named_as_one_result(tmp_path):
     assert identical == {"3ds-medium": "3ds", "3ds-ifd": "3ds"}
     md = C.comparison_markdown({"metrics": [], "arms": [], "random": {}}, {}, {"pool": "test"}, [], identical=identical)
     assert "## Identical selections" in md and "- 3ds-medium = 3ds" in md
+
+
+def test_plot_losses_draws_each_arm_with_losses_smoothed_on_a_log_axis_for_unequal_lengths():
+    rng = np.random.default_rng(0)
+    rows = [{"method": "full", "finetune": {"losses": list(rng.normal(2, 1, 1400))}},
+            {"method": "3ds", "finetune": {"losses": list(rng.normal(2, 1, 100))}},
+            {"method": "one step", "finetune": {"losses": [2.0]}},
+            {"method": "base model", "finetune": None}]
+    assert C.plot_losses(rows)[:4] == b"\x89PNG"
