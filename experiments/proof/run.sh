@@ -22,9 +22,9 @@ CLEAN=experiments/proof/compare_clean.yaml
 [ "$STAGE" = select ] && exit 0
 # Downstream, the arms the issue names (3DS with its easy and hard windows, DIQ, IFD, random
 # with 3 seeds, full) and 3ds-relevance, the recipe that keeps fewest defects; the other filter
-# recipes are measured on defects only. The 100-sample arms of
-# both pools first, then the two full arms (1,429 and 1,000 sample passes), so a run stopped
-# part-way has the comparisons that say most.
+# recipes are measured on defects only. The 100-sample arms of both pools first, then the two
+# full arms (1,429 and 1,000 sample passes), so a run stopped part-way has the comparisons that
+# say most.
 ARMS="${ARMS:-3ds,3ds-relevance,diq,ifd,random}"
 .venv/bin/syllabus compare "$NOISY" --methods "$ARMS" --stop-after evaluate
 .venv/bin/syllabus compare "$CLEAN" --methods "$ARMS" --stop-after evaluate

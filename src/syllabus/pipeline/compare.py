@@ -20,7 +20,7 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -227,54 +227,65 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def plot_comparison(result: Mapping[str, Any]) -> bytes:
-    """One panel per metric: each arm's value with its 95% interval, random's seed mean dashed."""
+def _interval_panels(metrics: Sequence[str], names: Sequence[str], cell: Callable[[str, str], Any],
+                     title: Callable[[str], str]) -> tuple[Any, list[Any]]:
+    """One panel per metric and a row per name: ``cell(name, metric)`` gives ``(value, (lo,
+    hi), colour)`` (or None: not drawn), ``title(metric)`` the panel's title. Returns the figure
+    and its axes, for the reference line each caller draws."""
     from matplotlib.figure import Figure
 
-    metrics = result["metrics"]
-    arms = [a for a in result["arms"] if a["values"]]
-    fig = Figure(figsize=(4.2 * max(len(metrics), 1), 0.45 * len(arms) + 1.6))
+    fig = Figure(figsize=(4.2 * max(len(metrics), 1), 0.45 * len(names) + 1.6))
+    axes = []
     for k, metric in enumerate(metrics):
         ax = fig.add_subplot(1, max(len(metrics), 1), k + 1)
-        for y, arm in enumerate(arms):
-            cell = arm["values"].get(metric)
-            if not cell:
-                continue
-            colour = {"random": "tab:gray", "window": "tab:purple", "base": "black"}.get(arm["group"], "tab:blue")
-            ax.errorbar(cell["value"], y, xerr=[[cell["value"] - cell["ci"][0]], [cell["ci"][1] - cell["value"]]],
-                        fmt="o", color=colour, capsize=3)
+        for y, name in enumerate(names):
+            point = cell(name, metric)
+            if point:
+                value, (lo, hi), colour = point
+                ax.errorbar(value, y, xerr=[[value - lo], [hi - value]], fmt="o", color=colour, capsize=3)
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(list(names) if k == 0 else [])
+        ax.invert_yaxis()
+        ax.set_title(title(metric), fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        axes.append(ax)
+    return fig, axes
+
+
+def plot_comparison(result: Mapping[str, Any]) -> bytes:
+    """One panel per metric: each arm's value with its 95% interval, random's seed mean dashed."""
+    metrics = result["metrics"]
+    arms = {a["name"]: a for a in result["arms"] if a["values"]}
+    colours = {"random": "tab:gray", "window": "tab:purple", "base": "black"}
+
+    def cell(name: str, metric: str) -> Any:
+        c = arms[name]["values"].get(metric)
+        return c and (c["value"], c["ci"], colours.get(arms[name]["group"], "tab:blue"))
+
+    fig, axes = _interval_panels(metrics, list(arms), cell,
+                                 lambda m: m + (" (lower is better)" if lower_is_better(m) else ""))
+    for metric, ax in zip(metrics, axes):
         if metric in result["random"]:
             ax.axvline(result["random"][metric]["mean"], color="tab:gray", linestyle="--", linewidth=1)
-        ax.set_yticks(range(len(arms)))
-        ax.set_yticklabels([a["name"] for a in arms] if k == 0 else [])
-        ax.invert_yaxis()
-        ax.set_title(metric + (" (lower is better)" if lower_is_better(metric) else ""), fontsize=9)
-        ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
 
 def plot_across_runs(rows: Sequence[Mapping[str, Any]], labels: Sequence[str] = ("a", "b")) -> bytes:
     """:func:`across_runs` as a picture: one panel per metric, each arm's ``b - a`` with its 95%
     paired interval against a zero line, red where ``b`` is worse, green where it is better."""
-    from matplotlib.figure import Figure
-
+    by_cell = {(r["arm"], r["metric"]): r for r in rows}
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    arms = list(dict.fromkeys(r["arm"] for r in rows))
-    fig = Figure(figsize=(4.2 * max(len(metrics), 1), 0.45 * len(arms) + 1.6))
-    for k, metric in enumerate(metrics):
-        ax = fig.add_subplot(1, max(len(metrics), 1), k + 1)
-        for r in (r for r in rows if r["metric"] == metric):
-            lo, hi = r["delta_ci"]
-            colour = {"worse": "tab:red", "better": "tab:green"}.get(r["verdict"], "tab:gray")
-            ax.errorbar(r["delta"], arms.index(r["arm"]), xerr=[[r["delta"] - lo], [hi - r["delta"]]], fmt="o",
-                        color=colour, capsize=3)
+
+    def cell(arm: str, metric: str) -> Any:
+        r = by_cell.get((arm, metric))
+        return r and (r["delta"], r["delta_ci"], {"worse": "tab:red", "better": "tab:green"}.get(r["verdict"], "tab:gray"))
+
+    def title(metric: str) -> str:
+        return f"{metric}: {labels[1]} - {labels[0]} ({'lower' if lower_is_better(metric) else 'higher'} is better)"
+
+    fig, axes = _interval_panels(metrics, list(dict.fromkeys(r["arm"] for r in rows)), cell, title)
+    for ax in axes:
         ax.axvline(0.0, color="black", linewidth=1)
-        ax.set_yticks(range(len(arms)))
-        ax.set_yticklabels(arms if k == 0 else [])
-        ax.invert_yaxis()
-        better = "lower" if lower_is_better(metric) else "higher"
-        ax.set_title(f"{metric}: {labels[1]} - {labels[0]} ({better} is better)", fontsize=9)
-        ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
 
