@@ -119,7 +119,9 @@ def export_subset(selection: Mapping[str, Any], fmt: str, out_dir: str) -> dict[
     one ``out_dir`` share one LLaMA-Factory ``dataset_info.json``."""
     from syllabus.selection.export import export_selection
 
-    return export_selection(selection["outputs"]["selected"], fmt, out_dir)
+    # The pipeline rewrites its own outputs: the export's name is the selection's content key,
+    # so a rerun that finds it writes the same subset again (atomically, as every export).
+    return export_selection(selection["outputs"]["selected"], fmt, out_dir, overwrite=True)
 
 
 # ------------------------------------------------------------------- train and evaluate

@@ -22,6 +22,11 @@ formats and named in the summary's ``skipped`` (jsonl and hf keep it as it is).
 
 The subset's fingerprint is a hash of its sample ids in rank order: the same value is the
 digest of the subset's dataset in MLflow, so an exported file can be matched to its run.
+
+An export never destroys what is there: an existing target (the ``hf`` folder, the JSONL or
+JSON file, or the name's entry in ``dataset_info.json``) is refused unless ``--overwrite`` is
+given, and every target is written under a temporary name in the same folder and renamed into
+place, so an interrupted export leaves the old target (or none), never a half-written one.
 """
 
 from __future__ import annotations
@@ -165,32 +170,98 @@ def dataset_info_entry(fmt: str, file_name: str) -> dict[str, Any]:
     raise ValueError(f"LLaMA-Factory's dataset_info.json describes alpaca and sharegpt files, not {fmt!r}")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+class ExportTargetExistsError(FileExistsError):
+    """An export target is already there and ``overwrite`` was not asked for."""
+
+
+def _exists_error(what: str) -> ExportTargetExistsError:
+    return ExportTargetExistsError(f"{what} already exists; pass --overwrite to replace it, or choose another --name or --out")
+
+
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _place(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Rename the finished ``tmp`` (a file or a folder, in ``path``'s folder) to ``path``."""
+    if _present(path) and not overwrite:  # checked again: another process may have written it since
+        raise _exists_error(str(path))
+    if not _present(path) or not (tmp.is_dir() or (path.is_dir() and not path.is_symlink())):
+        os.replace(tmp, path)  # atomic, over a file too
+        return
+    # Nothing is renamed over a folder (or a file over a folder): move the old one aside first,
+    # and back if the new one cannot take its place.
+    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+    os.replace(path, old / path.name)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old / path.name, path)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_atomic(path: Path, chunks: Iterable[str], overwrite: bool) -> None:
+    """Write ``chunks`` to a temporary file next to ``path``, then rename it into place; the
+    temporary file is removed whatever stops the write."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _place(tmp, path, overwrite)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_dataset_info(out: Path) -> dict[str, Any]:
+    path = out / DATASET_INFO
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); fix or remove it, then export again") from exc
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} is not a JSON object of dataset entries; fix or remove it, then export again")
+    return info
 
 
 def _merge_dataset_info(out: Path, name: str, entry: dict[str, Any]) -> Path:
-    """Add (or replace) this dataset's entry, keeping every other entry of an existing file:
-    ``--out`` may be LLaMA-Factory's own data directory."""
+    """Add (or, checked by the caller, replace) this dataset's entry, keeping every other entry
+    of an existing file: ``--out`` may be LLaMA-Factory's own data directory."""
     path = out / DATASET_INFO
-    info: dict[str, Any] = {}
-    if path.exists():
-        try:
-            info = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc}); fix or remove it, then export again") from exc
-        if not isinstance(info, dict):
-            raise ValueError(f"{path} is not a JSON object of dataset entries; fix or remove it, then export again")
+    info = _read_dataset_info(out)
     info[name] = entry
-    _write_atomic(path, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    # The shared index is rewritten on every export by design (other entries kept as they are).
+    _write_atomic(path, [json.dumps(info, indent=2, ensure_ascii=False) + "\n"], overwrite=True)
     return path
 
 
-def export_selection(selection: str, fmt: str, out_dir: str | Path, name: str | None = None) -> dict[str, Any]:
+def _check_targets(out: Path, fmt: str, name: str, overwrite: bool) -> None:
+    """Refuse, before anything is written, a target that is already there (unless ``overwrite``)
+    and a ``dataset_info.json`` that cannot be merged into."""
+    info = _read_dataset_info(out) if fmt in ("alpaca", "sharegpt") else {}
+    if overwrite:
+        return
+    target = out / (name if fmt == "hf" else f"{name}.jsonl" if fmt == "jsonl" else f"{name}.json")
+    if _present(target):
+        raise _exists_error(str(target))
+    if name in info:
+        raise _exists_error(f"the entry {name!r} of {out / DATASET_INFO}")
+
+
+def export_selection(selection: str, fmt: str, out_dir: str | Path, name: str | None = None,
+                     overwrite: bool = False) -> dict[str, Any]:
     """Write the subset at ``selection`` to ``out_dir`` in ``fmt``; returns a summary with the
-    files written, the row count, the fingerprint and the samples left out (with reasons)."""
+    files written, the row count, the fingerprint and the samples left out (with reasons).
+
+    An existing target raises :class:`ExportTargetExistsError` naming it, before anything is
+    written, unless ``overwrite``; targets are renamed into place only once complete."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     table, url = read_selection(selection)
@@ -201,12 +272,13 @@ def export_selection(selection: str, fmt: str, out_dir: str | Path, name: str | 
         raise ValueError(f"export name {name!r} must be a plain file name (no '/', no leading '.'); pass --name")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _check_targets(out, fmt, name, overwrite)
     rows = plain_rows(table)
     summary: dict[str, Any] = {"format": fmt, "name": name, "selection": url, "samples": len(rows),
                                "fingerprint": selection_fingerprint(r["sample_id"] for r in rows), "skipped": []}
     if fmt == "jsonl":
         path = out / f"{name}.jsonl"
-        _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        _write_atomic(path, (json.dumps(r, ensure_ascii=False) + "\n" for r in rows), overwrite)
         summary["files"] = [str(path)]
     elif fmt == "hf":
         import datasets
@@ -217,9 +289,7 @@ def export_selection(selection: str, fmt: str, out_dir: str | Path, name: str | 
             # Built from the Arrow table itself, so column types (the messages structs, the
             # score dtypes) are the subset's own.
             datasets.Dataset(table.select(_plain_columns(table))).save_to_disk(str(tmp))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            _place(tmp, path, overwrite)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         summary["files"] = [str(path)]
@@ -233,7 +303,7 @@ def export_selection(selection: str, fmt: str, out_dir: str | Path, name: str | 
                 summary["skipped"].append({"sample_id": row["sample_id"], "reason": str(exc)})
                 log.warning("export %s: sample %s left out: %s", fmt, row["sample_id"], exc)
         path = out / f"{name}.json"
-        _write_atomic(path, json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+        _write_atomic(path, [json.dumps(records, indent=1, ensure_ascii=False) + "\n"], overwrite)
         info = _merge_dataset_info(out, name, dataset_info_entry(fmt, path.name))
         summary["samples"] = len(records)
         summary["files"] = [str(path), str(info)]
@@ -257,12 +327,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write into (created if missing)")
     p.add_argument("--name", default=None, help="dataset and file name (default: the selection's key, e.g. 3ds-0123abcd, "
                    "with -alpaca or -sharegpt for those formats)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing target (the hf folder, the file, or the "
+                   "name's dataset_info.json entry); without it an existing one is an error and nothing is written")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    summary = export_selection(args.selection, args.format, args.out, args.name)
+    summary = export_selection(args.selection, args.format, args.out, args.name, overwrite=args.overwrite)
     print(f"exported {summary['samples']:,} samples as {summary['format']} to {summary['files'][0]} "
           f"(fingerprint {summary['fingerprint']})")
     for item in summary["skipped"]:

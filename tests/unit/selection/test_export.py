@@ -6,6 +6,7 @@ against the fields LLaMA-Factory's data/README.md documents for ``dataset_info.j
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -198,3 +199,105 @@ def test_bad_selection_and_format_are_named(selection, tmp_path):
     broken.write_text("{not json")
     with pytest.raises(ValueError, match="dataset_info.json is not valid JSON .*fix or remove it"):
         export_selection(selection["report"], "alpaca", tmp_path)
+
+
+# ---------------------------------------------------------------- exports never destroy
+def _listing(folder) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "hf", "alpaca"])
+def test_an_existing_target_is_refused_without_overwrite(selection, tmp_path, capsys, fmt):
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / {"jsonl": "mine.jsonl", "hf": "mine", "alpaca": "mine.json"}[fmt]
+    if fmt == "hf":
+        target.mkdir()
+        (target / "precious.txt").write_text("my own data")
+    else:
+        target.write_text("my own data")
+    before = _listing(out)
+
+    assert main(["export", selection["report"], "--format", fmt, "--out", str(out), "--name", "mine"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"syllabus export: error: {target} already exists; pass --overwrite to replace it, "
+                   "or choose another --name or --out")
+    assert _listing(out) == before  # no temporary file, no dataset_info.json, nothing else
+    assert (target / "precious.txt" if fmt == "hf" else target).read_text() == "my own data"
+
+    assert main(["export", selection["report"], "--format", fmt, "--out", str(out), "--name", "mine", "--overwrite",
+                 "--json"]) == 0
+    summary = _last_json(capsys)
+    assert summary["files"][0] == str(target) and summary["samples"] >= N - 1
+    if fmt == "hf":
+        import datasets
+
+        assert not (target / "precious.txt").exists() and len(datasets.load_from_disk(str(target))) == N
+    elif fmt == "jsonl":
+        assert len(target.read_text().splitlines()) == N
+    else:
+        assert len(json.loads(target.read_text())) == N - 1
+    assert not [n for n in _listing(out) if n.startswith(".")]  # no temporary or moved-aside leftovers
+
+
+def test_a_dataset_info_entry_of_the_same_name_is_refused(selection, tmp_path):
+    info = {"medical": {"file_name": "elsewhere/medical.json", "formatting": "alpaca"}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    with pytest.raises(FileExistsError, match=r"the entry 'medical' of .*dataset_info\.json already exists; pass --overwrite"):
+        export_selection(selection["report"], "sharegpt", tmp_path, name="medical")
+    assert json.loads((tmp_path / "dataset_info.json").read_text()) == info
+    assert not (tmp_path / "medical.json").exists()
+    export_selection(selection["report"], "sharegpt", tmp_path, name="medical", overwrite=True)
+    assert json.loads((tmp_path / "dataset_info.json").read_text())["medical"]["file_name"] == "medical.json"
+
+
+def test_an_interrupted_export_leaves_the_old_target_whole(selection, tmp_path, monkeypatch):
+    """A write that stops halfway (here: interrupted after three rows) replaces nothing and
+    leaves no temporary file; the same for a datasets folder that fails while it is saved."""
+    import datasets
+
+    from syllabus.selection import export
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.jsonl").write_text("the previous export\n")
+    (out / "mine").mkdir()
+    (out / "mine" / "precious.txt").write_text("the previous folder")
+    real_dumps, calls = json.dumps, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return real_dumps(*args, **kwargs)
+
+    monkeypatch.setattr(export.json, "dumps", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_selection(selection["report"], "jsonl", out, name="mine", overwrite=True)
+    monkeypatch.setattr(export.json, "dumps", real_dumps)
+    assert len(calls) == 4  # the write had started
+
+    def half_saved(self, path, **kwargs):
+        (Path(path) / "data-00000-of-00001.arrow").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", half_saved)
+    with pytest.raises(OSError, match="No space left"):
+        export_selection(selection["report"], "hf", out, name="mine", overwrite=True)
+
+    assert (out / "mine.jsonl").read_text() == "the previous export\n"
+    assert _listing(out / "mine") == {"precious.txt"}
+    assert _listing(out) == {"mine.jsonl", "mine"}
+
+
+def test_the_pipeline_rewrites_its_own_export_on_a_rerun(selection, tmp_path):
+    """The pipeline's export option (``export_format``) names each export by the selection's
+    content key: a rerun that meets its own earlier output writes the same subset again."""
+    from syllabus.pipeline.stages import export_subset
+
+    arm = {"outputs": {"selected": selection["selected"]}}
+    first = export_subset(arm, "sharegpt", str(tmp_path))
+    again = export_subset(arm, "sharegpt", str(tmp_path))
+    assert again["files"] == first["files"] and again["fingerprint"] == first["fingerprint"]
+    assert list(json.loads((tmp_path / "dataset_info.json").read_text())) == [first["name"]]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
