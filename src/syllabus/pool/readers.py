@@ -11,6 +11,14 @@ What one record may cost is bounded while reading, not after: a text line is rea
 held whole), a CSV field may be as long as a line, and a JSON value may nest at most
 :data:`MAX_DEPTH` levels.
 
+A CSV/TSV record that spans lines is kept only when it is quoted as every CSV writer quotes a
+multi-line field (RFC 4180: a closing quote is followed by the delimiter or the line's end, and
+comes before the file ends). One that is not is a stray quote's fold: when the lines after its
+first read as rows of the file (each with the header's number of fields, none starting with
+prose's ", "), the first line is quarantined (``stray_quote``, naming the lines it swallowed) and
+the others are read again as records; otherwise the whole span is one ``malformed_row`` naming
+its lines. Swallowed lines are read again once, so a file full of stray quotes stays linear.
+
 Formats: JSONL (``.jsonl``, ``.ndjson``), JSON arrays (``.json``; a ``.json`` file that holds
 JSON lines is read as JSONL), Parquet, CSV/TSV, any of them gzip-compressed (``.gz``),
 directories of them (recursively), a directory saved by ``datasets.save_to_disk``, and
@@ -25,6 +33,7 @@ import io
 import json
 import logging
 import posixpath
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -438,28 +447,46 @@ class _CsvLines:
 
     It also counts the quote characters of the record being parsed, so after an error the
     reader can skip the rest of a quoted field that spans lines instead of parsing its
-    remaining lines as records. A class, not a generator: a generator that raises is finished,
-    and the reader must go on after a too-long line.
+    remaining lines as records, and keeps the lines of that record, so that lines a stray quote
+    folded into it can be parsed again as records of their own (:meth:`push_back`). A class, not
+    a generator: a generator that raises is finished, and the reader must go on after a
+    too-long line.
     """
 
     def __init__(self, fh, limit: int, pos: _Position):
         self.fh, self.limit, self.pos = fh, limit, pos
         self.quotes = 0
+        self.line = 0  # the number of the last line served (pushed-back lines come again)
         self.record_line = 1
+        self.record: list[tuple[int, str]] = []  # (line number, text) of the record being parsed
+        self.pending: deque[tuple[int, str]] = deque()  # pushed-back lines, served before the file's next
 
     def __iter__(self):
         return self
 
     def begin_record(self) -> None:
         self.quotes = 0
-        self.record_line = self.pos.line + 1
+        self.record = []
+        self.record_line = self.line + 1
+
+    def push_back(self, lines: list[tuple[int, str]]) -> None:
+        """Serve ``lines`` (in order) again before the rest of the file."""
+        if lines:
+            self.pending.extendleft(reversed(lines))
+            self.line = lines[0][0] - 1
 
     def __next__(self) -> str:
+        if self.pending:
+            self.line, text = self.pending.popleft()
+            self.quotes += text.count('"')
+            self.record.append((self.line, text))
+            return text
         start = self.pos.offset
         raw, length, prefix = _readline(self.fh, self.limit, self.pos)
         if not length:
             raise StopIteration
         self.pos.line += 1
+        self.line = self.pos.line
         if prefix:
             # The skipped bytes are not counted: a too-long line is as good as lost, and the
             # quote count of its prefix says whether a quoted field was still open.
@@ -468,7 +495,9 @@ class _CsvLines:
         if self.pos.line == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         self.quotes += raw.count(b'"')
-        return raw.decode("utf-8", errors="surrogateescape")
+        text = raw.decode("utf-8", errors="surrogateescape")
+        self.record.append((self.line, text))
+        return text
 
     def skip_rest_of_record(self) -> None:
         """After an error inside a quoted field, drop lines until the field's quote closes."""
@@ -481,14 +510,86 @@ class _CsvLines:
                 continue
 
 
+def _well_quoted(lines: list[str], delimiter: str) -> bool:
+    """Whether ``lines`` are one record quoted as RFC 4180 says: every quote that closes a field
+    is followed by the delimiter or the line's end, and the field closes before the input ends.
+    Every CSV writer quotes a multi-line field so; a stray quote's fold almost never is."""
+    try:
+        rows = list(csv.reader(lines, delimiter=delimiter, strict=True))
+    except csv.Error:
+        return False
+    return len(rows) == 1
+
+
+def _open_at_end(lines: list[str], delimiter: str) -> bool:
+    """Whether a quoted field in ``lines`` is still open where they end (the file's end: on
+    its last line the csv module closes it silently)."""
+    try:
+        list(csv.reader(lines, delimiter=delimiter, strict=True))
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
+
+
+def _rows_shaped(lines: list[str], delimiter: str, width: int) -> bool:
+    """Whether ``lines``, parsed on their own, are rows of the file: each has the header's
+    ``width`` fields and, when it spans lines, is well quoted; only a last row that starts on
+    the last line may be short (it may be a record that goes on past them). A quote that opens
+    again and swallows the rest is not rows: so each line is parsed again at most once, however
+    many stray quotes a file has."""
+    reader = csv.reader(lines, delimiter=delimiter)
+    rows: list[tuple[int, int, list[str]]] = []
+    try:
+        start = 0
+        for row in reader:
+            rows.append((start, reader.line_num, row))
+            start = reader.line_num
+    except csv.Error:
+        return False
+    rows = [r for r in rows if r[2]]
+    if not rows:
+        return False
+    for i, (start, end, row) in enumerate(rows):
+        if end - start > 1 and not _well_quoted(lines[start:end], delimiter):
+            return False
+        last_line_start = i == len(rows) - 1 and start == len(lines) - 1
+        if len(row) != width and not (last_line_start and len(row) < width):
+            return False
+        if any(field.startswith(" ") for field in row[1:]):
+            return False  # "First, do this": prose after a comma, not a field a CSV writer wrote
+    return True
+
+
+def _lines(first: int, last: int) -> str:
+    return f"line {first:,}" if first == last else f"lines {first:,}-{last:,}"
+
+
 def _read_csv(url: str, fh, delimiter: str, limit: int, pos: _Position) -> Iterator[RawRecord]:
     # The csv module's own field limit (131,072 characters) is process-wide and below
     # --max-chars; a line is already bounded, so a field may be as long as a line.
     if csv.field_size_limit() < limit:
         csv.field_size_limit(limit)
+    what = "TSV" if delimiter == "\t" else "CSV"
     lines = _CsvLines(fh, limit, pos)
     reader = csv.reader(lines, delimiter=delimiter)
     header: list[str] | None = None
+
+    def stray_quote(error: str | None) -> RawRecord | None:
+        """A record that spans lines and broke (``error``) or is not well quoted: when the lines
+        after its first parse as rows of the file, a quote on the first line went astray and
+        folded them in. Only that line is quarantined; the others are parsed again."""
+        first, last = lines.record_line, lines.line
+        texts = [text for _, text in lines.record]
+        if last <= first or header is None or not _rows_shaped(texts[1:], delimiter, len(header)):
+            return None
+        lines.push_back(lines.record[1:])
+        why = f" ({error})" if error else ""
+        return RawRecord(url, first, None, raw=texts[0], error=("stray_quote", (
+            f"a quoted field opened on line {first:,} swallows {_lines(first + 1, last)}, which "
+            f"{'reads as a row' if last == first + 1 else 'read as rows'} of the file{why}; line {first:,} was "
+            "quarantined and the lines after it were read again as records; "
+            "close or escape (\"\") the quote")))
+
     while True:
         lines.begin_record()
         lineno = lines.record_line
@@ -501,10 +602,28 @@ def _read_csv(url: str, fh, delimiter: str, limit: int, pos: _Position) -> Itera
             yield _too_long(url, exc.lineno, exc.length, limit, exc.prefix, exc.offset)
             continue
         except csv.Error as exc:
+            stray = stray_quote(str(exc))
+            if stray is not None:
+                yield stray
+                continue
             lines.skip_rest_of_record()
             code = "too_long" if "field limit" in str(exc) else "malformed_row"
-            yield RawRecord(url, lineno, None, error=(code, f"the row cannot be parsed as {'TSV' if delimiter == chr(9) else 'CSV'} ({exc}); "
-                                                            "check its quoting"))
+            yield RawRecord(url, lineno, None, error=(code, f"the row ({_lines(lineno, lines.line)}) cannot be parsed as "
+                                                            f"{what} ({exc}); check its quoting"))
+            continue
+        if (lines.line > lineno and not _well_quoted([text for _, text in lines.record], delimiter)) or (
+                lines.quotes % 2 and _open_at_end([text for _, text in lines.record], delimiter)):
+            if header is None:
+                raise _FileTooDamaged(f"the header row's quoting is broken: a quoted field opened on line {lineno:,} "
+                                      f"runs to line {lines.line:,}; fix the header's quotes")
+            stray = stray_quote(None)
+            if stray is not None:
+                yield stray
+                continue
+            yield RawRecord(url, lineno, None, raw=json.dumps(row, ensure_ascii=True), error=("malformed_row", (
+                f"the quoted field opened in this row runs over {_lines(lineno, lines.line)} and does not close "
+                f"properly (a closing quote must come before the file ends and be followed by the delimiter or the line's end); "
+                f"{_lines(lineno, lines.line)} were quarantined as one record, check its quoting")))
             continue
         if header is None:
             header = row
@@ -514,7 +633,8 @@ def _read_csv(url: str, fh, delimiter: str, limit: int, pos: _Position) -> Itera
         if len(row) > len(header):
             yield RawRecord(
                 url, lineno, None,
-                error=("malformed_row", f"the row has {len(row)} fields but the header has {len(header)}; quote fields that contain the delimiter"),
+                error=("malformed_row", f"the row ({_lines(lineno, lines.line)}) has {len(row)} fields but the header has "
+                                        f"{len(header)}; quote fields that contain the delimiter"),
                 raw=json.dumps(row, ensure_ascii=True),
             )
             continue
