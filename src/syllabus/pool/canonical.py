@@ -4,6 +4,23 @@ Every pool format ends here: Alpaca (instruction/input/output), question/answer 
 field names mapped with :class:`FieldMap`), and ShareGPT/OpenAI conversations
 (``conversations``/``messages``; multi-turn kept). A record that cannot become a sample
 raises :class:`RecordRejected` with a machine code and a sentence saying what to fix.
+
+Two keys, for two jobs:
+
+- The **sample id** is the record's own id, or else :func:`messages_hash` of its messages
+  exactly as written. Shards, pool fingerprints and every cache key depend on it, so it never
+  normalises anything.
+- The **dedup key** (:func:`dedup_key`) is the same hash over each turn's text as
+  :func:`dedup_text` writes it: invisible characters removed (every Unicode format character,
+  category Cf, such as zero-width spaces and joiners, bidi controls, soft hyphens and the byte
+  order mark, plus the other default-ignorable code points such as variation selectors and
+  Hangul fillers: :data:`IGNORABLE`), then Unicode NFKC normalisation (NFC and NFD spellings,
+  full-width letters and ligatures become one spelling), then every run of whitespace collapsed
+  to one space and the ends stripped. Two records with the same roles and the same dedup key are
+  duplicates. For text already in that form the dedup key equals the content-hash id.
+
+A required text (the instruction, the answer, every non-system turn) that is empty under
+:func:`dedup_text` (only whitespace and invisible characters) is rejected as ``empty_field``.
 """
 
 from __future__ import annotations
@@ -11,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -33,6 +51,17 @@ DEFAULT_MAX_CHARS = 200_000
 # Lone surrogates: undecodable bytes kept by surrogateescape (\udc80-\udcff) or a JSON
 # "\ud800" escape. Neither can be written as UTF-8, so Parquet would refuse the whole shard.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# The characters the dedup key ignores: every format character (Unicode category Cf) and the
+# other default-ignorable code points (DerivedCoreProperties.txt), as (first, last) ranges.
+# A test checks that every Cf character of the running Python's Unicode tables is covered.
+IGNORABLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x0600, 0x0605), (0x061C, 0x061C), (0x06DD, 0x06DD),
+    (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFFB), (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD), (0x13430, 0x13438), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)
+_IGNORABLE_RE = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" if a != b else chr(a) for a, b in IGNORABLE) + "]+")
 _ROLE_ALIASES = {
     "user": "user",
     "human": "user",
@@ -91,6 +120,7 @@ class Sample:
     metadata: dict[str, Any] = field(default_factory=dict)
     content_hash: str = ""
     metadata_json: str | None = None  # the stored form, when normalise already made it
+    dedup_key: str = ""  # messages_hash of the normalised text: see the module docstring
 
     def row(self) -> dict[str, Any]:
         return {
@@ -126,7 +156,13 @@ def _check_text(name: str, value: Any, required: bool) -> str:
     bad = _SURROGATE.search(value)
     if bad is not None:
         _reject_surrogate(name, bad.group())
-    if required and not value.strip():
+    if required and (not value.strip() or (not value.isascii() and not dedup_text(value))):
+        if value.strip():
+            raise RecordRejected(
+                "empty_field",
+                f'field "{name}" holds only invisible characters (zero-width or format characters) and whitespace; '
+                "give it visible text",
+            )
         raise RecordRejected("empty_field", f'field "{name}" is empty')
     return value
 
@@ -173,6 +209,27 @@ def _conversation(name: str, turns: Any) -> list[dict[str, str]]:
 def messages_hash(messages: list[dict[str, str]]) -> str:
     blob = json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def dedup_text(text: str) -> str:
+    """``text`` as the dedup key compares it: invisible characters (:data:`IGNORABLE`) removed,
+    NFKC-normalised, whitespace runs collapsed to one space, ends stripped."""
+    if text.isascii():  # the common case, already NFKC and with nothing to remove: skip the scans
+        return " ".join(text.split())
+    text = _IGNORABLE_RE.sub("", text)
+    if not unicodedata.is_normalized("NFKC", text):
+        text = _IGNORABLE_RE.sub("", unicodedata.normalize("NFKC", text))
+    return " ".join(text.split())
+
+
+def dedup_key(messages: list[dict[str, str]], content: str | None = None) -> str:
+    """The duplicate-detection key of a conversation: :func:`messages_hash` of its turns with
+    each text replaced by :func:`dedup_text`; equal to the content hash for text already in
+    that form (``content``, that hash when the caller has it, is then returned unhashed)."""
+    turns = [{"role": t["role"], "content": dedup_text(t["content"])} for t in messages]
+    if content is not None and all(n["content"] == t["content"] for n, t in zip(turns, messages)):
+        return content
+    return messages_hash(turns)
 
 
 def normalise(
@@ -235,4 +292,5 @@ def normalise(
     if bad is not None:
         where = next((k for k in metadata if _SURROGATE.search(str(k))), None)
         _reject_surrogate(f"metadata key {where}" if where is not None else "metadata", bad.group())
-    return Sample(sample_id, source, instruction, input_text, output, messages, metadata, content, metadata_json)
+    return Sample(sample_id, source, instruction, input_text, output, messages, metadata, content, metadata_json,
+                  dedup_key(messages, content))

@@ -2,7 +2,9 @@
 
 Every input record ends in exactly one place: a shard (``records_ok``), or the quarantine
 file with its location and reason (``records_rejected`` and ``duplicates``), so
-``records_in == records_ok + records_rejected + duplicates`` always holds. The unreadable rest of
+``records_in == records_ok + records_rejected + duplicates`` always holds. Duplicates are
+found by :func:`canonical.dedup_key` (NFKC, invisible characters removed, whitespace
+collapsed), never by the sample id, which stays the exact content hash. The unreadable rest of
 a damaged file counts as one rejected record (``damaged_file``). The quarantine is written even
 when no record was valid, and the error names it.
 
@@ -192,9 +194,10 @@ def ingest_pool(
     per_file: dict[str, FileStats] = {}
     # One entry per sample, so kept small (a million records held 390 MB with location
     # strings in both maps): (file, line, row) shares the file's string, and an id that is the
-    # content hash needs no second entry, as the content map already catches its repeats.
-    seen_content: dict[str, tuple[str, int | None, int | None]] = {}  # content hash -> first copy
-    seen_ids: dict[str, tuple[str, int | None, int | None]] = {}  # the record's own id -> its record
+    # dedup key (the content hash of text already normalised) needs no second entry, as the
+    # content map already catches its repeats.
+    seen_content: dict[str, tuple[str, int | None, int | None]] = {}  # dedup key -> first copy
+    seen_ids: dict[str, tuple[str, int | None, int | None]] = {}  # an id that is not the dedup key -> its record
 
     slugs: set[str] = set()
 
@@ -227,18 +230,23 @@ def ingest_pool(
                     code, reason = exc.code, exc.reason
             if sample is not None:
                 own_id = sample.sample_id != sample.content_hash
-                first = seen_content.get(sample.content_hash)
+                # Duplicates are found by the dedup key (canonical's docstring: Unicode spelling,
+                # invisible characters and whitespace do not count); ids stay the exact hashes.
+                first = seen_content.get(sample.dedup_key)
                 # An own id may equal another record's content-hash id, and the other way round.
                 prior = seen_ids.get(sample.sample_id) or (seen_content.get(sample.sample_id) if own_id else None)
                 if first is not None:
-                    code, reason, duplicate = "duplicate_content", f"exact duplicate of the record at {RawRecord(*first).location}", True
+                    code, reason, duplicate = "duplicate_content", (
+                        f"duplicate of the record at {RawRecord(*first).location} (compared after Unicode NFKC "
+                        "normalisation, with invisible characters removed and whitespace collapsed)"), True
                 elif prior is not None:
                     code = "duplicate_id"
                     reason = f'id "{sample.sample_id}" is already used by the record at {RawRecord(*prior).location} with different content; give the records distinct ids'
                 else:
-                    seen_content[sample.content_hash] = (rec.file, rec.line, rec.row)
-                    if own_id:
-                        seen_ids[sample.sample_id] = (rec.file, rec.line, rec.row)
+                    where = (rec.file, rec.line, rec.row)
+                    seen_content[sample.dedup_key] = where
+                    if sample.sample_id != sample.dedup_key:
+                        seen_ids[sample.sample_id] = where
             if code is not None:
                 quarantine.append(_quarantine_entry(rec, code, reason))
                 reasons[code] += 1
