@@ -32,7 +32,8 @@ import numpy as np
 import pyarrow as pa
 
 from syllabus import registry
-from syllabus.models.chat import has_chat_template, instruction_text
+from syllabus.models.chat import (encode_text, has_chat_template, instruction_text, mark_data, render_chat,
+                                  tokenize_text, unmark_data)
 from syllabus.scoring.base import Failed, Scorer, ScorerConfig, error_status, in_batches, per_item_fallback
 
 log = logging.getLogger(__name__)
@@ -73,21 +74,32 @@ class DIQDifficultyConfig(ScorerConfig):
     max_batch_tokens: int = 16384
 
 
-def rating_prompt(tokenizer: Any, sample: Any, cfg: DIQDifficultyConfig) -> str:
+def _rating_prompt_spans(tokenizer: Any, sample: Any, cfg: DIQDifficultyConfig) -> tuple[str, list[tuple[int, int]]]:
+    """The rating prompt and the character spans of the sample's text in it (the question and
+    the answer are data: special-token spellings in them stay text)."""
     answer = ""
     if cfg.include_answer:
         text = sample.get("output") or ""
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenize_text(tokenizer, text)
         if len(ids) > cfg.max_answer_tokens:
             text = tokenizer.decode(ids[: cfg.max_answer_tokens]) + " ..."
-        answer = f"\nReference answer:\n{text}\n"
+        answer = f"\nReference answer:\n{mark_data(text)}\n"
     content = RUBRIC.format(domain=cfg.domain, perspective=cfg.perspective,
                             aspect=ASPECT[cfg.perspective].format(domain=cfg.domain),
-                            question=instruction_text(sample), answer_block=answer)
+                            question=mark_data(instruction_text(sample)), answer_block=answer)
     if not has_chat_template(tokenizer):
-        return content + "\nDifficulty: "
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                         add_generation_prompt=True)
+        return unmark_data(content + "\nDifficulty: ")
+    return render_chat(tokenizer, [{"role": "user", "content": content}], contents_are_data=False)
+
+
+def rating_prompt(tokenizer: Any, sample: Any, cfg: DIQDifficultyConfig) -> str:
+    return _rating_prompt_spans(tokenizer, sample, cfg)[0]
+
+
+def rating_prompt_ids(tokenizer: Any, sample: Any, cfg: DIQDifficultyConfig) -> list[int]:
+    """Token ids of :func:`rating_prompt`; the template's markers are its only special tokens."""
+    text, spans = _rating_prompt_spans(tokenizer, sample, cfg)
+    return encode_text(tokenizer, text, spans, add_special_tokens=not has_chat_template(tokenizer))[0]
 
 
 def digit_token_ids(tokenizer: Any) -> dict[int, list[int]]:
@@ -217,7 +229,7 @@ class DIQDifficultyScorer(Scorer):
         seqs: dict[int, list[int]] = {}
         for i, row in enumerate(rows):
             try:
-                ids = tok(rating_prompt(tok, row, cfg), add_special_tokens=not has_chat_template(tok))["input_ids"]
+                ids = rating_prompt_ids(tok, row, cfg)
             except Exception as exc:
                 status[i] = error_status(exc)
                 continue
@@ -280,8 +292,9 @@ class DIQDifficultyScorer(Scorer):
         def run(idx: list[int]) -> list[Any]:
             questions = [instruction_text(rows[i]) for i in idx]
             answers = [rows[i].get("output") or "" for i in idx]
+            # split_special_tokens: a sample that spells "[SEP]" gets those characters, not the token.
             enc = tok(questions, answers if cfg.include_answer else None, truncation=True, max_length=limit,
-                      padding=True, return_tensors="pt")
+                      padding=True, return_tensors="pt", split_special_tokens=True)
             with torch.no_grad():
                 logits = model(**{k: v.to(device) for k, v in enc.items()}).logits
             vals, raw = classifier_scores(logits, model.config, cfg.perspective)
