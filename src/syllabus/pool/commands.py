@@ -11,6 +11,7 @@ from syllabus.pool.canonical import DEFAULT_MAX_CHARS, FieldMap
 from syllabus.pool.ingest import DEFAULT_SHARD_SIZE, IngestResult, ingest_pool
 from syllabus.pool.manifest import iter_shards
 from syllabus.pool.readers import PoolInputError
+from syllabus.pool.special_tokens import POLICIES
 from syllabus.store import Store
 
 
@@ -42,6 +43,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help=f"valid records per shard (default {DEFAULT_SHARD_SIZE})")
     p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS, help=f"reject records longer than this (default {DEFAULT_MAX_CHARS:,})")
     p.add_argument("--field", action="append", default=[], metavar="ROLE=NAME", help="map a field: roles instruction, input, output, messages, id (repeatable)")
+    p.add_argument("--special-tokens", choices=POLICIES, default="keep",
+                   help="records whose text spells a chat-template token (<|im_end|>, <s>, [INST] ...): keep them, "
+                        "the strings staying plain text to every tokenizer (default), or quarantine them")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
 
 
@@ -54,6 +58,7 @@ def _run_ingest(inputs: list[str], args: argparse.Namespace) -> int:
             shard_size=getattr(args, "shard_size", DEFAULT_SHARD_SIZE),
             fields=fields,
             max_chars=getattr(args, "max_chars", DEFAULT_MAX_CHARS),
+            special_tokens=getattr(args, "special_tokens", "keep"),
         )
     except (PoolInputError, ValueError, argparse.ArgumentTypeError) as exc:
         print(f"syllabus ingest: {exc}", file=sys.stderr)
@@ -89,6 +94,11 @@ def render_summary(result: IngestResult) -> str:
     lines.append(f"  {'total':<{width}}  {m['records_in']:>7,} {m['records_ok']:>7,} {m['records_rejected']:>8,} {m['duplicates']:>6,}")
     if m["rejected_by_reason"]:
         lines.append("  quarantined by reason: " + ", ".join(f"{k} {v:,}" for k, v in m["rejected_by_reason"].items()))
+    spelled = m.get("special_tokens") or {}
+    if spelled.get("records"):
+        what = "quarantined" if spelled["policy"] == "quarantine" else "kept, the strings stay plain text"
+        lines.append(f"  records spelling chat-template tokens: {spelled['records']:,} ({what}): "
+                     + ", ".join(f"{k} {v:,}" for k, v in spelled["by_token"].items()))
     ins_len, out_len, turns = [], [], []
     for _, table in iter_shards(m):
         ins_len += [len(x) for x in table.column("instruction").to_pylist()]

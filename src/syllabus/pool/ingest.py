@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from syllabus.pool.canonical import DEFAULT_MAX_CHARS, SCHEMA, FieldMap, RecordRejected, Sample, normalise
 from syllabus.pool.readers import RawRecord, expand, read
+from syllabus.pool.special_tokens import SpecialTokenCounts, quarantine_reason, spelled_tokens
 from syllabus.store import Store, content_hash
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class IngestResult:
             "manifest": self.manifest_url,
             "quarantine": self.quarantine_url,
             "rejected_by_reason": dict(sorted(self.reasons.items())),
+            "special_tokens": m.get("special_tokens"),
         }
 
 
@@ -180,12 +182,16 @@ def ingest_pool(
     fields: FieldMap = FieldMap(),
     max_chars: int = DEFAULT_MAX_CHARS,
     progress: bool | None = None,
+    special_tokens: str = "keep",
 ) -> IngestResult:
-    """Ingest ``inputs`` (files, directories, saved datasets, URLs) into ``store``."""
+    """Ingest ``inputs`` (files, directories, saved datasets, URLs) into ``store``.
+    ``special_tokens``: what to do with records that spell chat-template tokens (``keep`` them
+    as text, or ``quarantine`` them; :mod:`syllabus.pool.special_tokens`)."""
     if shard_size < 1:
         raise ValueError(f"shard size {shard_size} must be at least 1")
     if max_chars < 1:
         raise ValueError(f"--max-chars {max_chars} must be at least 1: it is the most characters a record may have")
+    spelled_counts = SpecialTokenCounts(special_tokens)
     started = time.perf_counter()
     files = expand(list(inputs))
     sharder = _Sharder(store, shard_size)
@@ -228,6 +234,10 @@ def ingest_pool(
                     sample = normalise(rec.value, source + suffix, fields, max_chars)
                 except RecordRejected as exc:
                     code, reason = exc.code, exc.reason
+            spelled = spelled_tokens(t["content"] for t in sample.messages) if sample is not None else []
+            if spelled and special_tokens == "quarantine":
+                code, reason, sample = "special_tokens", quarantine_reason(spelled), None
+                spelled_counts.add(spelled)
             if sample is not None:
                 own_id = sample.sample_id != sample.content_hash
                 # Duplicates are found by the dedup key (canonical's docstring: Unicode spelling,
@@ -256,6 +266,7 @@ def ingest_pool(
                     stats.records_rejected += 1
                 continue
             stats.records_ok += 1
+            spelled_counts.add(spelled)
             rows.append(sample.row())
             if len(rows) == shard_size:
                 sharder.flush(source, url, slug, index, rows)
@@ -307,6 +318,7 @@ def ingest_pool(
         "duplicates": totals.duplicates,
         "per_file": {k: vars(v) for k, v in per_file.items()},
         "rejected_by_reason": dict(sorted(reasons.items())),
+        "special_tokens": spelled_counts.summary(),
         "quarantine": store.url(quarantine_key),
         "shards": sharder.shards,
         "seconds": round(time.perf_counter() - started, 3),
@@ -317,4 +329,8 @@ def ingest_pool(
         totals.records_in, totals.records_ok, totals.records_rejected, totals.duplicates,
         len(sharder.shards), sharder.written, sharder.reused,
     )
+    if spelled_counts.records:
+        log.warning("%d records spell chat-template tokens (%s); policy %s: %s", spelled_counts.records,
+                    ", ".join(f"{t} {n}" for t, n in sorted(spelled_counts.by_token.items())), special_tokens,
+                    "quarantined" if special_tokens == "quarantine" else "kept, the strings stay plain text")
     return IngestResult(manifest, store.url(manifest_key), store.url(quarantine_key), sharder.written, sharder.reused, reasons, per_file)
