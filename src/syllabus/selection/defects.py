@@ -1,7 +1,8 @@
 """Defect avoidance: how many known-bad samples a selection let through, stage by stage.
 
 Given a labels file (sample id -> defect kind, as ``syllabus plant-defects`` writes it; every
-other sample is clean) and a selection's per-candidate table, this reports the defect share
+other sample is clean, and so is a row whose value is false, 0, null or empty: see
+:func:`defect_kind`) and a selection's per-candidate table, this reports the defect share
 
 - of the pool (the base rate a selection has to beat),
 - of the survivors after each stage of the recipe (3DS: after the quality threshold, after
@@ -31,11 +32,51 @@ class LabelsError(ValueError):
     """A labels file that does not fit the pool."""
 
 
+# A labels value that says "clean": only a true-ish value is a defect (see defect_kind).
+_CLEAN_WORDS = {"", "false", "no", "0", "none", "null", "clean"}
+_TRUE_WORDS = {"true", "yes", "1"}
+GENERIC_KIND = "defect"
+
+
+def defect_kind(value: Any) -> str | None:
+    """The defect kind a labels file's ``defect`` value names, or None for a clean sample.
+
+    A string names its kind (``"truncated"``, as ``syllabus plant-defects`` writes); ``"true"``,
+    ``"yes"`` and ``"1"`` (any case) and the JSON ``true`` and ``1`` mark a defect of kind
+    ``defect``; ``null``, ``false``, ``0``, ``""`` and the strings ``"false"``, ``"no"``,
+    ``"0"``, ``"none"``, ``"null"``, ``"clean"`` mark a clean sample. Anything else (another
+    number, a list, an object) raises ValueError."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return GENERIC_KIND
+    if isinstance(value, (int, float)):
+        if value == 0:
+            return None
+        if value == 1:
+            return GENERIC_KIND
+        raise ValueError(f"the number {value!r} is neither 0 (clean) nor 1 (a defect)")
+    if isinstance(value, str):
+        word = value.strip()
+        if word.lower() in _CLEAN_WORDS:
+            return None
+        return GENERIC_KIND if word.lower() in _TRUE_WORDS else word
+    raise ValueError(f"a JSON {type(value).__name__} is not a defect kind")
+
+
 def load_labels(path: str) -> dict[str, str]:
-    """``{sample_id: defect kind}`` from a JSONL labels file (``sample_id`` and ``defect``
-    per line; other fields are ignored)."""
+    """``{sample_id: defect kind}`` from a JSONL labels file (``sample_id`` and ``defect`` per
+    line; other fields are ignored). Only rows whose ``defect`` is true-ish are defects
+    (:func:`defect_kind`); rows marked clean are left out. An id labelled on two lines is an
+    error naming both."""
     import fsspec
 
+    from syllabus.inputs import refuse_special_file
+
+    try:
+        refuse_special_file(path, "labels file")
+    except ValueError as exc:
+        raise LabelsError(str(exc)) from None
     try:
         with fsspec.open(path, "rb") as f:
             text = f.read().decode("utf-8")
@@ -44,20 +85,42 @@ def load_labels(path: str) -> dict[str, str]:
     except UnicodeDecodeError as exc:
         raise LabelsError(f"labels file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     labels: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    rows = 0
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            sample_id, kind = str(row["sample_id"]), str(row["defect"])
+            sample_id, value = str(row["sample_id"]), row["defect"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise LabelsError(
                 f"labels file {path} line {number} is not a JSON object with sample_id and defect; "
                 "write labels with `syllabus plant-defects`"
             ) from None
-        labels[sample_id] = kind
-    if not labels:
+        if sample_id in first_line:
+            raise LabelsError(
+                f"labels file {path} labels sample {sample_id!r} twice, on lines {first_line[sample_id]} and {number}; "
+                "keep one line per sample"
+            )
+        first_line[sample_id] = number
+        rows += 1
+        try:
+            kind = defect_kind(value)
+        except ValueError as exc:
+            raise LabelsError(
+                f"labels file {path} line {number}: defect {json.dumps(value)[:80]} is not a defect label ({exc}); "
+                'use a kind name such as "truncated", true or 1 for a defect, and false, 0 or null for a clean sample'
+            ) from None
+        if kind is not None:
+            labels[sample_id] = kind
+    if not rows:
         raise LabelsError(f"labels file {path} holds no label; write one with `syllabus plant-defects`")
+    if not labels:
+        raise LabelsError(
+            f"labels file {path} marks none of its {rows:,} samples as a defect (every defect value is false, 0, null "
+            "or empty); a defect-avoidance audit needs at least one defect"
+        )
     return labels
 
 

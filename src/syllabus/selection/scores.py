@@ -8,7 +8,8 @@ same columns (one scorer's shards) are stacked; different scorers are joined on
 ``sample_id``. When a pool manifest is known (named by the score manifests or
 passed explicitly) the candidates are exactly the pool's samples, each with its full record;
 a pool sample that a scorer did not score has missing values and is dropped, with a reason,
-by any stage that needs them.
+by any stage that needs them, while a scored id that is not in the known pool is an error (the
+scores belong to another pool) naming a few of them.
 """
 
 from __future__ import annotations
@@ -36,8 +37,12 @@ def _location(url: str) -> str:
     return url if "://" in path else os.path.abspath(path)
 
 
-def read_url_bytes(url: str) -> bytes:
-    """The bytes at ``url``, checksum-verified when the object has a commit marker."""
+def read_url_bytes(url: str, what: str = "input") -> bytes:
+    """The bytes at ``url``, checksum-verified when the object has a commit marker. A local
+    FIFO or device is refused before it is opened (``what`` names it in the error)."""
+    from syllabus.inputs import refuse_special_file
+
+    refuse_special_file(url, what)
     store, key = Store.open_url(url)
     if store.marker(key) is not None:
         return store.read_committed(key)
@@ -46,7 +51,7 @@ def read_url_bytes(url: str) -> bytes:
 
 
 def _table_of(url: str) -> pa.Table:
-    data = read_url_bytes(url)
+    data = read_url_bytes(url, "score table")
     try:
         return read_parquet_bytes(data)
     except (pa.ArrowInvalid, OSError):  # pyarrow's own message names only '<Buffer>'
@@ -80,7 +85,7 @@ def read_score_input(url: str) -> tuple[pa.Table, ScoreInput]:
     """One score input as an Arrow table plus what it is."""
     if url.endswith(".json"):
         try:
-            manifest = json.loads(read_url_bytes(url))
+            manifest = json.loads(read_url_bytes(url, "score manifest"))
         except json.JSONDecodeError as exc:
             raise ValueError(f"{url} is not JSON; pass a score manifest (.json) or a score Parquet file") from exc
         if not isinstance(manifest, dict) or "shards" not in manifest:
@@ -147,7 +152,7 @@ def expand_score_urls(score_urls: list[str]) -> list[str]:
         parts = [url]
         if url.endswith(".json"):
             try:
-                doc = json.loads(read_url_bytes(url))
+                doc = json.loads(read_url_bytes(url, "score manifest"))
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{url} is not JSON; pass a score manifest (.json) or a score Parquet file") from exc
             if isinstance(doc, dict) and "shards" not in doc and isinstance(doc.get("components"), dict):
@@ -231,9 +236,14 @@ def load_candidates(score_urls: list[str], pool_url: str | None = None) -> Candi
         label = ", ".join(i.url for _, i in groups[columns])
         scores = table.to_pandas()
         extra = ~scores["sample_id"].isin(known)
-        if extra.any():
-            notes.append(f"{int(extra.sum())} scored samples of {label} are not in the pool and were ignored")
-            scores = scores[~extra]
+        if extra.any() and pool is not None:
+            # Scores of another pool (or of records since quarantined): joining them would
+            # silently score the wrong samples, so a known pool must cover every scored id.
+            some = ", ".join(repr(i) for i in scores.loc[extra, "sample_id"].head(3))
+            raise ValueError(
+                f"score table {label} names {int(extra.sum()):,} sample id(s) that are not in the pool {pool_url} "
+                f"(e.g. {some}); pass the scores computed on this pool, or the pool they were computed on with --pool"
+            )
         unscored = len(frame) - len(scores)
         if unscored:
             notes.append(f"{unscored} candidates have no score in {label}")
