@@ -1,47 +1,190 @@
-"""IFD, Instruction-Following Difficulty (Li et al., NAACL 2024; arXiv 2308.12032).
+"""IFD, Instruction-Following Difficulty (Li et al., NAACL 2024; arXiv 2308.12032), and the
+Superfiltering ratio (Li et al., ACL 2024; arXiv 2402.00530).
 
-``IFD = mean NLL(y | P) / mean NLL(y alone)`` (methods.md, "Baselines"). The conditioned
-loss is over the response positions of ``T(y) = P + y + E``; the unconditioned one over the
-tokens of ``y + E`` after a single start token (BOS, else EOS), so every response token has
-a prediction (ours: the NAACL code relies on the tokenizer adding BOS). Both sequences are
-truncated at the cutoff. IFD near or above 1 means the instruction does not help predict the
-response; selection drops IFD > 1 and takes the highest. Higher = harder.
+``IFD = mean NLL(y | P) / mean NLL(y alone)`` (methods.md, "Baselines"): IFD near or above 1
+means the instruction does not help predict the response; selection drops IFD > 1 and takes the
+highest. Higher = harder. Three presets (``preset``):
 
-Both passes go through the engine's ``token_nll`` (the shared token-loss function), so the
+- ``default`` (ours): ``P`` is the model's chat template (:mod:`syllabus.models.chat`); the
+  conditioned loss is over the response positions of ``T(y) = P + y + E``, the "alone" one over
+  the tokens of ``y + E`` after a single start token (BOS, else EOS), so every response token
+  has a prediction.
+- ``reference``: Cherry_LLM's published code (``cherry_seletion/data_analysis.py`` and
+  ``data_by_IFD.py``). ``P`` is the Alpaca prompt (no chat template), which ends in
+  ``### Response:``; the "alone" context is ``### Response:`` + y, so ``y`` follows the same
+  text in both passes; no end-of-turn token is scored; the tokenizer's own special tokens (BOS
+  on LLaMA) are added as its ``encode`` adds them.
+- ``superfiltering``: Superfiltering's code (``code_ifd/data_analysis.py``, meant for a small
+  proxy model such as GPT-2). ``P`` is ``instruction + "\\n"`` (``+ input + "\\n"`` when there
+  is one); the "alone" pass is ``y`` tokenized on its own, scored from its second token when
+  the tokenizer adds no BOS (a Hugging Face ``labels=input_ids`` loss). ``ifd_score`` is the
+  perplexity ratio ``exp(mean NLL(y | P)) / exp(mean NLL(y alone))``: the same ``< 1`` filter
+  as IFD, a different ranking.
+
+Truncation: ``P + y`` is cut at ``cutoff`` tokens from the end of the response, and the
+"alone" sequence is cut after the same answer tokens, so both means cover the same tokens
+(Cherry's code aims at this with ``max_length - len(P) - 2``, an offset worked out for its
+"wiz" prompt that leaves the Alpaca prompt's "alone" span a few tokens short; here the spans
+match exactly. Superfiltering cuts ``y`` alone at ``max_length - len(P) + 1`` tokens, which is
+reproduced). ``default`` used to cut both sequences at the cutoff, which gave the "alone" mean
+up to ``len(P)`` more answer tokens; only samples whose response is cut changed with the fix,
+so the version and the cache key of uncut samples' numbers are kept (``last_stats`` counts the
+cut ones). A prompt that leaves no answer token within the cutoff gives ``too_long`` (the
+authors' code skips it). Samples with IFD > 1 are dropped by the recipes' selector, not here.
+In the presets, sample text stays text: strings that spell the tokenizer's special tokens are
+not read as special tokens.
+
+Every pass goes through the engine's ``token_nll`` (the shared token-loss function), so the
 transformers and vLLM engines compute the same numbers.
 
-Columns: ``ifd_score``, ``ifd_nll_conditioned``, ``ifd_nll_alone``, ``ifd_status``.
+Columns: ``ifd_score``, ``ifd_nll_conditioned``, ``ifd_nll_alone`` (mean NLLs in nats),
+``ifd_status``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 import pyarrow as pa
+from pydantic import model_serializer
 
 from syllabus import registry
 from syllabus.models.chat import DEFAULT_CUTOFF, encode_pair, end_of_turn_text
 from syllabus.models.engines import TransformersEngine
 from syllabus.scoring.base import Scorer, ScorerConfig, error_status
 
+# Cherry_LLM's Alpaca prompts, verbatim: the response follows "### Response:" directly.
+ALPACA_PROMPT_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+RESPONSE_PREFIX = "### Response:"
+
+Preset = Literal["default", "reference", "superfiltering"]
+
 
 class IFDConfig(ScorerConfig):
+    # "default": ours (chat template, [start] + y + E alone); "reference": Cherry_LLM's code;
+    # "superfiltering": Superfiltering's code and its perplexity ratio.
+    preset: Preset = "default"
     cutoff: int = DEFAULT_CUTOFF
     batch_size: int = 8
     max_batch_tokens: int = 16384
     bucket: bool = True
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # `preset` came after the first release: at its default it is left out of the dump, so
+        # the cache keys and score manifests of default configs stay what they were.
+        data = handler(self)
+        if data.get("preset") == "default":
+            data.pop("preset")
+        return data
+
+
+@dataclass(frozen=True)
+class IFDSequences:
+    """The two passes of one sample: token ids and the positions whose NLL is averaged."""
+
+    conditioned: list[int]
+    conditioned_positions: list[int]
+    alone: list[int]
+    alone_positions: list[int]
+    status: str = "ok"  # "ok" | "too_long"
+    truncated: bool = False  # the response was cut at the cutoff
+
 
 def response_alone_ids(tokenizer: Any, response: str, cutoff: int) -> list[int]:
-    """``[start] + tokenize(y + E)`` truncated at ``cutoff``."""
+    """``[start] + tokenize(y + E)`` truncated at ``cutoff`` (the default preset)."""
     eot = end_of_turn_text(tokenizer)
     ids = tokenizer(response + (eot or ""), add_special_tokens=False)["input_ids"]
     if eot is None and tokenizer.eos_token_id is not None:
         ids = ids + [int(tokenizer.eos_token_id)]
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     return ([int(start)] + list(ids))[:cutoff]
+
+
+def _field(sample: Any, name: str) -> str:
+    value = sample.get(name) if isinstance(sample, Mapping) else getattr(sample, name, None)
+    return value or ""
+
+
+def alpaca_prompt(sample: Any) -> str:
+    """Cherry_LLM's prompt: the Alpaca template, with the input block when there is one."""
+    instruction, inp = _field(sample, "instruction"), _field(sample, "input")
+    if inp == "":
+        return ALPACA_PROMPT_NO_INPUT.format_map({"instruction": instruction})
+    return ALPACA_PROMPT_INPUT.format_map({"instruction": instruction, "input": inp})
+
+
+def plain_prompt(sample: Any) -> str:
+    """Superfiltering's prompt (its ``none`` format): the instruction and input, one line each."""
+    instruction, inp = _field(sample, "instruction"), _field(sample, "input")
+    return f"{instruction}\n" if inp == "" else f"{instruction}\n{inp}\n"
+
+
+def _ids(tokenizer: Any, text: str, add_special_tokens: bool = True) -> list[int]:
+    # split_special_tokens: a sample that spells "<|im_end|>" gets those characters, not the token.
+    return list(tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=True)["input_ids"])
+
+
+def _joined(tokenizer: Any, prefix: str, response: str) -> tuple[list[int], int]:
+    """``tokenize(prefix + response)`` and where the response starts (``len(tokenize(prefix))``,
+    as the authors' ``len(tokenizer.encode(text[:text.rfind(y)]))``). When the tokenizer merges
+    characters across the boundary, the response is tokenized on its own after the prefix's ids."""
+    p_ids = _ids(tokenizer, prefix)
+    ids = _ids(tokenizer, prefix + response)
+    if ids[: len(p_ids)] != p_ids:
+        ids = p_ids + _ids(tokenizer, response, add_special_tokens=False)
+    return ids, len(p_ids)
+
+
+def encode_default(tokenizer: Any, sample: Any, cutoff: int) -> IFDSequences:
+    """The default preset's passes: ``P + y + E`` and ``[start] + y + E``; a response cut at
+    the cutoff cuts the "alone" sequence after the same answer tokens."""
+    enc = encode_pair(tokenizer, sample, cutoff=cutoff)
+    if enc.status != "ok":
+        return IFDSequences([], [], [], [], enc.status, enc.truncated)
+    alone = response_alone_ids(tokenizer, _field(sample, "output"), cutoff)
+    if enc.truncated:
+        # Untruncated samples keep their version-1 numbers; only a cut response is aligned.
+        alone = alone[: 1 + len(enc.input_ids) - enc.prompt_len]
+    return IFDSequences(enc.input_ids, enc.response_positions, alone, list(range(1, len(alone))), "ok", enc.truncated)
+
+
+def encode_authors(tokenizer: Any, sample: Any, cutoff: int, preset: str) -> IFDSequences:
+    """The ``reference`` (Cherry_LLM) or ``superfiltering`` preset's passes."""
+    response = _field(sample, "output")
+    prompt = alpaca_prompt(sample) if preset == "reference" else plain_prompt(sample)
+    full, start = _joined(tokenizer, prompt, response)
+    if start >= cutoff:
+        return IFDSequences([], [], [], [], "too_long", True)
+    conditioned = full[:cutoff]
+    n_answer = len(conditioned) - start
+    if preset == "reference":
+        alone_full, alone_start = _joined(tokenizer, RESPONSE_PREFIX, response)
+        alone = alone_full[: alone_start + n_answer]
+    else:
+        # Superfiltering: y on its own, cut at max_length - len(P) + 1, scored after its first token.
+        alone_start = 1
+        alone = _ids(tokenizer, response)[: cutoff - start + 1]
+    return IFDSequences(conditioned, list(range(start, len(conditioned))), alone,
+                        list(range(alone_start, len(alone))), "ok", len(full) > cutoff)
+
+
+def encode_ifd(tokenizer: Any, sample: Any, cutoff: int, preset: str = "default") -> IFDSequences:
+    if preset == "default":
+        return encode_default(tokenizer, sample, cutoff)
+    return encode_authors(tokenizer, sample, cutoff, preset)
 
 
 @registry.scorer("ifd")
@@ -62,18 +205,19 @@ class IFDScorer(Scorer):
         n = len(rows)
         status = ["ok"] * n
         seqs, wanted, owner = [], [], []
+        truncated = 0
         for i, row in enumerate(rows):
             try:
-                enc = encode_pair(tok, row, cutoff=cfg.cutoff)
-                if enc.status != "ok":
-                    status[i] = enc.status
-                    continue
-                alone = response_alone_ids(tok, row["output"], cfg.cutoff)
+                enc = encode_ifd(tok, row, cfg.cutoff, cfg.preset)
             except Exception as exc:
                 status[i] = error_status(exc)
                 continue
-            seqs += [enc.input_ids, alone]
-            wanted += [enc.response_positions, list(range(1, len(alone)))]
+            if enc.status != "ok":
+                status[i] = enc.status
+                continue
+            truncated += enc.truncated
+            seqs += [enc.conditioned, enc.alone]
+            wanted += [enc.conditioned_positions, enc.alone_positions]
             owner.append(i)
         nll = engine.token_nll(seqs, wanted) if seqs else []
         cond = [math.nan] * n
@@ -84,9 +228,8 @@ class IFDScorer(Scorer):
             alone_nll[i] = float(np.nanmean(a)) if np.isfinite(a).any() else math.nan
             if not (math.isfinite(cond[i]) and math.isfinite(alone_nll[i])):
                 status[i] = "error: no response tokens within the cutoff"
-        score = [c / a if math.isfinite(c) and math.isfinite(a) and a > 0 else math.nan
-                 for c, a in zip(cond, alone_nll)]
-        self.last_stats = {"engine": engine.stats.as_dict()}
+        score = [self._score(c, a) for c, a in zip(cond, alone_nll)]
+        self.last_stats = {"engine": engine.stats.as_dict(), "truncated": truncated}
         return pa.table(
             {
                 "sample_id": table.column("sample_id"),
@@ -96,3 +239,10 @@ class IFDScorer(Scorer):
                 "ifd_status": pa.array(status, pa.string()),
             }
         )
+
+    def _score(self, cond: float, alone: float) -> float:
+        if not (math.isfinite(cond) and math.isfinite(alone)):
+            return math.nan
+        if self.config.preset == "superfiltering":
+            return math.exp(cond - alone)  # ppl(y | P) / ppl(y): < 1 exactly when IFD < 1
+        return cond / alone if alone > 0 else math.nan

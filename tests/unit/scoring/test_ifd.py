@@ -38,3 +38,33 @@ def test_response_alone_starts_with_start_token(smol_tokenizer):
 def test_ifd_too_long(tiny_llama, smol_tokenizer):
     out = IFDScorer(cutoff=8).score(pa.Table.from_pylist(SAMPLES[:1]), loaded_tiny_model(tiny_llama, smol_tokenizer)).to_pylist()
     assert out[0]["ifd_status"] == "too_long" and math.isnan(out[0]["ifd_score"])
+
+
+def test_a_cut_response_scores_the_same_answer_tokens_in_both_passes(tiny_llama, smol_tokenizer):
+    """A response longer than the cutoff: the "alone" mean covers exactly the answer tokens the
+    conditioned mean covers (version 1 cut both sequences at the cutoff, so the "alone" one
+    ran on for up to the prompt's length more tokens); an uncut sample is unchanged."""
+    tok = smol_tokenizer
+    long = {"sample_id": "long", "instruction": "Describe how the kidneys filter blood.", "input": "",
+            "output": " ".join(["The glomerulus filters plasma, and the tubules take back water and salts."] * 10),
+            "messages": None}
+    cutoff = 80
+    out = IFDScorer(cutoff=cutoff).score(pa.Table.from_pylist([long, SAMPLES[0]]),
+                                         loaded_tiny_model(tiny_llama, tok)).to_pylist()
+    enc = encode_pair(tok, long, cutoff=cutoff)
+    assert enc.truncated and len(enc.input_ids) == cutoff
+    answer = enc.input_ids[enc.prompt_len:]
+    alone_ids = [tok.bos_token_id] + tok(long["output"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    alone_ids = alone_ids[: 1 + len(answer)]
+    assert alone_ids[1:] == answer
+    nll_c = nll_list(full_forward(tiny_llama, enc.input_ids)[0], enc.input_ids)[enc.prompt_len:]
+    nll_a = nll_list(full_forward(tiny_llama, alone_ids)[0], alone_ids)[1:]
+    cond, alone = sum(nll_c) / len(nll_c), sum(nll_a) / len(nll_a)
+    assert out[0]["ifd_status"] == "ok"
+    assert math.isclose(out[0]["ifd_nll_conditioned"], cond, rel_tol=1e-5)
+    assert math.isclose(out[0]["ifd_nll_alone"], alone, rel_tol=1e-5)
+    assert math.isclose(out[0]["ifd_score"], cond / alone, rel_tol=1e-5)
+    # The uncut sample: "alone" is the whole [start] + y + E, as in version 1.
+    ids = response_alone_ids(tok, SAMPLES[0]["output"], cutoff)
+    nll_s = nll_list(full_forward(tiny_llama, ids)[0], ids)[1:]
+    assert math.isclose(out[1]["ifd_nll_alone"], sum(nll_s) / len(nll_s), rel_tol=1e-5)
