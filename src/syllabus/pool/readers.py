@@ -39,6 +39,7 @@ from typing import Any, Iterator
 
 import fsspec
 
+from syllabus.inputs import special_kind
 from syllabus.pool.canonical import DEFAULT_MAX_CHARS
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,18 @@ def _display(fs, path: str) -> str:
     return path if proto in ("file", "local") else f"{proto}://{path}"
 
 
+def _refuse_special(fs, path: str, url: str) -> None:
+    """A local FIFO, device or socket is refused before it is opened: a FIFO blocks the open
+    until a writer appears, a device such as /dev/zero never ends."""
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    kind = special_kind(path) if proto in ("file", "local") else None
+    if kind is not None:
+        raise PoolInputError(
+            f"pool input {url} is {kind}, not a regular file; it was not opened (reading it could wait for ever or "
+            "never end): save the data to a file and ingest that"
+        )
+
+
 def expand(inputs: list[str]) -> list[tuple[str, str, str]]:
     """Resolve inputs into (display name, kind, source name) triples in a stable order.
 
@@ -117,7 +130,8 @@ def expand(inputs: list[str]) -> list[tuple[str, str, str]]:
 
     Directories are walked recursively and sorted; a directory saved by ``datasets`` counts
     as one input of kind ``hf``. Files of unknown type inside a directory are skipped with a
-    warning; a named file of unknown type is an error.
+    warning; a named file of unknown type is an error. A FIFO, device or socket, named or
+    inside a directory, is an error before anything is opened.
     """
     out: list[tuple[str, str, str]] = []
     for url in inputs:
@@ -148,6 +162,8 @@ def expand(inputs: list[str]) -> list[tuple[str, str, str]]:
                 if kind is None:
                     log.warning("skipping %s: not a pool file type (%s)", p, ", ".join(sorted(SUFFIXES)))
                     continue
+                if entries[p].get("type") != "file":  # local FIFOs, devices, sockets: "other"
+                    _refuse_special(fs, p, _display(fs, p))
                 out.append((_display(fs, p), kind, posixpath.relpath(p, path)))
         else:
             kind, _ = _kind(path)
@@ -156,6 +172,7 @@ def expand(inputs: list[str]) -> list[tuple[str, str, str]]:
                     f"pool input {url} has an unsupported file type; supported: "
                     f"{', '.join(sorted(SUFFIXES))} (optionally .gz), directories and saved datasets"
                 )
+            _refuse_special(fs, path, url)
             out.append((url, kind, posixpath.basename(path)))
     seen: set[str] = set()
     unique = []

@@ -1,0 +1,97 @@
+"""Inputs that are not regular files (FIFOs, devices) are refused before they are opened: a FIFO
+must not hang a run waiting for a writer, a device must not feed it for ever."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+
+from syllabus.cli import main
+from syllabus.inputs import SpecialFileError, refuse_special_file, special_kind
+from syllabus.pool.ingest import ingest_pool
+from syllabus.pool.readers import PoolInputError
+from syllabus.selection.defects import LabelsError, load_labels
+from syllabus.selection.scores import load_candidates
+from syllabus.store import Store
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+
+TIMEOUT_S = 10
+
+
+def within_timeout(fn, fifo: str):
+    """``fn()``'s outcome, failing the test if it takes over TIMEOUT_S; a call stuck opening
+    ``fifo`` is released by opening the FIFO's other end, so the test run itself never hangs."""
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(TIMEOUT_S)
+    if thread.is_alive():
+        with open(fifo, "wb"):  # unblocks a reader waiting in open(); EOF once closed
+            pass
+        thread.join(TIMEOUT_S)
+        pytest.fail(f"the call blocked on the FIFO {fifo} for over {TIMEOUT_S} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def test_a_fifo_pool_input_is_refused_without_opening_it(tmp_path):
+    fifo = str(tmp_path / "pool.jsonl")
+    os.mkfifo(fifo)
+    store = Store(str(tmp_path / "store"))
+    with pytest.raises(PoolInputError, match=r"pool input .*pool.jsonl is a FIFO \(named pipe\), not a regular file; it was not opened"):
+        within_timeout(lambda: ingest_pool([fifo], store, progress=False), fifo)
+
+
+def test_a_fifo_inside_a_pool_directory_is_refused(tmp_path):
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps({"instruction": "Q?", "output": "A."}) + "\n")
+    os.mkfifo(folder / "b.jsonl")
+    os.mkfifo(folder / "notes.txt")  # not a pool file type: skipped like any other, never opened
+    store = Store(str(tmp_path / "store"))
+    with pytest.raises(PoolInputError, match=r"b.jsonl is a FIFO \(named pipe\)"):
+        within_timeout(lambda: ingest_pool([str(folder)], store, progress=False), str(folder / "b.jsonl"))
+
+
+def test_the_ingest_command_fails_with_the_sentence(tmp_path, capsys):
+    fifo = str(tmp_path / "pool.jsonl")
+    os.mkfifo(fifo)
+    code = within_timeout(lambda: main(["ingest", fifo, "--store", str(tmp_path / "store")]), fifo)
+    assert code != 0
+    assert "is a FIFO (named pipe), not a regular file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_a_link_to_a_device_is_refused(tmp_path):
+    link = tmp_path / "endless.jsonl"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(PoolInputError, match="is a character device, not a regular file"):
+        ingest_pool([str(link)], Store(str(tmp_path / "store")), progress=False)
+    assert special_kind(str(link)) == "a character device"
+    assert special_kind(str(tmp_path)) is None and special_kind(str(tmp_path / "missing")) is None
+    assert special_kind("s3://bucket/endless.jsonl") is None
+
+
+def test_a_fifo_labels_file_or_score_table_is_refused(tmp_path):
+    labels = str(tmp_path / "labels.jsonl")
+    os.mkfifo(labels)
+    with pytest.raises(LabelsError, match=r"labels file .*labels.jsonl is a FIFO \(named pipe\)"):
+        within_timeout(lambda: load_labels(labels), labels)
+    scores = str(tmp_path / "scores.parquet")
+    os.mkfifo(scores)
+    with pytest.raises(ValueError, match=r"score table .*scores.parquet is a FIFO \(named pipe\)"):
+        within_timeout(lambda: load_candidates([scores]), scores)
+    with pytest.raises(SpecialFileError, match=r"^config file file://.*labels.jsonl is a FIFO"):
+        refuse_special_file(f"file://{labels}", "config file")
