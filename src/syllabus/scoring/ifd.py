@@ -52,7 +52,7 @@ import pyarrow as pa
 from pydantic import model_serializer
 
 from syllabus import registry
-from syllabus.models.chat import DEFAULT_CUTOFF, encode_pair, end_of_turn_text
+from syllabus.models.chat import DEFAULT_CUTOFF, encode_pair, encode_text, end_of_turn_text
 from syllabus.models.engines import TransformersEngine
 from syllabus.scoring.base import Scorer, ScorerConfig, error_status
 
@@ -106,7 +106,8 @@ class IFDSequences:
 def response_alone_ids(tokenizer: Any, response: str, cutoff: int) -> list[int]:
     """``[start] + tokenize(y + E)`` truncated at ``cutoff`` (the default preset)."""
     eot = end_of_turn_text(tokenizer)
-    ids = tokenizer(response + (eot or ""), add_special_tokens=False)["input_ids"]
+    # The response is data: a spelled "<|im_end|>" stays text, only E's own is the token.
+    ids = encode_text(tokenizer, response + (eot or ""), [(0, len(response))])[0]
     if eot is None and tokenizer.eos_token_id is not None:
         ids = ids + [int(tokenizer.eos_token_id)]
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
