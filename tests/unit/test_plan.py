@@ -31,7 +31,9 @@ def test_two_methods_with_one_scorer_in_different_configs_get_two_instances():
 def test_overrides_deep_merge_into_the_recipe_and_target_one_instance():
     plan = make_plan(["less"], {"influence": {"gradients": {"batch_size": 4}}})
     # the LESS recipe's projection survives a change of a sibling field (it was dropped before)
-    assert plan.scorers["influence"]["gradients"] == {"projection": {"kind": "rademacher", "dim": 8192}, "batch_size": 4}
+    assert plan.scorers["influence"]["gradients"] == {
+        "lora": {"rank": 8, "alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj"], "dropout": 0.0},
+        "projection": {"kind": "rademacher", "dim": 8192}, "batch_size": 4}
     plan = make_plan(["diq", "less"], {"influence@less": {"warmup": {"epochs": 1}}})
     assert plan.scorers["influence@less"]["warmup"] == {"fraction": 0.05, "epochs": 1}
     assert "warmup" not in plan.scorers["influence@diq"]

@@ -33,6 +33,23 @@ POSITIVE_FIELDS = frozenset({"cutoff", "batch_size", "generate_batch_size", "max
 class ScorerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # Fields added after a config was first released, each with the value that gives the
+    # numbers of before it existed: left out of cache keys while they hold it (``key_dump``),
+    # so the keys of configs that do not use a new field stay what they were.
+    key_defaults: ClassVar[dict[str, Any]] = {}
+
+    def key_dump(self) -> dict[str, Any]:
+        """The config as it enters cache keys: ``model_dump(mode="json")`` without the fields
+        of ``key_defaults`` that hold their listed value, in nested configs too."""
+        out = self.model_dump(mode="json")
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, ScorerConfig):
+                out[name] = value.key_dump()
+            if name in self.key_defaults and out[name] == self.key_defaults[name]:
+                del out[name]
+        return out
+
     @model_validator(mode="after")
     def _positive_sizes(self) -> "ScorerConfig":
         for name in POSITIVE_FIELDS.intersection(type(self).model_fields):
@@ -125,7 +142,7 @@ class Scorer:
         return {
             "scorer": self.name,
             "version": self.version,
-            "config": self.config.model_dump(mode="json"),
+            "config": self.config.key_dump(),
             "model": model_fingerprint,
             "shard": shard_hash,
         }

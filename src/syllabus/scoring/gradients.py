@@ -3,9 +3,10 @@
 Used by DIQ (arXiv 2508.01450) and LESS (Xia et al., ICML 2024; arXiv 2402.04333).
 
 ``g(z) = P^T vec(grad_theta L(z))`` with ``L(z)`` the mean NLL over the response tokens of
-``T = P + y + E`` (the training loss of one sample, shared templating) and ``theta`` the
-LoRA adapters (peft) on the target model: rank 8 on ``q_proj, k_proj, v_proj`` by default
-(DIQ). ``P`` is a seeded ``D x k`` Johnson-Lindenstrauss matrix (Rademacher ``+-1`` or
+``T = P + y + E`` (the training loss of one sample, shared templating; ``format: tulu``
+writes it in the LESS authors' Tulu format, :mod:`syllabus.models.formats`) and ``theta``
+the LoRA adapters (peft) on the target model: rank 8 on ``q_proj, k_proj, v_proj`` by
+default (DIQ). ``P`` is a seeded ``D x k`` Johnson-Lindenstrauss matrix (Rademacher ``+-1`` or
 standard Gaussian, scaled by ``1/sqrt(k)`` so ``E[g(a) . g(b)] = grad(a) . grad(b)``), or the
 opt-in block-structured ``kronecker`` one; ``k = 4096`` by default (LESS uses 8192).
 
@@ -34,7 +35,8 @@ import pyarrow as pa
 from pydantic import model_validator
 
 from syllabus import registry
-from syllabus.models.chat import DEFAULT_CUTOFF, encode_pair
+from syllabus.models.chat import DEFAULT_CUTOFF
+from syllabus.models.formats import pair_encoder
 from syllabus.scoring.base import SCORES_PREFIX, Failed, Scorer, ScorerConfig, error_status, per_item_fallback
 from syllabus.scoring.lora_gradients import LoraGradients, LoraSettings, adam_precondition
 from syllabus.scoring.projection import KroneckerProjector, ProjectionSettings, Projector, check_kronecker_dim
@@ -45,8 +47,13 @@ log = logging.getLogger(__name__)
 
 
 class GradientsConfig(ScorerConfig):
+    key_defaults: ClassVar[dict[str, Any]] = {"format": "chat"}
+
     lora: LoraSettings = LoraSettings()
     projection: ProjectionSettings = ProjectionSettings()
+    # How T is written: "chat", the model's chat template (shared templating); "tulu", the
+    # format the LESS authors' code uses (syllabus.models.formats).
+    format: Literal["chat", "tulu"] = "chat"
     cutoff: int = DEFAULT_CUTOFF
     batch_size: int = 8
     # Tokens per forward+backward. Backward keeps every layer's activations and the response
@@ -91,11 +98,13 @@ def gradient_features(
     moments: Mapping[str, tuple[Any, Any]] | None = None,
     progress: bool = True,
     also_plain: bool = False,
+    eps_inside_sqrt: bool = False,
 ) -> FeatureResult:
     """Projected per-sample gradients of ``samples`` (dicts with instruction/input/output or
     messages). ``lora`` reuses an already wrapped model (with a checkpoint loaded);
-    ``moments`` turns on Adam preconditioning, and ``also_plain`` projects the plain
-    gradients from the same backward pass as well."""
+    ``moments`` turns on Adam preconditioning (``eps_inside_sqrt``: the LESS authors'
+    ``m / sqrt(v + eps)``, see :func:`adam_precondition`), and ``also_plain`` projects the
+    plain gradients from the same backward pass as well."""
     from tqdm.auto import tqdm
 
     from syllabus.models.engines import TransformersEngine
@@ -106,9 +115,10 @@ def gradient_features(
     status = ["ok"] * n
     seqs: dict[int, list[int]] = {}
     plen: dict[int, int] = {}
+    encode = pair_encoder(config.format)
     for i, row in enumerate(samples):
         try:
-            enc = encode_pair(tok, _sample_dict(row), cutoff=config.cutoff)
+            enc = encode(tok, _sample_dict(row), cutoff=config.cutoff)
         except Exception as exc:
             status[i] = error_status(exc)
             continue
@@ -199,7 +209,7 @@ def gradient_features(
             if moments is not None:
                 if plain is not None:
                     plain[good] = projector.project(stacked).cpu().numpy()
-                stacked = adam_precondition(stacked, moments)
+                stacked = adam_precondition(stacked, moments, eps_inside_sqrt=eps_inside_sqrt)
             elif plain is not None:
                 plain[good] = projector.project(stacked).cpu().numpy()
                 vectors[good] = plain[good]

@@ -12,6 +12,15 @@
   validation gradients, and ``eta_c`` the mean learning rate of the epoch that ended at
   checkpoint ``c``. Higher = more influential.
 
+The LESS authors' code (``princeton-nlp/LESS``) differs in configuration, reproduced by the
+``less-reference`` recipe: ``adam_eps: inside_sqrt`` gives their ``m / sqrt(v + eps)``;
+``checkpoint_weights: normalised`` divides the ``eta_c`` by their sum (rank-neutral);
+``gradients.format: tulu`` and ``cutoff: 2048`` their Tulu format
+(:mod:`syllabus.models.formats`), which the warm-up then trains in too; and
+``gradients.lora`` their adapters (rank 128, alpha 512 on q, k, v, o, dropout 0.1, the
+dropout acting in the warm-up only). The ``less`` recipe states the project's LoRA (rank 8,
+alpha 16 on q, k, v, no dropout).
+
 Without a warm-up there is one "checkpoint": the freshly initialised adapters (B = 0, so
 the gradient is a fixed random sketch of the full weight gradient; weight 1). With a warm-up
 (``warmup``, :mod:`syllabus.scoring.warmup`), LoRA is trained on a seeded ``fraction`` of the
@@ -35,7 +44,7 @@ import hashlib
 import logging
 import math
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -53,10 +62,18 @@ log = logging.getLogger(__name__)
 
 
 class InfluenceConfig(ScorerConfig):
+    key_defaults: ClassVar[dict[str, Any]] = {"adam_eps": "outside_sqrt", "checkpoint_weights": "lr"}
+
     gradients: GradientsConfig = GradientsConfig()
     validation: ValidationConfig = ValidationConfig()
     warmup: WarmupSettings | None = None
     adam_preconditioning: bool = True  # LESS's Gamma for training samples (only with a warm-up)
+    # "outside_sqrt": Adam's own m / (sqrt(v) + eps); "inside_sqrt": the LESS authors' code,
+    # m / sqrt(v + eps).
+    adam_eps: Literal["outside_sqrt", "inside_sqrt"] = "outside_sqrt"
+    # LESS's eta_c: "lr", each checkpoint's mean learning rate (the paper's formula);
+    # "normalised", those divided by their sum (the authors' matching.py). Rank-neutral.
+    checkpoint_weights: Literal["lr", "normalised"] = "lr"
 
 
 def _weights_id(weights: dict | None) -> str | None:
@@ -135,7 +152,8 @@ class InfluenceScorer(Scorer):
                 if self.pool_manifest else []
             if not self.pool_manifest:
                 self._pool_fingerprint()  # raises the explanatory error
-            checkpoints = warmup_checkpoints(lm, samples, cfg.gradients.lora, cfg.warmup, self.store)
+            checkpoints = warmup_checkpoints(lm, samples, cfg.gradients.lora, cfg.warmup, self.store,
+                                             fmt=cfg.gradients.format)
         val = self.validation()
         summaries: list[ValidationGradients] = []
         for ck in checkpoints:
@@ -154,6 +172,7 @@ class InfluenceScorer(Scorer):
         n = len(rows)
         checkpoints: list[Checkpoint] = prep["checkpoints"]
         total_lr = sum(c.lr for c in checkpoints)
+        less_scale = 1.0 / total_lr if cfg.checkpoint_weights == "normalised" else 1.0
         tasks = sorted(prep["validation"][0].task_means)
         dot = np.zeros(n)
         less = np.zeros((n, len(tasks)))
@@ -163,12 +182,12 @@ class InfluenceScorer(Scorer):
             adam = cfg.warmup is not None and cfg.adam_preconditioning and ck.moments is not None
             with LoraGradients(lm.model, cfg.gradients.lora, ck.weights) as lora:
                 res = gradient_features(lm, rows, cfg.gradients, lora=lora, moments=ck.moments if adam else None,
-                                        also_plain=adam)
+                                        also_plain=adam, eps_inside_sqrt=cfg.adam_eps == "inside_sqrt")
             plain = res.plain if adam else res.vectors
             status = [s if s != "ok" else r for s, r in zip(status, res.status)]
             dot += (ck.lr / total_lr) * (plain.astype(np.float64) @ val.mean.astype(np.float64))
             unit = normalise_rows(res.vectors.astype(np.float64))
-            less += ck.lr * (unit @ np.stack([val.task_means[t] for t in tasks]).T.astype(np.float64))
+            less += ck.lr * less_scale * (unit @ np.stack([val.task_means[t] for t in tasks]).T.astype(np.float64))
             stats["checkpoints"].append({"epoch": ck.epoch, "lr": ck.lr, **res.stats})
         ok = np.array([s == "ok" for s in status])
         dot[~ok] = np.nan

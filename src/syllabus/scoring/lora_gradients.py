@@ -21,7 +21,9 @@ a warm-up checkpoint (:func:`adam_precondition`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence
+
+from pydantic import Field
 
 from syllabus.scoring.base import ScorerConfig
 
@@ -33,13 +35,20 @@ DIQ_TARGET_MODULES = ("q_proj", "k_proj", "v_proj")
 
 
 class LoraSettings(ScorerConfig):
-    """Which adapters the gradient is taken with respect to (DIQ: rank 8 on q, k, v)."""
+    """Which adapters the gradient is taken with respect to (DIQ: rank 8 on q, k, v; the LESS
+    authors' code: rank 128, alpha 512 on q, k, v, o, dropout 0.1)."""
+
+    key_defaults: ClassVar[dict[str, Any]] = {"dropout": 0.0}
 
     rank: int = 8
     alpha: float = 16.0
     target_modules: tuple[str, ...] = DIQ_TARGET_MODULES
     init: Literal["default", "gaussian"] = "default"  # peft: kaiming-uniform A / gaussian A; B = 0 both
     init_seed: int = 0
+    # Dropout on the LoRA path. It acts only while the LESS warm-up trains: gradients are taken
+    # in eval mode, as the authors' code takes them (its models come from from_pretrained, in
+    # eval mode), so their features are deterministic.
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 # ------------------------------------------------------------------ per-sample LoRA gradients
@@ -76,7 +85,7 @@ class LoraGradients:
         config = LoraConfig(
             r=settings.rank,
             lora_alpha=settings.alpha,
-            lora_dropout=0.0,
+            lora_dropout=settings.dropout,
             target_modules=list(settings.target_modules),
             init_lora_weights=True if settings.init == "default" else "gaussian",
             bias="none",
@@ -238,11 +247,15 @@ class LoraGradients:
 
 
 def adam_precondition(grads: Mapping[str, Any], moments: Mapping[str, tuple[Any, Any]],
-                      beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> dict[str, Any]:
+                      beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                      eps_inside_sqrt: bool = False) -> dict[str, Any]:
     """LESS's Adam direction of a per-sample gradient: ``m / (sqrt(v) + eps)`` with
     ``m = b1 m0 + (1 - b1) g`` and ``v = b2 v0 + (1 - b2) g^2`` from the checkpoint's moments
-    ``(m0, v0)``. Every parameter with moments is returned, including ones whose gradient is
-    zero (their direction is not)."""
+    ``(m0, v0)`` (Adam's own update direction, no bias correction). ``eps_inside_sqrt`` gives
+    the authors' code's ``m / sqrt(v + eps)`` instead (``collect_grad_reps.py``): where ``v``
+    is far below ``eps``, as early in a warm-up, that is nearly ``m / sqrt(eps) = m / 1e-4``,
+    while Adam's is nearly ``m / sqrt(v)``. Every parameter with moments is returned,
+    including ones whose gradient is zero (their direction is not)."""
     import torch
 
     out = {}
@@ -256,5 +269,5 @@ def adam_precondition(grads: Mapping[str, Any], moments: Mapping[str, tuple[Any,
         g = g.to(m0.device)
         m = beta1 * m0 + (1 - beta1) * g
         v = beta2 * v0 + (1 - beta2) * g * g
-        out[name] = m / (v.sqrt() + eps)
+        out[name] = m / (v + eps).sqrt() if eps_inside_sqrt else m / (v.sqrt() + eps)
     return out

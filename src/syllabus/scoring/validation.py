@@ -77,7 +77,7 @@ def summarise(vectors: np.ndarray, tasks: Sequence[str], status: Sequence[str]) 
 def validation_key(gradients_config: Any, model_fingerprint: str, samples: Sequence[Mapping[str, Any]],
                    checkpoint: str | None = None) -> str:
     p = gradients_config.projection
-    parts = {"v": VERSION, "gradients": gradients_config.model_dump(mode="json"), "model": model_fingerprint,
+    parts = {"v": VERSION, "gradients": gradients_config.key_dump(), "model": model_fingerprint,
              "samples": samples_hash(samples), "checkpoint": checkpoint}
     return f"validation/gradients/v{VERSION}/{p.kind}-k{p.dim}-seed{p.seed}/{content_hash(parts, 24)}.npz"
 

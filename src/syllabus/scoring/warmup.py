@@ -88,24 +88,30 @@ def read_checkpoint(url: str) -> dict:
 
 
 def warmup_checkpoints(lm: Any, samples: list[dict], lora: LoraSettings, warm: WarmupSettings,
-                       store: Store | None = None, progress: bool = True) -> list[Checkpoint]:
+                       store: Store | None = None, progress: bool = True, fmt: str = "chat") -> list[Checkpoint]:
     """Train LoRA on ``samples`` and return a checkpoint (adapters, Adam moments, mean lr of
     the epoch) at the end of every epoch. Committed to ``store`` under a key of everything
-    that changes them, and reused from there."""
+    that changes them, and reused from there. ``fmt`` is the format ``T`` is written in
+    (:mod:`syllabus.models.formats`: the gradients' own, so the warm-up trains on what the
+    features are taken on); LoRA dropout (``lora.dropout``) acts during the warm-up only."""
     import torch
     from tqdm.auto import tqdm
 
     from syllabus.training.config import FinetuneConfig
     from syllabus.training.data import build_examples, pad_token_id
+    from syllabus.models.formats import pair_encoder
     from syllabus.training.lora import StepResult, train_steps, training_order
 
     tok = lm.tokenizer
-    examples, counts = build_examples(tok, samples, warm.cutoff)
+    examples, counts = build_examples(tok, samples, warm.cutoff, encode=pair_encoder(fmt))
     if not examples:
         raise ValueError(f"the warm-up has no usable samples ({len(samples)} picked, {counts}); raise warmup.fraction")
-    digest = content_hash({"v": WARMUP_VERSION, "model": lm.fingerprint, "lora": lora.model_dump(mode="json"),
-                           "warmup": warm.model_dump(mode="json"),
-                           "data": content_hash([[e.input_ids, e.labels] for e in examples], 20)}, 24)
+    # The format changes the examples, so "data" carries it; it is named as well, for a reader.
+    parts = {"v": WARMUP_VERSION, "model": lm.fingerprint, "lora": lora.key_dump(), "warmup": warm.key_dump(),
+             "data": content_hash([[e.input_ids, e.labels] for e in examples], 20)}
+    if fmt != "chat":
+        parts["format"] = fmt
+    digest = content_hash(parts, 24)
     keys = [f"influence/warmup/v{WARMUP_VERSION}/{digest}/checkpoint-{e + 1}.pt" for e in range(warm.epochs)]
     if store is not None and all(store.is_committed(k) for k in keys):
         log.info("warm-up: reusing %d committed checkpoints under %s", len(keys), store.url(keys[0]).rsplit("/", 1)[0])
@@ -113,7 +119,7 @@ def warmup_checkpoints(lm: Any, samples: list[dict], lora: LoraSettings, warm: W
                 for k, d in ((k, read_checkpoint(store.url(k))) for k in keys)]
     # No micro-batch token cap: the warm-up's micro-batches are micro_batch_size samples, as
     # its committed checkpoints were trained.
-    ft = FinetuneConfig(lora_rank=lora.rank, lora_alpha=lora.alpha, lora_dropout=0.0,
+    ft = FinetuneConfig(lora_rank=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=tuple(lora.target_modules), learning_rate=warm.learning_rate,
                         lr_scheduler=warm.lr_scheduler, warmup_ratio=warm.warmup_ratio, epochs=warm.epochs,
                         cutoff=warm.cutoff, batch_size=warm.batch_size, micro_batch_size=warm.micro_batch_size,
@@ -146,8 +152,14 @@ def warmup_checkpoints(lm: Any, samples: list[dict], lora: LoraSettings, warm: W
                 ck.url = store.url(key)
             out.append(ck)
 
-        train_steps(wrapped.peft_model, list(params.values()), steps, ft, pad_token_id(tok),
-                    on_micro_batch=bar.update, on_step=end_of_epoch)
+        # Train mode, so LoRA dropout acts as in the authors' Trainer; gradients are taken in
+        # eval mode afterwards (LoraGradients).
+        wrapped.peft_model.train()
+        try:
+            train_steps(wrapped.peft_model, list(params.values()), steps, ft, pad_token_id(tok),
+                        on_micro_batch=bar.update, on_step=end_of_epoch)
+        finally:
+            wrapped.peft_model.eval()
         bar.close()
     log.info("warm-up: %d samples, %d epochs, mean lr per epoch %s", n, warm.epochs, [f"{c.lr:.2e}" for c in out])
     return out

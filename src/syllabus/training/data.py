@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from syllabus.models.chat import encode_pair
 
@@ -33,12 +33,15 @@ class TrainExample:
         return sum(1 for t in self.labels if t != IGNORE_INDEX)
 
 
-def build_examples(tokenizer: Any, samples: Iterable[Any], cutoff: int) -> tuple[list[TrainExample], dict]:
-    """Template and mask every sample; ``too_long`` prompts and empty responses are skipped."""
+def build_examples(tokenizer: Any, samples: Iterable[Any], cutoff: int,
+                   encode: Callable[..., Any] = encode_pair) -> tuple[list[TrainExample], dict]:
+    """Template and mask every sample; ``too_long`` prompts and empty responses are skipped.
+    ``encode`` writes ``T`` (another format of :mod:`syllabus.models.formats`, for the LESS
+    warm-up in the authors' Tulu format)."""
     examples: list[TrainExample] = []
     counts = {"too_long": 0, "truncated": 0, "empty_response": 0}
     for i, sample in enumerate(samples):
-        enc = encode_pair(tokenizer, sample, cutoff=cutoff)
+        enc = encode(tokenizer, sample, cutoff=cutoff)
         if enc.status != "ok":
             counts["too_long"] += 1
             continue
