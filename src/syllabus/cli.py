@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "syllabus.scoring.commands",
     "syllabus.selection.commands",
     "syllabus.selection.export",
+    "syllabus.selection.show",
     "syllabus.training.commands",
     "syllabus.evaluation.commands",
     "syllabus.pipeline.commands",

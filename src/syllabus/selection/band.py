@@ -31,9 +31,10 @@ from syllabus.selection.base import (
 
 
 class BandConfig(SelectorConfig):
-    metrics: list[str] = Field(default_factory=lambda: ["difficulty_d1", "difficulty_d2", "difficulty_d3"], min_length=1)
-    low: float = 25.0
-    high: float = 75.0
+    metrics: list[str] = Field(default_factory=lambda: ["difficulty_d1", "difficulty_d2", "difficulty_d3"], min_length=1,
+                               description="score columns; a row is kept only inside the band of every one")
+    low: float = Field(25.0, description="lower edge of each band, a percentile (0-100) over this stage's rows")
+    high: float = Field(75.0, description="upper edge of each band, a percentile (0-100) over this stage's rows")
 
     @model_validator(mode="after")
     def _window(self) -> "BandConfig":

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from syllabus import registry
@@ -223,8 +224,9 @@ def embedding_matrix(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.n
 
 
 class KCenterConfig(SelectorConfig):
-    column: str = "difficulty_embedding"
-    center: bool = True
+    column: str = Field("difficulty_embedding", description="the embedding column (one vector per row) distances are "
+                        "measured on; picks the budget farthest-first")
+    center: bool = Field(True, description="subtract the mean before measuring (same distances, fewer rounding errors)")
 
 
 @registry.selector("kcenter")

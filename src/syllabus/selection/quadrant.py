@@ -34,8 +34,9 @@ QUADRANT_NAMES = ("Q1", "Q2", "Q3", "Q4")
 
 
 class QuadrantConfig(SelectorConfig):
-    difficulty_column: str = "diq_difficulty_score"
-    influence_column: str = "influence_dot"
+    difficulty_column: str = Field("diq_difficulty_score", description="difficulty score column (higher = harder)")
+    influence_column: str = Field("influence_dot", description="influence score column (higher = more helpful); "
+                                  "split at its median")
     tau_d: float = Field(50.0, ge=0.0, le=100.0, description="difficulty split, a percentile")
 
 

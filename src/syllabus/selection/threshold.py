@@ -36,11 +36,15 @@ log = logging.getLogger(__name__)
 
 
 class ThresholdConfig(SelectorConfig):
-    column: str = "quality_score"
-    min_value: float | None = 90.0
-    max_value: float | None = None
-    min_percentile: float | None = Field(None, ge=0.0, le=100.0)
-    max_percentile: float | None = Field(None, ge=0.0, le=100.0)
+    column: str = Field("quality_score", description="the score column compared with the bounds")
+    min_value: float | None = Field(90.0, description="keep rows with column >= this (inclusive); null for no lower "
+                                    "bound; ignored when min_percentile is set")
+    max_value: float | None = Field(None, description="keep rows with column <= this (inclusive); null for no upper "
+                                    "bound; ignored when max_percentile is set")
+    min_percentile: float | None = Field(None, ge=0.0, le=100.0, description="lower bound as a percentile (0-100) of "
+                                         "the column over this stage's rows, instead of min_value")
+    max_percentile: float | None = Field(None, ge=0.0, le=100.0, description="upper bound as a percentile (0-100) of "
+                                         "the column over this stage's rows, instead of max_value")
 
     @model_validator(mode="after")
     def _bounds(self) -> "ThresholdConfig":

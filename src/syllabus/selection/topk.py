@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from syllabus import registry
 from syllabus.selection.base import (
@@ -27,10 +28,11 @@ from syllabus.selection.base import (
 
 
 class TopKConfig(SelectorConfig):
-    column: str
-    descending: bool = True
-    drop_above: float | None = None  # IFD: 1.0, i.e. drop ifd_score > 1 before ranking
-    drop_below: float | None = None
+    column: str = Field(description="the score column to rank by (required)")
+    descending: bool = Field(True, description="highest first; false ranks lowest first")
+    drop_above: float | None = Field(None, description="drop rows with column above this before ranking "
+                                     "(IFD: 1.0, the instruction does not help)")
+    drop_below: float | None = Field(None, description="drop rows with column below this before ranking")
 
 
 def top_k_order(values: np.ndarray, descending: bool = True, tie: np.ndarray | None = None) -> np.ndarray:
