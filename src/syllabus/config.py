@@ -7,6 +7,13 @@
 - :func:`parse_set`: every command takes ``--set a.b.c=VALUE``: a dotted path into that
   command's configuration, the value read as JSON, else as YAML (``16``, ``2e-4``, ``true``,
   ``[a, b]``, ``null``, text).
+- :func:`load_yaml`: the one YAML loader for configs, recipes and ``--set`` values: PyYAML's
+  safe loader, with what aliases may expand to capped (:data:`MAX_YAML_EXPANSION` nodes and
+  characters beyond the text's own size), so an alias bomb ("billion laughs") fails at once
+  instead of growing past gigabytes; an alias that refers to itself and nesting deeper than
+  :data:`MAX_YAML_DEPTH` levels are refused too.
+- :func:`clip`: error messages quote at most a few hundred characters of any input
+  (:data:`MAX_QUOTED_CHARS`), and never build the whole repr of a large value to do so.
 
 What the path starts from is the command's own configuration: the pipeline parameters for
 ``run`` and ``compare`` (``--set finetune.epochs=2``), the scorer configs for ``score``
@@ -22,6 +29,14 @@ from typing import Any, Iterable, Mapping
 import argparse
 
 import yaml
+
+# What aliases may add to a YAML document, in nodes plus scalar characters: a real config or
+# recipe adds a few hundred; a nine-level alias bomb adds billions.
+MAX_YAML_EXPANSION = 1_000_000
+# Deeper than any config or recipe; PyYAML would take seconds to reach Python's recursion limit.
+MAX_YAML_DEPTH = 100
+# The most characters of an input an error message quotes.
+MAX_QUOTED_CHARS = 200
 
 SET_HELP = ("change any setting: a dotted path into this command's configuration and a YAML value, "
             "e.g. {example}; repeatable")
@@ -47,6 +62,126 @@ def _copy(value: Any) -> Any:
     return value
 
 
+def clip(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
+    """A short repr of ``value`` for an error message: at most ``limit`` characters, built with
+    :mod:`reprlib` so a huge or deeply shared value (an expanded alias bomb) is never
+    rendered whole first."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 4, limit, limit
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = r.maxarray = 8
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _clip_text(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that checks what the composed document expands to before any
+    Python object is built from it."""
+
+    expansion_limit = MAX_YAML_EXPANSION
+    text_size = 0
+    depth = 0
+
+    def compose_node(self, parent, index):
+        # PyYAML composes recursively, and its scanner slows quadratically with flow nesting:
+        # past any real config's depth, stop early with a sentence.
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"the document nests more than {MAX_YAML_DEPTH} levels deep (at line "
+                                     f"{self.peek_event().start_mark.line + 1}); flatten it")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_document(self, node):  # called once per document, with its root node
+        _check_expansion(node, self.expansion_limit, self.text_size)
+        return super().construct_document(node)
+
+
+def _check_expansion(root: yaml.Node, limit: int, text_size: int = 0) -> None:
+    """Raise ``yaml.YAMLError`` when ``root``, with every alias expanded, holds more than
+    ``limit`` nodes plus scalar characters beyond what its text of ``text_size`` characters holds
+    without aliases (about twice that at most), or when an alias refers to a node that contains it.
+    The composed graph shares aliased nodes, so its expanded size is counted once per node
+    (iteratively: a deep document does not recurse)."""
+    allowed = limit + 2 * text_size + 16
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.MappingNode):
+            return [n for pair in node.value for n in pair]
+        return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            if isinstance(node, yaml.ScalarNode):
+                size = 1 + len(node.value)
+            else:
+                size = 1 + sum(sizes[id(c)] for c in children(node))
+            if size > allowed:
+                mark = node.start_mark
+                raise yaml.YAMLError(f"the document expands, through its aliases, past {limit:,} nodes and characters "
+                                     f"(at line {mark.line + 1}); write the values out instead of repeating aliases")
+            sizes[key] = size
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            mark = node.start_mark
+            raise yaml.YAMLError(f"an alias at line {mark.line + 1} refers to a node that contains it; "
+                                 "a config cannot contain itself")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children(node) if id(c) not in sizes)
+
+
+def _flow_depth(text: str) -> int:
+    """How deep ``[`` and ``{`` nest in ``text``, counted crudely (quotes and comments too):
+    only a document with more openers than a real config has is counted at all."""
+    if text.count("[") + text.count("{") <= MAX_YAML_DEPTH:
+        return 0
+    import re
+
+    depth = deepest = 0
+    for m in re.finditer(r"[\[\]{}]", text):
+        depth = depth + 1 if m.group() in "[{" else max(depth - 1, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def load_yaml(text: str, source: str, expansion: int = MAX_YAML_EXPANSION) -> Any:
+    """The YAML document in ``text`` (``None`` when empty), read with the safe loader and
+    aliases capped; a bad document raises ``ValueError``: one sentence naming ``source``,
+    quoting at most a few hundred characters of the input."""
+    if _flow_depth(text) > MAX_YAML_DEPTH:  # before PyYAML's scanner, which is quadratic in it
+        raise ValueError(f"{source} cannot be read as YAML: it nests more than {MAX_YAML_DEPTH} brackets deep; flatten it")
+    loader = _Loader(text)
+    loader.expansion_limit, loader.text_size = expansion, len(text)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None)
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        why = _clip_text(str(problem if problem else exc), MAX_QUOTED_CHARS)
+        raise ValueError(f"{source} cannot be read as YAML{where}: {why}") from None
+    except RecursionError:
+        raise ValueError(f"{source} nests deeper than YAML can be read here; flatten it") from None
+    finally:
+        loader.dispose()
+
+
 def parse_set(items: Iterable[str], example: str = "a.b.c=VALUE") -> dict[str, Any]:
     """``["a.b=1", "a.c=x"]`` -> ``{"a": {"b": 1, "c": "x"}}``; a bad item raises one
     sentence naming it and the expected shape."""
@@ -55,12 +190,11 @@ def parse_set(items: Iterable[str], example: str = "a.b.c=VALUE") -> dict[str, A
         path, sep, raw = item.partition("=")
         keys = [k.strip() for k in path.split(".")]
         if not sep or not all(keys):
-            raise ValueError(f"--set {item!r} must look like PATH=VALUE with a dotted PATH, e.g. --set {example}")
+            raise ValueError(f"--set {clip(item)} must look like PATH=VALUE with a dotted PATH, e.g. --set {example}")
         try:
-            value = _value(raw)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"--set {item!r}: the value is not valid YAML ({exc.problem}); quote text, e.g. "
-                             f"--set {path}='...'") from None
+            value = _value(raw, f"the value of --set {clip(path, 80)}")
+        except ValueError as exc:
+            raise ValueError(f"{exc}; quote text, e.g. --set {clip(path, 80)}='...'") from None
         nested: Any = value
         for key in reversed(keys):
             nested = {key: nested}
@@ -68,7 +202,7 @@ def parse_set(items: Iterable[str], example: str = "a.b.c=VALUE") -> dict[str, A
     return out
 
 
-def _value(raw: str) -> Any:
+def _value(raw: str, source: str) -> Any:
     # JSON first: YAML 1.1 reads 2e-4 as text; then YAML for lists, text and the rest.
     import json
 
@@ -76,8 +210,8 @@ def _value(raw: str) -> Any:
         return ""
     try:
         return json.loads(raw)
-    except ValueError:
-        return yaml.safe_load(raw)
+    except (ValueError, RecursionError):
+        return load_yaml(raw, source)
 
 
 def describe_errors(exc: Any) -> str:
@@ -87,7 +221,8 @@ def describe_errors(exc: Any) -> str:
     for e in exc.errors():
         message = str(e["msg"]).removeprefix("Value error, ")
         path = ".".join(str(p) for p in e["loc"])
-        parts.append(f"{path} = {e.get('input')!r}: {message}" if path and e["type"] != "value_error" else
+        message = _clip_text(message, 3 * MAX_QUOTED_CHARS)
+        parts.append(f"{path} = {clip(e.get('input'))}: {message}" if path and e["type"] != "value_error" else
                      f"{path}: {message}" if path else message)
     return "; ".join(parts)
 

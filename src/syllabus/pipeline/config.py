@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from syllabus.config import deep_merge
+from syllabus.config import deep_merge, load_yaml
 from syllabus.evaluation.runner import EvalConfig
 from syllabus.plan import Plan, make_plan
 from syllabus.selection.base import Budget
@@ -28,6 +27,9 @@ class PipelineParams(BaseModel):
     demo_general: int = Field(32, ge=0, description="demo pool: AlpacaEval distractors to take")
     demo_heldout: int = Field(24, ge=0, description="demo pool: held-out HealthBench answers for the reference-NLL benchmark")
     shard_size: int = Field(32, ge=1, description="samples per shard: the unit of scoring, caching and retry")
+    special_tokens: Literal["keep", "quarantine"] = Field(
+        "keep", description="records whose text spells a chat-template token (<|im_end|>, <s>, [INST] ...): 'keep' "
+        "them (the strings stay plain text to every tokenizer) or 'quarantine' them at ingest")
     model: str = Field("smollm2-135m", description="the target model: an alias, a Hugging Face directory, a .gguf file or a hub id")
     methods: list[str] = Field(default_factory=lambda: ["3ds", "random"],
                                description="selection methods to compare (3ds, diq, ifd, less, random, full)")
@@ -89,7 +91,7 @@ class PipelineParams(BaseModel):
 
     @classmethod
     def from_file(cls, path: str | Path) -> "PipelineParams":
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        data = load_yaml(Path(path).read_text(encoding="utf-8"), f"pipeline config {path}") or {}
         if not isinstance(data, dict):
             raise ValueError(f"pipeline config {path} must be a YAML mapping of PipelineParams fields")
         return cls(**data)

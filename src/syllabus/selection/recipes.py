@@ -33,10 +33,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from syllabus import registry
+from syllabus.config import load_yaml
 from syllabus.selection.base import Budget, Selector, StageOutcome
 
 log = logging.getLogger(__name__)
@@ -144,10 +144,7 @@ def recipe_files() -> Iterator[Path]:
 
 def read_recipe_file(path: str | Path) -> Recipe:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"recipe file {path} is not valid YAML: {exc}") from exc
+    data = load_yaml(path.read_text(encoding="utf-8"), f"recipe file {path}")
     if not isinstance(data, dict):
         raise ValueError(f"recipe file {path} must hold a mapping with name, scorers and selectors")
     try:
@@ -159,7 +156,7 @@ def read_recipe_file(path: str | Path) -> Recipe:
 def known_recipes() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in recipe_files():
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(path.read_text(encoding="utf-8"), f"recipe file {path}") or {}
         name = data.get("name", path.stem) if isinstance(data, dict) else path.stem
         found[str(name)] = path
     return found
