@@ -23,18 +23,24 @@ def free_port() -> int:
 
 class serve:
     """Run a server command in its own process group until the block ends; waits for
-    ``health_url`` to answer first."""
+    ``health_url`` to answer first. Its output goes to the file ``log`` when given, else nowhere."""
 
-    def __init__(self, cmd: list[str], health_url: str, env: dict | None = None, timeout: float = 180.0, cwd=None):
-        self.cmd, self.health_url, self.env, self.timeout, self.cwd = cmd, health_url, env, timeout, cwd
+    def __init__(self, cmd: list[str], health_url: str, env: dict | None = None, timeout: float = 180.0, cwd=None,
+                 log=None):
+        self.cmd, self.health_url, self.env, self.timeout, self.cwd, self.log = cmd, health_url, env, timeout, cwd, log
 
     def __enter__(self):
         import subprocess
         import time
         import urllib.request
 
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True, cwd=self.cwd)
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True, cwd=self.cwd)
+        finally:
+            if self.log:
+                out.close()  # the child holds its own copy
         deadline = time.time() + self.timeout
         while True:
             try:
