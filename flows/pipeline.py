@@ -80,7 +80,7 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
 
     with lineage.run(f"{title}-{flow_run.name or 'local'}", tags=tags) as parent:
         t0 = time.perf_counter()
-        ingest = ingest_task(inputs, params.store, params.shard_size)
+        ingest = ingest_task(inputs, params.store, params.shard_size, params.special_tokens)
         timings["ingest_seconds"] = time.perf_counter() - t0
         lineage.log_params({"params": params.model_dump(mode="json"), "pool_fingerprint": ingest["pool_fingerprint"],
                             "pool_manifest": ingest["manifest"], "benches": benches})

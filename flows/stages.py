@@ -8,7 +8,7 @@ finetune, finetune's adapter to evaluate.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 
@@ -28,15 +28,18 @@ def _table(title: str, counts: dict[str, Any], urls: dict[str, Any], next_step: 
 
 
 @flow(name="ingest", **_PERSISTED)
-def ingest(pool: list[str], store: str | None = None, shard_size: int = 1000) -> dict[str, Any]:
+def ingest(pool: list[str], store: str | None = None, shard_size: int = 1000,
+           special_tokens: Literal["keep", "quarantine"] = "keep") -> dict[str, Any]:
     """Read, validate, deduplicate and shard a pool into the store; returns the ingest summary.
 
     Args:
         pool: pool files, directories or URLs (JSONL, JSON, CSV, Parquet, Alpaca, ShareGPT, ...).
         store: store URL (a directory, s3://bucket/prefix, memory://name); default $SYLLABUS_STORE or ./syllabus-store.
         shard_size: samples per shard: the unit of scoring, caching and retry.
+        special_tokens: records whose text spells a chat-template token (<|im_end|>, <s>, [INST] ...):
+            keep them (the strings stay plain text) or quarantine them.
     """
-    out = ingest_task(pool, store, shard_size)
+    out = ingest_task(pool, store, shard_size, special_tokens)
     counts = {k: out.get(k) for k in ("records_in", "records_ok", "records_rejected", "duplicates", "shards", "pool_fingerprint")}
     publish(markdown=_table("Pool ingested", counts, {"pool manifest": out.get("manifest")},
                             "Next: run the **score** deployment with `pool_manifest` set to the pool manifest above."),

@@ -18,8 +18,8 @@ _COMMON = dict(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=retry_delay
 
 
 @task(name="ingest", **_COMMON)
-def ingest_task(inputs: list[str], store: str | None, shard_size: int) -> dict[str, Any]:
-    return stages.ingest(inputs, store, shard_size)
+def ingest_task(inputs: list[str], store: str | None, shard_size: int, special_tokens: str = "keep") -> dict[str, Any]:
+    return stages.ingest(inputs, store, shard_size, special_tokens)
 
 
 @task(name="score-shard", tags=["gpu"], task_run_name="{scorer}:{shard[name]}", **_COMMON)

@@ -22,11 +22,13 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------ ingest
-def ingest(inputs: Sequence[str], store_url: str | None, shard_size: int) -> dict[str, Any]:
-    """Ingest the pool; returns the ingest summary (``manifest`` URL, counts, fingerprint)."""
+def ingest(inputs: Sequence[str], store_url: str | None, shard_size: int, special_tokens: str = "keep") -> dict[str, Any]:
+    """Ingest the pool; returns the ingest summary (``manifest`` URL, counts, fingerprint).
+    ``special_tokens``: keep or quarantine records that spell chat-template tokens."""
     from syllabus.pool.ingest import ingest_pool
 
-    result = ingest_pool(list(inputs), Store(store_url), shard_size=shard_size, progress=False)
+    result = ingest_pool(list(inputs), Store(store_url), shard_size=shard_size, progress=False,
+                         special_tokens=special_tokens)
     return result.summary()
 
 

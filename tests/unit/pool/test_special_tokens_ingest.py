@@ -92,3 +92,17 @@ def test_cli_option_and_summary_line(tmp_path, capsys):
     assert json.loads(out.strip().splitlines()[-1])["special_tokens"]["records"] == 4
     assert main(["ingest", _pool(tmp_path), "--store", str(tmp_path / "store")]) == 0
     assert "4 (kept, the strings stay plain text)" in capsys.readouterr().out
+
+
+def test_pipeline_params_carry_the_pool_option_to_ingest(tmp_path):
+    from pydantic import ValidationError
+
+    from syllabus.pipeline import stages
+    from syllabus.pipeline.config import PipelineParams
+
+    assert PipelineParams().special_tokens == "keep"
+    with pytest.raises(ValidationError):
+        PipelineParams(special_tokens="drop")
+    params = PipelineParams(pool=[_pool(tmp_path)], special_tokens="quarantine")
+    summary = stages.ingest(params.pool, str(tmp_path / "store"), 4, params.special_tokens)
+    assert summary["records_ok"] == 2 and summary["rejected_by_reason"] == {"special_tokens": 4}
