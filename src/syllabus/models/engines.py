@@ -329,7 +329,7 @@ def make_engine(kind: str, lm: Any, **kwargs: Any):
         if ref.kind == "gguf":
             raise ValueError(
                 f"the vllm engine cannot read the GGUF model {ref.spec!r} (vLLM 0.32 fails on its config); export it "
-                "with syllabus.models.loading.export_hf_dir(lm, DIR) and pass DIR as the model"
+                f"with `syllabus model export {ref.spec} --out DIR` and pass DIR as the model"
             )
         return VLLMEngine(ref.path, revision=ref.revision, **kwargs) if ref.revision else VLLMEngine(ref.path, **kwargs)
     raise ValueError(f"engine {kind!r} is unknown; use 'transformers' or 'vllm'")
