@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 EPHEMERAL_STARTUP_TIMEOUT_S = "180"
 
 
+# The most characters of an error the command prints: messages quote inputs clipped
+# (syllabus.config.clip); this catches one that does not.
+MAX_ERROR_CHARS = 1000
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S)
     parser = build_parser()
@@ -91,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         from syllabus.config import describe_errors
 
         text = describe_errors(exc) if isinstance(exc, ValidationError) else str(exc)
+        if len(text) > MAX_ERROR_CHARS:  # a message that quotes a huge input: its start says enough
+            text = f"{text[:MAX_ERROR_CHARS]}... ({len(text) - MAX_ERROR_CHARS:,} more characters; -v prints them)"
         print(f"syllabus {args.command}: error: {redact(text)}", file=sys.stderr)
         return 1
 

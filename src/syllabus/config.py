@@ -75,7 +75,8 @@ def clip(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _clip_text(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+def clip_text(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``text`` cut to at most ``limit`` characters (with "..." where it was cut)."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -174,7 +175,7 @@ def load_yaml(text: str, source: str, expansion: int = MAX_YAML_EXPANSION) -> An
         problem = getattr(exc, "problem", None)
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        why = _clip_text(str(problem if problem else exc), MAX_QUOTED_CHARS)
+        why = clip_text(str(problem if problem else exc), MAX_QUOTED_CHARS)
         raise ValueError(f"{source} cannot be read as YAML{where}: {why}") from None
     except RecursionError:
         raise ValueError(f"{source} nests deeper than YAML can be read here; flatten it") from None
@@ -220,8 +221,8 @@ def describe_errors(exc: Any) -> str:
     parts = []
     for e in exc.errors():
         message = str(e["msg"]).removeprefix("Value error, ")
-        path = ".".join(str(p) for p in e["loc"])
-        message = _clip_text(message, 3 * MAX_QUOTED_CHARS)
+        path = clip_text(".".join(str(p) for p in e["loc"]))
+        message = clip_text(message, 3 * MAX_QUOTED_CHARS)
         parts.append(f"{path} = {clip(e.get('input'))}: {message}" if path and e["type"] != "value_error" else
                      f"{path}: {message}" if path else message)
     return "; ".join(parts)

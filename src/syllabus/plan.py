@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from syllabus.config import deep_merge, describe_errors
+from syllabus.config import clip, clip_text, deep_merge, describe_errors
 
 INSTANCE_SEPARATOR = "@"
 
@@ -74,10 +74,10 @@ def apply_selector_overrides(recipe: Any, overrides: Mapping[str, Mapping[str, A
     for name, changes in (overrides or {}).items():
         index = next((i for i, spec in enumerate(recipe.selectors) if spec.name == name), None)
         if index is None:
-            raise ValueError(f"{where + ': ' if where else ''}method {recipe.name!r} has no selector {name!r}; "
+            raise ValueError(f"{where + ': ' if where else ''}method {recipe.name!r} has no selector {clip(name)}; "
                              f"its selectors are {', '.join(spec.name for spec in recipe.selectors)}")
         if not isinstance(changes, Mapping):
-            raise ValueError(f"{where + '.' if where else ''}{name} must be a mapping of config changes, not {changes!r}")
+            raise ValueError(f"{where + '.' if where else ''}{clip_text(str(name))} must be a mapping of config changes, not {clip(changes)}")
         recipe = recipe.with_selector_config(index, **deep_merge(recipe.selectors[index].config, changes))
     recipe.build_selectors()
     return recipe
@@ -131,7 +131,7 @@ def make_plan(methods: Sequence[str], scorer_overrides: Mapping[str, Mapping[str
             instance_of[(method, scorer)] = name
     unused = [key for key in scorer_overrides if INSTANCE_SEPARATOR in key and key not in scorers]
     if unused:
-        raise ValueError(f"scorer_configs names the instance {unused[0]!r}, which this run does not have; its scorer "
+        raise ValueError(f"scorer_configs names the instance {clip(unused[0])}, which this run does not have; its scorer "
                          f"instances are {', '.join(scorers) or '(none)'} (an instance is <scorer>@<method> only when "
                          "two methods need one scorer in different configs; otherwise key the change by the scorer)")
     plans = {m: MethodPlan(m, recipes[m], {s: instance_of[(m, s)] for s in wanted[m]}) for m in methods}

@@ -131,3 +131,35 @@ def test_an_error_quotes_a_few_hundred_characters_of_a_huge_value():
         parse_set(["no-equals-sign" + "q" * 100_000])
     assert len(str(err.value)) < LIMIT and str(err.value).endswith("must look like PATH=VALUE with a dotted PATH, "
                                                                      "e.g. --set a.b.c=VALUE")
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--set", "{big}=1"],
+    ["run", "--set", "finetune.{big}=1"],
+    ["run", "--set", "finetune.lora_rank={big}"],
+    ["run", "--set", "scorer_configs.quality@{big}.batch_size=1"],
+    ["select", "--method", "3ds", "--pool", "pool.json", "--set", "{big}.min_value=1"],
+    ["select", "--method", "3ds", "--pool", "pool.json", "--set", "threshold={big}"],
+], ids=["key", "nested-key", "value", "instance", "selector", "selector-value"])
+def test_a_command_quotes_a_few_hundred_characters_of_a_huge_setting(argv, capsys):
+    from syllabus.cli import main
+
+    big = "z" * 100_000
+    assert main([a.format(big=big) for a in argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and len(err[0]) < LIMIT and err[0].count("z") < 2 * MAX_QUOTED_CHARS, err[0][:1000]
+
+
+def test_the_command_clips_any_error_that_quotes_a_huge_input(tmp_path, monkeypatch, capsys):
+    from syllabus import cli
+    from syllabus.selection import export
+
+    def fails(*args, **kwargs):
+        raise ValueError("cannot read " + "q" * 100_000)
+
+    monkeypatch.setattr(export, "export_selection", fails)
+    assert cli.main(["export", "report.json", "--format", "jsonl", "--out", str(tmp_path)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("syllabus export: error: cannot read qqq")
+    assert line.endswith(f"... ({100_012 - cli.MAX_ERROR_CHARS:,} more characters; -v prints them)")
+    assert len(line) < cli.MAX_ERROR_CHARS + 100
