@@ -21,6 +21,10 @@ highest. Higher = harder. Three presets (``preset``):
   perplexity ratio ``exp(mean NLL(y | P)) / exp(mean NLL(y alone))``: the same ``< 1`` filter
   as IFD, a different ranking.
 
+Both authors' formats are single-turn: for a conversation the presets read the canonical
+``instruction`` (its last user turn) and ``output`` (its last assistant turn) and leave the
+earlier turns out.
+
 Truncation: ``P + y`` is cut at ``cutoff`` tokens from the end of the response, and the
 "alone" sequence is cut after the same answer tokens, so both means cover the same tokens
 (Cherry's code aims at this with ``max_length - len(P) - 2``, an offset worked out for its
