@@ -26,14 +26,43 @@ _CACHE: dict[tuple, LoadedModel] = {}
 _LOCK = threading.Lock()
 
 
+def check_device(device: str) -> str:
+    """``device`` when torch can compute on it here, else a ValueError saying why: checked
+    before a model loads (or a pool is ingested), since ``model.to(device)`` would fail only
+    after the weights were read."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"device {device!r} is not a torch device ({str(exc).splitlines()[0][:120]}); use cpu, cuda, cuda:N or mps"
+        ) from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} needs CUDA, which torch cannot use on this machine; use cpu")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device {device!r} does not exist: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    elif parsed.type == "meta":
+        raise ValueError(f"device {device!r} holds no weights (a meta device cannot compute); use cpu, cuda or mps")
+    elif parsed.type != "cpu":
+        backend = getattr(torch.backends, parsed.type, None) or getattr(torch, parsed.type, None)
+        available = getattr(backend, "is_available", None)
+        if available is not None and not available():
+            raise ValueError(f"device {device!r} is not available on this machine; use cpu or cuda")
+    return device
+
+
 def pick_dtype(device: str, dtype: str | None = None):
     import torch
 
     if dtype:
-        try:
-            return getattr(torch, dtype)
-        except AttributeError as exc:
-            raise ValueError(f"dtype {dtype!r} is not a torch dtype; use float32, bfloat16 or float16") from exc
+        value = getattr(torch, dtype, None)
+        if not isinstance(value, torch.dtype):  # getattr(torch, "cuda") is a module, not a dtype
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype; use float32, bfloat16 or float16")
+        return value
     # fp32 on CPU (bf16 matmuls are slow there), bf16 on GPU.
     return torch.bfloat16 if device.startswith("cuda") else torch.float32
 
@@ -50,7 +79,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ref = spec if isinstance(spec, ModelRef) else resolve(spec)
-    device = device or default_device()
+    device = check_device(device or default_device())
     torch_dtype = pick_dtype(device, dtype)
     key = (ref, device, str(torch_dtype), trust_remote_code, attn_implementation)
     with _LOCK:

@@ -75,7 +75,25 @@ def _params(cls: type, args: argparse.Namespace, changes: dict):
     if flags:
         params = cls.model_validate({**params.model_dump(mode="json"), **flags})
     paths = parse_set(args.changes, "finetune.epochs=2")
-    return params.with_changes(paths) if paths else params
+    params = params.with_changes(paths) if paths else params
+    check_environment(params)
+    return params
+
+
+def check_environment(params) -> None:
+    """What the parameters cannot check themselves, checked before the flow starts a Prefect
+    server or loads a model: the MLflow tracking URI answers (a few seconds, where MLflow's own
+    retries take minutes) and a device set by SYLLABUS_DEVICE exists."""
+    from syllabus.tracking.lineage import check_tracking_uri
+
+    check_tracking_uri(params.tracking_uri)
+    if os.environ.get("SYLLABUS_DEVICE"):
+        from syllabus.models.loading import check_device
+
+        try:
+            check_device(os.environ["SYLLABUS_DEVICE"])
+        except ValueError as exc:
+            raise ValueError(f"SYLLABUS_DEVICE: {exc}") from None
 
 
 FLOW_ENTRY_POINTS = "syllabus.flows"

@@ -184,6 +184,17 @@ def pool_manifest_of(url: str) -> str:
     return url
 
 
+def check_model_settings(args: argparse.Namespace) -> None:
+    """The model name, device and dtype, checked without loading anything: an unknown alias or
+    a missing path, ``--device tpu:9`` or ``cuda:3`` on a one-GPU machine, ``--dtype float8``."""
+    from syllabus.models.loading import check_device, pick_dtype
+    from syllabus.models.ref import default_device, resolve
+
+    resolve(args.model)
+    device = check_device(args.device or default_device())
+    pick_dtype(device, args.dtype)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from syllabus.scoring.pool import LazyModel, combined_table, commit_combined, score_pool
     from syllabus.store import Store
@@ -196,6 +207,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     # Every setting is checked before any work: a bad config must not cost an ingest or a model load.
     configs = score_plan(args)
     manifest_url = pool_manifest_of(args.pool_manifest) if args.pool_manifest else None
+    check_model_settings(args)
+    if args.tracking_uri:
+        from syllabus.tracking.lineage import check_tracking_uri
+
+        check_tracking_uri(args.tracking_uri)  # seconds, not MLflow's minutes of retries after the scoring
     if args.pool:
         from syllabus.pool.ingest import ingest_pool
 

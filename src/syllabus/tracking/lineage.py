@@ -43,6 +43,66 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
+TRACKING_CHECK_SECONDS = 5.0
+
+
+class TrackingUnreachable(RuntimeError):
+    """The MLflow tracking URI cannot be used: no server answers, or the database's folder is missing."""
+
+
+def _http_answers(url: str, timeout: float) -> str | None:
+    """None when an HTTP server answers ``url`` (any status: a 404 or 401 still proves it is
+    there), else why not."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except urllib.error.URLError as exc:
+        return str(exc.reason)
+    except (OSError, ValueError) as exc:  # a timeout, a reset connection, a malformed URL
+        return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
+def check_tracking_uri(tracking_uri: str | None = None, timeout: float = TRACKING_CHECK_SECONDS) -> str:
+    """Fail within about ``timeout`` seconds when the tracking URI cannot work, before any work
+    starts: MLflow's own client retries an unreachable server with backoff for minutes before
+    it gives up. An http(s) URI must answer a GET of its ``/health`` page (the MLflow server's
+    liveness page); a ``sqlite:///`` URI's folder must exist. Other schemes are left to MLflow.
+    Returns the URI checked."""
+    import threading
+    from urllib.parse import urlsplit
+
+    uri = tracking_uri or default_tracking_uri()
+    scheme = urlsplit(uri).scheme.lower()
+    shown = redact(uri)
+    if scheme in ("http", "https"):
+        # A thread bounds the name lookup too, which urlopen's timeout does not cover.
+        result: list[str | None] = []
+        probe = threading.Thread(target=lambda: result.append(_http_answers(f"{uri.rstrip('/')}/health", timeout)),
+                                 name="mlflow-tracking-check", daemon=True)
+        probe.start()
+        probe.join(timeout + 1.0)
+        problem = result[0] if result else f"no answer within {timeout:g} s"
+        if problem is not None:
+            raise TrackingUnreachable(
+                f"MLflow tracking URI {shown} cannot be reached ({redact(problem)}); start the tracking server "
+                "(`mlflow server --host 127.0.0.1 --port 5000`) or pass a reachable tracking URI (tracking_uri, "
+                "--tracking-uri or MLFLOW_TRACKING_URI; sqlite:///mlflow.db for a local file)"
+            )
+    elif scheme == "sqlite" and uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise TrackingUnreachable(
+                f"MLflow tracking URI {shown} names a database in {folder}, which is not a folder; create the folder "
+                "or pass another tracking URI"
+            )
+    return uri
+
+
 def is_secret_key(name: Any) -> bool:
     """True for parameter names that hold a secret (by whole words, camelCase split)."""
     words = [w.lower() for w in re.split(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])", str(name)) if w]
@@ -88,10 +148,10 @@ class Lineage:
     """Thin wrapper over the MLflow client API for the pipeline's runs."""
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = "syllabus"):
+        self.tracking_uri = check_tracking_uri(tracking_uri)
         import mlflow
 
         self.mlflow = mlflow
-        self.tracking_uri = tracking_uri or default_tracking_uri()
         mlflow.set_tracking_uri(self.tracking_uri)
         existing = mlflow.get_experiment_by_name(experiment)
         if existing is None:
@@ -185,9 +245,10 @@ def end_open_runs(tracking_uri: str | None, tag: str, value: str, status: str, r
     ``value`` with ``status`` (``KILLED``, ``FAILED``): a crashed flow never leaves its ``with``
     block, so its runs would stay RUNNING forever; a cancelled one leaves it through an
     exception, which MLflow records as FAILED. Returns the ids it ended."""
+    uri = check_tracking_uri(tracking_uri)  # a hook must not wait minutes on a dead server
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri or default_tracking_uri())
+    client = MlflowClient(uri)
     quoted = value.replace("'", "")
     runs = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()],
                                           filter_string=f"tags.`{tag}` = '{quoted}'")
