@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable
 
-SpecialTokenPolicy = Literal["keep", "quarantine"]
 POLICIES: tuple[str, ...] = ("keep", "quarantine")
 
 FAMILIES: dict[str, tuple[str, ...]] = {
