@@ -1,15 +1,29 @@
-"""fsspec-backed object store with checksummed, marker-committed writes."""
+"""fsspec-backed object store with checksummed, marker-committed writes.
+
+A local store writes each object to ``<key>.tmp-<32 hex digits>`` and renames it into place.
+A writer that dies in between (a crash, a kill, a full disk) leaves that temporary file behind,
+so the first write into a folder in a process first removes the folder's *stale* temporaries:
+those not modified for :func:`stale_temp_seconds` (an hour unless ``SYLLABUS_STALE_TEMP_SECONDS``
+says otherwise) whose key no live lease covers. A live writer finishes its temporary in seconds
+and a worker computing a key holds and renews its lease (:mod:`syllabus.store.lease`), so a
+concurrent writer's temporary is never taken for a stale one. :meth:`Store.remove_stale_temps`
+sweeps a whole prefix.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
 import posixpath
+import re
 import socket
+import stat
 import sys
+import threading
 import time
 import uuid
 from typing import Any, Iterable, Mapping
@@ -25,6 +39,16 @@ log = logging.getLogger(__name__)
 MARKER_SUFFIX = ".done.json"
 DEFAULT_STORE_ENV = "SYLLABUS_STORE"
 DEFAULT_STORE = "./syllabus-store"
+STALE_TEMP_ENV = "SYLLABUS_STALE_TEMP_SECONDS"
+DEFAULT_STALE_TEMP_SECONDS = 3600.0
+_TEMP_NAME = re.compile(r"^(?P<name>.+)\.tmp-[0-9a-f]{32}$")
+_SWEPT: set[str] = set()  # folders whose stale temporaries this process already removed
+_SWEPT_LOCK = threading.Lock()
+
+
+def stale_temp_seconds() -> float:
+    """How long a temporary file may sit unmodified before a later write removes it."""
+    return float(os.environ.get(STALE_TEMP_ENV) or DEFAULT_STALE_TEMP_SECONDS)
 
 
 class MissingObjectError(FileNotFoundError):
@@ -156,12 +180,18 @@ class Store:
         parent = posixpath.dirname(path) if self.protocol != "file" else os.path.dirname(path)
         if self.protocol == "file":
             self.fs.makedirs(parent, exist_ok=True)
+            self._sweep_once(parent)
             tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:  # a full disk, an interrupt: leave no temporary behind
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         else:
             # An S3 PUT is atomic by itself; memory:// writes the value in one assignment.
             try:
@@ -170,6 +200,61 @@ class Store:
                 raise FileNotFoundError(
                     f"cannot write {self.url(key)}: {exc}; create the bucket or check the store URL (--store)"
                 ) from exc
+
+    # ------------------------------------------------- stale temporary files
+    def _sweep_once(self, folder: str) -> None:
+        with _SWEPT_LOCK:
+            if folder in _SWEPT:
+                return
+            _SWEPT.add(folder)
+        try:
+            self._remove_stale_in(folder, stale_temp_seconds())
+        except OSError as exc:  # cleaning up must never fail the write
+            log.warning("could not remove stale temporary files in %s: %s", folder, exc)
+
+    def remove_stale_temps(self, prefix: str = "", max_age: float | None = None) -> list[str]:
+        """Remove the stale temporary files under ``prefix`` (see the module docstring);
+        returns their paths relative to the store root. Only local stores have any."""
+        if self.protocol != "file":
+            return []
+        age = stale_temp_seconds() if max_age is None else max_age
+        removed: list[str] = []
+        for folder, _, _ in os.walk(self.path(prefix)):
+            removed += self._remove_stale_in(folder, age)
+        return removed
+
+    def _remove_stale_in(self, folder: str, max_age: float) -> list[str]:
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        now, removed = time.time(), []
+        for entry in entries:
+            found = _TEMP_NAME.match(entry.name)
+            if found is None:
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # its writer renamed it into place just now
+                continue
+            if not stat.S_ISREG(info.st_mode) or now - info.st_mtime < max_age:
+                continue
+            key = os.path.relpath(os.path.join(folder, found["name"]), self.root).replace(os.sep, "/")
+            if self._lease_is_live(key):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(os.path.relpath(entry.path, self.root).replace(os.sep, "/"))
+        if removed:
+            log.info("removed %d stale temporary file(s) left by an interrupted write in %s: %s", len(removed), folder,
+                     ", ".join(removed[:5]) + (" ..." if len(removed) > 5 else ""))
+        return removed
+
+    def _lease_is_live(self, key: str) -> bool:
+        """Whether a worker holds an unexpired lease on the object ``key`` (or its marker) belongs to."""
+        from syllabus.store.lease import Lease
+
+        return Lease(self, key.removesuffix(MARKER_SUFFIX)).holder() is not None
 
     def read_bytes(self, key: str) -> bytes:
         try:
