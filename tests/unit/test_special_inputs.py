@@ -95,3 +95,17 @@ def test_a_fifo_labels_file_or_score_table_is_refused(tmp_path):
         within_timeout(lambda: load_candidates([scores]), scores)
     with pytest.raises(SpecialFileError, match=r"^config file file://.*labels.jsonl is a FIFO"):
         refuse_special_file(f"file://{labels}", "config file")
+
+
+def test_a_fifo_config_or_recipe_file_is_refused(tmp_path):
+    from syllabus.pipeline.config import PipelineParams
+    from syllabus.selection.recipes import read_recipe_file
+
+    config = str(tmp_path / "config.yaml")
+    os.mkfifo(config)
+    with pytest.raises(SpecialFileError, match=r"pipeline config .*config.yaml is a FIFO \(named pipe\)"):
+        within_timeout(lambda: PipelineParams.from_file(config), config)
+    recipe = str(tmp_path / "recipe.yaml")
+    os.mkfifo(recipe)
+    with pytest.raises(SpecialFileError, match=r"recipe file .*recipe.yaml is a FIFO \(named pipe\)"):
+        within_timeout(lambda: read_recipe_file(recipe), recipe)

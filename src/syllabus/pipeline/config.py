@@ -91,6 +91,9 @@ class PipelineParams(BaseModel):
 
     @classmethod
     def from_file(cls, path: str | Path) -> "PipelineParams":
+        from syllabus.inputs import refuse_special_file
+
+        refuse_special_file(str(path), "pipeline config")  # a FIFO would block read_text for ever
         data = load_yaml(Path(path).read_text(encoding="utf-8"), f"pipeline config {path}") or {}
         if not isinstance(data, dict):
             raise ValueError(f"pipeline config {path} must be a YAML mapping of PipelineParams fields")

@@ -143,7 +143,10 @@ def recipe_files() -> Iterator[Path]:
 
 
 def read_recipe_file(path: str | Path) -> Recipe:
+    from syllabus.inputs import refuse_special_file
+
     path = Path(path)
+    refuse_special_file(str(path), "recipe file")  # a FIFO would block read_text for ever
     data = load_yaml(path.read_text(encoding="utf-8"), f"recipe file {path}")
     if not isinstance(data, dict):
         raise ValueError(f"recipe file {path} must hold a mapping with name, scorers and selectors")
