@@ -109,3 +109,14 @@ def test_a_fifo_config_or_recipe_file_is_refused(tmp_path):
     os.mkfifo(recipe)
     with pytest.raises(SpecialFileError, match=r"recipe file .*recipe.yaml is a FIFO \(named pipe\)"):
         within_timeout(lambda: read_recipe_file(recipe), recipe)
+
+
+def test_a_fifo_benchmark_or_validation_file_is_refused(tmp_path):
+    from syllabus.evaluation.benchmarks import load_benchmark, read_records
+
+    items = str(tmp_path / "items.jsonl")
+    os.mkfifo(items)
+    with pytest.raises(SpecialFileError, match=r"benchmark file .*items.jsonl is a FIFO \(named pipe\)"):
+        within_timeout(lambda: read_records(items), items)
+    with pytest.raises(FileNotFoundError, match="neither a built-in name"):  # not a file: never opened
+        within_timeout(lambda: load_benchmark(items), items)

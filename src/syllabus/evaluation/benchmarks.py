@@ -117,6 +117,9 @@ class FieldMap(BaseModel):
 # ------------------------------------------------------------------ readers
 def read_records(path: str | Path) -> list[dict]:
     """Rows of a JSONL(.gz), JSON list, CSV(.gz) or Parquet file as dicts."""
+    from syllabus.inputs import refuse_special_file
+
+    refuse_special_file(str(path), "benchmark file")  # a FIFO would block the open for ever
     try:
         return _read_records(path)
     except UnicodeDecodeError as exc:
