@@ -21,7 +21,8 @@ authors' code (``PuppyKnightUniversity/3DS`` step 2; methods.md, "Stage 2, refer
 D1 over every position of ``P`` after the first (``d1_span: prompt``); the end-of-turn tokens
 ``E`` weighted like any response token and only the words spaCy's tagger marks PART, DET,
 PUNCT, CCONJ, ADP, CONJ, SCONJ or INTJ in that response dropped (``token_filter: pos``; without
-spaCy or its model, punctuation-only tokens, with a warning once per run); D2 and D3 reported
+the spaCy model, the punctuation marks that stand alone as spaCy tokens, with a warning once
+per run: the rule and its reasons are in ``_PosFilter``); D2 and D3 reported
 as the weighted mean NLL without the ``exp`` (``response_value: mean_nll``, rank-neutral).
 ``importance: max`` is the authors' other variant, ``mean_h max_{q>=j} A[h,q,j]``. Each field
 can also be set on its own.
@@ -119,49 +120,136 @@ class _ContentTokens:
 
 
 PAPER_STOP_POS = frozenset({"PART", "DET", "PUNCT", "CCONJ", "ADP", "CONJ", "SCONJ", "INTJ"})
-_TAGGERS: dict[str, tuple[Any, str]] = {}
+_TAGGERS: dict[str, "Tagger"] = {}
+
+
+# spaCy's lexical view standing in for its tagger when no statistical pipeline loads (see
+# _PosFilter). "%" is punctuation to Unicode and to spaCy's is_punct, but a noun in the
+# OntoNotes tags the English pipelines learn (NN) and a symbol in Universal Dependencies.
+NOT_PUNCT = frozenset({"%"})
+# Punctuation runs spaCy's tokenizer keeps as one token; every other run it splits into marks.
+WHOLE_PUNCT_RUNS = frozenset({"..", "...", "....", "--", "---", "----", "''"})
+
+
+def is_punct_token(token: Any) -> bool:
+    """A spaCy token the tagger would mark PUNCT, judged from spaCy's rule-based lexical
+    attributes: punctuation or a quote mark (``is_punct``, ``is_quote``), not whitespace
+    (``is_space``: spaCy tags whitespace SPACE, which the authors' list does not drop), not in
+    NOT_PUNCT."""
+    return not token.is_space and (token.is_punct or token.is_quote) and token.text not in NOT_PUNCT
 
 
 def is_punctuation_text(text: str) -> bool:
-    """Every character is punctuation (no whitespace): what spaCy tags PUNCT and the authors'
-    exact-text match can then drop."""
-    return bool(text) and all(unicodedata.category(c).startswith("P") for c in text)
+    """Without spaCy: a token text that spaCy's tokenizer would most likely produce on its own
+    and call punctuation. One punctuation character (Unicode P*, or a backtick, a quote to
+    spaCy) other than "%", or a run spaCy keeps whole ("...", "--"); never whitespace, and
+    never a run spaCy splits ("**", "##", ")."), which the authors' exact-text match then
+    cannot drop."""
+    marks = all(unicodedata.category(c).startswith("P") or c in "`\u00b4" for c in text)
+    if not text or text in NOT_PUNCT or not marks:
+        return False
+    return len(text) == 1 or text in WHOLE_PUNCT_RUNS
 
 
-def load_tagger(spacy_model: str) -> tuple[Any, str]:
-    """``(nlp, description)`` for the part-of-speech filter, or ``(None, description)`` when spaCy
-    or the pipeline is missing; the fallback is announced once per process."""
+@dataclass(frozen=True)
+class Tagger:
+    """What the part-of-speech filter runs: ``nlp`` a spaCy pipeline, ``tags`` whether it
+    assigns parts of speech (a statistical pipeline) or only tokenizes (``spacy.blank``, the
+    lexical rule of :func:`is_punct_token`); ``nlp`` None without spaCy
+    (:func:`is_punctuation_text`). ``description`` enters the cache key."""
+
+    nlp: Any
+    description: str
+    tags: bool = False
+
+
+def _pipeline_lang(spacy_model: str) -> str:
+    """The language of a pipeline package name (``en_core_web_sm``) or directory (its meta.json)."""
+    import json
+    from pathlib import Path
+
+    meta = Path(spacy_model) / "meta.json"
+    if meta.is_file():
+        try:
+            return str(json.loads(meta.read_text(encoding="utf-8")).get("lang") or "en")
+        except (OSError, ValueError):
+            return "en"
+    return Path(spacy_model).name.split("_", 1)[0] or "en"
+
+
+def load_tagger(spacy_model: str) -> Tagger:
+    """The part-of-speech filter's tagger for ``spacy_model``; without the pipeline, spaCy's
+    rule-based tokenizer for its language, and without spaCy nothing. A fallback is announced
+    once per process."""
     if spacy_model in _TAGGERS:
         return _TAGGERS[spacy_model]
-    fallback = "falling back to dropping punctuation-only tokens (methods.md, \"Stage 2, reference parity\")"
+    fallback = ("falling back to dropping the punctuation marks that stand alone as spaCy tokens "
+                "(methods.md, \"Stage 2, reference parity\"; the rule: syllabus.scoring.difficulty._PosFilter)")
     try:
         import spacy
     except ImportError:
         log.warning("token_filter 'pos' needs spaCy, which is not installed (pip install 'syllabus[reference]'); %s",
                     fallback)
-        result: tuple[Any, str] = (None, "punctuation-only (spaCy not installed)")
+        result = Tagger(None, "punctuation rule on token texts (spaCy not installed)")
     else:
         try:
             nlp = spacy.load(spacy_model, disable=["parser", "ner", "lemmatizer"])
         except (OSError, ValueError, ImportError) as exc:
             log.warning("spaCy pipeline %r could not be loaded (%s); install it or set spacy_model to a pipeline "
                         "directory; %s", spacy_model, " ".join(str(exc).split())[:160], fallback)
-            result = (None, f"punctuation-only (spaCy pipeline {spacy_model} not found)")
+            blank = None
+            # The pipeline's language; "xx" (spaCy's multi-language rules) for a name that
+            # spells none, or a language whose tokenizer needs a missing package.
+            for lang in dict.fromkeys((_pipeline_lang(spacy_model), "xx")):
+                try:
+                    blank = spacy.blank(lang)
+                    break
+                except Exception as exc:
+                    log.info("no spaCy tokenizer for language %r: %s", lang, " ".join(str(exc).split())[:160])
+            if blank is None:
+                result = Tagger(None, f"punctuation rule on token texts (spaCy pipeline {spacy_model} not found)")
+            else:
+                result = Tagger(blank, f"spacy {spacy.__version__} {lang} tokenizer, punctuation rule "
+                                       f"(pipeline {spacy_model} not found)")
         else:
             meta = nlp.meta
-            result = (nlp, f"spacy {spacy.__version__} {meta.get('lang')}_{meta.get('name')} {meta.get('version')}")
+            result = Tagger(nlp, f"spacy {spacy.__version__} {meta.get('lang')}_{meta.get('name')} "
+                                 f"{meta.get('version')}", tags=True)
     _TAGGERS[spacy_model] = result
     return result
 
 
 class _PosFilter:
-    """The authors' filter: a response token is dropped when its text (the tokenizer's own
+    r"""The authors' filter: a response token is dropped when its text (the tokenizer's own
     string for that one token, special tokens included) equals a word the tagger marks with a
-    PAPER_STOP_POS tag in that response. Without a tagger: punctuation-only tokens."""
+    PAPER_STOP_POS tag in that response (the response with its end marker appended, as in T).
+
+    Without the statistical pipeline (none is installable here) the authors' mechanics stay
+    and only the tagger is replaced: spaCy's rule-based tokenizer for the pipeline's language
+    (``spacy.blank``, the tokenizer a trained pipeline of that language runs) splits the text,
+    and a spaCy token counts as PUNCT by :func:`is_punct_token`. What follows, checked against
+    spaCy 3.8's tokenizer:
+
+    - Whitespace is never dropped: spaCy makes "\n" and "\n\n" tokens of their own and tags
+      them SPACE; a model token with a space in it (" -", ".\n") equals no spaCy token.
+    - Markup runs are never dropped: spaCy splits "**", "##", "```" and "__" into single
+      marks, so a model token "**" equals no spaCy token (the previous fallback dropped it).
+    - A single mark ("-", "*", "#", ".", ",") is dropped when the same mark stands as its own
+      spaCy token anywhere in the response (a bullet, an emphasis star, a sentence end); only
+      inside a spaCy word ("COVID-19", "1,000", "e.g.") it is not, and the model token is kept.
+    - A model token merging marks (").", "**:", '",') is kept: spaCy splits them.
+    - The backtick is a quote to spaCy (``is_quote``) and counts as PUNCT; "<", ">", "|", "=",
+      "+" (Unicode symbols) are SYM to a tagger and are kept; so is "%" (NOT_PUNCT).
+
+    The words a tagger marks DET, ADP, CCONJ, SCONJ, PART or INTJ are not recognised without
+    it: a sentence-initial "The" is kept (mid-sentence ones, " the", never match anyway).
+    Without spaCy at all, :func:`is_punctuation_text` judges each model token text alone.
+    """
 
     def __init__(self, tokenizer: Any, spacy_model: str):
         self.tokenizer = tokenizer
-        self.nlp, self.description = load_tagger(spacy_model)
+        self.tagger = load_tagger(spacy_model)
+        self.description = self.tagger.description
         eot = end_of_turn_text(tokenizer)
         # The authors tag the response with its end marker appended, as it is in T.
         self.suffix = eot if eot is not None else (tokenizer.eos_token or "")
@@ -174,11 +262,21 @@ class _PosFilter:
             hit = self.texts[token_id] = self.tokenizer.convert_tokens_to_string(tokens)
         return hit
 
+    def stop_words(self, response: str) -> set[str] | None:
+        """The texts the filter drops in ``response``; None without spaCy (each token judged alone)."""
+        nlp = self.tagger.nlp
+        if nlp is None:
+            return None
+        doc = nlp(response + self.suffix)
+        if self.tagger.tags:
+            return {t.text for t in doc if t.pos_ in PAPER_STOP_POS}
+        return {t.text for t in doc if is_punct_token(t)}
+
     def __call__(self, enc: EncodedPair) -> list[int]:
         positions = range(enc.prompt_len, len(enc.input_ids))
-        if self.nlp is None:
+        stop = self.stop_words(enc.response_text)
+        if stop is None:
             return [j for j in positions if not is_punctuation_text(self.text(enc.input_ids[j]))]
-        stop = {t.text for t in self.nlp(enc.response_text + self.suffix) if t.pos_ in PAPER_STOP_POS}
         return [j for j in positions if self.text(enc.input_ids[j]) not in stop]
 
 
@@ -270,7 +368,7 @@ class DifficultyScorer(Scorer):
             if config.get(name) == default:
                 config.pop(name)
         if cfg.token_filter == "pos":
-            parts["pos_tagger"] = load_tagger(cfg.spacy_model)[1]
+            parts["pos_tagger"] = load_tagger(cfg.spacy_model).description
         return parts
 
     def score(self, table: pa.Table, lm: Any, engine: TransformersEngine | None = None) -> pa.Table:

@@ -99,14 +99,14 @@ def _spacy_stop_words(path):
     return lambda text: {t.text for t in nlp(text) if t.pos_ in STOP_POS}
 
 
-def _punctuation_stop_words(tok, sample, response):
-    """Without a tagger: every punctuation-only token text of the response is a stop word."""
-    import unicodedata
+def _tokenizer_stop_words(lang: str = "en"):
+    """Without a tagger: the words of spaCy's rule-based tokenizer that its lexical attributes
+    call punctuation or a quote, whitespace (SPACE) and "%" (a noun to the tagger) aside."""
+    import spacy
 
-    prompt = render_prompt(tok, sample)
-    ids = tok(prompt + response + end_of_turn_text(tok), add_special_tokens=False)["input_ids"]
-    texts = [tok.convert_tokens_to_string([t]) for t in tok.convert_ids_to_tokens(ids)]
-    return {t for t in texts if t and all(unicodedata.category(c).startswith("P") for c in t)}
+    nlp = spacy.blank(lang)
+    return lambda text: {t.text for t in nlp(text)
+                         if (t.is_punct or t.is_quote) and not t.is_space and t.text != "%"}
 
 
 def _score(tiny_llama, tok, samples, **config):
@@ -151,30 +151,86 @@ def test_the_filter_drops_exact_text_matches_and_weighs_the_end_token(smol_token
     assert end_of_turn_text(tok) in kept and enc.response_positions[-1] in keep(enc)
 
 
-def test_fallback_without_the_spacy_pipeline_warns_once_and_drops_punctuation(
+# A generation with the markup and whitespace SmolLM2 writes: headings, bold, bullets, code
+# fences, blank lines, a percentage, marks merged into one token ("%).", ").").
+MARKDOWN = ("## Causes\n\n**Iron deficiency** is common (about 30%).\n\n- Blood loss, e.g. ulcers.\n- Poor diet\n\n"
+            "```\nHb < 12\n```\n# Note: see a doctor (soon).")
+MARKDOWN_SAMPLES = [
+    {"sample_id": "m", "instruction": "Why does anemia happen?", "input": "", "output": MARKDOWN, "messages": None},
+    {"sample_id": "n", "instruction": "Steps?", "input": "", "messages": None,
+     "output": "1. Rest\n2. Fluids -- plenty of them...\n\n*Note*: `rest` matters \"most\"; 1,000 mg/day."},
+]
+
+
+def test_fallback_without_the_spacy_pipeline_follows_spacy_tokens(
         tiny_llama, eager_model, smol_tokenizer, caplog, monkeypatch):
+    """The authors' exact-text match against spaCy's own tokens, the tagger replaced by the
+    lexical rule, recomputed on generations with newlines and markdown."""
     tok = smol_tokenizer
     monkeypatch.setattr(difficulty_module, "_TAGGERS", {})
+    samples = REFERENCE_SAMPLES + MARKDOWN_SAMPLES
     with caplog.at_level(logging.WARNING, logger="syllabus.scoring.difficulty"):
-        scorer, rows = _score(tiny_llama, tok, REFERENCE_SAMPLES, preset="reference",
-                              spacy_model="no_such_spacy_pipeline")
-        _score(tiny_llama, tok, REFERENCE_SAMPLES[:1], preset="reference", spacy_model="no_such_spacy_pipeline")
-    warnings = [r for r in caplog.records if "no_such_spacy_pipeline" in r.getMessage()]
-    assert len(warnings) == 1 and "punctuation-only" in warnings[0].getMessage()
-    assert scorer.last_stats["pos_tagger"].startswith("punctuation-only")
-    for sample, row in zip(REFERENCE_SAMPLES, rows):
+        scorer, rows = _score(tiny_llama, tok, samples, preset="reference", spacy_model="en_no_such_pipeline")
+        _score(tiny_llama, tok, samples[:1], preset="reference", spacy_model="en_no_such_pipeline")
+    warnings = [r for r in caplog.records if "en_no_such_pipeline" in r.getMessage()]
+    assert len(warnings) == 1 and "stand alone as spaCy tokens" in warnings[0].getMessage()
+    assert scorer.last_stats["pos_tagger"].startswith("spacy ") and " en tokenizer" in scorer.last_stats["pos_tagger"]
+    stop = _tokenizer_stop_words("en")
+    for sample, row in zip(samples, rows):
         for response, column in ((sample["output"], "difficulty_d3"), (row["difficulty_response"], "difficulty_d2")):
-            stop = _punctuation_stop_words(tok, sample, response)
-            want = authors_weighted_loss(eager_model, tok, sample, response, lambda _text: stop)
+            want = authors_weighted_loss(eager_model, tok, sample, response, stop)
             assert _close(row[column], want)
+
+
+@pytest.mark.parametrize("spacy_installed", [True, False])
+def test_fallback_rule_on_whitespace_and_markup_tokens(smol_tokenizer, monkeypatch, spacy_installed):
+    """Whitespace is SPACE to spaCy (kept); runs of marks ("**", "##", "```", ").") are split
+    by spaCy's tokenizer, so no spaCy word equals them (kept); marks standing alone (a bullet
+    "-", a heading "#", sentence ends) are dropped; "%" is a noun to the tagger (kept)."""
+    from syllabus.models.chat import encode_pair
+
+    tok = smol_tokenizer
+    monkeypatch.setattr(difficulty_module, "_TAGGERS", {})
+    if not spacy_installed:
+        monkeypatch.setitem(sys.modules, "spacy", None)
+    keep = difficulty_module.response_filter(DifficultyConfig(preset="reference", spacy_model="en_no_such_pipeline"),
+                                             tok)
+    enc = encode_pair(tok, MARKDOWN_SAMPLES[0])
+    texts = {j: tok.convert_tokens_to_string(tok.convert_ids_to_tokens([enc.input_ids[j]])) for j in
+             enc.response_positions}
+    kept = {texts[j] for j in keep(enc)}
+    dropped = {texts[j] for j in enc.response_positions if j not in keep(enc)}
+    assert {"\n", "**", "##", "```", "%).", ").", " (", end_of_turn_text(tok)} <= kept
+    assert dropped == {"-", "#", ",", ".", ":"}
+    assert (keep.description == "punctuation rule on token texts (spaCy not installed)") is not spacy_installed
+
+
+def test_fallback_rules_agree_with_spacy_tokens(smol_tokenizer):
+    """The rule without spaCy (each token text alone) against the rule on spaCy's tokens,
+    position by position, on the generations above: they part only where spaCy keeps a mark
+    inside a word ("1,000") and no lone one elsewhere, so the authors keep the model's "," too."""
+    from syllabus.models.chat import encode_pair
+
+    tok = smol_tokenizer
+    stop = _tokenizer_stop_words("en")
+    eot = end_of_turn_text(tok)
+    same = total = 0
+    for sample in MARKDOWN_SAMPLES:
+        enc = encode_pair(tok, sample)
+        words = stop(sample["output"] + eot)
+        for j in enc.response_positions:
+            text = tok.convert_tokens_to_string(tok.convert_ids_to_tokens([enc.input_ids[j]]))
+            same += difficulty_module.is_punctuation_text(text) == (text in words)
+            total += 1
+    assert total > 60 and same / total > 0.97
 
 
 def test_fallback_when_spacy_is_not_installed(smol_tokenizer, caplog, monkeypatch):
     monkeypatch.setattr(difficulty_module, "_TAGGERS", {})
     monkeypatch.setitem(sys.modules, "spacy", None)  # import spacy raises ImportError
     with caplog.at_level(logging.WARNING, logger="syllabus.scoring.difficulty"):
-        nlp, description = difficulty_module.load_tagger("en_core_web_sm")
-    assert nlp is None and description == "punctuation-only (spaCy not installed)"
+        tagger = difficulty_module.load_tagger("en_core_web_sm")
+    assert tagger.nlp is None and tagger.description == "punctuation rule on token texts (spaCy not installed)"
     assert any("not installed" in r.getMessage() and "syllabus[reference]" in r.getMessage() for r in caplog.records)
 
 
@@ -192,9 +248,14 @@ def test_preset_fields_keys_and_defaults(tagger_dir, monkeypatch):
     # the same fields spelt out give the same key as the preset
     spelt = DifficultyScorer(token_filter="pos", d1_span="prompt", response_value="mean_nll", spacy_model=tagger_dir)
     assert spelt.key(FP, SHARD) == with_tagger.key(FP, SHARD) != default
-    # a run that falls back to punctuation-only has different numbers, hence a different key
+    # a run that falls back to the lexical rule has different numbers, hence a different key;
+    # so has one without spaCy at all
     fallback = DifficultyScorer(preset="reference", spacy_model="no_such_spacy_pipeline")
     assert fallback.key(FP, SHARD) != with_tagger.key(FP, SHARD)
+    assert "tokenizer, punctuation rule" in fallback.key_parts(FP, SHARD)["pos_tagger"]
+    monkeypatch.setitem(sys.modules, "spacy", None)
+    no_spacy = DifficultyScorer(preset="reference", spacy_model="other_missing_pipeline")
+    assert no_spacy.key(FP, SHARD) not in {fallback.key(FP, SHARD), with_tagger.key(FP, SHARD)}
 
 
 def test_reference_and_ours_differ_where_methods_md_says(tiny_llama, smol_tokenizer, tagger_dir):
