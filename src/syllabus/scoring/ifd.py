@@ -31,9 +31,9 @@ Truncation: ``P + y`` is cut at ``cutoff`` tokens from the end of the response, 
 "wiz" prompt that leaves the Alpaca prompt's "alone" span a few tokens short; here the spans
 match exactly. Superfiltering cuts ``y`` alone at ``max_length - len(P) + 1`` tokens, which is
 reproduced). ``default`` used to cut both sequences at the cutoff, which gave the "alone" mean
-up to ``len(P)`` more answer tokens; only samples whose response is cut changed with the fix,
-so the version and the cache key of uncut samples' numbers are kept (``last_stats`` counts the
-cut ones). A prompt that leaves no answer token within the cutoff gives ``too_long`` (the
+up to ``len(P)`` more answer tokens. Only samples whose response is cut changed with the fix,
+but a cache key covers a whole shard and cannot tell, so the fix is version 2 and every IFD
+shard scored by version 1 is rescored (``last_stats`` counts the cut samples). A prompt that leaves no answer token within the cutoff gives ``too_long`` (the
 authors' code skips it). Samples with IFD > 1 are dropped by the recipes' selector, not here.
 In the presets, sample text stays text: strings that spell the tokenizer's special tokens are
 not read as special tokens.
@@ -53,7 +53,6 @@ from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 import pyarrow as pa
-from pydantic import model_serializer
 
 from syllabus import registry
 from syllabus.models.chat import DEFAULT_CUTOFF, encode_pair, encode_text, end_of_turn_text
@@ -77,6 +76,7 @@ Preset = Literal["default", "reference", "superfiltering"]
 
 
 class IFDConfig(ScorerConfig):
+    key_defaults: ClassVar[dict[str, Any]] = {"preset": "default"}  # came after version 1's configs
     # "default": ours (chat template, [start] + y + E alone); "reference": Cherry_LLM's code;
     # "superfiltering": Superfiltering's code and its perplexity ratio.
     preset: Preset = "default"
@@ -84,15 +84,6 @@ class IFDConfig(ScorerConfig):
     batch_size: int = 8
     max_batch_tokens: int = 16384
     bucket: bool = True
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: Any) -> dict[str, Any]:
-        # `preset` came after the first release: at its default it is left out of the dump, so
-        # the cache keys and score manifests of default configs stay what they were.
-        data = handler(self)
-        if data.get("preset") == "default":
-            data.pop("preset")
-        return data
 
 
 @dataclass(frozen=True)
@@ -161,7 +152,7 @@ def encode_default(tokenizer: Any, sample: Any, cutoff: int) -> IFDSequences:
         return IFDSequences([], [], [], [], enc.status, enc.truncated)
     alone = response_alone_ids(tokenizer, _field(sample, "output"), cutoff)
     if enc.truncated:
-        # Untruncated samples keep their version-1 numbers; only a cut response is aligned.
+        # Uncut samples get version 1's numbers; only a cut response's "alone" span changes.
         alone = alone[: 1 + len(enc.input_ids) - enc.prompt_len]
     return IFDSequences(enc.input_ids, enc.response_positions, alone, list(range(1, len(alone))), "ok", enc.truncated)
 
@@ -195,7 +186,7 @@ def encode_ifd(tokenizer: Any, sample: Any, cutoff: int, preset: str = "default"
 @registry.scorer("ifd")
 class IFDScorer(Scorer):
     name: ClassVar[str] = "ifd"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2  # 2: the "alone" span of a cut response is aligned
     config_cls: ClassVar[type[ScorerConfig]] = IFDConfig
 
     def columns(self) -> list[str]:

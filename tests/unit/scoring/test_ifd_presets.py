@@ -127,10 +127,10 @@ def test_prompt_that_fills_the_cutoff_is_too_long(tiny_llama, smol_tokenizer):
 
 
 def test_the_default_config_keeps_its_key_and_presets_get_their_own():
-    assert "preset" not in IFDConfig().model_dump(mode="json")
+    assert "preset" not in IFDConfig().key_dump()
     assert IFDScorer(preset="default").key(FP, SHARD) == IFDScorer().key(FP, SHARD)
     keys = {IFDScorer(preset=p).key(FP, SHARD) for p in ("default", "reference", "superfiltering")}
     assert len(keys) == 3
-    assert IFDConfig(preset="reference").model_dump(mode="json")["preset"] == "reference"
+    assert IFDConfig(preset="reference").key_dump()["preset"] == "reference"
     with pytest.raises(ValueError, match="preset"):
         IFDConfig(preset="cherry")
