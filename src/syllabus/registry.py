@@ -51,6 +51,7 @@ TABLE: dict[str, dict[str, str]] = {
         "influence": "syllabus.scoring.influence:InfluenceScorer",
         "diq_difficulty": "syllabus.scoring.diq_difficulty:DIQDifficultyScorer",
         "relevance": "syllabus.scoring.relevance:RelevanceScorer",
+        "injection": "syllabus.scoring.injection:InjectionScorer",
     },
     "selector": {
         "threshold": "syllabus.selection.threshold:ThresholdSelector",
