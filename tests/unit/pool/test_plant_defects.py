@@ -9,7 +9,16 @@ from collections import Counter
 import pytest
 
 from syllabus.cli import main
-from syllabus.pool.defects import BOILERPLATE, KINDS, DefectInputError, plant_defects, read_samples
+from syllabus.pool.defects import (
+    BOILERPLATE,
+    DEFAULT_KINDS,
+    INJECTIONS,
+    KINDS,
+    DefectInputError,
+    plant_defects,
+    read_samples,
+)
+from syllabus.scoring.injection import injection_flags
 from syllabus.pool.ingest import ingest_pool
 from syllabus.store import Store
 
@@ -39,7 +48,7 @@ def test_every_kind_is_built_as_documented(tmp_path):
     records, labels = plant_defects(samples, fraction=0.3, seed=1, distractors=list(DISTRACTORS))
     assert len(records) == round(0.3 / 0.7 * 40) == 17
     counts = Counter(l["defect"] for l in labels)
-    assert set(counts) == set(KINDS) and max(counts.values()) - min(counts.values()) <= 1
+    assert set(counts) == set(DEFAULT_KINDS) and max(counts.values()) - min(counts.values()) <= 1
     for record, label in zip(records, labels):
         base = by_id.get(label["base"])
         kind, out = label["defect"], record["output"]
@@ -60,6 +69,30 @@ def test_every_kind_is_built_as_documented(tmp_path):
         elif kind == "near_duplicate":
             assert out != base.output and set(out.split()) <= set(base.output.split())
             assert record["instruction"] != base.instruction and record["instruction"].rstrip(" ?") == base.instruction.rstrip(" ?")
+
+
+def test_injection_adds_rater_addressed_text_to_an_intact_sample_and_is_opt_in(tmp_path):
+    _clean_pool(tmp_path / "clean.jsonl")
+    samples = read_samples([str(tmp_path / "clean.jsonl")])
+    by_id = {s.sample_id: s for s in samples}
+    assert "injection" in KINDS and "injection" not in DEFAULT_KINDS
+    # the default kinds plant exactly what they planted before injection existed
+    assert plant_defects(samples, seed=2, distractors=list(DISTRACTORS)) == plant_defects(
+        samples, seed=2, kinds=DEFAULT_KINDS, distractors=list(DISTRACTORS))
+    records, labels = plant_defects(samples, fraction=0.4, seed=5, kinds=["injection"])
+    assert len(records) == round(0.4 / 0.6 * 40) and {l["defect"] for l in labels} == {"injection"}
+    texts = set()
+    for record, label in zip(records, labels):
+        base = by_id[label["base"]]
+        out, question = record["output"], record["instruction"]
+        if question == base.instruction:  # the answer carries the injection, before or after the base's
+            assert out != base.output and (out.startswith(base.output) or out.endswith(base.output))
+            texts.add(out.replace(base.output, ""))
+        else:
+            assert question.startswith(base.instruction) and out == base.output
+            texts.add(question[len(base.instruction):])
+        assert injection_flags(record), record  # the detector sees every planted injection
+    assert len(texts) >= 8 and texts <= {text for _, text in INJECTIONS}
 
 
 def test_labels_match_ingest_and_clean_shards_keep_their_hashes(tmp_path):
