@@ -1,4 +1,4 @@
-"""Scorers: compute per-sample columns, with the target model except for ``relevance``; never decide anything.
+"""Scorers: compute per-sample columns, with the target model except for ``relevance`` and ``injection``; never decide anything.
 
 - ``quality``: 3DS Stage 1 rating (:mod:`syllabus.scoring.quality`)
 - ``difficulty``: 3DS Stage 2 D1/D2/D3 and embedding (:mod:`syllabus.scoring.difficulty`)
@@ -11,6 +11,8 @@
   LESS's warm-up in :mod:`~syllabus.scoring.warmup`)
 - ``relevance``: question/answer relevance by a sentence embedder, not the target model
   (:mod:`syllabus.scoring.relevance`)
+- ``injection``: rule-based flags for text addressed to a rater, no model
+  (:mod:`syllabus.scoring.injection`)
 
 Shared machinery (config base, cache keys, per-shard commit) is in :mod:`syllabus.scoring.base`;
 whole pools and the ``syllabus score`` command in :mod:`syllabus.scoring.pool` and
