@@ -68,6 +68,27 @@ def _runs(api_url: str, deployment: str) -> list:
         return asyncio.run(main())
 
 
+def _wait_for_pool(api_url: str, pool: str, timeout: float = 120) -> None:
+    """The worker creates its pool on its first loop, which can come after its health check answers."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def main():
+        deadline = time.time() + timeout
+        async with get_client() as client:
+            while True:
+                try:
+                    return await client.read_work_pool(pool)
+                except ObjectNotFound:
+                    if time.time() > deadline:
+                        raise AssertionError(f"the worker did not create work pool {pool!r} within {timeout:.0f} s")
+                    await asyncio.sleep(1)
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        asyncio.run(main())
+
+
 def test_a_deployment_with_an_interval_schedule_gets_runs_scheduled_and_completed(tmp_path):
     port, health_port = free_port(), free_port()
     api_url = f"http://127.0.0.1:{port}/api"
@@ -95,6 +116,7 @@ def test_a_deployment_with_an_interval_schedule_gets_runs_scheduled_and_complete
                f"{api_url}/health", server_env, timeout=300, log=server_log), \
             serve(worker, f"http://127.0.0.1:{health_port}/health", worker_env, timeout=300, cwd=tmp_path,
                   log=tmp_path / "worker.log"):
+        _wait_for_pool(api_url, "tick-pool")
         out = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", "prefect.yaml"],
                              env=dict(base, PREFECT_API_URL=api_url, PREFECT_HOME=str(tmp_path / "deployer-home")),
                              cwd=project, capture_output=True, text=True, timeout=300)
@@ -116,5 +138,5 @@ def test_a_deployment_with_an_interval_schedule_gets_runs_scheduled_and_complete
 
     # the test started no run itself: every run is the scheduler's, and the worker finished one
     assert all(r.auto_scheduled for r in runs), states
-    assert done.expected_start_time is not None and done.expected_start_time.timestamp() >= created - 10
+    assert done.expected_start_time is not None and done.expected_start_time.timestamp() >= started
     assert not [r for r in runs if r.state and r.state.type.value in FINAL - {"COMPLETED"}], states
