@@ -35,6 +35,7 @@ text), :func:`render_chat` (the template over data turns, with their spans) and
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -277,11 +278,18 @@ def _text_tokenizer(tokenizer: Any) -> _TextTokenizer:
         return hit[1]
     info = _TextTokenizer(tokenizer)
     try:
-        ref = weakref.ref(tokenizer, lambda _, key=key: _TEXT_TOKENIZERS.pop(key, None))
+        ref = weakref.ref(tokenizer, functools.partial(_forget, _TEXT_TOKENIZERS, key))
     except TypeError:  # not weak-referenceable: not cached
         return info
     _TEXT_TOKENIZERS[key] = (ref, info)
     return info
+
+
+def _forget(cache: dict, key: int, ref: Any) -> None:
+    # The cache is bound, not looked up: at interpreter exit the module's globals may be gone
+    # already. Only this tokenizer's entry goes (its id may have been reused since).
+    if cache.get(key, (None,))[0] is ref:
+        del cache[key]
 
 
 def spells_special_token(tokenizer: Any, text: str) -> bool:

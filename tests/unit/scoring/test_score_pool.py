@@ -21,7 +21,7 @@ def test_golden_keys():
     # A change here means every cached score is recomputed: bump the scorer version on purpose.
     assert QualityScorer().key(FP, SHARD) == "scores/quality/v1/b82a8f47fc50d97ca0672c5e.parquet"
     assert DifficultyScorer().key(FP, SHARD) == "scores/difficulty/v1/31f5b588e9e7b8d58bb54992.parquet"
-    assert IFDScorer().key(FP, SHARD) == "scores/ifd/v2/3a5195a9ae0292d0b7be7ebd.parquet"
+    assert IFDScorer().key(FP, SHARD) == "scores/ifd/v2/d77a840d738bf4ad07dbd61d.parquet"  # v2: the truncation fix
 
 
 def test_key_changes_with_every_part():

@@ -166,7 +166,8 @@ def test_score_plan_puts_the_command_line_over_the_recipe():
     args = parser.parse_args(["score", "--pool", "x", "--method", "less", "--model", "m",
                               "--set", "influence.gradients.batch_size=2"])
     gradients = score_plan(args)["influence"]["gradients"]
-    assert gradients == {"projection": {"kind": "rademacher", "dim": 8192}, "batch_size": 2}
+    assert gradients["projection"] == {"kind": "rademacher", "dim": 8192} and gradients["batch_size"] == 2
+    assert gradients["lora"]["rank"] == 8  # the recipe states its LoRA; --set left it alone
 
 
 def test_pipeline_score_manifest_carries_the_stages(tmp_path, tiny_model_dir, capsys):
