@@ -23,6 +23,7 @@ from syllabus.pipeline.report import results_markdown, results_table
 from syllabus.scoring.timing import stage_metrics
 from syllabus.pipeline.stages import evaluation_config, export_subset
 from syllabus.tracking.lineage import Lineage
+from syllabus.tracking.names import method_label, unique_labels
 from syllabus.tracking.notes import describe_arm, describe_pipeline
 from syllabus_tasks.stages import evaluate_task, finetune_task, ingest_task, select_task
 
@@ -54,9 +55,11 @@ def _result_or_error(future) -> tuple[dict | None, str | None]:
 
 
 def default_arms(params: PipelineParams) -> list[dict[str, Any]]:
-    """One arm per method: its name, recipe, selection seed and selector overrides."""
-    return [{"name": m, "method": m, "seed": params.seed, "overrides": params.selector_overrides.get(m) or {}}
-            for m in params.methods]
+    """One arm per method: its name, recipe, selection seed and selector overrides. A recipe
+    file's arm is named after the recipe (its runs, metrics and files), not its path."""
+    names = unique_labels([method_label(m) for m in params.methods])
+    return [{"name": name, "method": m, "seed": params.seed, "overrides": params.selector_overrides.get(m) or {}}
+            for name, m in zip(names, params.methods)]
 
 
 def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "pipeline") -> dict[str, Any]:

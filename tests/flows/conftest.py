@@ -19,6 +19,21 @@ def prefect_server(tmp_path_factory):
         yield
 
 
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real ``mlflow server`` on 127.0.0.1 (sqlite backend, artifacts proxied); yields its URL."""
+    import sys
+    from pathlib import Path
+
+    from flow_helpers import free_port, serve
+
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "--artifacts-destination", str(tmp_path / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port)]
+    with serve(cmd, f"http://127.0.0.1:{port}/health"):
+        yield f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def fault_scorer_registered():
     from syllabus import registry

@@ -8,25 +8,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from flow_helpers import free_port, serve, write_pool
+from flow_helpers import write_pool
 
 pytestmark = pytest.mark.flow
-BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-           "--artifacts-destination", str(tmp_path / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port)]
-    with serve(cmd, f"http://127.0.0.1:{port}/health"):
-        yield f"http://127.0.0.1:{port}"
 
 
 def test_pipeline_runs_as_a_team_browses_them(tmp_path, tiny_model_dir, mlflow_server):

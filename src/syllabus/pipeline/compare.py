@@ -27,6 +27,7 @@ import numpy as np
 from syllabus.config import deep_merge
 from syllabus.evaluation.metrics import bootstrap_ci
 from syllabus.store import Store
+from syllabus.tracking.names import label, method_label, unique_labels
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,18 @@ def compare_arms(methods: Sequence[str], seeds: int, seed: int, overrides: Mappi
     arms: list[dict[str, Any]] = []
     for method in methods:
         base = dict(overrides.get(method) or {})
+        name = method_label(method)  # a recipe file's arm goes by the recipe's name, not its path
         if method in SEEDED_METHODS:
-            arms += [{"name": f"{method}@{seed + k}", "method": method, "seed": seed + k, "overrides": base, "group": method}
+            arms += [{"name": f"{name}@{seed + k}", "method": method, "seed": seed + k, "overrides": base, "group": name}
                      for k in range(seeds)]
         else:
-            arms.append({"name": method, "method": method, "seed": seed, "overrides": base, "group": method})
-    for name, (low, high) in windows.items():
-        arms.append({"name": f"{window_method}-{name}", "method": window_method, "seed": seed, "group": "window",
-                     "overrides": deep_merge(overrides.get(window_method) or {}, {"band": {"low": float(low), "high": float(high)}})})
+            arms.append({"name": name, "method": method, "seed": seed, "overrides": base, "group": name})
+    for window, (low, high) in windows.items():
+        arms.append({"name": f"{method_label(window_method)}-{label(window)}", "method": window_method, "seed": seed,
+                     "group": "window", "overrides": deep_merge(overrides.get(window_method) or {},
+                                                                {"band": {"low": float(low), "high": float(high)}})})
+    for arm, unique in zip(arms, unique_labels([a["name"] for a in arms])):
+        arm["name"] = unique
     return arms
 
 

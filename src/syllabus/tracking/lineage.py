@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from syllabus.store.credentials import redact
+from syllabus.tracking.names import mlflow_key
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +128,14 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; values as JSON text, cut to MLflow's limit."""
     out: dict[str, str] = {}
     for key, value in scrub(dict(params)).items():
-        # MLflow refuses other characters in a name (a scorer instance such as influence@less)
-        name = re.sub(r"[^A-Za-z0-9_\-./ :]", "_", f"{prefix}{key}")
+        # A param's structure is its dots: a slash in a key is data (a method given as a recipe
+        # path keys selector_overrides), and MLflow refuses other characters (influence@less).
+        name = f"{prefix}{str(key).replace('/', '_')}"
         if isinstance(value, Mapping) and value:
             out.update(flatten(value, f"{name}."))
         else:
             text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-            out[name] = text[:_PARAM_MAX]
+            out[mlflow_key(name)] = text[:_PARAM_MAX]
     return out
 
 
@@ -186,7 +188,7 @@ class Lineage:
         for key, value in metrics.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
                 continue
-            clean[re.sub(r"[^A-Za-z0-9_\-./ ]", "_", f"{prefix}{key}")] = float(value)
+            clean[mlflow_key(f"{prefix}{key}")] = float(value)
         if clean:
             self.mlflow.log_metrics(clean)
 
