@@ -86,20 +86,26 @@ class ScoreProgress:
 
 class EvalProgress:
     """Evaluation's progress, pass by pass (each benchmark method runs one or more batched
-    passes over its items): items done of the pass, items per second, time left in the pass."""
+    passes over its items): items done of the pass, items per second, time left in the pass.
+
+    A pass's first report comes after its first batch, when its start is already past (and,
+    in the first pass, behind the model's loading): it is where the pass's clock starts, so
+    the rate is measured over the batches after it, and unknown until there are some."""
 
     def __init__(self, artifact: ProgressArtifact | None = None):
         self.artifact = artifact or ProgressArtifact("evaluation", key="evaluation-progress")
         self.what: str | None = None
         self.last_done = 0
+        self.first_done = 0  # items the pass had done at its first report
         self.started = time.monotonic()
 
     def __call__(self, done: int, total: int, what: str) -> None:
         if what != self.what or done < self.last_done:  # a new pass
-            self.what, self.started = what, time.monotonic()
+            self.what, self.started, self.first_done = what, time.monotonic(), done
         self.last_done = done
         elapsed = time.monotonic() - self.started
-        rate = done / elapsed if elapsed > 0 else None
-        left = (total - done) / rate if rate else None
+        measured = done - self.first_done
+        rate = measured / elapsed if measured > 0 and elapsed > 0 else None
+        left = (total - done) / rate if rate else (0.0 if done >= total else None)
         self.artifact.update(done, total, f"evaluation, {what} pass: {done}/{total} items, "
                                           f"{f'{rate:.2f}' if rate else 'n/a'} items/s, time left in this pass {duration(left)}")
