@@ -141,9 +141,19 @@ class Lease:
         return record if float(record.get("expires_at", 0)) > time.time() and not _holder_is_dead(record) else None
 
     # -------------------------------------------------------------------- holding
-    def _record(self, expires_at: float) -> bytes:
+    def _record(self, expires_at: float, released: bool = False) -> bytes:
         return json.dumps({"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "key": self.key,
-                           "expires_at": expires_at, "written_at": time.time()}).encode("utf-8")
+                           "expires_at": expires_at, "written_at": time.time(), "released": released}).encode("utf-8")
+
+    def _taking_over(self, record: dict[str, Any]) -> None:
+        """Say why a lease is free. A released one was handed back (a failed attempt, whose
+        retry is usually this same worker): nothing went wrong with the lease, so no line."""
+        if record.get("released"):
+            log.debug("lease on %s was released by %s; taking it", self.key, record.get("owner"))
+        elif _holder_is_dead(record):
+            log.info("lease on %s held by %s, whose process is gone; taking it over", self.key, record.get("owner"))
+        else:
+            log.info("lease on %s held by %s expired; taking it over", self.key, record.get("owner"))
 
     def acquire(self) -> bool:
         """Take the lease if it is free or expired; False when another worker holds it."""
@@ -161,7 +171,7 @@ class Lease:
             if record and float(record.get("expires_at", 0)) > time.time() and not _holder_is_dead(record):
                 return False
             if record:
-                log.info("lease on %s held by %s expired; taking it over", self.key, record.get("owner"))
+                self._taking_over(record)
             nxt = gens[-1] + 1
         if not create_exclusive(self.store, self._gen_key(nxt), self._record(time.time() + self.seconds)):
             return False
@@ -204,7 +214,7 @@ class Lease:
             if done:
                 self.store.fs.rm(self.store.path(self.folder), recursive=True)
             else:
-                self.store.write_bytes(self._gen_key(self.generation), self._record(0.0))
+                self.store.write_bytes(self._gen_key(self.generation), self._record(0.0, released=True))
         except FileNotFoundError:
             pass
         except Exception as exc:  # the lease then ages out by itself
