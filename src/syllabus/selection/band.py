@@ -116,6 +116,14 @@ class BandSelector(Selector):
                     parts.append(f"{m} = {fmt(v)} above the band [{fmt(lo)}, {fmt(hi)}]")
             reasons[i] = "; ".join(parts)
 
+        # Distance outside the bands, each in units of its band's width so that metrics on
+        # different scales add up; NaN for a row missing any metric (fill: rank skips it).
+        distance = np.zeros(len(frame))
+        for m in cfg.metrics:
+            lo, hi = bounds[m]
+            width = hi - lo if np.isfinite(hi - lo) and hi > lo else 1.0
+            v = columns[m]
+            distance = distance + (np.clip(lo - v, 0.0, None) + np.clip(v - hi, 0.0, None)) / width
         thresholds = {
             m: {"low_percentile": cfg.low, "low": bounds[m][0], "high_percentile": cfg.high, "high": bounds[m][1]}
             for m in cfg.metrics
@@ -141,4 +149,5 @@ class BandSelector(Selector):
                 "all_over_mean_per_metric": (n_all / mean_single) if mean_single else None,
                 "kept_ranges": {m: [bounds[m][0], bounds[m][1]] for m in cfg.metrics},
             },
+            distance=distance,
         )

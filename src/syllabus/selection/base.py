@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 
 class SelectorConfig(BaseModel):
@@ -40,6 +40,11 @@ class StageOutcome:
     ``kept`` holds positions (0..n-1) into the stage's input frame; for a final selector
     they are in rank order (first = rank 1). ``reasons[i]`` is a sentence for every dropped
     position ``i`` and ``None`` for kept ones.
+
+    ``distance[i]`` (optional) says how far a dropped row fell outside the stage's test, in
+    the stage's own units (0 = at the edge), and NaN where the row had no usable value: the
+    order in which ``fill: rank`` takes dropped rows back (closest first; NaN never). A stage
+    without it has its dropped rows taken back in sample_id order.
     """
 
     kept: np.ndarray
@@ -47,6 +52,7 @@ class StageOutcome:
     thresholds: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    distance: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.kept = np.asarray(self.kept, dtype=np.int64)
@@ -84,7 +90,19 @@ class Selector:
 class Budget(BaseModel):
     """How many samples to select: a count, or a ratio of the pool (the candidates before
     any stage). ``ratio * n`` is rounded to the nearest integer, and at least 1 when the pool
-    is not empty (ours: 1% of 50 samples is one sample, not none)."""
+    is not empty (ours: 1% of 50 samples is one sample, not none).
+
+    A count larger than the pool is an error (:meth:`check_fits`). When the stages keep fewer
+    rows than the budget the selection is *short*, and a short selection is an error unless
+    the budget says what to do:
+
+    - ``fill: rank`` fills the remainder by the recipe's own order: from the rows that
+      entered the first stage that kept fewer than the budget, rows that got further through
+      the chain first, then those closest to passing the stage that dropped them (a threshold:
+      nearest the cut-off; a band: nearest the band), then by sample_id; a row that stage
+      dropped for a missing value is never filled. The why-table names every filled row.
+    - ``allow_short: true`` accepts a selection short of the budget (after any fill).
+    """
 
     # The JSON schema says "exactly one" too, so the Prefect form and server reject both (or
     # neither) before a run is created, not only this validator once the run has started.
@@ -95,6 +113,21 @@ class Budget(BaseModel):
 
     count: int | None = Field(None, ge=1, description="select this many samples")
     ratio: float | None = Field(None, gt=0, le=1, description="or this fraction of the pool")
+    fill: Literal["rank"] | None = Field(
+        None, description="when the stages keep fewer than the budget: 'rank' fills the rest from the rows that "
+        "entered the stage that cut the selection short, closest to passing first; empty: no fill")
+    allow_short: bool = Field(False, description="accept a selection short of the budget (after any fill) "
+                              "instead of failing")
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_policy(self, handler: Any) -> dict[str, Any]:
+        # A budget without a shortfall policy dumps as it did before the policy existed, so the
+        # selection keys, reports and run parameters of every existing selection stay the same.
+        out = handler(self)
+        for name, default in (("fill", None), ("allow_short", False)):
+            if out.get(name, default) == default:
+                out.pop(name, None)
+        return out
 
     @model_validator(mode="after")
     def _one_of(self) -> "Budget":
@@ -111,6 +144,22 @@ class Budget(BaseModel):
 
     def describe(self) -> str:
         return f"{self.count} samples" if self.count is not None else f"{self.ratio:g} of the pool"
+
+    def check_fits(self, n_pool: int, method: str | None = None, source: str = "") -> None:
+        """Raise :class:`BudgetTooLargeError` when a count asks for more samples than the pool
+        holds: such a budget can never be met, whatever the thresholds. A ratio always fits.
+        ``source`` says where the budget came from (e.g. "the recipe's default")."""
+        if self.count is not None and self.count > n_pool:
+            whose = f" for {method}" if method else ""
+            where = f" ({source})" if source else ""
+            raise BudgetTooLargeError(
+                f"the budget{whose} of {self.count:,} samples{where} is larger than the pool of {n_pool:,} "
+                f"candidates; pass --budget {n_pool:,} or less, or --ratio R to select a fraction of the pool"
+            )
+
+
+class BudgetTooLargeError(ValueError):
+    """A budget count larger than the pool it is resolved against."""
 
 
 def status_column(frame: pd.DataFrame, column: str) -> str | None:

@@ -24,6 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget", type=positive_int, metavar="N", help="select N samples (1 or more)")
     budget.add_argument("--ratio", type=float, metavar="R", help="select this fraction of the pool, e.g. 0.1")
+    p.add_argument("--fill", choices=["rank"], default=None,
+                   help="when the stages keep fewer than the budget, fill the rest by rank: from the rows that entered "
+                   "the stage that cut the selection short, closest to passing first (the why-table names them); "
+                   "default: the recipe budget's fill, else none")
+    p.add_argument("--allow-short", action="store_true",
+                   help="accept a selection short of the budget (exit 0); without it (or --fill rank) a short "
+                   "selection is committed for inspection and the command exits 1")
     p.add_argument("--set", action="append", default=[], metavar="SELECTOR.KEY=VALUE",
                    help=SET_HELP.format(example="threshold.min_value=85 --set band.low=40") +
                    "; the path starts at a selector of the method")
@@ -57,8 +64,15 @@ def empty_selection_error(report: dict, recipe, frame) -> str | None:
             if recipe.name == "3ds":
                 text += (" (the paper's delta on its 0-100 scale; a small rater such as SmolLM2-135M rates on a "
                          "compressed scale)")
-            text += (". Keep the top share with --set threshold.min_percentile=80 (top 20%), or lower the "
-                     f"absolute threshold, e.g. --set threshold.min_value={values.quantile(0.8):.0f}")
+            from syllabus.selection.recipes import percentile_advice
+
+            budget = (report.get("budget") or {}).get("resolved")
+            advice = percentile_advice(recipe, frame, int(budget), stage["index"], report.get("seed")) if budget else None
+            if advice:  # computed from these scores, so the fix it names reaches the budget
+                text += f". {advice[0].upper()}{advice[1:]}; or pass --fill rank to fill the budget by rank"
+            else:
+                text += (". Keep the top share with --set threshold.min_percentile=80 (top 20%), or lower the "
+                         f"absolute threshold, e.g. --set threshold.min_value={values.quantile(0.8):.0f}")
             return text
     notes = "; ".join(stage["notes"])
     return text + (f" ({notes})" if notes else "") + "; relax that stage with --set or raise the budget"
@@ -80,12 +94,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     recipe = apply_overrides(load_recipe(args.method), args.set)
-    if args.budget is not None:
-        budget = Budget(count=args.budget)
-    elif args.ratio is not None:
-        budget = Budget(ratio=args.ratio)
-    else:
-        budget = recipe.budget
+    budget = command_budget(args, recipe)
     if budget is None and recipe.needs_budget():
         raise ValueError(f"method {recipe.name!r} has no default budget; pass --budget N or --ratio R")
     if not args.scores and recipe.required_columns():
@@ -117,6 +126,9 @@ def cmd_select(args: argparse.Namespace) -> int:
     audit = _audit_defects(args, recipe, result, candidates, report, labels) if labels is not None else None
     print(f"report: {report['outputs']['report']}")
     empty = empty_selection_error(report, recipe, candidates.frame)
+    from syllabus.selection.recipes import short_selection_error
+
+    short = None if empty else short_selection_error(result, recipe, candidates.frame)
     if args.json:
         print(json.dumps({
             "selected": report["outputs"]["selected"],
@@ -131,11 +143,29 @@ def cmd_select(args: argparse.Namespace) -> int:
             "counts": {c["stage"]: c["n"] for c in report["counts"]},
             **({"defects": audit} if audit is not None else {}),
         }))
-    if empty:
-        # The report is committed for inspection, but an empty subset is not a result.
-        print(f"syllabus select: error: {empty}", file=sys.stderr)
+    if empty or short:
+        # The report is committed for inspection, but an empty subset is not a result, nor is
+        # one short of its budget unless the budget allows it.
+        print(f"syllabus select: error: {empty or short}", file=sys.stderr)
         return 1
     return 0
+
+
+def command_budget(args: argparse.Namespace, recipe) -> Budget | None:
+    """The budget of ``syllabus select``: --budget or --ratio, else the recipe's; with the
+    recipe budget's shortfall policy unless --fill or --allow-short say otherwise."""
+    base = recipe.budget
+    if args.budget is not None:
+        budget = Budget(count=args.budget)
+    elif args.ratio is not None:
+        budget = Budget(ratio=args.ratio)
+    else:
+        budget = base
+    if budget is None:
+        return None
+    policy = {"fill": getattr(args, "fill", None) or (base.fill if base is not None else None),
+              "allow_short": bool(getattr(args, "allow_short", False)) or bool(base is not None and base.allow_short)}
+    return Budget.model_validate({**budget.model_dump(), **policy})
 
 
 def _audit_defects(args, recipe, result, candidates, report, labels) -> dict:

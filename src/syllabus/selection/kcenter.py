@@ -258,7 +258,10 @@ class KCenterSelector(Selector):
         chosen[kept] = True
         for p in positions[~chosen[positions]]:
             reasons[p] = f"not among the {budget} farthest-first centres"
+        distance = np.full(len(frame), np.nan)  # fill: rank never takes back a row without an embedding
+        distance[positions] = 0.0
         return StageOutcome(
+            distance=distance,
             kept=kept,
             reasons=reasons,
             thresholds={},

@@ -113,6 +113,7 @@ class QuadrantSelector(Selector):
         counts = {QUADRANT_NAMES[q - 1]: int((labels == q).sum()) for q in range(1, 5)}
         chosen_counts = {QUADRANT_NAMES[q - 1]: int((labels[kept] == q).sum()) for q in range(1, 5)}
         return StageOutcome(
+            distance=np.where(labels > 0, 0.0, np.nan),  # fill: rank never takes back an unusable row
             kept=kept,
             reasons=reasons,
             thresholds={

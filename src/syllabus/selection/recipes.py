@@ -216,12 +216,35 @@ class SelectionResult:
     candidates: pd.DataFrame
     selected: np.ndarray  # candidate positions in rank order
     rank: np.ndarray  # per candidate: 1-based rank, 0 when not chosen
-    dropped_at: np.ndarray  # per candidate: 1-based stage index that dropped it, 0 when chosen
+    # per candidate: 1-based stage index that dropped it, 0 when the stages chose it (a row
+    # filled by rank keeps the stage that dropped it: the chain's own verdict)
+    dropped_at: np.ndarray
     why: np.ndarray  # per candidate: a sentence
     stages: list[StageReport]
     stage_inputs: list[np.ndarray]  # candidate positions that entered each stage
     outcomes: list[StageOutcome]
     notes: list[str] = field(default_factory=list)
+    filled: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # positions filled by rank, in rank order
+    fill: str | None = None  # the budget's fill policy
+    fill_from_stage: int | None = None  # the stage whose input the fill drew from (the first to cut short)
+    allow_short: bool = False
+
+    @property
+    def final_selector(self) -> str | None:
+        return self.stages[-1].selector if self.stages else None
+
+    @property
+    def shortfall(self) -> int:
+        """How many samples the selection lacks to reach its budget (0 for full, which ignores it)."""
+        if self.budget is None or self.final_selector == "full":
+            return 0
+        return max(0, int(self.budget) - self.n_selected)
+
+    def cut_short_at(self) -> int | None:
+        """The first stage (1-based) that kept fewer rows than the budget; None when none did."""
+        if self.budget is None or self.final_selector == "full":
+            return None
+        return next((s.index for s in self.stages if s.n_out < self.budget), None)
 
     @property
     def n_candidates(self) -> int:
@@ -251,6 +274,7 @@ class SelectionResult:
                 "dropped_at_stage": self.dropped_at.astype(np.int64),
                 "dropped_by": [names.get(int(s)) if s else None for s in self.dropped_at],
                 "why": self.why,
+                "filled": np.isin(np.arange(self.n_candidates), self.filled),
             }
         )
         groups = self.outcomes[-1].details.get("groups") if self.outcomes else None
@@ -263,6 +287,8 @@ class SelectionResult:
     def stage_counts(self) -> list[dict[str, Any]]:
         counts = [{"stage": "candidates", "n": self.n_candidates}]
         counts += [{"stage": f"{s.index}:{s.selector}", "n": s.n_out} for s in self.stages]
+        if self.filled.size:
+            counts.append({"stage": f"fill:{self.fill}", "n": self.n_selected})
         return counts
 
 
@@ -293,9 +319,12 @@ def run_recipe(
     seed = recipe.seed if seed is None else int(seed)
     if isinstance(budget, int):
         budget = Budget(count=budget)
+    source = "" if budget is not None else "the recipe's default"
     budget = budget if budget is not None else recipe.budget
     if budget is None and recipe.needs_budget():
         raise ValueError(f"method {recipe.name!r} needs a budget; pass --budget N or --ratio R")
+    if budget is not None and recipe.needs_budget():  # full ignores the budget, so any fits
+        budget.check_fits(n, recipe.name, source)
     n_budget = budget.resolve(n) if budget is not None else None
 
     selectors = recipe.build_selectors()
@@ -339,7 +368,7 @@ def run_recipe(
     final = selectors[-1].name
     for r, g in enumerate(alive, start=1):
         why[g] = f"chosen at rank {r} ({final})"
-    return SelectionResult(
+    result = SelectionResult(
         method=recipe.name,
         seed=seed,
         budget=n_budget,
@@ -352,4 +381,159 @@ def run_recipe(
         stage_inputs=inputs,
         outcomes=outcomes,
         notes=notes,
+        fill=budget.fill if budget is not None else None,
+        allow_short=bool(budget.allow_short) if budget is not None else False,
     )
+    if result.fill == "rank" and result.shortfall:
+        fill_by_rank(result)
+    return result
+
+
+def fill_by_rank(result: SelectionResult) -> None:
+    """``fill: rank``: complete a short selection in place from the rows that entered the
+    first stage that kept fewer than the budget. Rows that got further through the chain come
+    first, then those closest to passing the stage that dropped them (its ``distance``), then
+    sample_id; a row that stage dropped for a missing value is never filled. Filled rows take
+    the ranks after the chosen ones, and their ``why`` says so."""
+    k = result.cut_short_at()
+    if k is None:
+        return
+    n = result.n_candidates
+    entered = result.stage_inputs[k - 1]
+    chosen = np.zeros(n, dtype=bool)
+    chosen[result.selected] = True
+    pool = entered[~chosen[entered]]
+    distance = np.zeros(n)  # per candidate: how far outside the stage that dropped it
+    for j in range(k, len(result.stages) + 1):
+        at_j = pool[result.dropped_at[pool] == j]
+        measured = result.outcomes[j - 1].distance
+        if measured is None or not at_j.size:
+            continue
+        where = np.full(n, -1, dtype=np.int64)
+        where[result.stage_inputs[j - 1]] = np.arange(result.stage_inputs[j - 1].size)
+        distance[at_j] = np.asarray(measured, dtype=np.float64)[where[at_j]]
+    usable = pool[np.isfinite(distance[pool])]
+    # Candidates are in sample_id order, so the position itself breaks ties by sample_id.
+    order = usable[np.lexsort((usable, distance[usable], -result.dropped_at[usable]))]
+    take = order[: result.shortfall]
+    start = result.n_selected
+    after = (f"after stage {k - 1} ({result.stages[k - 2].selector})" if k > 1 else "from the candidates")
+    for r, g in enumerate(take, start=start + 1):
+        result.rank[g] = r
+        j = int(result.dropped_at[g])
+        dropped = str(result.why[g]).removeprefix(f"dropped at stage {j} ({result.stages[j - 1].selector}): ")
+        result.why[g] = (f"chosen at rank {r}, filled by rank {after}: stage {j} ({result.stages[j - 1].selector}) "
+                         f"had dropped it ({dropped})")
+    result.selected = np.concatenate([result.selected, take]).astype(np.int64)
+    result.filled = take.astype(np.int64)
+    result.fill_from_stage = k
+    cut = result.stages[k - 1]
+    note = (f"fill: rank: stage {k} ({cut.selector}) kept {cut.n_out:,} of {cut.n_in:,}, fewer than the budget "
+            f"({result.budget:,}); {take.size:,} filled by rank from the rows that entered it, after the {start:,} "
+            "the stages chose")
+    if result.shortfall:
+        note += f"; still {result.shortfall:,} short: no other row had a value that stage could rank"
+    result.notes.append(note)
+    log.info("fill by rank: %d filled after %d chosen (budget %d)", take.size, start, result.budget)
+
+
+def filter_survivors(candidates: pd.DataFrame, selectors: list[Selector], seed: int) -> int:
+    """How many rows of ``candidates`` (prepared: sorted by sample_id) pass every filter of
+    ``selectors`` (the final selector, if given, is not applied)."""
+    alive = np.arange(len(candidates))
+    for sel in selectors:
+        if sel.final:
+            break
+        outcome = sel.apply(candidates.iloc[alive].reset_index(drop=True), None, seed)
+        alive = alive[outcome.kept]
+    return int(alive.size)
+
+
+def percentile_for_budget(recipe: Recipe, frame: pd.DataFrame, budget: int, stage: int,
+                          seed: int | None = None) -> tuple[int, int] | None:
+    """For the threshold at ``stage`` (1-based; a lower bound, fixed or a percentile): the
+    highest whole ``min_percentile`` with which the recipe's filters still keep at least
+    ``budget`` rows of ``frame``, and how many they keep then; None when even
+    ``min_percentile`` 0 (keep every rated row) leaves fewer. Runs the filters only (seconds:
+    percentiles over the score columns, no final selector), assuming fewer rows survive a
+    higher percentile, and checks the answer it gives."""
+    if not has_lower_bound(recipe, stage):
+        raise ValueError(f"stage {stage} of {recipe.name!r} is not a threshold with a lower bound")
+    candidates = _prepare(frame)
+    seed = recipe.seed if seed is None else int(seed)
+
+    def survivors(p: int) -> int:
+        variant = recipe.with_selector_config(stage - 1, min_percentile=float(p))
+        return filter_survivors(candidates, variant.build_selectors(), seed)
+
+    if survivors(0) < budget:
+        return None
+    lo, hi = 0, 100  # survivors(lo) >= budget; survivors(hi) is not known to be
+    if survivors(hi) >= budget:
+        return hi, survivors(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if survivors(mid) >= budget:
+            lo = mid
+        else:
+            hi = mid
+    return lo, survivors(lo)
+
+
+def has_lower_bound(recipe: Recipe, stage: int) -> bool:
+    """Whether selector ``stage`` (1-based) is a threshold that keeps rows at or above a value."""
+    sel = recipe.build_selectors()[stage - 1]
+    return sel.name == "threshold" and (sel.config.min_value is not None or sel.config.min_percentile is not None)
+
+
+def set_path(recipe: Recipe, stage: int, key: str) -> str | None:
+    """The ``--set`` path that reaches ``key`` of selector ``stage`` (1-based): a selector is
+    named by its name, which reaches the first of that name only."""
+    name = recipe.selectors[stage - 1].name
+    first = next(i for i, spec in enumerate(recipe.selectors, start=1) if spec.name == name)
+    return f"{name}.{key}" if first == stage else None
+
+
+def percentile_advice(recipe: Recipe, frame: pd.DataFrame, budget: int, up_to: int, seed: int | None = None) -> str | None:
+    """A sentence naming the percentile of the last lower-bound threshold at or before stage
+    ``up_to`` with which the filters keep at least ``budget`` rows (a fix that works, not a guess);
+    None when the recipe has no such threshold."""
+    for stage in range(up_to, 0, -1):
+        spec = recipe.selectors[stage - 1]
+        if not has_lower_bound(recipe, stage):
+            continue
+        found = percentile_for_budget(recipe, frame, budget, stage, seed)
+        column = spec.config.get("column", "quality_score")
+        path = set_path(recipe, stage, "min_percentile")
+        if found is None:
+            return (f"no min_percentile of stage {stage} (threshold on {column}) lets the filters keep {budget:,}, "
+                    "not even 0 (every rated row): relax a later stage or lower the budget")
+        p, kept = found
+        how = f"--set {path}={p}" if path else f"min_percentile {p} on stage {stage} (threshold on {column})"
+        return (f"{how} keeps the top {100 - p}% of {column}, after which the filters keep {kept:,} rows, "
+                f"enough for the budget of {budget:,}")
+    return None
+
+
+def short_selection_error(result: SelectionResult, recipe: Recipe | None = None,
+                          frame: pd.DataFrame | None = None) -> str | None:
+    """For a selection short of its budget that its budget does not allow to be short: one
+    sentence with how many it found, how many were asked, the stage that cut it short and the
+    two fixes (``--allow-short``, or ``fill: rank``). None otherwise (and for an empty
+    selection, which :func:`syllabus.selection.commands.empty_selection_error` explains)."""
+    if not result.shortfall or result.allow_short or not result.n_selected:
+        return None
+    k = result.cut_short_at()
+    text = (f"{result.method} selected {result.n_selected:,} of the {result.budget:,} asked (its budget) from "
+            f"{result.n_candidates:,} candidates")
+    if k is not None:
+        cut = result.stages[k - 1]
+        text += f": stage {k} ({cut.selector}) kept {cut.n_out:,} of {cut.n_in:,}"
+    if result.filled.size:
+        return (text + f", and fill: rank found {result.filled.size:,} more rows it could rank; pass --allow-short "
+                f"(budget allow_short: true) to accept {result.n_selected:,}, or lower the budget")
+    fix = (f"pass --allow-short (budget allow_short: true) to accept {result.n_selected:,}, or --fill rank (budget "
+           f"fill: rank) to fill the other {result.shortfall:,} from the rows that entered stage {k}, closest to "
+           "passing first")
+    advice = percentile_advice(recipe, frame, result.budget, k, result.seed) if recipe is not None and frame is not None and k else None
+    return text + f"; {fix}" + (f"; or {advice}" if advice else ", or relax that stage with --set")

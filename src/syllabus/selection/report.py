@@ -2,7 +2,8 @@
 
 - ``selected.parquet``: the chosen samples in rank order (rank, full record, scores);
 - ``candidates.parquet``: every candidate with ``why`` (the stage that dropped it and the
-  reason, or the rank it was chosen at);
+  reason, or the rank it was chosen at) and ``filled`` (chosen by the budget's ``fill: rank``
+  after a stage had dropped it; its ``why`` names that stage);
 - ``report.json``: counts after every stage, the thresholds used (values, not only
   percentiles), the seed, the budget, notes, the inputs and the Jaccard overlap with other
   selections;
@@ -70,6 +71,8 @@ def selection_key(recipe: Recipe, result: SelectionResult, candidates: Candidate
         "pool": candidates.pool_url,
         "n_candidates": result.n_candidates,
     }
+    if result.fill is not None:  # only when set: the keys of selections without a fill stay as they were
+        identity["fill"] = result.fill
     return f"selections/{recipe.name}/{recipe.name}-{content_hash(identity)}"
 
 

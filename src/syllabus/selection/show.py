@@ -114,11 +114,15 @@ def selection_rows(selection: str, *, chosen: bool = False, dropped: bool = Fals
     rows = []
     for r in why:
         record = records.get(r["sample_id"], {})
-        stage = final if r["chosen"] else f"{r['dropped_at_stage']}:{stages.get(r['dropped_at_stage'], r.get('dropped_by'))}"
+        dropped = f"{r['dropped_at_stage']}:{stages.get(r['dropped_at_stage'], r.get('dropped_by'))}"
+        # A row filled by rank was chosen after the stage at dropped_at_stage had dropped it.
+        stage = f"fill (dropped at {dropped})" if r.get("filled") else final if r["chosen"] else dropped
         row: dict[str, Any] = {
             "sample_id": r["sample_id"], "chosen": bool(r["chosen"]), "rank": int(r["rank"]) or None,
             "stage": stage, "why": r["why"],
         }
+        if r.get("filled"):
+            row["filled"] = True
         if r.get("group") is not None:
             row["group"] = r["group"]
         row["scores"] = {c: _scalar(record.get(c)) for c in score_columns if not isinstance(record.get(c), (list, dict))}

@@ -99,6 +99,12 @@ class ThresholdSelector(Selector):
                 reasons[i] = f"{cfg.column} = {fmt(v)} < {fmt(low)}"
             else:
                 reasons[i] = f"{cfg.column} = {fmt(v)} > {fmt(high)}"
+        # How far outside the bounds each row lies (fill: rank takes the nearest first).
+        distance = np.where(np.isfinite(values), 0.0, np.nan)
+        if low is not None:
+            distance = distance + np.clip(low - values, 0.0, None)
+        if high is not None:
+            distance = distance + np.clip(values - high, 0.0, None)
         thresholds = {cfg.column: {"min": low, "max": high}}
         for name in ("min_percentile", "max_percentile"):
             if getattr(cfg, name) is not None:
@@ -118,4 +124,5 @@ class ThresholdSelector(Selector):
             thresholds=thresholds,
             notes=notes,
             details={"kept_ranges": {cfg.column: [low, high]}},
+            distance=distance,
         )

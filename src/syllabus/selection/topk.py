@@ -81,6 +81,12 @@ class TopKSelector(Selector):
                 reasons[i] = f"{cfg.column} = {fmt(values[i])} < {fmt(cfg.drop_below)} (dropped before ranking)"
             usable[under] = np.nan
             notes.append(f"{int(under.sum())} rows with {cfg.column} < {fmt(cfg.drop_below)} were dropped before ranking")
+        # fill: rank takes back the rows nearest the drop bounds first, never a missing value.
+        distance = np.where(np.isfinite(values), 0.0, np.nan)
+        if cfg.drop_above is not None:
+            distance = distance + np.clip(values - cfg.drop_above, 0.0, None)
+        if cfg.drop_below is not None:
+            distance = distance + np.clip(cfg.drop_below - values, 0.0, None)
         order = top_k_order(usable, cfg.descending, tie_order(frame))
         kept = order[:budget]
         if order.size <= budget:
@@ -95,4 +101,5 @@ class TopKSelector(Selector):
             notes=notes,
             # The values actually chosen: from the last kept value to the drop bound.
             details={"kept_ranges": {cfg.column: [cut, cfg.drop_above] if cfg.descending else [cfg.drop_below, cut]}},
+            distance=distance,
         )

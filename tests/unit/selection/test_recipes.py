@@ -96,9 +96,11 @@ def test_3ds_ifd_drops_what_the_question_does_not_help_before_the_bands():
 
 
 def test_3ds_fewer_survivors_than_budget_keeps_all_and_says_so():
-    result = run_recipe(score_frame(), load_recipe("3ds"), Budget(count=10_000), seed=0)
+    # 300 of 400 candidates: more than the stages keep (a budget above the pool is an error, issue 33)
+    result = run_recipe(score_frame(), load_recipe("3ds"), Budget(count=300), seed=0)
     assert result.n_selected == result.stages[1].n_out
     assert any("fewer survivors" in n and "all" in n for n in result.notes)
+    assert result.shortfall == 300 - result.n_selected and result.cut_short_at() == 1
 
 
 def test_same_seed_same_selection_any_row_order():

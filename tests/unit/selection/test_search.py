@@ -37,7 +37,7 @@ def test_search_reports_every_window_and_finds_the_known_best():
         calls.append(len(selected))
         return -abs(selected["x"].mean() - 60.0)
 
-    report = search_band_windows(frame, recipe(), evaluate, budget=1000, windows=[(0, 40), (20, 60), (40, 80), (60, 100)])
+    report = search_band_windows(frame, recipe(), evaluate, budget=len(frame), windows=[(0, 40), (20, 60), (40, 80), (60, 100)])
     assert len(report["windows"]) == 4 and len(calls) == 4
     assert (report["best"]["low"], report["best"]["high"]) == (40, 80)
     first = report["windows"][0]

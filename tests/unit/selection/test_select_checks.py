@@ -4,6 +4,7 @@ the YAML does, and names a --scores file that is not Parquet."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -37,12 +38,25 @@ def test_3ds_default_keeping_nothing_fails_with_the_range_and_the_fix(compressed
     assert json.loads(captured.out.strip().splitlines()[-1])["n_selected"] == 0  # the report is there to inspect
     err = captured.err
     assert f"quality_score ranged {rated.min():.4g} to {rated.max():.4g}" in err and "min_value 90" in err
-    assert "--set threshold.min_percentile=80" in err
-    # the advice works: a percentile keeps the top share
+    # The advice is computed from the scores (issue 33: a guessed top 20% left 6 of 30, with exit 0).
+    found = re.search(r"--set threshold\.min_percentile=(\d+) keeps the top \d+% of quality_score, after which the "
+                      r"filters keep (\d+) rows, enough for the budget of 10", err)
+    assert found, err
+    assert "--fill rank" in err
+    percentile = found.group(1)
+    # the advice works: that percentile reaches the budget, and exits 0
     code = main(["select", "--method", "3ds", "--scores", quality, difficulty, "--budget", "10", "--store", root,
-                 "--no-plots", "--json", "--set", "threshold.min_percentile=80"])
+                 "--no-plots", "--json", "--set", f"threshold.min_percentile={percentile}"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert code == 0 and out["n_selected"] > 0
+    assert code == 0 and out["n_selected"] == 10
+    # one point higher keeps too few after the band: short, so exit 1 with the count and the fixes
+    code = main(["select", "--method", "3ds", "--scores", quality, difficulty, "--budget", "10", "--store", root,
+                 "--no-plots", "--json", "--set", f"threshold.min_percentile={int(percentile) + 1}"])
+    captured = capsys.readouterr()
+    n = json.loads(captured.out.strip().splitlines()[-1])["n_selected"]
+    assert code == 1 and 0 < n < 10
+    assert f"3ds selected {n} of the 10 asked (its budget) from 200 candidates" in captured.err
+    assert "--allow-short" in captured.err and "--fill rank" in captured.err
 
 
 def test_budget_zero_is_refused_like_the_yaml(capsys):
@@ -64,7 +78,7 @@ def test_select_stage_of_the_flows_fails_alike(compressed):
 
     root, quality, difficulty, rated = compressed
     with pytest.raises(ValueError, match=r"3ds selected 0 of 200 candidates: stage 1 \(threshold\) kept none.*"
-                                         r"min_percentile=80.*the selection report is "):
+                                         r"min_percentile=\d+.*the selection report is "):
         select("3ds", [quality, difficulty], {"count": 10}, root)
     report = select("3ds", [quality, difficulty], {"count": 10}, root, selector_overrides={"threshold": {"min_percentile": 80}})
     assert report["n_selected"] > 0
