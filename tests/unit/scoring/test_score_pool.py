@@ -19,7 +19,7 @@ FP, SHARD = "sha256:0123456789abcdef0123", "feedfacecafebeef"
 
 def test_golden_keys():
     # A change here means every cached score is recomputed: bump the scorer version on purpose.
-    assert QualityScorer().key(FP, SHARD) == "scores/quality/v1/b82a8f47fc50d97ca0672c5e.parquet"
+    assert QualityScorer().key(FP, SHARD) == "scores/quality/v2/e83c134940b1db56c844fbc2.parquet"  # v2: issue 29
     assert DifficultyScorer().key(FP, SHARD) == "scores/difficulty/v1/31f5b588e9e7b8d58bb54992.parquet"
     assert IFDScorer().key(FP, SHARD) == "scores/ifd/v2/d77a840d738bf4ad07dbd61d.parquet"  # v2: the truncation fix
 
