@@ -10,11 +10,16 @@ so every shard keeps its hash and its cached scores):
 - ``defects/defects.jsonl``: the planted defects (``syllabus plant-defects``), a file of their
   own that the noisy pool ingests next to the untouched clean files;
 - ``labels.jsonl``: sample id -> defect kind, never ingested;
+- ``injection/injection.jsonl``: 61 more defects of the ``injection`` kind (text addressed to
+  the rater added to an intact sample; issue 29), planted with seed + 1 in a file of their own,
+  and ``labels-injection.jsonl``, the labels of both defect files: the noisy pool and its
+  scores stay as they were, and ``compare_injection.yaml`` reads the three files;
 - ``heldout/medical_heldout.jsonl``: question/answer pairs of the same sources that share no
   question with the pool, for the held-out reference NLL.
 
 ``compare_clean.yaml`` reads the clean files; ``compare_noisy.yaml`` the clean files and the
-defects; both share one store, so the clean shards are scored once.
+defects; ``compare_injection.yaml`` those and the injection file; all share one store, so each
+shard is scored once.
 """
 
 from __future__ import annotations
@@ -50,10 +55,23 @@ def main() -> None:
     medical = _medical_prepare()
     files = medical.prepare(args.medquad, args.genmed, args.heldout, args.seed, args.out, args.data)
     defects, labels = args.out / "defects" / "defects.jsonl", args.out / "labels.jsonl"
-    planted = subprocess.run([str(Path(sys.executable).with_name("syllabus")), "plant-defects", *files["pool"], "--out", str(defects),
-                              "--labels", str(labels), "--fraction", str(args.fraction), "--seed", str(args.seed), "--json"],
-                             check=True, capture_output=True, text=True).stdout.splitlines()[-1]
-    print(json.dumps({**files, "defects": str(defects), "labels": str(labels), "planted": json.loads(planted)}))
+    planted = _plant(files["pool"], defects, labels, ["--fraction", str(args.fraction), "--seed", str(args.seed)])
+    # The injection kind in a file of its own, as many as each other kind (61 of 1,061).
+    injection, injection_labels = args.out / "injection" / "injection.jsonl", args.out / "injection" / "labels.jsonl"
+    n = round(planted["defects"] / len(planted["per_kind"]))
+    injected = _plant(files["pool"], injection, injection_labels,
+                      ["--kinds", "injection", "--fraction", str(n / (planted["clean"] + n)), "--seed", str(args.seed + 1)])
+    all_labels = args.out / "labels-injection.jsonl"
+    all_labels.write_bytes(labels.read_bytes() + injection_labels.read_bytes())
+    print(json.dumps({**files, "defects": str(defects), "labels": str(labels), "planted": planted,
+                      "injection": str(injection), "labels_injection": str(all_labels), "injected": injected}))
+
+
+def _plant(pool: list[str], out: Path, labels: Path, options: list[str]) -> dict:
+    syllabus = str(Path(sys.executable).with_name("syllabus"))
+    run = subprocess.run([syllabus, "plant-defects", *pool, "--out", str(out), "--labels", str(labels), *options, "--json"],
+                         check=True, capture_output=True, text=True)
+    return json.loads(run.stdout.splitlines()[-1])
 
 
 if __name__ == "__main__":
