@@ -13,7 +13,7 @@ from typing import Any, Literal
 from prefect import flow
 
 from syllabus_flows.outcome import publish
-from syllabus.selection.base import Budget
+from syllabus.pipeline.config import BudgetParam
 from syllabus_tasks.stages import evaluate_task, finetune_task, ingest_task, select_task
 
 # JSON, not pickle: the result file is readable by anyone (and any tool) that fills the next form.
@@ -48,7 +48,7 @@ def ingest(pool: list[str], store: str | None = None, shard_size: int = 1000,
 
 
 @flow(name="select", **_PERSISTED)
-def select(method: str, scores: list[str], budget: Budget, store: str | None = None, seed: int = 0,
+def select(method: str, scores: list[str], budget: BudgetParam, store: str | None = None, seed: int = 0,
            overrides: dict[str, dict[str, Any]] | None = None, pool: str | None = None) -> dict[str, Any]:
     """Re-select from cached scores with new settings: seconds, no model.
 

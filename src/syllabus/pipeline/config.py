@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from syllabus.config import deep_merge, load_yaml
 from syllabus.evaluation.runner import EvalConfig
@@ -13,6 +14,35 @@ from syllabus.plan import Plan, make_plan
 from syllabus.selection.base import Budget
 from syllabus.store.credentials import adopt_all
 from syllabus.training.config import FinetuneConfig
+
+
+def _exactly_one(value: Any) -> Any:
+    """One sentence, not a list of schema failures, when a budget gives both or neither."""
+    if isinstance(value, Mapping):
+        count, ratio = value.get("count"), value.get("ratio")
+        if (count is None) == (ratio is None):
+            given = f"both (count {count}, ratio {ratio})" if count is not None else "neither"
+            raise PydanticCustomError("budget_one_of", "give exactly one of count or ratio; this budget gives {given}",
+                                      {"given": given})
+    return value
+
+
+class _ExactlyOneInTheValidator:
+    """Leaves Budget's ``oneOf`` out of the parameter schema a flow gets in Prefect. The Prefect
+    server checks a run's parameters against that schema with jsonschema, whose words for it
+    are schema text (``{'count': 4, 'ratio': 0.5} is valid under each of {'properties': ...``)
+    and cannot be changed; without it the run's parameters are checked by ``_exactly_one`` as
+    the run starts, which says what to do. Every other check (types, count >= 1, 0 < ratio
+    <= 1, no unknown key) stays in the schema."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler(core_schema)
+        handler.resolve_ref_schema(schema).pop("oneOf", None)
+        return schema
+
+
+# A budget as a flow parameter (the pipeline's, compare's and the select flow's).
+BudgetParam = Annotated[Budget, BeforeValidator(_exactly_one), _ExactlyOneInTheValidator()]
 
 
 class PipelineParams(BaseModel):
@@ -33,7 +63,7 @@ class PipelineParams(BaseModel):
     model: str = Field("smollm2-135m", description="the target model: an alias, a Hugging Face directory, a .gguf file or a hub id")
     methods: list[str] = Field(default_factory=lambda: ["3ds", "random"],
                                description="selection methods to compare (3ds, diq, ifd, less, random, full)")
-    budget: Budget = Field(Budget(count=16), description="samples every method selects: exactly one of count or ratio")
+    budget: BudgetParam = Field(Budget(count=16), description="samples every method selects: exactly one of count or ratio")
     seed: int = Field(0, description="seed for random selection and for sampling the demo pool")
     store: str | None = Field(None, description="store URL (default $SYLLABUS_STORE or ./syllabus-store)")
     scorer_configs: dict[str, dict[str, Any]] = Field(
