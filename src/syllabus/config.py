@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 import argparse
+import difflib
 
 import yaml
 
@@ -215,17 +216,110 @@ def _value(raw: str, source: str) -> Any:
         return load_yaml(raw, source)
 
 
-def describe_errors(exc: Any) -> str:
-    """A pydantic ``ValidationError`` as one sentence per bad setting, ``path = value: why``
-    (a check of the whole model, which has no path, as its message alone)."""
+def describe_errors(exc: Any, model: type | None = None, prefix: str = "") -> str:
+    """A pydantic ``ValidationError`` as one line: a sentence per bad setting, ``path = value:
+    why`` (a check of the whole model, which has no path, as its message alone), joined by "; ".
+
+    An unknown key reads ``unknown key 'finetune.epoch' - did you mean 'finetune.epochs'?``: the
+    closest of the keys allowed at that place (:func:`difflib.get_close_matches`), found by
+    walking ``model`` (or, when not given, the loaded pydantic model named in the error's
+    title) along the error's path; without a close one, the allowed keys are listed.
+    ``prefix`` is put before every path (``threshold`` for a selector's config)."""
+    if model is None:
+        model = _model_named(getattr(exc, "title", None))
     parts = []
     for e in exc.errors():
         message = str(e["msg"]).removeprefix("Value error, ")
-        path = clip_text(".".join(str(p) for p in e["loc"]))
+        loc = tuple(e["loc"])
+        # A check of the whole model has no path and names what it checks itself.
+        path = clip_text(".".join(str(p) for p in ((prefix,) if prefix else ()) + loc)) if loc else ""
+        if e["type"] == "extra_forbidden" and loc:
+            parts.append(unknown_key(path, _keys_at(model, loc[:-1]) if model is not None else None))
+            continue
         message = clip_text(message, 3 * MAX_QUOTED_CHARS)
         parts.append(f"{path} = {clip(e.get('input'))}: {message}" if path and e["type"] != "value_error" else
                      f"{path}: {message}" if path else message)
     return "; ".join(parts)
+
+
+def unknown_key(path: str, known: Iterable[str] | None) -> str:
+    """``unknown key 'a.b' - did you mean 'a.c'?`` for the closest of ``known`` (the keys allowed
+    where ``path``'s last part is); without a close one, the known keys are listed."""
+    head, _, key = path.rpartition(".")
+    text = f"unknown key {clip_text(path)!r}"
+    known = sorted(known or [])
+    if not known:
+        return text
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"{text} - did you mean {(head + '.' if head else '') + close[0]!r}?"
+    return f"{text}; the keys there are {clip_text(', '.join(known), 3 * MAX_QUOTED_CHARS)}"
+
+
+def _model_named(title: Any) -> type | None:
+    """The loaded pydantic model class named ``title`` (a ValidationError's title); None when
+    no class or several different ones have that name."""
+    if not isinstance(title, str):
+        return None
+    from pydantic import BaseModel
+
+    found: dict[tuple[str, ...], type] = {}
+    stack, seen = [BaseModel], set()
+    while stack:
+        cls = stack.pop()
+        for sub in cls.__subclasses__():
+            if sub in seen:
+                continue
+            seen.add(sub)
+            stack.append(sub)
+            if sub.__name__ == title:
+                found.setdefault(tuple(sorted(sub.model_fields)), sub)
+    return next(iter(found.values())) if len(found) == 1 else None
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The types an annotation may hold: ``Optional``, ``Union`` and ``Annotated`` unwrapped."""
+    import types
+    from typing import Annotated, Union, get_args, get_origin
+
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _members(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return [m for arg in get_args(annotation) for m in _members(arg)]
+    return [annotation]
+
+
+def _keys_at(model: type, loc: tuple) -> list[str] | None:
+    """The keys a pydantic ``model`` allows at ``loc`` (a validation error's path without its
+    last part), walking nested models, dict values and list items; None when unknown."""
+    import collections.abc
+    from typing import get_args, get_origin
+
+    from pydantic import BaseModel
+
+    current: list[Any] = [model]
+    for part in loc:
+        following: list[Any] = []
+        for tp in (m for c in current for m in _members(c)):
+            if isinstance(tp, type) and issubclass(tp, BaseModel):
+                field = tp.model_fields.get(str(part)) or next(
+                    (f for f in tp.model_fields.values() if f.alias == part), None)
+                if field is not None:
+                    following.append(field.annotation)
+                elif part == tp.__name__:  # a union member's tag in the path
+                    following.append(tp)
+                continue
+            origin, args = get_origin(tp), get_args(tp)
+            if origin in (dict, collections.abc.Mapping) and len(args) == 2:
+                following.append(args[1])
+            elif origin in (list, tuple, set, frozenset, collections.abc.Sequence) and args and isinstance(part, int):
+                following.append(args[0])
+        current = following
+    for tp in (m for c in current for m in _members(c)):
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            return list(tp.model_fields)
+    return None
 
 
 def positive_int(text: str) -> int:

@@ -63,23 +63,30 @@ def scorer_config(instance: str, config: Mapping[str, Any]) -> dict[str, Any]:
     cls = registry.lookup("scorer", scorer_of(instance)).config_cls
     try:
         cls.model_validate(dict(config))
-    except ValidationError as exc:
-        raise ValueError(f"scorer {instance} config: {describe_errors(exc)}") from None
+    except ValidationError as exc:  # keys named from the instance: difficulty.max_new_tokens
+        raise ValueError(f"scorer {instance} config: {describe_errors(exc, cls, instance)}") from None
     return dict(config)
 
 
 def apply_selector_overrides(recipe: Any, overrides: Mapping[str, Mapping[str, Any]] | None, where: str = "") -> Any:
     """``recipe`` with each named selector's config deep-merged with its changes, checked by
-    building the selectors. ``where`` prefixes errors (e.g. ``selector_overrides.3ds``)."""
+    building the selectors. ``where`` prefixes errors (e.g. ``selector_overrides.3ds``, or
+    ``--set``, whose paths start at the selector); a bad key is named by its full path."""
+    import difflib
+
+    prefix = f"{where}." if where and not where.startswith("-") else ""
+    names = [spec.name for spec in recipe.selectors]
     for name, changes in (overrides or {}).items():
         index = next((i for i, spec in enumerate(recipe.selectors) if spec.name == name), None)
         if index is None:
+            close = difflib.get_close_matches(str(name), names, n=1)
+            hint = f" - did you mean {prefix + close[0]!r}?" if close else ""
             raise ValueError(f"{where + ': ' if where else ''}method {recipe.name!r} has no selector {clip(name)}; "
-                             f"its selectors are {', '.join(spec.name for spec in recipe.selectors)}")
+                             f"its selectors are {', '.join(names)}{hint}")
         if not isinstance(changes, Mapping):
-            raise ValueError(f"{where + '.' if where else ''}{clip_text(str(name))} must be a mapping of config changes, not {clip(changes)}")
+            raise ValueError(f"{prefix}{clip_text(str(name))} must be a mapping of config changes, not {clip(changes)}")
         recipe = recipe.with_selector_config(index, **deep_merge(recipe.selectors[index].config, changes))
-    recipe.build_selectors()
+    recipe.build_selectors(prefix)
     return recipe
 
 

@@ -33,10 +33,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from syllabus import registry
-from syllabus.config import load_yaml
+from syllabus.config import describe_errors, load_yaml
 from syllabus.selection.base import Budget, Selector, StageOutcome
 
 log = logging.getLogger(__name__)
@@ -78,14 +78,19 @@ class Recipe(BaseModel):
                     raise ValueError(str(exc)) from None
         return self
 
-    def build_selectors(self) -> list[Selector]:
-        """Instantiate every selector with its validated config; checks the chain's shape."""
+    def build_selectors(self, key_prefix: str = "") -> list[Selector]:
+        """Instantiate every selector with its validated config; checks the chain's shape. A bad
+        key is named by its path from the selector (``threshold.min_valu``), after ``key_prefix``
+        (e.g. ``selector_overrides.3ds.``)."""
         built: list[Selector] = []
         for i, spec in enumerate(self.selectors):
             cls = registry.lookup("selector", spec.name)
             try:
                 built.append(cls(spec.config))
-            except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            except ValidationError as exc:  # one line naming the key, not pydantic's multi-line report
+                raise ValueError(f"recipe {self.name!r}, selector {i + 1} ({spec.name}): invalid config: "
+                                 f"{describe_errors(exc, cls.Config, key_prefix + spec.name)}") from None
+            except ValueError as exc:
                 raise ValueError(f"recipe {self.name!r}, selector {i + 1} ({spec.name}): invalid config: {exc}") from exc
         for i, sel in enumerate(built[:-1]):
             if sel.final:
@@ -112,8 +117,9 @@ class Recipe(BaseModel):
             if isinstance(config_cls, type) and issubclass(config_cls, BaseModel):
                 try:
                     config_cls.model_validate(spec.config)
-                except ValueError as exc:
-                    raise ValueError(f"recipe {self.name!r}, scorer {spec.name}: invalid config: {exc}") from exc
+                except ValidationError as exc:
+                    raise ValueError(f"recipe {self.name!r}, scorer {spec.name}: invalid config: "
+                                     f"{describe_errors(exc, config_cls, spec.name)}") from None
 
     def required_columns(self) -> list[str]:
         cols: list[str] = []
@@ -152,8 +158,8 @@ def read_recipe_file(path: str | Path) -> Recipe:
         raise ValueError(f"recipe file {path} must hold a mapping with name, scorers and selectors")
     try:
         return Recipe.model_validate(data)
-    except ValueError as exc:
-        raise ValueError(f"recipe file {path}: {exc}") from exc
+    except ValidationError as exc:
+        raise ValueError(f"recipe file {path}: {describe_errors(exc, Recipe)}") from None
 
 
 def known_recipes() -> dict[str, Path]:

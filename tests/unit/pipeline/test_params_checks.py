@@ -42,8 +42,9 @@ def test_run_with_a_bad_config_starts_no_server_and_no_mlflow_run(tmp_path, monk
     ({"selector_overrides": {"3ds": {"treshold": {"min_value": 50}}}}, "method '3ds' has no selector 'treshold'"),
     ({"selector_overrides": {"3ds": {"threshold": {"min_percentile": 150}}}}, "threshold"),
     ({"finetune": {"batch_size": 0}}, "finetune.batch_size = 0: Input should be greater than or equal to 1"),
-    ({"finetune": {"epoch": 2}}, "finetune.epoch = 2: Extra inputs are not permitted"),
-    ({"eval": {"limt": 5}}, "eval.limt = 5: Extra inputs are not permitted"),
+    # issue 33: an unknown key gets one line with the closest known key
+    ({"finetune": {"epoch": 2}}, "^unknown key 'finetune.epoch' - did you mean 'finetune.epochs'\\?$"),
+    ({"eval": {"limt": 5}}, "^unknown key 'eval.limt' - did you mean 'eval.limit'\\?$"),
 ])
 def test_reading_the_config_names_the_bad_setting(changes, message):
     from pydantic import ValidationError
