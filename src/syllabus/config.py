@@ -322,6 +322,45 @@ def _keys_at(model: type, loc: tuple) -> list[str] | None:
     return None
 
 
+def check_input_paths(setting: str, urls: Iterable[str | None], source: str = "") -> None:
+    """Raise one sentence naming the first local path in ``urls`` that does not exist, or that
+    is a FIFO, device or socket (reading it could wait for ever); ``setting`` is the config key
+    that named it, ``source`` the config file. Remote URLs (``s3://``, ``memory://``) are left
+    to the stage that reads them: checking them needs the network and credentials."""
+    import os
+
+    from syllabus.inputs import local_path, refuse_special_file
+
+    where = f"{source}: " if source else ""
+    for url in urls:
+        if url is None:
+            continue
+        path = local_path(str(url))
+        if path is None:
+            continue
+        if not os.path.exists(os.path.expanduser(path)):
+            hint = "" if os.path.isabs(os.path.expanduser(path)) else f" (relative paths are read from {os.getcwd()})"
+            raise ValueError(f"{where}{setting} names {clip_text(str(url))}, which does not exist{hint}; fix the path "
+                             "before anything starts")
+        refuse_special_file(str(url), f"{where}{setting} input")
+
+
+def _is_builtin_benchmark(name: str) -> bool:
+    # syllabus.evaluation.benchmarks.load_benchmark's built-in names; anything else is a file.
+    return name == "mmlu-medical" or name.startswith("mmlu:")
+
+
+def check_config_paths(params: Any, source: str = "") -> None:
+    """Every file a pipeline or compare config names, checked before any Prefect server, flow
+    or MLflow run starts (issue 33: a missing pool path surfaced only inside the flow): the
+    ``pool`` inputs, the defect ``labels`` file and benchmark files (``benches`` other than the
+    built-in names). ``params`` is a PipelineParams or CompareParams; ``source`` the config file."""
+    check_input_paths("pool", getattr(params, "pool", None) or [], source)
+    check_input_paths("labels", [getattr(params, "labels", None)], source)
+    benches = [b for b in getattr(params, "benches", None) or [] if not _is_builtin_benchmark(str(b))]
+    check_input_paths("benches", benches, source)
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number of at least 1 (a size of 0 fails every sample)."""
     try:
