@@ -60,9 +60,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="changes", action="append", default=[], metavar="PATH=VALUE",
                    help=SET_HELP.format(example="difficulty.max_new_tokens=64 or influence.gradients.batch_size=4") +
                    "; the path starts at a scorer name (or an instance name such as influence@less)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--budget", type=positive_int, default=None, metavar="N",
+                      help="the budget you will select with (default: the method's); sizes the warning given after "
+                      "each scorer when a fixed cut-off of the method (3DS: quality >= 90) keeps too few")
+    size.add_argument("--ratio", type=float, default=None, metavar="R", help="or that budget as a fraction of the pool")
     p.add_argument("--force", action="store_true", help="recompute even when a committed result exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     p.set_defaults(func=cmd_score)
+
+
+def cutoff_warnings(args: argparse.Namespace, manifest: dict, said: set[str]) -> list[str]:
+    """After a scorer of a method: the method's fixed cut-offs that its scores cannot meet
+    (:mod:`syllabus.selection.cutoffs`), logged as warnings before the next scorer starts.
+    ``said`` holds the warnings already given (a budget larger than the pool is said once)."""
+    from syllabus.plan import scorer_of
+    from syllabus.selection.base import Budget
+    from syllabus.selection.cutoffs import fixed_cutoff_warnings
+    from syllabus.selection.recipes import known_recipes, load_recipe
+    from syllabus.selection.scores import read_score_input
+
+    if args.method not in known_recipes():
+        return []
+    recipe = load_recipe(args.method)
+    prefix = scorer_of(manifest["scorer"]) + "_"
+    columns = [s.config.get("column") for s in recipe.selectors if s.name == "threshold"]
+    if not any(str(c or "quality_score").startswith(prefix) for c in columns):
+        return []  # no threshold reads this scorer: its table is not read
+    table, _ = read_score_input(manifest["url"])
+    frame = table.select([c for c in table.column_names if c == "sample_id" or c.startswith(prefix)]).to_pandas()
+    budget = (Budget(count=args.budget) if getattr(args, "budget", None) else
+              Budget(ratio=args.ratio) if getattr(args, "ratio", None) else None)
+    new = [w for w in fixed_cutoff_warnings(recipe, frame, budget) if w not in said]
+    for warning in new:
+        log.warning("%s", warning)
+    said.update(new)
+    return new
 
 
 def scorer_overrides(args: argparse.Namespace) -> dict[str, dict]:
@@ -220,9 +253,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     lm = LazyModel(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     manifests = []
     stages = {}
+    warnings: list[str] = []
+    said: set[str] = set()
     for name, config in configs.items():
         m = score_pool(manifest_url, name, config, lm, store, limit=args.limit, force=args.force)
         manifests.append(m)
+        # Before the next scorer (3DS: difficulty, the slow one) starts: a fixed cut-off that
+        # these scores cannot meet is said now, not after the selection comes up short.
+        warnings += cutoff_warnings(args, m, said)
         stages[name] = {
             "scores": m["url"],
             "seconds": m["seconds"],
@@ -258,6 +296,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         "model_loaded": lm.loaded,
         "model_load_seconds": round(lm.load_seconds, 3),
         "stages": stages,
+        "warnings": warnings,
     }
     for name, st in stages.items():
         print(f"{name}: {st['ok']} ok, {st['failed']} failed, {st['samples_per_second']} samples/s -> {st['scores']}")
