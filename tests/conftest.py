@@ -75,3 +75,18 @@ def s3_bucket(s3_endpoint):
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     yield f"s3://{name}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _scoring_rates_in_a_temporary_file(tmp_path_factory):
+    """`syllabus score` remembers per-sample rates in the user's cache folder: not the tests'."""
+    import os
+
+    path = tmp_path_factory.mktemp("rates") / "rates.json"
+    saved = os.environ.get("SYLLABUS_RATES")
+    os.environ["SYLLABUS_RATES"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("SYLLABUS_RATES", None)
+    else:
+        os.environ["SYLLABUS_RATES"] = saved

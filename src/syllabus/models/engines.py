@@ -108,6 +108,7 @@ class TransformersEngine:
         self.bucket = bucket
         self.progress = progress
         self.on_progress: Callable[[int, int, str], None] | None = None  # (items done, items, what) after each batch
+        self._bar: Any = None
         self.stats = EngineStats()
         # Decoding is bound by reading the weights once per step, so generation gains from
         # larger batches than full-sequence forwards, which are compute-bound already.
@@ -144,6 +145,7 @@ class TransformersEngine:
         pos = 0
         start = time.perf_counter()
         bar = tqdm(total=n, desc=desc, disable=not self.progress or n == 0, leave=False)
+        self._bar = bar  # generation moves its postfix token by token (``_TokenSteps``)
         while pos < n:
             size = 1
             longest = lengths[order[pos]]
@@ -214,6 +216,8 @@ class TransformersEngine:
 
         def run(idx: list[int]) -> list[list[int]]:
             ids, mask = self.pad([prompts[i] for i in idx], left=True)
+            # On CPU a batch's generation takes minutes: the bar says which token it is at.
+            steps = _TokenSteps(self._bar, max_new_tokens) if self.progress and ids.device.type == "cpu" else None
             with torch.inference_mode():
                 out = self.model.generate(
                     input_ids=ids,
@@ -223,6 +227,7 @@ class TransformersEngine:
                     num_beams=1,
                     pad_token_id=self.pad_id,
                     eos_token_id=stop,
+                    streamer=steps,
                 )
             new = out[:, ids.shape[1] :].tolist()
             result = []
@@ -254,6 +259,23 @@ class TransformersEngine:
             return [nll[b, : len(seqs[i])].cpu().numpy() for b, i in enumerate(idx)]
 
         return self.map_batches([len(s) for s in seqs], run, desc="nll")
+
+
+class _TokenSteps:
+    """A ``generate`` streamer that only counts decoding steps and shows them on the sample
+    bar ("token 12/64 of this batch"), so a long generation batch visibly moves."""
+
+    def __init__(self, bar: Any, max_new_tokens: int):
+        self.bar, self.max_new_tokens, self.step = bar, max_new_tokens, -1  # the first put is the prompt
+
+    def put(self, value: Any) -> None:
+        self.step += 1
+        if self.step and self.bar is not None and not getattr(self.bar, "disable", True):
+            self.bar.set_postfix_str(f"token {self.step}/{self.max_new_tokens} of this batch", refresh=True)
+
+    def end(self) -> None:
+        if self.bar is not None and not getattr(self.bar, "disable", True):
+            self.bar.set_postfix_str("", refresh=False)
 
 
 def decoder_and_head(model: Any) -> tuple[Any, Any]:

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--estimate", type=int, default=None, metavar="N",
                    help="print what scoring N samples takes at this run's rate (default: the whole pool when "
                    "--limit scored part of it, else 10,000)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="before scoring, estimate the time only from rates measured by earlier runs on this machine "
+                   "(by default a scorer with no such rate is first timed on a few samples)")
     p.add_argument("--tracking-uri", default=None,
                    help="also log the run's per-stage figures to this MLflow tracking URI (e.g. sqlite:///mlflow.db)")
     p.add_argument("--experiment", default="syllabus", help="MLflow experiment for --tracking-uri")
@@ -251,6 +254,15 @@ def cmd_score(args: argparse.Namespace) -> int:
         manifest_url = ingest_pool(args.pool, store).manifest_url
     # Loaded by the first shard that is not cached: a fully cached rerun needs only the fingerprint.
     lm = LazyModel(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    # What will be done and how long it takes, before the work (cached rates or a short calibration).
+    from syllabus.models.ref import default_device
+    from syllabus.scoring.preview import plan_preview, preview_lines, record_rate
+
+    preview = {p["instance"]: p for p in plan_preview(configs, manifest_url, lm, store, args.limit,
+                                                      args.device or default_device(), not args.no_calibrate,
+                                                      args.force)}
+    for line in preview_lines(args.method, args.model, list(preview.values())):
+        print(line, flush=True)
     manifests = []
     stages = {}
     warnings: list[str] = []
@@ -261,6 +273,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         # Before the next scorer (3DS: difficulty, the slow one) starts: a fixed cut-off that
         # these scores cannot meet is said now, not after the selection comes up short.
         warnings += cutoff_warnings(args, m, said)
+        if m["shards_scored"] and not (m.get("timing") or {}).get("from_cache"):
+            record_rate(preview[name]["rate_key"], m["timing"].get("seconds_per_sample"), m["timing"]["samples"], name)
         stages[name] = {
             "scores": m["url"],
             "seconds": m["seconds"],

@@ -1,0 +1,139 @@
+"""What a scoring run will do and how long it will take, said before the work starts (issue 33).
+
+For every scorer instance of the plan: how many samples are already in the store (found from
+their cache keys alone, nothing loaded), how many are left, and the time they take at a
+per-sample rate measured on this machine. The rate comes from
+
+- the rate recorded by an earlier run of the same scorer, version, config and model on this
+  machine and device (``rates.json`` in the user's cache folder, ``$SYLLABUS_RATES`` to move
+  it; every scoring run that computed something updates it), else
+- a calibration: the scorer runs on the first ``CALIBRATION_SAMPLES`` samples that need
+  scoring (their results are not kept) when at least ``CALIBRATE_FROM`` samples are left, so a
+  run of a few samples is not made slower than it is. A scorer that first builds shared inputs
+  (the influence warm-up) is not calibrated: its rate is printed after its first run.
+
+A calibration measures a few samples in a small batch, so it over-states the cost of a large
+batched run a little (the model load is outside it); cached rates come from whole runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from syllabus.store import Store, content_hash
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_SAMPLES = 4
+CALIBRATE_FROM = 32
+
+
+def rates_path() -> Path:
+    if os.environ.get("SYLLABUS_RATES"):
+        return Path(os.environ["SYLLABUS_RATES"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "syllabus" / "rates.json"
+
+
+def rate_key(scorer: Any, model_fingerprint: str, device: str) -> str:
+    """One rate per scorer, version, config, model, device and machine."""
+    return content_hash({"scorer": scorer.name, "version": scorer.version, "config": scorer.config.key_dump(),
+                         "model": model_fingerprint, "device": device, "machine": platform.node(),
+                         "threads": os.environ.get("OMP_NUM_THREADS")}, length=20)
+
+
+def _read_rates() -> dict[str, Any]:
+    try:
+        return json.loads(rates_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def cached_rate(key: str) -> float | None:
+    entry = _read_rates().get(key)
+    return float(entry["seconds_per_sample"]) if isinstance(entry, Mapping) and entry.get("seconds_per_sample") else None
+
+
+def record_rate(key: str, seconds_per_sample: float | None, samples: int, scorer: str) -> None:
+    """Remember the rate a run measured (best effort: a read-only home only loses the cache)."""
+    if not seconds_per_sample or samples < 1:
+        return
+    rates = _read_rates()
+    rates[key] = {"seconds_per_sample": seconds_per_sample, "samples": samples, "scorer": scorer,
+                  "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path = rates_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(rates, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError as exc:
+        log.debug("could not record the scoring rate in %s: %s", path, exc)
+
+
+def plan_preview(configs: Mapping[str, Mapping[str, Any]], manifest_url: str, lm: Any, store: Store,
+                 limit: int | None = None, device: str = "cpu", calibrate: bool = True,
+                 force: bool = False) -> list[dict[str, Any]]:
+    """Per scorer instance: samples in the plan, cached, to score, the rate and its source, and
+    the estimated seconds (None when no rate is known)."""
+    from syllabus.pool.manifest import load_manifest, read_shard
+    from syllabus.scoring.pool import _limit_shards, make_scorer
+
+    planned = _limit_shards(load_manifest(manifest_url), limit)
+    out = []
+    for instance, config in configs.items():
+        scorer = make_scorer(instance, config)
+        todo: list[tuple[dict, int | None]] = []
+        total = cached = 0
+        for shard, take in planned:
+            rows = shard["rows"] if take is None else take
+            total += rows
+            shard_hash = shard["content_hash"] if take is None else content_hash({"shard": shard["content_hash"], "rows": take})
+            if not force and store.is_committed(scorer.key(lm.fingerprint, shard_hash)):
+                cached += rows
+            else:
+                todo.append((shard, take))
+        left = total - cached
+        key = rate_key(scorer, lm.fingerprint, device)
+        rate, source = cached_rate(key), "measured by an earlier run on this machine"
+        if rate is None and left and calibrate and left >= CALIBRATE_FROM and not hasattr(scorer, "attach"):
+            shard, take = todo[0]
+            table = read_shard(shard)
+            table = table.slice(0, min(CALIBRATION_SAMPLES, take or table.num_rows))
+            start = time.perf_counter()
+            scorer.score(table, lm)
+            rate = (time.perf_counter() - start) / table.num_rows
+            source = f"calibrated on {table.num_rows} samples"
+        out.append({"instance": instance, "samples": total, "cached": cached, "to_score": left,
+                    "seconds_per_sample": rate, "rate_source": source if rate else None,
+                    "seconds": rate * left if rate is not None else None, "rate_key": key})
+    return out
+
+
+def preview_lines(method: str, model: str, preview: list[dict[str, Any]]) -> list[str]:
+    from syllabus.scoring.timing import format_duration
+
+    samples = max((p["samples"] for p in preview), default=0)
+    lines = [f"plan: score {samples:,} samples for {method} with {model}"]
+    total, unknown = 0.0, []
+    for p in preview:
+        head = f"  {p['instance']}: {p['to_score']:,} to score, {p['cached']:,} already in the store"
+        if not p["to_score"]:
+            lines.append(head)
+        elif p["seconds"] is None:
+            unknown.append(p["instance"])
+            lines.append(f"{head}; no rate measured yet on this machine (printed when it finishes)")
+        else:
+            total += p["seconds"]
+            lines.append(f"{head}; about {format_duration(p['seconds'])} "
+                         f"({p['seconds_per_sample']:.2f} s a sample, {p['rate_source']})")
+    if any(p["to_score"] for p in preview):
+        rest = f", plus {', '.join(unknown)}" if unknown else ""
+        lines.append(f"  expected: about {format_duration(total)}{rest} (loading the model not included)")
+    return lines
