@@ -13,7 +13,7 @@ from prefect import flow
 
 from syllabus_flows.hooks import end_mlflow_runs_as_failed, end_mlflow_runs_as_killed
 from syllabus_flows.outcome import finish, publish
-from syllabus_flows.pipeline import problems, run_arms
+from syllabus_flows.pipeline import end_partial_run, run_arms
 from syllabus.pipeline import compare as C
 from syllabus.pipeline.config import CompareParams
 from syllabus.selection.defects import audit_markdown, audit_metrics, audit_url, load_labels, plot_audit
@@ -110,10 +110,14 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
                     name = metric.replace(" ", "_")
                     lineage.log_metrics({f"{name}/value": cell["value"], f"{name}/delta_vs_random": cell.get("delta", float("nan"))},
                                         "compare/")
-    publish(markdown=markdown, key="comparison", description="Syllabus comparison")
+    next_step = ("Next: retry as the run's message says; only what is missing is computed again." if result["problems"]
+                 else f"Next: read the report ({where.get('report.md') or 'comparison/report.md'}) and the arms in the "
+                      f"MLflow run ({result['mlflow_run_url']}).")
+    publish(markdown=f"{markdown}\n\n{next_step}", key="comparison", description="Syllabus comparison")
+    end_partial_run(params, result)
     return finish({**{k: result[k] for k in ("results", "mlflow_run_id", "mlflow_run_url", "mlflow_tracking_uri", "scores", "timings")},
             "comparison": table, "difficulty": analysis, "costs": costs, "report": where, "markdown": markdown,
-            "defects": audits}, problems(result))
+            "defects": audits}, result["problems"])
 
 
 def _difficulty_instance(result: dict[str, Any], window_method: str) -> str | None:

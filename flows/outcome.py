@@ -44,21 +44,59 @@ def missing_shards_message(manifests: dict[str, dict[str, Any]]) -> str | None:
     return " ".join(parts) + " " + retry_hint("score only the missing shards")
 
 
+class PartialFailure(RuntimeError):
+    """A run that finished with something missing (shards, arms): its message says what and
+    how to retry only that; ``result`` holds everything it did produce.
+
+    It is the data of the run's ``Failed`` state, because whatever asks that state for its
+    result (Prefect's engine does, at the end of every deployment run) must get an exception:
+    given a dict it raised ``TypeError: Unexpected result for failed state ... dict cannot be
+    resolved into an exception`` into the run's logs instead."""
+
+    def __init__(self, message: str, result: Any = None):
+        super().__init__(message)
+        self.result = result
+
+    def __reduce__(self):  # pickled with its result (a JSON result keeps the message only)
+        return type(self), (str(self), self.result)
+
+
+class _PartialIsReported(logging.Filter):
+    """Drops the engine's "exited with unexpected exception" traceback for a partial run: its
+    state, its log (``finish``) and its artifacts already say what is missing and how to retry."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, PartialFailure)
+
+
+def quiet_engine_traceback() -> None:
+    """Install the filter on the loggers Prefect's engine reports an ending flow run with."""
+    for name in ("prefect.flow_runs", "prefect.engine"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _PartialIsReported) for f in logger.filters):
+            logger.addFilter(_PartialIsReported())
+
+
 def finish(result: Any, problems: Iterable[str | None]) -> Any:
     """The flow's return value: ``result`` when nothing went wrong, else a ``Failed`` state
-    named "Partially failed" whose message lists the problems and whose data is ``result``."""
+    named "Partially failed" whose message lists the problems and whose data is a
+    ``PartialFailure`` carrying ``result``."""
     problems = [p for p in problems if p]
     if not problems:
         return result
     message = " ".join(problems)
     log.error("%s", message)
-    return Failed(name=PARTIAL, message=message[:20000], data=result)
+    quiet_engine_traceback()
+    return Failed(name=PARTIAL, message=message[:20000], data=PartialFailure(message[:20000], result))
 
 
 def result_of(state: State) -> Any:
     """The data of a flow's final state, partial or not; an exception (a crash, bad
-    parameters) is raised as itself."""
+    parameters, a partial run read back without its result) is raised as itself."""
     value = state.result(raise_on_failure=False)
+    if isinstance(value, PartialFailure) and value.result is not None:
+        return value.result
     if isinstance(value, BaseException):
         raise value
     return value

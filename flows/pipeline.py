@@ -16,7 +16,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from syllabus_flows.hooks import end_mlflow_runs_as_failed, end_mlflow_runs_as_killed, root_flow_run_id
-from syllabus_flows.outcome import finish, missing_shards_message, publish, result_of
+from syllabus_flows.outcome import finish, missing_shards_message, publish, result_of, retry_hint
 from syllabus_flows.score import score_with_workers
 from syllabus.pipeline.config import PipelineParams
 from syllabus.pipeline.report import results_markdown, results_table
@@ -96,6 +96,9 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
             ingest["manifest"], scorers, params.model, params.store, return_state=True)) if scorers else {}
         timings["score_seconds"] = time.perf_counter() - t0
         for name, m in manifests.items():
+            for gone in m["missing"]:  # in this run's own log, not only in the score subflow's
+                log.error("scorer %s: shard %s is missing (%s); %s", name, gone["shard"], gone["error"][:500],
+                          retry_hint("score only the missing shards"))
             lineage.log_params({f"scores.{name}": {"url": m["url"], "config": m["config"], "version": m["version"]}})
             lineage.log_metrics({"samples": m["samples"], "shards_scored": m["shards_scored"], "shards_cached": m["shards_cached"],
                                  "shards_missing": len(m["missing"]), "samples_per_second": m["samples_per_second"] or 0.0,
@@ -122,7 +125,11 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
 
         table = results_table(rows, benches)
         timings["total_seconds"] = time.perf_counter() - started
-        markdown = results_markdown(table, ingest, manifests, timings)
+        issues = [p for p in problems({"rows": rows, "manifests": manifests}) if p]
+        markdown = results_markdown(table, ingest, manifests, timings, problems=issues,
+                                    next_step=None if issues else f"Next: compare the arms in the MLflow run "
+                                    f"({lineage.run_url(parent.info.run_id)}), or change methods, budget or "
+                                    "thresholds and run again: committed scores are reused.")
         lineage.log_text(markdown, "results.md")
         lineage.log_metrics(timings, "time/")
         parent_url = lineage.run_url(parent.info.run_id)
@@ -130,7 +137,7 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
     publish(link=parent_url, link_text=f"MLflow run of this {title}", link_key="mlflow-run",
             description=f"MLflow tracking URI: {lineage.tracking_uri}")
     publish(markdown=markdown, key=f"{title}-results", description="Syllabus results table")
-    return {"results": table, "rows": rows, "benches": benches, "mlflow_run_id": parent.info.run_id,
+    return {"results": table, "rows": rows, "problems": issues, "benches": benches, "mlflow_run_id": parent.info.run_id,
             "mlflow_run_url": parent_url, "mlflow_tracking_uri": lineage.tracking_uri, "pool": ingest,
             "scores": {k: v["url"] for k, v in manifests.items()}, "manifests": manifests, "instances": per_method, "timings": timings, "markdown": markdown,
             "score_costs": {k: {f: v.get(f) for f in ("samples", "shards_scored", "shards_cached", "seconds", "compute_seconds")}
@@ -209,11 +216,22 @@ def _run_arm(params: PipelineParams, arm: dict[str, Any], method_scorers: list[s
     return row
 
 
+def end_partial_run(params: PipelineParams, result: dict[str, Any]) -> None:
+    """A partial run's MLflow parent ends FAILED, not FINISHED, with the missing shards and
+    failed methods in tags and its problems first in its description (call it last: logging
+    into the run again would reopen it)."""
+    if not result["problems"]:
+        return
+    missing = {name: [g["shard"] for g in m["missing"]] for name, m in result["manifests"].items() if m["missing"]}
+    Lineage(params.tracking_uri, params.experiment).end_failed(result["mlflow_run_id"], " ".join(result["problems"]), {
+        "syllabus.missing_shards": "; ".join(f"{name}: {', '.join(shards)}" for name, shards in missing.items()),
+        "syllabus.failed_methods": ", ".join(r["method"] for r in result["rows"] if r.get("error")),
+    })
+
+
 def problems(result: dict[str, Any]) -> list[str | None]:
     """What keeps a run from being a clean success: missing shards and failed arms, each
     named with how to retry only that."""
-    from syllabus_flows.outcome import retry_hint
-
     failed = [f"{r['method']}: {r['error']}" for r in result["rows"] if r.get("error")]
     arms = (f"{len(failed)} arm(s) failed: {'; '.join(failed)}. " + retry_hint("redo only what failed")) if failed else None
     return [missing_shards_message(result.get("manifests", {})), arms]
@@ -231,7 +249,8 @@ def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
         params: the pool, model, methods, budget and every stage's settings (each field is described below).
     """
     result = run_arms(params, default_arms(params))
-    issues = problems(result)
+    end_partial_run(params, result)
+    issues = result.pop("problems")
     result.pop("rows")
     result.pop("manifests")
     result.pop("instances")

@@ -18,7 +18,7 @@ from prefect import flow, unmapped
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from syllabus_flows.outcome import finish, missing_shards_message, publish
+from syllabus_flows.outcome import finish, missing_shards_message, publish, retry_hint
 from syllabus.pipeline.stages import pool_shards
 from syllabus_tasks.progress import ScoreProgress
 from syllabus_tasks.stages import score_manifest_task, score_shard_task
@@ -74,17 +74,26 @@ def score(pool_manifest: str, scorers: dict[str, dict[str, Any]], model: str = "
         done = manifests[name]
         print(f"{name}: {len(entries)}/{len(shards)} shards ({done['shards_scored']} scored, "
               f"{done['shards_cached']} cached), {len(missing)} missing")
-    publish(markdown=score_markdown(manifests), key="scores", description="Score manifests: pass their URLs to select")
-    return finish(manifests, [missing_shards_message(manifests)])
+    problem = missing_shards_message(manifests)
+    publish(markdown=score_markdown(manifests, problem), key="scores", description="Score manifests: pass their URLs to select")
+    return finish(manifests, [problem])
 
 
-def score_markdown(manifests: dict[str, dict[str, Any]]) -> str:
-    """What the score flow produced, for the next stage's form: one row per scorer."""
-    lines = ["| scorer | samples | shards scored | cached | missing | samples/s | score manifest |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+def score_markdown(manifests: dict[str, dict[str, Any]], problem: str | None = None) -> str:
+    """What the score flow produced, for the next stage's form: one row per scorer; the
+    missing shards with their errors and the retry first, when there are any; "Next:" last."""
+    lines = []
+    if problem:
+        lines += ["### Partially failed", "", problem, ""]
+        lines += [f"- scorer `{name}`, shard `{gone['shard']}`: {gone['error'][:300]}"
+                  for name, m in manifests.items() for gone in m["missing"]] + [""]
+    lines += ["| scorer | samples | shards scored | cached | missing | samples/s | score manifest |",
+              "|---|---:|---:|---:|---:|---:|---|"]
     for name, m in manifests.items():
         lines.append(f"| {name} | {m['samples']} | {m['shards_scored']} | {m['shards_cached']} | {len(m['missing'])} | "
                      f"{m['samples_per_second'] or '-'} | `{m['url']}` |")
+    lines += ["", retry_hint("score only the missing shards").replace("Press", "Next: press", 1).replace("Run the", "Next: run the", 1)
+              if problem else "Next: run the **select** deployment with `scores` set to the score manifests above."]
     return "\n".join(lines)
 
 

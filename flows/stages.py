@@ -104,6 +104,8 @@ def evaluate(model: str = "smollm2-135m", adapter: str | None = None, benches: l
     """
     out = evaluate_task(model, adapter, benches or ["mmlu-medical"], config or {}, store)
     metrics = {k: v for k, v in (out.get("metrics") or {}).items() if isinstance(v, (int, float))}
-    publish(markdown=_table("Evaluation", metrics, {"per-item results": out.get("results")}, ""),
+    publish(markdown=_table("Evaluation", metrics, {"per-item results": out.get("results")},
+                            "Next: evaluate another adapter (or the base model) on the same benchmarks and compare, "
+                            "or run the **compare** deployment to have every method evaluated side by side."),
             key="evaluate", description="Evaluation: metrics and the per-item results URL")
     return out

@@ -70,8 +70,15 @@ def render_table(table: Sequence[Mapping[str, Any]]) -> str:
 
 
 def results_markdown(table: Sequence[Mapping[str, Any]], ingest: Mapping[str, Any],
-                     manifests: Mapping[str, Mapping[str, Any]], timings: Mapping[str, float]) -> str:
-    lines = ["# Syllabus pipeline results", "",
+                     manifests: Mapping[str, Mapping[str, Any]], timings: Mapping[str, float],
+                     problems: Sequence[str] = (), next_step: str | None = None) -> str:
+    """The results page: the problems first (missing shards and failed arms, each with its
+    error and how to retry only it), then the pool, scorers and table; it ends with "Next:"
+    (``next_step``, or the retry when something is missing)."""
+    lines = ["# Syllabus pipeline results", ""]
+    if problems:
+        lines += ["## Partially failed", ""] + [f"- {p}" for p in problems] + [""]
+    lines += [
              f"Pool {ingest['pool_fingerprint']}: {ingest['records_ok']} samples in {ingest['shards']} shards "
              f"({ingest['records_rejected']} rejected, {ingest['duplicates']} duplicates).", ""]
     for name, m in manifests.items():
@@ -79,5 +86,8 @@ def results_markdown(table: Sequence[Mapping[str, Any]], ingest: Mapping[str, An
         lines.append(f"- scorer `{name}`: {m['shards_scored']} shards scored, {m['shards_cached']} cached, "
                      f"{len(m['missing'])} missing{rate}")
     lines += ["", render_table(table), "",
-              "Time: " + ", ".join(f"{k.replace('_seconds', '')} {v:.0f} s" for k, v in timings.items())]
+              "Time: " + ", ".join(f"{k.replace('_seconds', '')} {v:.0f} s" for k, v in timings.items()), ""]
+    lines.append(next_step or ("Next: retry as said above; only what is missing is computed again." if problems else
+                               "Next: compare the arms in the MLflow run, or change methods, budget or thresholds "
+                               "and run again: committed scores are reused."))
     return "\n".join(lines)

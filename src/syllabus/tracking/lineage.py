@@ -231,6 +231,17 @@ class Lineage:
 
         return log_adapter(adapter_url, name=name)
 
+    def end_failed(self, run_id: str, reason: str, tags: Mapping[str, str] | None = None) -> None:
+        """End a finished run as FAILED, its reason on its page: the ``error`` tag, any
+        ``tags`` (e.g. the missing shards and failed methods), and first in its description."""
+        client = self.mlflow.MlflowClient(self.tracking_uri)
+        note = client.get_run(run_id).data.tags.get(NOTE_TAG, "")
+        for key, value in {"error": reason, **(tags or {})}.items():
+            if value:
+                client.set_tag(run_id, key, str(scrub(value))[:5000])
+        client.set_tag(run_id, NOTE_TAG, str(scrub(f"**Partially failed.** {reason}\n\n{note}".strip())))
+        client.set_terminated(run_id, status="FAILED")
+
     def run_url(self, run_id: str) -> str:
         """A browser link to the run: the tracking server's UI, or the local `mlflow ui` default."""
         return f"{self.experiment_url().removesuffix(RUNS_VIEW)}/runs/{run_id}{RUNS_VIEW}"
