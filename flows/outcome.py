@@ -17,6 +17,8 @@ from prefect.artifacts import LinkArtifact, MarkdownArtifact, TableArtifact
 from prefect.runtime import deployment, flow_run
 from prefect.states import Failed, State
 
+from syllabus.pipeline.partial import PartialFailure
+
 log = logging.getLogger("flows.outcome")  # the folder's name, not the installed syllabus_flows: PREFECT_LOGGING_EXTRA_LOGGERS lists flows
 
 PARTIAL = "Partially failed"
@@ -42,23 +44,6 @@ def missing_shards_message(manifests: dict[str, dict[str, Any]]) -> str | None:
     if not parts:
         return None
     return " ".join(parts) + " " + retry_hint("score only the missing shards")
-
-
-class PartialFailure(RuntimeError):
-    """A run that finished with something missing (shards, arms): its message says what and
-    how to retry only that; ``result`` holds everything it did produce.
-
-    It is the data of the run's ``Failed`` state, because whatever asks that state for its
-    result (Prefect's engine does, at the end of every deployment run) must get an exception:
-    given a dict it raised ``TypeError: Unexpected result for failed state ... dict cannot be
-    resolved into an exception`` into the run's logs instead."""
-
-    def __init__(self, message: str, result: Any = None):
-        super().__init__(message)
-        self.result = result
-
-    def __reduce__(self):  # pickled with its result (a JSON result keeps the message only)
-        return type(self), (str(self), self.result)
 
 
 class _PartialIsReported(logging.Filter):

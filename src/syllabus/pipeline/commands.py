@@ -124,8 +124,12 @@ def _flow(name: str):
 def _outcome(state) -> tuple[dict, str | None]:
     """A flow's result and, for a run that ended "Partially failed" (missing shards, a failed
     arm), the message naming what is missing and how to retry it; a crash raises."""
+    from syllabus.pipeline.partial import PartialFailure
+
     result = state.result(raise_on_failure=False)
-    if isinstance(result, BaseException):
+    if isinstance(result, PartialFailure) and result.result is not None:
+        result = result.result
+    elif isinstance(result, BaseException):
         raise result
     return result, (state.message if state.is_failed() else None)
 
