@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class SelectorConfig(BaseModel):
@@ -113,21 +113,14 @@ class Budget(BaseModel):
 
     count: int | None = Field(None, ge=1, description="select this many samples")
     ratio: float | None = Field(None, gt=0, le=1, description="or this fraction of the pool")
+    # A budget without a shortfall policy dumps as it did before the policy existed (exclude_if),
+    # so the selection keys, reports and run parameters of every existing selection stay the same.
     fill: Literal["rank"] | None = Field(
-        None, description="when the stages keep fewer than the budget: 'rank' fills the rest from the rows that "
+        None, exclude_if=lambda v: v is None,
+        description="when the stages keep fewer than the budget: 'rank' fills the rest from the rows that "
         "entered the stage that cut the selection short, closest to passing first; empty: no fill")
-    allow_short: bool = Field(False, description="accept a selection short of the budget (after any fill) "
-                              "instead of failing")
-
-    @model_serializer(mode="wrap")
-    def _omit_unused_policy(self, handler: Any) -> dict[str, Any]:
-        # A budget without a shortfall policy dumps as it did before the policy existed, so the
-        # selection keys, reports and run parameters of every existing selection stay the same.
-        out = handler(self)
-        for name, default in (("fill", None), ("allow_short", False)):
-            if out.get(name, default) == default:
-                out.pop(name, None)
-        return out
+    allow_short: bool = Field(False, exclude_if=lambda v: not v,
+                              description="accept a selection short of the budget (after any fill) instead of failing")
 
     @model_validator(mode="after")
     def _one_of(self) -> "Budget":
