@@ -66,7 +66,11 @@ def load_embedder(path: str, device: str) -> Any:
     """One embedder per process and device: every shard of a run reuses it."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(path, device=device, local_files_only=True)
+    embedder = SentenceTransformer(path, device=device, local_files_only=True)
+    # Sample text is data: "[SEP]" written in an answer stays characters, never the separator.
+    # Texts without such spellings keep their ids, so the version and cache keys stand.
+    embedder.tokenizer.split_special_tokens = True
+    return embedder
 
 
 @registry.scorer("relevance")

@@ -61,3 +61,19 @@ def test_the_cache_key_follows_the_embedder_not_the_target_model(tmp_path):
 def test_a_model_that_is_not_an_embedder_directory_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither 'all-minilm-l6-v2' nor a sentence-transformers directory"):
         RelevanceScorer(model=str(tmp_path)).key("t", "shard")
+
+
+def test_special_token_spellings_in_a_sample_stay_text():
+    """BERT's "[SEP]" or "[CLS]" written in a sample is encoded as characters (issue 29, item 1):
+    only the embedder's own [CLS] and [SEP] frame the sequence."""
+    from syllabus.models.ref import default_device
+    from syllabus.scoring.relevance import RelevanceConfig, embedder_dir, load_embedder
+
+    embedder = load_embedder(str(embedder_dir(RelevanceConfig().model)), default_device())
+    tok = embedder.tokenizer
+    ids = tok(["Anaemia [SEP] [CLS] is low haemoglobin."])["input_ids"][0]
+    specials = set(tok.all_special_ids)
+    assert [i for i in ids if i in specials] == [tok.cls_token_id, tok.sep_token_id]
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    plain = tok(["Anaemia is low haemoglobin."])["input_ids"][0]
+    assert plain == tok(["Anaemia is low haemoglobin."], split_special_tokens=False)["input_ids"][0]  # unchanged
