@@ -512,13 +512,46 @@ def percentile_advice(recipe: Recipe, frame: pd.DataFrame, budget: int, up_to: i
         column = spec.config.get("column", "quality_score")
         path = set_path(recipe, stage, "min_percentile")
         if found is None:
-            return (f"no min_percentile of stage {stage} (threshold on {column}) lets the filters keep {budget:,}, "
-                    "not even 0 (every rated row): relax a later stage or lower the budget")
+            text = (f"no min_percentile of stage {stage} (threshold on {column}) lets the filters keep {budget:,}, "
+                    "not even 0 (every rated row)")
+            wider = band_advice(recipe, frame, budget, stage, seed)
+            return f"{text}; {wider}" if wider else f"{text}: relax a later stage or lower the budget"
         p, kept = found
         how = f"--set {path}={p}" if path else f"min_percentile {p} on stage {stage} (threshold on {column})"
         return (f"{how} keeps the top {100 - p}% of {column}, after which the filters keep {kept:,} rows, "
                 f"enough for the budget of {budget:,}")
     return None
+
+
+BAND_STEP = 5.0  # percentile points a band is widened by on each side, per try
+
+
+def band_advice(recipe: Recipe, frame: pd.DataFrame, budget: int, threshold: int,
+                seed: int | None = None) -> str | None:
+    """When no percentile of the threshold at stage ``threshold`` is enough: the narrowest
+    widening of the first band after it (``BAND_STEP`` points a side, about its centre) with
+    which the filters reach ``budget`` when the threshold keeps every rated row, then the
+    highest threshold percentile that still does with that band, as ``--set`` flags. None
+    when there is no band there, or no band path; a sentence when even the widest falls short."""
+    # Any band after the threshold: when the threshold kept nothing, the band never ran.
+    band = next((i for i in range(threshold + 1, len(recipe.selectors)) if recipe.selectors[i - 1].name == "band"), None)
+    if band is None or set_path(recipe, band, "low") is None or set_path(recipe, threshold, "min_percentile") is None:
+        return None
+    built = recipe.build_selectors()[band - 1].config
+    candidates = _prepare(frame)
+    seed = recipe.seed if seed is None else int(seed)
+    low, high = built.low, built.high
+    while low > 0.0 or high < 100.0:
+        low, high = max(0.0, low - BAND_STEP), min(100.0, high + BAND_STEP)
+        wider = recipe.with_selector_config(band - 1, low=low, high=high)
+        if filter_survivors(candidates, wider.with_selector_config(threshold - 1, min_percentile=0.0).build_selectors(),
+                            seed) >= budget:
+            p, kept = percentile_for_budget(wider, frame, budget, threshold, seed)
+            return (f"--set {set_path(recipe, band, 'low')}={low:g} --set {set_path(recipe, band, 'high')}={high:g} "
+                    f"--set {set_path(recipe, threshold, 'min_percentile')}={p} keep {kept:,} after the filters, "
+                    f"enough for the budget of {budget:,}")
+    return (f"even the widest band (0-100) keeps fewer than {budget:,}: fewer rows have every score the filters read; "
+            "lower the budget")
 
 
 def short_selection_error(result: SelectionResult, recipe: Recipe | None = None,

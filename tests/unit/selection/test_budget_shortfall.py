@@ -168,3 +168,32 @@ def test_cli_short_fails_allow_short_passes_and_fill_names_its_rows(store_and_sc
     code, own, _ = select(capsys, "--method", str(path), "--scores", m["quality"], m["difficulty"], "--budget", "25",
                           "--store", root)
     assert code == 0 and own["n_selected"] == 25 and own["counts"]["fill:rank"] == 25
+
+
+def test_when_no_percentile_is_enough_the_advice_widens_the_band_and_the_flags_it_names_work(tmp_path, capsys):
+    # Issue 33's case: a compressed rater, 30 of 200 wanted; the three 25-75 bands keep about an
+    # eighth of any share, so no quality percentile alone reaches 30 (the user needed three guesses).
+    import re
+
+    import pyarrow as pa
+
+    root = str(tmp_path / "store")
+    store = Store(root)
+    _, m = write_pool_and_scores(store, n=200, shard_size=200)
+    quality = store.read_table("scores/quality/shard-00000.parquet")
+    rated = np.random.default_rng(1).uniform(19.0, 45.0, quality.num_rows)
+    store.commit_table("scores/quality/compressed.parquet",
+                       quality.set_column(quality.column_names.index("quality_score"), "quality_score", pa.array(rated)))
+    scores = [store.url("scores/quality/compressed.parquet"), m["difficulty"]]
+    code, out, err = select(capsys, "--method", "3ds", "--scores", *scores, "--budget", "30", "--store", root)
+    assert code == 1 and out["n_selected"] == 0
+    assert "No min_percentile of stage 1 (threshold on quality_score) lets the filters keep 30, not even 0" in err
+    found = re.search(r"--set band\.low=(\S+) --set band\.high=(\S+) --set threshold\.min_percentile=(\d+) keep (\d+) "
+                      r"after the filters, enough for the budget of 30", err)
+    assert found, err
+    low, high, percentile, kept = found.groups()
+    assert float(low) < 25 and float(high) > 75 and int(kept) >= 30
+    code, out, err = select(capsys, "--method", "3ds", "--scores", *scores, "--budget", "30", "--store", root,
+                            "--set", f"band.low={low}", "--set", f"band.high={high}",
+                            "--set", f"threshold.min_percentile={percentile}")
+    assert code == 0 and out["n_selected"] == 30, err
