@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +83,10 @@ def test_every_parameter_of_every_deployment_has_a_description():
         assert dep.get("description"), dep["name"]
 
 
-def test_budget_with_count_and_ratio_is_rejected_by_the_parameter_schema():
+def test_budget_with_count_and_ratio_is_rejected_in_one_sentence():
+    """The parameter schema leaves "exactly one" to the validator (the server could only word it
+    as jsonschema does: "... is valid under each of {...}"), which says it in one sentence."""
+    from prefect.exceptions import ParameterTypeError
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools import validate
 
@@ -92,9 +96,10 @@ def test_budget_with_count_and_ratio_is_rejected_by_the_parameter_schema():
     base = {"method": "random", "scores": ["s3://b/scores.json"]}
     validate({**base, "budget": {"count": 16}}, schema, raise_on_error=True)
     validate({**base, "budget": {"count": 16, "ratio": None}}, schema, raise_on_error=True)
-    for bad in ({"count": 16, "ratio": 0.5}, {}):
-        errors = validate({**base, "budget": bad}, schema)
-        assert errors, bad
+    assert validate({**base, "budget": {"count": 0}}, schema)  # the other checks stay in the schema
+    for bad, given in (({"count": 16, "ratio": 0.5}, "both (count 16, ratio 0.5)"), ({}, "neither")):
+        with pytest.raises(ParameterTypeError, match=rf"budget: give exactly one of count or ratio; this budget gives {re.escape(given)}"):
+            select.validate_parameters({**base, "budget": bad})
 
 
 def test_deployments_share_settings_through_job_variables_and_pull_no_local_path():

@@ -103,3 +103,21 @@ def test_a_partial_pipeline_reads_as_one(tmp_path, tiny_model_dir, mlflow_server
     assert parent.data.tags["syllabus.failed_methods"] == "strict"
     assert parent.data.tags["mlflow.note.content"].startswith("**Partially failed.** ")
     assert parent.data.metrics["score/fault/shards_missing"] == 1
+
+
+def test_the_cli_and_result_of_unwrap_a_partial_result_and_raise_a_crash():
+    from prefect.states import Failed
+
+    from syllabus.pipeline.commands import _outcome
+    from syllabus.pipeline.partial import PartialFailure
+    from syllabus_flows.outcome import PARTIAL, finish, result_of
+
+    state = finish({"mlflow_run_id": "r1"}, ["scorer fault: 1 of 2 shards failed after their retries: s1 (boom).", None])
+    assert state.is_failed() and state.name == PARTIAL and isinstance(state.data, PartialFailure)
+    assert result_of(state) == {"mlflow_run_id": "r1"}
+    assert _outcome(state) == ({"mlflow_run_id": "r1"}, "scorer fault: 1 of 2 shards failed after their retries: s1 (boom).")
+    crashed = Failed(message="boom", data=ValueError("boom"))
+    with pytest.raises(ValueError, match="boom"):
+        _outcome(crashed)
+    with pytest.raises(ValueError, match="boom"):
+        result_of(crashed)
