@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any, Mapping
 
 from syllabus.config import SET_HELP, deep_merge, parse_set, positive_int
 
@@ -140,8 +141,23 @@ def score_plan(args: argparse.Namespace) -> dict[str, dict]:
         if not plan.scorers:
             raise ValueError(f"method {args.method!r} needs no scores: run `syllabus select --method {args.method}` "
                              "on any scored pool, or score another method")
-        return {name: plan.scorers[name] for name in plan.instances_of(args.method)}
-    return scorer_plan(args.method, overrides.get(args.method)).scorers
+        configs = {name: plan.scorers[name] for name in plan.instances_of(args.method)}
+    else:
+        configs = scorer_plan(args.method, overrides.get(args.method)).scorers
+    _check_set_targets(args, configs)
+    return configs
+
+
+def _check_set_targets(args: argparse.Namespace, configs: Mapping[str, Any]) -> None:
+    """A ``--set`` path must start at a scorer (or instance) this run scores: a change for
+    another one would be dropped without a word (``--method 3ds --set ifd.cutoff=64``)."""
+    from syllabus.config import unknown_key
+    from syllabus.plan import scorer_of
+
+    known = set(configs) | {scorer_of(name) for name in configs}
+    for head in parse_set(getattr(args, "changes", []), "difficulty.max_new_tokens=64"):
+        if head not in known:
+            raise ValueError(f"--set: {unknown_key(head, known)} ({args.method} scores {', '.join(configs)})")
 
 
 DEFAULT_ESTIMATE = 10_000
