@@ -1,13 +1,22 @@
-"""Ingest throughput and memory: a generated pool of 1,000,000 records, and one 200 MB line.
+"""Ingest throughput and memory: generated pools of 1,000,000 records, and one 200 MB line.
 
 Each phase runs in its own process, so its peak resident memory (``ru_maxrss``) is its own.
-The baseline is the least any JSONL reader does: ``json.loads`` on every line of the same file,
-keeping nothing. Ingest also validates, hashes, deduplicates, and writes zstd Parquet shards
-and a manifest to a local store. For the long line the baseline reads it whole, as a plain
-reader would; ingest skips it in bounded chunks and quarantines it.
+Three inputs:
+
+- ``clean``: distinct, well-formed Alpaca records. The baseline is ``pyarrow.json.read_json``
+  of the same file (default options: threads on), the fastest reader at hand that keeps the
+  records; issue 28 asks ingest for at least 0.2x its rate.
+- ``mixed``: the same with about one record in a thousand broken or a duplicate, so the
+  quarantine path runs too (``read_json`` refuses such a file; the baseline is bare
+  ``json.loads`` of every line, keeping nothing).
+- ``long line``: one 200 MB line; the baseline reads it whole, as a plain reader would; ingest
+  skips it in bounded chunks and quarantines it.
+
+Ingest also validates, hashes, deduplicates, and writes zstd Parquet shards and a manifest to a
+local store. ``--per-record`` measures ingest with its vectorised path turned off.
 
     .venv/bin/python benchmarks/ingest.py                 # 1,000,000 records, a 200 MB line
-    .venv/bin/python benchmarks/ingest.py --records 100000 --line-mb 20
+    .venv/bin/python benchmarks/ingest.py --records 200000 --line-mb 0 --dir /tmp
 """
 
 from __future__ import annotations
@@ -25,16 +34,16 @@ from pathlib import Path
 TOPICS = ["hypertension", "asthma", "migraine", "anaemia", "gout", "eczema", "angina", "sepsis"]
 
 
-def generate_pool(path: Path, records: int) -> int:
-    """Alpaca records of realistic size; about one in a thousand is broken or a duplicate,
-    so the quarantine path runs too."""
+def generate_pool(path: Path, records: int, defects: bool = True) -> int:
+    """Distinct Alpaca records of realistic size; with ``defects``, about one in a thousand is
+    broken or a duplicate, so the quarantine path runs too."""
     with open(path, "w", encoding="utf-8") as fh:
         for i in range(records):
             topic = TOPICS[i % len(TOPICS)]
-            if i % 1000 == 999:
+            if defects and i % 1000 == 999:
                 fh.write('{"instruction": "broken record ' + str(i) + '", "output": \n')
                 continue
-            j = i - 1 if i % 1000 == 500 else i  # an exact duplicate of the previous record
+            j = i - 1 if defects and i % 1000 == 500 else i  # an exact duplicate of the previous record
             rec = {
                 "instruction": f"Patient {j} asks about {topic}: what should they know about treatment option {j % 97}?",
                 "input": "" if j % 3 else f"Age {20 + j % 60}, history of {TOPICS[(j // 8) % len(TOPICS)]}.",
@@ -63,6 +72,14 @@ def _rss_mb() -> float:
 
 def phase(name: str, path: str, store: str) -> dict:
     """One measurement, in this (child) process."""
+    if name == "read_json":
+        import pyarrow.json
+
+        imported = _rss_mb()
+        start = time.perf_counter()
+        table = pyarrow.json.read_json(path)
+        seconds = time.perf_counter() - start
+        return {"records": table.num_rows, "seconds": seconds, "peak_mb": _rss_mb(), "import_mb": imported, "rejected": 0}
     if name == "loads":
         imported = _rss_mb()
         start = time.perf_counter()
@@ -78,8 +95,12 @@ def phase(name: str, path: str, store: str) -> dict:
                     bad += 1
         seconds = time.perf_counter() - start
         return {"records": n, "seconds": seconds, "peak_mb": _rss_mb(), "import_mb": imported, "rejected": bad}
+    from syllabus.pool import ingest as ingest_module
     from syllabus.pool.ingest import ingest_pool
     from syllabus.store import Store
+
+    if name == "ingest-per-record":
+        ingest_module.VECTORISED = False
 
     # A one-record ingest first, so the lazy imports (Parquet writer, codecs) and allocator
     # arenas are in the "after import" figure, not charged to the file being measured.
@@ -105,7 +126,9 @@ def run_phase(name: str, path: Path, store: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=1_000_000)
-    ap.add_argument("--line-mb", type=int, default=200)
+    ap.add_argument("--line-mb", type=int, default=200, help="the long line's size (0: leave it out)")
+    ap.add_argument("--per-record", action="store_true", help="also measure ingest with the vectorised path off")
+    ap.add_argument("--inputs", default="clean,mixed,long line", help="which inputs to measure (comma-separated)")
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed after)")
     ap.add_argument("--phase", nargs=3, metavar=("NAME", "PATH", "STORE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -113,32 +136,45 @@ def main() -> None:
         print(json.dumps(phase(*args.phase)))
         return
 
+    wanted = {w.strip() for w in args.inputs.split(",")}
+    if not args.line_mb:
+        wanted.discard("long line")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work = Path(tmp)
-        pool, line = work / "pool.jsonl", work / "longline.jsonl"
         t = time.perf_counter()
-        pool_bytes = generate_pool(pool, args.records)
-        line_bytes = generate_long_line(line, args.line_mb)
-        print(f"generated {args.records:,} records ({pool_bytes / 1e6:,.0f} MB) and a {args.line_mb} MB line "
-              f"in {time.perf_counter() - t:.0f} s")
+        inputs = []
+        if "clean" in wanted:
+            path = work / "clean.jsonl"
+            inputs.append(("clean", path, generate_pool(path, args.records, defects=False), "read_json"))
+        if "mixed" in wanted:
+            path = work / "mixed.jsonl"
+            inputs.append(("mixed", path, generate_pool(path, args.records), "loads"))
+        if "long line" in wanted:
+            path = work / "longline.jsonl"
+            inputs.append(("long line", path, generate_long_line(path, args.line_mb), "loads"))
+        print(f"generated {', '.join(f'{label} ({size / 1e6:,.0f} MB)' for label, _, size, _ in inputs)} "
+              f"in {time.perf_counter() - t:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         rows = []
-        for label, path in (("pool", pool), ("long line", line)):
-            base = run_phase("loads", path, work / "unused")
-            ing = run_phase("ingest", path, work / f"store-{label.replace(' ', '-')}")
-            rows.append((label, base, ing))
+        for label, path, _, baseline in inputs:
+            base = run_phase(baseline, path, work / "unused")
+            measured = [("syllabus ingest", run_phase("ingest", path, work / f"store-{label.replace(' ', '-')}"))]
+            if args.per_record:
+                measured.append(("  per-record", run_phase("ingest-per-record", path, work / f"store-pr-{label.replace(' ', '-')}")))
+            rows.append((label, baseline, base, measured))
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
         print()
         print(f"{'input':<10} {'reader':<16} {'records':>9} {'seconds':>8} {'records/s':>10} {'peak MB':>8} {'after import':>12}")
-        for label, base, ing in rows:
-            for name, r in (("json.loads", base), ("syllabus ingest", ing)):
+        for label, baseline, base, measured in rows:
+            for name, r in ((baseline, base), *measured):
                 rps = r["records"] / r["seconds"] if r["seconds"] else float("inf")
                 print(f"{label:<10} {name:<16} {r['records']:>9,} {r['seconds']:>8.1f} {rps:>10,.0f} {r['peak_mb']:>8,.0f} "
                       f"{r['peak_mb'] - r['import_mb']:>12,.0f}")
-        for label, base, ing in rows:
-            speed = (ing["records"] / ing["seconds"]) / (base["records"] / base["seconds"])
-            print(f"{label}: ingest runs at {speed:.3f}x the records/s of bare json.loads; peak memory "
-                  f"{ing['peak_mb'] - ing['import_mb']:,.0f} MB above imports against json.loads' "
-                  f"{base['peak_mb'] - base['import_mb']:,.0f} MB")
-
+        for label, baseline, base, measured in rows:
+            for name, ing in measured:
+                speed = (ing["records"] / ing["seconds"]) / (base["records"] / base["seconds"])
+                print(f"{label}: {name.strip()} runs at {speed:.3f}x the records/s of {baseline}; peak memory "
+                      f"{ing['peak_mb'] - ing['import_mb']:,.0f} MB above imports against {baseline}' "
+                      f"{base['peak_mb'] - base['import_mb']:,.0f} MB")
 
 if __name__ == "__main__":
     main()
