@@ -12,7 +12,8 @@ logs that as a warning instead and the run's MLflow tags record it.
 
 Whatever was found is tagged on the run's MLflow runs (through ``source_tags``):
 ``syllabus.code_hash`` (a hash of the imported packages' ``.py`` files: the code that ran) and,
-when the code matches the checkout, ``mlflow.source.git.commit`` = the checkout's commit.
+when the code matches the checkout, ``mlflow.source.git.commit`` = the checkout's commit (and
+``syllabus.code_uncommitted``: the checkout's .py files with local edits, when it has any).
 No Prefect import here: this runs inside flows but is plain file and git work.
 """
 
@@ -36,6 +37,7 @@ COMMIT_TAG = "mlflow.source.git.commit"
 CODE_HASH_TAG = "syllabus.code_hash"
 MISMATCH_TAG = "syllabus.code_mismatch"
 CLONE_COMMIT_TAG = "syllabus.clone_commit"
+UNCOMMITTED_TAG = "syllabus.code_uncommitted"
 _NAMED_FILES = 5  # files named in the message; the rest are counted
 
 
@@ -52,11 +54,14 @@ class Provenance:
     checkout: Path | None = None
     commit: str | None = None
     mismatch: str | None = None
+    uncommitted: tuple[str, ...] = ()  # the checkout's .py files that differ from its commit
 
     def tags(self) -> dict[str, str]:
         tags = {CODE_HASH_TAG: self.code_hash}
         if self.commit and not self.mismatch:
             tags[COMMIT_TAG] = self.commit  # the commit is the code only when they match
+        if self.uncommitted:  # a developer's checkout with local edits: the commit alone is not the code
+            tags[UNCOMMITTED_TAG] = ", ".join(self.uncommitted)[:5000]
         if self.mismatch:
             tags[MISMATCH_TAG] = self.mismatch[:5000]  # MLflow's limit on a tag value
             if self.commit:
@@ -121,6 +126,13 @@ def find_checkout(cwd: Path) -> Path | None:
     return Path(top).resolve()
 
 
+def _uncommitted(checkout: Path) -> tuple[str, ...]:
+    """The package folders' .py files whose content is not the commit's (edited, added, deleted)."""
+    changed = _git(checkout, "diff", "--name-only", "--no-renames", "HEAD", "--", *PACKAGES.values()) or ""
+    added = _git(checkout, "ls-files", "--others", "--exclude-standard", "--", *PACKAGES.values()) or ""
+    return tuple(sorted({p for p in (changed + "\n" + added).splitlines() if p.endswith(".py")}))
+
+
 def _differing(imported: dict[str, str], checkout: dict[str, str]) -> list[str]:
     return sorted(p for p in imported.keys() | checkout.keys() if imported.get(p) != checkout.get(p))
 
@@ -139,14 +151,15 @@ def _mismatch_message(checkout: Path, commit: str | None, differences: dict[str,
             f"({ALLOW_ENV}=1 runs it anyway, tagged {MISMATCH_TAG}).")
 
 
-def check_code_provenance(cwd: Path | str | None = None) -> Provenance:
-    """Compare the imported packages with the checkout ``cwd`` (default: the working folder) is
-    in; raise :class:`CodeMismatchError` when they differ (a warning with ``SYLLABUS_ALLOW_CODE_MISMATCH=1``).
+def check_code_provenance(cwd: Path | str | None = None, imported: dict[str, Path | None] | None = None) -> Provenance:
+    """Compare the imported packages (``imported``: package -> folder; default where this process
+    imports them from) with the checkout ``cwd`` (default: the working folder) is in; raise
+    :class:`CodeMismatchError` when they differ (a warning with ``SYLLABUS_ALLOW_CODE_MISMATCH=1``).
     Records the result for the run's MLflow tags and returns it."""
     global _recorded
     _recorded = None
     here = Path(cwd) if cwd is not None else Path.cwd()
-    imported = imported_dirs()
+    imported = imported if imported is not None else imported_dirs()
     digests = {name: file_digests(d) if d else {} for name, d in imported.items()}
     code_hash = tree_hash({f"{name}/{path}": digest for name, files in digests.items() for path, digest in files.items()})
     checkout = find_checkout(here)
@@ -162,11 +175,11 @@ def check_code_provenance(cwd: Path | str | None = None) -> Provenance:
             differences[name] = (imported[name], files, len(digests[name].keys() | theirs.keys()))
     if not differences:
         log.debug("code provenance: the imported code is %s at commit %s (code hash %s)", checkout, commit, code_hash[:12])
-        _recorded = Provenance(code_hash, checkout, commit)
+        _recorded = Provenance(code_hash, checkout, commit, uncommitted=_uncommitted(checkout))
         return _recorded
     message = _mismatch_message(checkout, commit, differences)
     if os.environ.get(ALLOW_ENV, "").strip().lower() not in ("1", "true", "yes"):
         raise CodeMismatchError(message)
     log.warning("%s", message)
-    _recorded = Provenance(code_hash, checkout, commit, message)
+    _recorded = Provenance(code_hash, checkout, commit, message, _uncommitted(checkout))
     return _recorded

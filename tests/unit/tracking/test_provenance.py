@@ -129,3 +129,17 @@ def test_lineage_runs_carry_the_checks_tags(checkout, tmp_path, monkeypatch):
         pass
     tags = MlflowClient(tracking).get_run(run.info.run_id).data.tags
     assert tags[COMMIT_TAG] == commit and tags[CODE_HASH_TAG] == result.code_hash
+
+
+def test_local_edits_in_a_matching_checkout_are_tagged(checkout, tmp_path):
+    """A developer's checkout, editable-installed, with an uncommitted edit: the code matches the
+    folder, but the commit alone is not that code, so the edited files are tagged too."""
+    repo, commit = checkout
+    imported = {name: repo / folder for name, folder in provenance.PACKAGES.items()}
+    edited = repo / "flows" / "logs.py"
+    edited.write_text(edited.read_text() + "\n# local edit\n")
+    (repo / "tasks" / "scratch.py").write_text("X = 1\n")
+    result = check_code_provenance(repo, imported=imported)
+    assert result.mismatch is None and result.commit == commit
+    assert provenance.recorded_tags()[provenance.UNCOMMITTED_TAG] == "flows/logs.py, tasks/scratch.py"
+    assert tree_hash({f"{n}/{p}": d for n, where in imported.items() for p, d in file_digests(where).items()}) == result.code_hash
