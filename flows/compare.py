@@ -19,6 +19,7 @@ from syllabus.pipeline.config import CompareParams
 from syllabus.selection.defects import audit_markdown, audit_metrics, audit_url, load_labels, plot_audit
 from syllabus.store import Store
 from syllabus.tracking.lineage import Lineage
+from syllabus.tracking.provenance import check_code_provenance
 
 log = logging.getLogger("flows.compare")  # not __name__: a deployment loads this file as module "compare"
 
@@ -44,6 +45,7 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
     Args:
         params: the pool, model, methods, budget, random seeds, difficulty windows and every stage's settings.
     """
+    check_code_provenance()  # the code that runs is the commit recorded, or the run fails here
     band = _band(params) if params.windows else (25.0, 75.0)
     arms = C.compare_arms(params.methods, params.seeds, params.seed, params.selector_overrides, params.windows,
                           params.window_method)

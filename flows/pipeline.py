@@ -25,6 +25,7 @@ from syllabus.pipeline.stages import evaluation_config, export_subset
 from syllabus.tracking.lineage import Lineage
 from syllabus.tracking.names import method_label, unique_labels
 from syllabus.tracking.notes import describe_arm, describe_pipeline
+from syllabus.tracking.provenance import check_code_provenance
 from syllabus_tasks.stages import evaluate_task, finetune_task, ingest_task, select_task
 
 log = logging.getLogger("flows.pipeline")  # not __name__: a deployment loads this file as module "pipeline"
@@ -248,6 +249,7 @@ def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     Args:
         params: the pool, model, methods, budget and every stage's settings (each field is described below).
     """
+    check_code_provenance()  # the code that runs is the commit recorded, or the run fails here
     result = run_arms(params, default_arms(params))
     end_partial_run(params, result)
     issues = result.pop("problems")

@@ -20,6 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from syllabus_flows.outcome import finish, missing_shards_message, publish, retry_hint
 from syllabus.pipeline.stages import pool_shards
+from syllabus.tracking.provenance import check_code_provenance
 from syllabus_tasks.progress import ScoreProgress
 from syllabus_tasks.stages import score_manifest_task, score_shard_task
 
@@ -46,6 +47,7 @@ def score(pool_manifest: str, scorers: dict[str, dict[str, Any]], model: str = "
         model: the target model: an alias (smollm2-135m), a Hugging Face directory, a .gguf file or a hub id.
         store: store URL (a directory, s3://bucket/prefix, memory://name); default $SYLLABUS_STORE or ./syllabus-store.
     """
+    check_code_provenance()  # the code that runs is the commit recorded, or the run fails here
     shards = pool_shards(pool_manifest)
     futures = {
         name: score_shard_task.map(shards, unmapped(name), unmapped(config), unmapped(model), unmapped(store),

@@ -14,6 +14,7 @@ from prefect import flow
 
 from syllabus_flows.outcome import publish
 from syllabus.pipeline.config import BudgetParam
+from syllabus.tracking.provenance import check_code_provenance
 from syllabus_tasks.stages import evaluate_task, finetune_task, ingest_task, select_task
 
 # JSON, not pickle: the result file is readable by anyone (and any tool) that fills the next form.
@@ -39,6 +40,7 @@ def ingest(pool: list[str], store: str | None = None, shard_size: int = 1000,
         special_tokens: records whose text spells a chat-template token (<|im_end|>, <s>, [INST] ...):
             keep them (the strings stay plain text) or quarantine them.
     """
+    check_code_provenance()  # the code that runs is the commit recorded, or the run fails here
     out = ingest_task(pool, store, shard_size, special_tokens)
     counts = {k: out.get(k) for k in ("records_in", "records_ok", "records_rejected", "duplicates", "shards", "pool_fingerprint")}
     publish(markdown=_table("Pool ingested", counts, {"pool manifest": out.get("manifest")},
@@ -61,6 +63,7 @@ def select(method: str, scores: list[str], budget: BudgetParam, store: str | Non
         overrides: per selector config changes, e.g. {"threshold": {"min_value": 85}}.
         pool: the pool manifest URL, to carry every sample's text into the subset (optional when scores name it).
     """
+    check_code_provenance()  # the code that runs is the commit recorded, or the run fails here
     out = select_task(method, scores, budget.model_dump(exclude_none=True), store, seed, overrides, pool)
     outputs = out.get("outputs") or {}
     publish(markdown=_table(f"Selection: {method}", {"selected": out.get("n_selected"), "candidates": out.get("n_candidates")},
@@ -82,6 +85,7 @@ def finetune(selected: str, model: str = "smollm2-135m", config: dict[str, Any] 
         config: LoRA fine-tuning settings (FinetuneConfig fields), e.g. {"epochs": 1, "learning_rate": 2e-4}.
         store: store URL; default $SYLLABUS_STORE or ./syllabus-store.
     """
+    check_code_provenance()  # the code that runs is the commit recorded, or the run fails here
     out = finetune_task(selected, model, config or {}, store)
     publish(markdown=_table("Fine-tuned adapter", {k: out.get(k) for k in ("samples", "steps", "train_loss", "seconds")},
                             {"adapter": out.get("adapter")},
@@ -102,6 +106,7 @@ def evaluate(model: str = "smollm2-135m", adapter: str | None = None, benches: l
         config: evaluation settings (EvalConfig fields), e.g. {"limit": 40, "generate": false}.
         store: store URL; default $SYLLABUS_STORE or ./syllabus-store.
     """
+    check_code_provenance()  # the code that runs is the commit recorded, or the run fails here
     out = evaluate_task(model, adapter, benches or ["mmlu-medical"], config or {}, store)
     metrics = {k: v for k, v in (out.get("metrics") or {}).items() if isinstance(v, (int, float))}
     publish(markdown=_table("Evaluation", metrics, {"per-item results": out.get("results")},

@@ -21,6 +21,7 @@ from syllabus_flows.outcome import PARTIAL, finish, result_of
 from syllabus_flows.pipeline import pipeline
 from syllabus.pipeline.config import PipelineParams
 from syllabus.store import MissingObjectError, Store, content_hash
+from syllabus.tracking.provenance import check_code_provenance
 from syllabus_tasks.stages import ingest_task
 
 log = logging.getLogger("flows.watch")  # not __name__: a deployment loads this file as module "watch"
@@ -50,6 +51,7 @@ def watch(params: PipelineParams = PipelineParams(), force: bool = False) -> dic
         params: the pipeline's parameters; params.pool must name the pool to watch (an empty pool is refused).
         force: run the pipeline even when the pool's fingerprint is unchanged.
     """
+    check_code_provenance()  # the code that runs is the commit recorded, or the run fails here
     pool = real_pool(params.pool)
     if pool != list(params.pool):
         params = params.model_copy(update={"pool": pool})
