@@ -109,10 +109,18 @@ def select(
         compare=list(compare), plots=True, seconds=time.perf_counter() - start,
     )
     from syllabus.selection.commands import empty_selection_error
+    from syllabus.selection.recipes import short_selection_error
 
     empty = empty_selection_error(report, recipe, candidates.frame)
     if empty:  # committed to inspect, but an empty subset is not a result (the CLI exits 1 alike)
         raise ValueError(f"{empty}; the selection report is {report['outputs']['report']}")
+    # Nor is one short of its budget, unless the budget says so (fill: rank, allow_short: true),
+    # as `syllabus select` exits 1 for it.
+    short = short_selection_error(result, recipe, candidates.frame)
+    if short:
+        raise ValueError(f"{short}. In a run config that is the budget's allow_short: true or fill: rank "
+                         f"(syllabus run/compare --set budget.allow_short=true); the selection report is "
+                         f"{report['outputs']['report']}")
     return report
 
 
