@@ -69,13 +69,20 @@ def _split(text: str) -> list[str]:
 def _params(cls: type, args: argparse.Namespace, changes: dict):
     """The config file's parameters (or the defaults), then the flags (each replaces its whole
     field: ``--windows none`` leaves no window), then the ``--set`` paths deep-merged on top;
-    every setting is checked here, before the flow starts a Prefect server or an MLflow run."""
+    every setting is checked here, before the flow starts a Prefect server or an MLflow run,
+    and so is every file the parameters name (a missing pool path fails here, in one line)."""
+    from syllabus.config import check_config_paths
+
     params = cls.from_file(args.config) if args.config else cls()
     flags = {k: v for k, v in changes.items() if v is not None}
     if flags:
         params = cls.model_validate({**params.model_dump(mode="json"), **flags})
     paths = parse_set(args.changes, "finetune.epochs=2")
     params = params.with_changes(paths) if paths else params
+    # The config file is named only where its paths were not replaced on the command line.
+    files = ("pool", "labels", "benches")
+    given = set(flags) | set(paths)
+    check_config_paths(params, args.config if args.config and not given.intersection(files) else "")
     check_environment(params)
     return params
 
