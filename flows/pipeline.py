@@ -21,7 +21,7 @@ from syllabus_flows.score import score_with_workers
 from syllabus.pipeline.config import PipelineParams
 from syllabus.pipeline.report import results_markdown, results_table
 from syllabus.scoring.timing import stage_metrics
-from syllabus.pipeline.stages import evaluation_config, export_subset
+from syllabus.pipeline.stages import check_budget_fits, cutoff_warnings, evaluation_config, export_subset
 from syllabus.tracking.lineage import Lineage
 from syllabus.tracking.names import method_label, unique_labels
 from syllabus.tracking.notes import describe_arm, describe_pipeline
@@ -91,6 +91,8 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
         lineage.log_metrics({k: ingest[k] for k in ("records_in", "records_ok", "records_rejected", "duplicates", "shards")}, "pool/")
         lineage.log_pool(ingest)
         lineage.describe(describe_pipeline(title, [a["name"] for a in arms], budget, ingest, params.model))
+        # A count above the pool can never be met: fail here, naming both, before any scoring.
+        check_budget_fits(params.budget, ingest["records_ok"], sorted({a["method"] for a in arms}))
 
         t0 = time.perf_counter()
         manifests = result_of(score_with_workers(params.score_workers, params.task_runner, params.dask_address)(
@@ -108,6 +110,14 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
             lineage.log_metrics(stage_metrics(m.get("timing", {}).get("stages", {})), f"score/{name}/")
         if manifests:
             lineage.log_params({"model_fingerprint": next(iter(manifests.values()))["model_fingerprint"]})
+        # A fixed cut-off its scores cannot meet (3DS's quality >= 90 on a small rater's compressed
+        # scale), said before selecting, with the percentile that keeps enough (as `syllabus score` does).
+        said: set[str] = set()
+        for arm in arms:
+            for warning in cutoff_warnings(arm["method"], arm["overrides"], params.budget, manifests, per_method[arm["method"]]):
+                if warning not in said:
+                    said.add(warning)
+                    log.warning("%s", warning)
 
         eval_config = evaluation_config(params.eval, manifests)  # leaves out what influence scoring validated on
         rows: list[dict[str, Any]] = []

@@ -32,6 +32,50 @@ def ingest(inputs: Sequence[str], store_url: str | None, shard_size: int, specia
     return result.summary()
 
 
+def check_budget_fits(budget: Any, n_pool: int, methods: Sequence[str]) -> None:
+    """After ingest, before any scoring: raise :class:`~syllabus.selection.base.BudgetTooLargeError`
+    naming the method, the budget and the pool when a count asks for more samples than the pool
+    holds (no threshold could meet it). ``budget`` is a Budget; a method that needs no budget
+    (``full``) is not checked."""
+    from syllabus.selection.base import BudgetTooLargeError
+    from syllabus.selection.recipes import load_recipe
+    from syllabus.tracking.names import method_label
+
+    for method in methods:
+        if not load_recipe(method).needs_budget():
+            continue
+        try:
+            budget.check_fits(n_pool, method_label(method))
+        except BudgetTooLargeError as exc:  # the flags it names are compare's; a run config says it so
+            raise BudgetTooLargeError(f"{exc} (in a run config: budget: {{count: {n_pool}}} or less, or "
+                                      "{ratio: R})") from None
+
+
+def cutoff_warnings(method: str, overrides: Mapping[str, Any] | None, budget: Any,
+                    manifests: Mapping[str, Mapping[str, Any]], instances: Sequence[str]) -> list[str]:
+    """After scoring, before selecting: the fixed cut-offs of ``method`` (its recipe with the
+    arm's selector ``overrides``) that the scores of its scorer ``instances`` cannot meet for
+    ``budget`` (a Budget), as :func:`syllabus.selection.cutoffs.fixed_cutoff_warnings` words
+    them (``syllabus score`` gives the same after each scorer). Only the score tables a
+    threshold reads are read; empty when there is none."""
+    from syllabus.plan import apply_selector_overrides, scorer_of
+    from syllabus.selection.cutoffs import fixed_cutoff_warnings
+    from syllabus.selection.recipes import load_recipe
+    from syllabus.selection.scores import read_score_input
+
+    recipe = apply_selector_overrides(load_recipe(method), overrides)
+    columns = [str(s.config.get("column") or "quality_score") for s in recipe.selectors if s.name == "threshold"]
+    frame = None
+    for instance in instances:
+        prefix = scorer_of(instance) + "_"
+        if instance not in manifests or not any(c.startswith(prefix) for c in columns):
+            continue
+        table, _ = read_score_input(manifests[instance]["url"])
+        part = table.select([c for c in table.column_names if c == "sample_id" or c.startswith(prefix)]).to_pandas()
+        frame = part if frame is None else frame.merge(part, on="sample_id", how="outer")
+    return fixed_cutoff_warnings(recipe, frame, budget) if frame is not None else []
+
+
 def pool_shards(manifest_url: str) -> list[dict[str, Any]]:
     """Small references to every shard of a pool: name, URL, content hash, rows."""
     from syllabus.pool.manifest import load_manifest
