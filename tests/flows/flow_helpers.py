@@ -13,6 +13,17 @@ def write_pool(path, n: int, start: int = 0):
     return str(path)
 
 
+def uncommitted_code_allowed() -> dict[str, str]:
+    """For workers that run a clone of this checkout's branch while importing its working tree:
+    with local edits to the packages' .py files a run would (rightly) refuse to start, so the
+    escape hatch is set then, and only then (a clean checkout, as in CI, runs the strict check)."""
+    from pathlib import Path
+
+    from syllabus.tracking.provenance import ALLOW_ENV, uncommitted_files
+
+    return {ALLOW_ENV: "1"} if uncommitted_files(Path(__file__).resolve().parents[2]) else {}
+
+
 def free_port() -> int:
     import socket
 

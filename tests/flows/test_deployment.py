@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flow_helpers import free_port, serve
+from flow_helpers import free_port, serve, uncommitted_code_allowed
 
 pytestmark = pytest.mark.flow
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +22,8 @@ PREFECT = str(Path(sys.executable).parent / "prefect")
 def prefect_server(tmp_path):
     port = free_port()
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", SYLLABUS_GIT_URL=str(ROOT), SYLLABUS_GIT_BRANCH=_branch())
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", SYLLABUS_GIT_URL=str(ROOT), SYLLABUS_GIT_BRANCH=_branch(),
+               **uncommitted_code_allowed())
     env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
     with serve([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], f"{env['PREFECT_API_URL']}/health", env):
         yield env

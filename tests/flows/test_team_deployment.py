@@ -22,7 +22,7 @@ from uuid import UUID
 
 import pytest
 
-from flow_helpers import free_port, serve, write_pool
+from flow_helpers import free_port, serve, uncommitted_code_allowed, write_pool
 
 pytestmark = pytest.mark.flow
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,7 +125,8 @@ def team(tmp_path, s3_bucket, s3_endpoint):
         worker_env = dict(base, PREFECT_API_URL=prefect_env["PREFECT_API_URL"], PREFECT_HOME=str(elsewhere / "prefect-home"),
                           PREFECT_WORKER_WEBSERVER_PORT=str(health_port), SYLLABUS_RETRY_BASE_SECONDS="0",
                           PYTHONPATH=os.pathsep.join([str(elsewhere / "site"), str(Path(__file__).parent)]),
-                          AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+                          AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                          **uncommitted_code_allowed())
         worker = [str(BIN / "prefect"), "worker", "start", "--pool", "syllabus-process", "--with-healthcheck"]
         with serve(worker, f"http://127.0.0.1:{health_port}/health", worker_env, timeout=300, cwd=elsewhere):
             yield {"api": Api(prefect_env["PREFECT_API_URL"]), "store": store, "tracking": tracking, "elsewhere": elsewhere}

@@ -126,7 +126,7 @@ def find_checkout(cwd: Path) -> Path | None:
     return Path(top).resolve()
 
 
-def _uncommitted(checkout: Path) -> tuple[str, ...]:
+def uncommitted_files(checkout: Path) -> tuple[str, ...]:
     """The package folders' .py files whose content is not the commit's (edited, added, deleted)."""
     changed = _git(checkout, "diff", "--name-only", "--no-renames", "HEAD", "--", *PACKAGES.values()) or ""
     added = _git(checkout, "ls-files", "--others", "--exclude-standard", "--", *PACKAGES.values()) or ""
@@ -175,11 +175,11 @@ def check_code_provenance(cwd: Path | str | None = None, imported: dict[str, Pat
             differences[name] = (imported[name], files, len(digests[name].keys() | theirs.keys()))
     if not differences:
         log.debug("code provenance: the imported code is %s at commit %s (code hash %s)", checkout, commit, code_hash[:12])
-        _recorded = Provenance(code_hash, checkout, commit, uncommitted=_uncommitted(checkout))
+        _recorded = Provenance(code_hash, checkout, commit, uncommitted=uncommitted_files(checkout))
         return _recorded
     message = _mismatch_message(checkout, commit, differences)
     if os.environ.get(ALLOW_ENV, "").strip().lower() not in ("1", "true", "yes"):
         raise CodeMismatchError(message)
     log.warning("%s", message)
-    _recorded = Provenance(code_hash, checkout, commit, message, _uncommitted(checkout))
+    _recorded = Provenance(code_hash, checkout, commit, message, uncommitted_files(checkout))
     return _recorded
