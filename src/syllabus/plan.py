@@ -151,7 +151,11 @@ def scorer_plan(scorer: str, overrides: Mapping[str, Any] | None = None) -> Plan
 
 
 def _label(method: str) -> str:
-    """A method as part of an instance name: a recipe file path becomes its stem."""
+    """A method as part of an instance name, which becomes a store key (``scores/manifests/
+    <instance>-...``): a recipe file path becomes its stem, made one safe segment (a shipped
+    method's name is unchanged, so are its keys)."""
     from pathlib import PurePath
 
-    return PurePath(method).stem if method.endswith((".yaml", ".yml")) else method
+    from syllabus.tracking.names import is_recipe_path, label
+
+    return label(PurePath(method).stem if is_recipe_path(method) else method)

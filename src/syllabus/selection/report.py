@@ -27,6 +27,7 @@ from syllabus.selection.recipes import Recipe, SelectionResult
 from syllabus.selection.scores import Candidates, read_url_bytes
 from syllabus.store import Store, content_hash
 from syllabus.store.store import read_parquet_bytes
+from syllabus.tracking.names import label
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,10 @@ def selection_key(recipe: Recipe, result: SelectionResult, candidates: Candidate
     }
     if result.fill is not None:  # only when set: the keys of selections without a fill stay as they were
         identity["fill"] = result.fill
-    return f"selections/{recipe.name}/{recipe.name}-{content_hash(identity)}"
+    # A recipe file's name field is user input: one safe segment (a shipped name is unchanged,
+    # so are its keys), never a slash that would nest the key or a '..' that would leave it.
+    name = label(recipe.name)
+    return f"selections/{name}/{name}-{content_hash(identity)}"
 
 
 def build_report(
