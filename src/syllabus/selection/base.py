@@ -104,8 +104,11 @@ class Budget(BaseModel):
     - ``allow_short: true`` accepts a selection short of the budget (after any fill).
     """
 
-    # The JSON schema says "exactly one" too, so the Prefect form and server reject both (or
-    # neither) before a run is created, not only this validator once the run has started.
+    # The JSON schema says "exactly one" too, for whoever reads Budget's own schema. The flows do
+    # not use it: their budget parameter is syllabus.pipeline.config.BudgetParam, which leaves
+    # this oneOf out of the schema Prefect checks (jsonschema can only word it as schema text),
+    # so a run with both (or neither) is created and fails as it starts, in one sentence from
+    # BudgetParam's validator.
     model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra={"oneOf": [
         {"properties": {"count": {"type": "integer"}}, "required": ["count"]},
         {"properties": {"ratio": {"type": "number"}}, "required": ["ratio"]},
