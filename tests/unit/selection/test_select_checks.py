@@ -80,5 +80,10 @@ def test_select_stage_of_the_flows_fails_alike(compressed):
     with pytest.raises(ValueError, match=r"3ds selected 0 of 200 candidates: stage 1 \(threshold\) kept none.*"
                                          r"min_percentile=\d+.*the selection report is "):
         select("3ds", [quality, difficulty], {"count": 10}, root)
-    report = select("3ds", [quality, difficulty], {"count": 10}, root, selector_overrides={"threshold": {"min_percentile": 80}})
-    assert report["n_selected"] > 0
+    top = {"threshold": {"min_percentile": 80}}
+    # short of its budget: fails as `syllabus select` exits 1, unless the budget allows it
+    with pytest.raises(ValueError, match=r"3ds selected \d+ of the 10 asked \(its budget\).*allow_short: true.*"
+                                         r"--set budget.allow_short=true.*the selection report is "):
+        select("3ds", [quality, difficulty], {"count": 10}, root, selector_overrides=top)
+    report = select("3ds", [quality, difficulty], {"count": 10, "allow_short": True}, root, selector_overrides=top)
+    assert 0 < report["n_selected"] < 10
