@@ -13,7 +13,7 @@ logs that as a warning instead and the run's MLflow tags record it.
 Whatever was found is tagged on the run's MLflow runs (through ``source_tags``):
 ``syllabus.code_hash`` (a hash of the imported packages' ``.py`` files: the code that ran) and,
 when the code matches the checkout, ``mlflow.source.git.commit`` = the checkout's commit (and
-``syllabus.code_uncommitted``: the checkout's .py files with local edits, when it has any).
+``syllabus.code_uncommitted``: the checkout's .py and .yaml files with local edits, when it has any).
 No Prefect import here: this runs inside flows but is plain file and git work.
 """
 
@@ -54,7 +54,7 @@ class Provenance:
     checkout: Path | None = None
     commit: str | None = None
     mismatch: str | None = None
-    uncommitted: tuple[str, ...] = ()  # the checkout's .py files that differ from its commit
+    uncommitted: tuple[str, ...] = ()  # the checkout's .py and .yaml files that differ from its commit
 
     def tags(self) -> dict[str, str]:
         tags = {CODE_HASH_TAG: self.code_hash}
@@ -77,10 +77,16 @@ def recorded_tags() -> dict[str, str]:
     return _recorded.tags() if _recorded else {}
 
 
+# The code and the shipped recipes (a method is its recipe): what a run executes.
+CODE_SUFFIXES = (".py", ".yaml")
+
+
 def file_digests(directory: Path) -> dict[str, str]:
-    """Relative path (POSIX) -> SHA-256 of the bytes, for every ``.py`` file under ``directory``."""
+    """Relative path (POSIX) -> SHA-256 of the bytes, for every ``.py`` and ``.yaml`` file under
+    ``directory``."""
     return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*.py")) if "__pycache__" not in p.parts and p.is_file()}
+            for p in sorted(directory.rglob("*")) if p.suffix in CODE_SUFFIXES and "__pycache__" not in p.parts
+            and p.is_file()}
 
 
 def tree_hash(digests: dict[str, str]) -> str:
@@ -127,10 +133,10 @@ def find_checkout(cwd: Path) -> Path | None:
 
 
 def uncommitted_files(checkout: Path) -> tuple[str, ...]:
-    """The package folders' .py files whose content is not the commit's (edited, added, deleted)."""
+    """The package folders' .py and .yaml files whose content is not the commit's (edited, added, deleted)."""
     changed = _git(checkout, "diff", "--name-only", "--no-renames", "HEAD", "--", *PACKAGES.values()) or ""
     added = _git(checkout, "ls-files", "--others", "--exclude-standard", "--", *PACKAGES.values()) or ""
-    return tuple(sorted({p for p in (changed + "\n" + added).splitlines() if p.endswith(".py")}))
+    return tuple(sorted({p for p in (changed + "\n" + added).splitlines() if p.endswith(CODE_SUFFIXES)}))
 
 
 def _differing(imported: dict[str, str], checkout: dict[str, str]) -> list[str]:
@@ -143,7 +149,7 @@ def _mismatch_message(checkout: Path, commit: str | None, differences: dict[str,
         named = ", ".join(files[:_NAMED_FILES]) + (f" and {len(files) - _NAMED_FILES} more" if len(files) > _NAMED_FILES else "")
         source = f"imported from {where}" if where else "not importable"
         parts.append(f"package {name} ({source}) differs from {PACKAGES[name]}/ in the checkout in "
-                     f"{len(files)} of {total} .py files ({named})")
+                     f"{len(files)} of {total} .py and .yaml files ({named})")
     at = f"commit {commit[:12]}" if commit else "an unknown commit"
     return (f"The code this run would execute is not the code of {checkout} ({at}), the checkout the run started in: "
             f"{'; '.join(parts)}. Install the clone into the worker's environment: `pip install -e {checkout}`, "

@@ -61,7 +61,7 @@ def test_one_changed_file_fails_naming_package_place_commit_file_and_fix(checkou
     message = str(err.value)
     tasks_dir = imported_dirs()["syllabus_tasks"]
     total = len(file_digests(tasks_dir))
-    assert f"package syllabus_tasks (imported from {tasks_dir}) differs from tasks/ in the checkout in 1 of {total} .py files (stages.py)" in message
+    assert f"package syllabus_tasks (imported from {tasks_dir}) differs from tasks/ in the checkout in 1 of {total} .py and .yaml files (stages.py)" in message
     assert commit_b[:12] in message and str(repo.resolve()) in message
     assert f"`pip install -e {repo.resolve()}`" in message and "start the worker from an environment built from" in message
     assert "syllabus_flows" not in message and "package syllabus " not in message  # only the package that differs
@@ -143,3 +143,13 @@ def test_local_edits_in_a_matching_checkout_are_tagged(checkout, tmp_path):
     assert result.mismatch is None and result.commit == commit
     assert provenance.recorded_tags()[provenance.UNCOMMITTED_TAG] == "flows/logs.py, tasks/scratch.py"
     assert tree_hash({f"{n}/{p}": d for n, where in imported.items() for p, d in file_digests(where).items()}) == result.code_hash
+
+
+def test_a_changed_recipe_is_a_code_change(checkout):
+    """A method is its recipe: a recipe edited in the clone but not in the worker's install differs."""
+    repo, _ = checkout
+    recipe = repo / "src" / "syllabus" / "recipes" / "3ds.yaml"
+    recipe.write_text(recipe.read_text().replace("min_value: 90", "min_value: 85"))
+    _commit(repo, "B")
+    with pytest.raises(CodeMismatchError, match=r"package syllabus .*\(recipes/3ds.yaml\)"):
+        check_code_provenance(repo)
