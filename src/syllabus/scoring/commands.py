@@ -272,13 +272,20 @@ def cmd_score(args: argparse.Namespace) -> int:
     lm = LazyModel(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     # What will be done and how long it takes, before the work (cached rates or a short calibration).
     from syllabus.models.ref import default_device
-    from syllabus.scoring.preview import plan_preview, preview_lines, record_rate
+    from syllabus.pool.manifest import load_manifest
+    from syllabus.scoring.pool import _limit_shards
+    from syllabus.scoring.preview import plan_line, plan_preview, record_rate, scorer_line, total_line
 
-    preview = {p["instance"]: p for p in plan_preview(configs, manifest_url, lm, store, args.limit,
-                                                      args.device or default_device(), not args.no_calibrate,
-                                                      args.force)}
-    for line in preview_lines(args.method, args.model, list(preview.values())):
-        print(line, flush=True)
+    samples = sum(take or shard["rows"] for shard, take in _limit_shards(load_manifest(manifest_url), args.limit))
+    print(plan_line(args.method, args.model, samples), flush=True)
+    preview = {}
+    for p in plan_preview(configs, manifest_url, lm, store, args.limit, args.device or default_device(),
+                          not args.no_calibrate, args.force):
+        preview[p["instance"]] = p
+        print(scorer_line(p), flush=True)
+    expected = total_line(list(preview.values()))
+    if expected:
+        print(expected, flush=True)
     manifests = []
     stages = {}
     warnings: list[str] = []

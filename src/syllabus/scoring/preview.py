@@ -24,7 +24,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from syllabus.store import Store, content_hash
 
@@ -79,14 +79,14 @@ def record_rate(key: str, seconds_per_sample: float | None, samples: int, scorer
 
 def plan_preview(configs: Mapping[str, Mapping[str, Any]], manifest_url: str, lm: Any, store: Store,
                  limit: int | None = None, device: str = "cpu", calibrate: bool = True,
-                 force: bool = False) -> list[dict[str, Any]]:
-    """Per scorer instance: samples in the plan, cached, to score, the rate and its source, and
-    the estimated seconds (None when no rate is known)."""
+                 force: bool = False) -> Iterator[dict[str, Any]]:
+    """Per scorer instance, as soon as it is known (a calibration takes a while): samples in the
+    plan, cached, to score, the rate and its source, and the estimated seconds (None when no
+    rate is known)."""
     from syllabus.pool.manifest import load_manifest, read_shard
     from syllabus.scoring.pool import _limit_shards, make_scorer
 
     planned = _limit_shards(load_manifest(manifest_url), limit)
-    out = []
     for instance, config in configs.items():
         scorer = make_scorer(instance, config)
         todo: list[tuple[dict, int | None]] = []
@@ -110,30 +110,39 @@ def plan_preview(configs: Mapping[str, Mapping[str, Any]], manifest_url: str, lm
             scorer.score(table, lm)
             rate = (time.perf_counter() - start) / table.num_rows
             source = f"calibrated on {table.num_rows} samples"
-        out.append({"instance": instance, "samples": total, "cached": cached, "to_score": left,
-                    "seconds_per_sample": rate, "rate_source": source if rate else None,
-                    "seconds": rate * left if rate is not None else None, "rate_key": key})
-    return out
+        yield {"instance": instance, "samples": total, "cached": cached, "to_score": left,
+               "seconds_per_sample": rate, "rate_source": source if rate else None,
+               "seconds": rate * left if rate is not None else None, "rate_key": key}
 
 
-def preview_lines(method: str, model: str, preview: list[dict[str, Any]]) -> list[str]:
+def plan_line(method: str, model: str, samples: int) -> str:
+    return f"plan: score {samples:,} samples for {method} with {model}"
+
+
+def scorer_line(p: Mapping[str, Any]) -> str:
     from syllabus.scoring.timing import format_duration
 
+    head = f"  {p['instance']}: {p['to_score']:,} to score, {p['cached']:,} already in the store"
+    if not p["to_score"]:
+        return head
+    if p["seconds"] is None:
+        return f"{head}; no rate measured yet on this machine (printed when it finishes)"
+    return f"{head}; about {format_duration(p['seconds'])} ({p['seconds_per_sample']:.2f} s a sample, {p['rate_source']})"
+
+
+def total_line(preview: list[Mapping[str, Any]]) -> str | None:
+    """The expected time of the scorers with a rate, naming those without; None when nothing is left."""
+    from syllabus.scoring.timing import format_duration
+
+    if not any(p["to_score"] for p in preview):
+        return None
+    unknown = [p["instance"] for p in preview if p["to_score"] and p["seconds"] is None]
+    total = sum(p["seconds"] or 0.0 for p in preview if p["to_score"])
+    rest = f", plus {', '.join(unknown)}" if unknown else ""
+    return f"  expected: about {format_duration(total)}{rest} (loading the model not included)"
+
+
+def preview_lines(method: str, model: str, preview: list[Mapping[str, Any]]) -> list[str]:
     samples = max((p["samples"] for p in preview), default=0)
-    lines = [f"plan: score {samples:,} samples for {method} with {model}"]
-    total, unknown = 0.0, []
-    for p in preview:
-        head = f"  {p['instance']}: {p['to_score']:,} to score, {p['cached']:,} already in the store"
-        if not p["to_score"]:
-            lines.append(head)
-        elif p["seconds"] is None:
-            unknown.append(p["instance"])
-            lines.append(f"{head}; no rate measured yet on this machine (printed when it finishes)")
-        else:
-            total += p["seconds"]
-            lines.append(f"{head}; about {format_duration(p['seconds'])} "
-                         f"({p['seconds_per_sample']:.2f} s a sample, {p['rate_source']})")
-    if any(p["to_score"] for p in preview):
-        rest = f", plus {', '.join(unknown)}" if unknown else ""
-        lines.append(f"  expected: about {format_duration(total)}{rest} (loading the model not included)")
-    return lines
+    total = total_line(preview)
+    return [plan_line(method, model, samples), *map(scorer_line, preview), *([total] if total else [])]
