@@ -30,18 +30,23 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
 from syllabus.pool.canonical import DEFAULT_MAX_CHARS, SCHEMA, FieldMap, RecordRejected, Sample, normalise
-from syllabus.pool.readers import RawRecord, expand, read
+from syllabus.pool.readers import LineBlock, RawRecord, expand, read, read_blocks
 from syllabus.pool.special_tokens import SpecialTokenCounts, quarantine_reason, spelled_tokens
+from syllabus.pool.vectorised import prepare_batch, prepare_lines
 from syllabus.store import Store, content_hash
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SIZE = 1000
 MANIFEST_VERSION = 1
+# JSONL and Parquet files take the vectorised path (syllabus.pool.vectorised); False sends
+# every record through the per-record path, for tests and benchmarks that compare the two.
+VECTORISED = True
 
 
 class NothingValidError(ValueError):
@@ -88,12 +93,15 @@ class IngestResult:
         }
 
 
+def _row_line(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n"
+
+
 def shard_content_hash(rows: list[dict[str, Any]]) -> str:
     """Hash of a shard's canonical rows: independent of Parquet encoding and library versions."""
     h = hashlib.sha256()
     for row in rows:
-        h.update(json.dumps(row, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8", "surrogatepass"))
-        h.update(b"\n")
+        h.update(_row_line(row).encode("utf-8", "surrogatepass"))
     return h.hexdigest()[:20]
 
 
@@ -124,36 +132,101 @@ def _slug(name: str) -> str:
 
 
 class _Sharder:
-    """Collects valid rows of one file and commits them in fixed-size, content-addressed shards."""
+    """Collects valid rows of one file and commits them in fixed-size, content-addressed shards.
+
+    Rows are kept as columns and as the JSON lines :func:`shard_content_hash` hashes, so a
+    shard's hash and table are the same whichever path (per-record or vectorised) made its rows."""
 
     def __init__(self, store: Store, shard_size: int):
         self.store, self.shard_size = store, shard_size
         self.shards: list[dict[str, Any]] = []
         self.written = self.reused = 0
 
-    def flush(self, source: str, file: str, slug: str, index: int, rows: list[dict[str, Any]]) -> None:
-        digest = shard_content_hash(rows)
+    def start_file(self, source: str, file: str, slug: str) -> None:
+        self.source, self.file, self.slug, self.index = source, file, slug, 0
+        self._clear()
+
+    def _clear(self) -> None:
+        self.ids: list[str] = []
+        self.sources: list[str] = []
+        self.instructions: list[str] = []
+        self.inputs: list[str] = []
+        self.outputs: list[str] = []
+        self.users: list[str | None] = []  # the user turn of a two-turn row, else None
+        self.messages: list[list[dict[str, str]] | None] = []  # the turns of any other row
+        self.metadata: list[str] = []
+        self.lines: list[str] = []
+
+    def add_sample(self, sample: Sample) -> None:
+        row = sample.row()
+        m = sample.messages
+        pair = len(m) == 2 and m[0]["role"] == "user" and m[1]["role"] == "assistant" and m[1]["content"] == sample.output \
+            and len(m[0]) == 2 and len(m[1]) == 2
+        self.add(row["sample_id"], row["source"], row["instruction"], row["input"], row["output"], m[0]["content"] if pair else None,
+                 None if pair else m, row["metadata"], _row_line(row))
+
+    def add(self, sample_id: str, source: str, instruction: str, input: str, output: str, user: str | None,
+            messages: list[dict[str, str]] | None, metadata: str, line: str) -> None:
+        self.ids.append(sample_id)
+        self.sources.append(source)
+        self.instructions.append(instruction)
+        self.inputs.append(input)
+        self.outputs.append(output)
+        self.users.append(user)
+        self.messages.append(messages)
+        self.metadata.append(metadata)
+        self.lines.append(line)
+        if len(self.ids) == self.shard_size:
+            self.flush()
+
+    def _table(self) -> pa.Table:
+        n = len(self.ids)
+        messages_type = SCHEMA.field("messages").type
+        if all(m is None for m in self.messages):
+            contents: list[str | None] = [None] * (2 * n)
+            contents[0::2] = self.users
+            contents[1::2] = self.outputs
+            turns = pa.StructArray.from_arrays(
+                [pa.array(["user", "assistant"] * n, pa.string()), pa.array(contents, pa.string())],
+                fields=list(messages_type.value_type),
+            )
+            messages = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)), turns, type=messages_type)
+        else:
+            messages = pa.array(
+                [m if m is not None else [{"role": "user", "content": u}, {"role": "assistant", "content": o}]
+                 for m, u, o in zip(self.messages, self.users, self.outputs)],
+                type=messages_type,
+            )
+        columns = [self.ids, self.sources, self.instructions, self.inputs, self.outputs, None, self.metadata]
+        arrays = [messages if c is None else pa.array(c, pa.string()) for c in columns]
+        return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+    def flush(self) -> None:
+        if not self.ids:
+            return
+        digest = hashlib.sha256("".join(self.lines).encode("utf-8", "surrogatepass")).hexdigest()[:20]
         key = f"shards/{digest}.parquet"
         if self.store.is_committed(key):
             self.reused += 1
         else:
-            table = pa.Table.from_pylist(rows, schema=SCHEMA)
-            self.store.commit_table(key, table, {"content_hash": digest, "source": source})
+            self.store.commit_table(key, self._table(), {"content_hash": digest, "source": self.source})
             self.written += 1
         self.shards.append(
             {
-                "name": f"shard-{slug}-{index:05d}",
-                "source": source,
-                "file": file,
-                "index": index,
+                "name": f"shard-{self.slug}-{self.index:05d}",
+                "source": self.source,
+                "file": self.file,
+                "index": self.index,
                 "key": key,
                 "url": self.store.url(key),
                 "content_hash": digest,
-                "rows": len(rows),
-                "first_sample_id": rows[0]["sample_id"],
-                "last_sample_id": rows[-1]["sample_id"],
+                "rows": len(self.ids),
+                "first_sample_id": self.ids[0],
+                "last_sample_id": self.ids[-1],
             }
         )
+        self.index += 1
+        self._clear()
 
 
 def _quarantine_entry(rec: RawRecord, code: str, reason: str) -> dict[str, Any]:
@@ -183,10 +256,16 @@ def ingest_pool(
     max_chars: int = DEFAULT_MAX_CHARS,
     progress: bool | None = None,
     special_tokens: str = "keep",
+    vectorised: bool | None = None,
 ) -> IngestResult:
     """Ingest ``inputs`` (files, directories, saved datasets, URLs) into ``store``.
     ``special_tokens``: what to do with records that spell chat-template tokens (``keep`` them
-    as text, or ``quarantine`` them; :mod:`syllabus.pool.special_tokens`)."""
+    as text, or ``quarantine`` them; :mod:`syllabus.pool.special_tokens`). ``vectorised``
+    (default :data:`VECTORISED`): read JSONL and Parquet files through
+    :mod:`syllabus.pool.vectorised`; ``False`` sends every record through the per-record path
+    (same ids, shards, quarantine and fingerprint, only slower)."""
+    if vectorised is None:
+        vectorised = VECTORISED
     if shard_size < 1:
         raise ValueError(f"shard size {shard_size} must be at least 1")
     if max_chars < 1:
@@ -218,10 +297,30 @@ def ingest_pool(
             slug, n = f"{base_slug}-{n}", n + 1
         slugs.add(slug)
         stats = per_file.setdefault(url, FileStats())
-        rows: list[dict[str, Any]] = []
-        index = 0
-        for rec in read(url, kind, max_chars=max_chars):
-            bar.update(1)
+        sharder.start_file(source, url, slug)
+
+        def seen(sample_id: str, content: str, key: str, where: tuple) -> tuple[str, str] | None:
+            """The duplicate code and reason for a record, or None (and it is recorded)."""
+            # Duplicates are found by the dedup key (canonical's docstring: Unicode spelling,
+            # invisible characters and whitespace do not count); ids stay the exact hashes.
+            first = seen_content.get(key)
+            # An own id may equal another record's content-hash id, and the other way round.
+            prior = seen_ids.get(sample_id) or (seen_content.get(sample_id) if sample_id != content else None)
+            if first is not None:
+                return "duplicate_content", (
+                    f"duplicate of the record at {RawRecord(*first).location} (compared after Unicode NFKC "
+                    "normalisation, with invisible characters removed and whitespace collapsed)")
+            if prior is not None:
+                return "duplicate_id", (
+                    f'id "{sample_id}" is already used by the record at {RawRecord(*prior).location} with different '
+                    "content; give the records distinct ids")
+            seen_content[key] = where
+            if sample_id != key:
+                seen_ids[sample_id] = where
+            return None
+
+        def take(rec: RawRecord) -> None:
+            """The per-record path."""
             stats.records_in += 1
             code, reason, duplicate = None, None, False
             sample: Sample | None = None
@@ -239,24 +338,9 @@ def ingest_pool(
                 code, reason, sample = "special_tokens", quarantine_reason(spelled), None
                 spelled_counts.add(spelled)
             if sample is not None:
-                own_id = sample.sample_id != sample.content_hash
-                # Duplicates are found by the dedup key (canonical's docstring: Unicode spelling,
-                # invisible characters and whitespace do not count); ids stay the exact hashes.
-                first = seen_content.get(sample.dedup_key)
-                # An own id may equal another record's content-hash id, and the other way round.
-                prior = seen_ids.get(sample.sample_id) or (seen_content.get(sample.sample_id) if own_id else None)
-                if first is not None:
-                    code, reason, duplicate = "duplicate_content", (
-                        f"duplicate of the record at {RawRecord(*first).location} (compared after Unicode NFKC "
-                        "normalisation, with invisible characters removed and whitespace collapsed)"), True
-                elif prior is not None:
-                    code = "duplicate_id"
-                    reason = f'id "{sample.sample_id}" is already used by the record at {RawRecord(*prior).location} with different content; give the records distinct ids'
-                else:
-                    where = (rec.file, rec.line, rec.row)
-                    seen_content[sample.dedup_key] = where
-                    if sample.sample_id != sample.dedup_key:
-                        seen_ids[sample.sample_id] = where
+                dup = seen(sample.sample_id, sample.content_hash, sample.dedup_key, (rec.file, rec.line, rec.row))
+                if dup is not None:
+                    (code, reason), duplicate = dup, dup[0] == "duplicate_content"
             if code is not None:
                 quarantine.append(_quarantine_entry(rec, code, reason))
                 reasons[code] += 1
@@ -264,15 +348,39 @@ def ingest_pool(
                     stats.duplicates += 1
                 else:
                     stats.records_rejected += 1
-                continue
+                return
             stats.records_ok += 1
             spelled_counts.add(spelled)
-            rows.append(sample.row())
-            if len(rows) == shard_size:
-                sharder.flush(source, url, slug, index, rows)
-                rows, index = [], index + 1
-        if rows:
-            sharder.flush(source, url, slug, index, rows)
+            sharder.add_sample(sample)
+
+        items = read_blocks(url, kind, max_chars=max_chars) if vectorised else read(url, kind, max_chars=max_chars)
+        for item in items:
+            if isinstance(item, RawRecord):
+                bar.update(1)
+                take(item)
+                continue
+            prep = prepare_lines(item, source, fields, max_chars) if isinstance(item, LineBlock) \
+                else prepare_batch(item, source, fields, max_chars)
+            bar.update(len(prep.items))
+            ids, contents, keys, wheres = prep.sample_id, prep.content_hash, prep.dedup_key, prep.where
+            for k in prep.items:
+                if k.__class__ is not int:
+                    take(k)
+                    continue
+                dup = seen(ids[k], contents[k], keys[k], wheres[k])
+                stats.records_in += 1
+                if dup is not None:
+                    quarantine.append(_quarantine_entry(prep.record(k), *dup))
+                    reasons[dup[0]] += 1
+                    if dup[0] == "duplicate_content":
+                        stats.duplicates += 1
+                    else:
+                        stats.records_rejected += 1
+                    continue
+                stats.records_ok += 1
+                sharder.add(ids[k], source, prep.instruction[k], prep.input[k], prep.output[k], prep.user[k], None,
+                            prep.metadata[k], prep.line[k])
+        sharder.flush()
     bar.close()
 
     totals = FileStats()

@@ -295,6 +295,9 @@ def _too_long(url: str, lineno: int, length: int, limit: int, prefix: bytes, off
     )
 
 
+too_long_record = _too_long  # for the vectorised path, which finds long lines inside a block
+
+
 def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
     """Whether ``value`` nests lists and objects deeper than ``limit`` (iteratively: no recursion)."""
     if not isinstance(value, (dict, list)):
@@ -324,6 +327,24 @@ def _parse_json(text: str) -> tuple[Any, tuple[str, str] | None]:
     return value, None
 
 
+def jsonl_record(url: str, raw: bytes, lineno: int, offset: int) -> RawRecord | None:
+    """The record of one JSONL line that fits the line limit (``None`` for a blank line)."""
+    stripped = raw.strip()
+    if not stripped:
+        return None  # blank lines are not records
+    try:
+        text = stripped.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return RawRecord(
+            url, lineno, None,
+            error=("invalid_utf8", f"the line is not valid UTF-8 (byte 0x{stripped[exc.start]:02x} at offset {exc.start}); re-encode the file as UTF-8"),
+            raw_b64=base64.b64encode(stripped).decode("ascii"),
+            offset=offset,
+        )
+    value, error = _parse_json(text)
+    return RawRecord(url, lineno, None, value=value, error=error, raw=text, offset=offset)
+
+
 def _read_jsonl(url: str, fh, limit: int, pos: _Position) -> Iterator[RawRecord]:
     while True:
         start = pos.offset
@@ -331,25 +352,190 @@ def _read_jsonl(url: str, fh, limit: int, pos: _Position) -> Iterator[RawRecord]
         if not length:
             return
         pos.line += 1
-        lineno = pos.line
         if prefix:
-            yield _too_long(url, lineno, length, limit, prefix, start)
+            yield _too_long(url, pos.line, length, limit, prefix, start)
             continue
-        stripped = raw.strip()
-        if not stripped:
-            continue  # blank lines are not records
+        rec = jsonl_record(url, raw, pos.line, start)
+        if rec is not None:
+            yield rec
+
+
+@dataclass
+class LineBlock:
+    """Consecutive whole lines of a JSONL file, for the vectorised path
+    (:mod:`syllabus.pool.vectorised`). Every line ends with a newline except perhaps the
+    file's last; a line may be longer than ``limit`` (it is then quarantined as ``too_long``,
+    exactly as the per-line reader would)."""
+
+    file: str
+    data: bytes
+    first_line: int  # the 1-based number of the block's first line
+    offset: int  # the uncompressed byte offset of the block's first byte
+    limit: int  # the line limit (see line_limit)
+    starts: Any  # numpy int64 array: each line's first byte, then len(data)
+    blank: Any  # numpy bool array: the lines that are blank (not records)
+
+    @property
+    def records(self) -> int:
+        return len(self.blank) - int(self.blank.sum())
+
+
+@dataclass
+class RowBatch:
+    """Consecutive rows of a Parquet file, for the vectorised path."""
+
+    file: str
+    batch: Any  # pyarrow.RecordBatch
+    first_row: int
+
+
+class _Rewound:
+    """A file whose first bytes were already read: serves them again, then the file."""
+
+    def __init__(self, head: bytes, fh):
+        self.head, self.fh = head, fh
+
+    def readline(self, size: int = -1) -> bytes:
+        if self.head:
+            if 0 <= size <= len(self.head):
+                out, self.head = self.head[:size], self.head[size:]
+                return out
+            out, self.head = self.head, b""
+            return out + self.fh.readline(size - len(out) if size >= 0 else -1)
+        return self.fh.readline(size)
+
+
+class _DamagedHere(Exception):
+    """The file broke where the reader's position says (not to be read again from a block)."""
+
+    def __init__(self, exc: Exception):
+        super().__init__(str(exc))
+        self.exc = exc
+
+
+def _jsonl_blocks(url: str, fh, limit: int, pos: _Position, block_bytes: int) -> Iterator[RawRecord | LineBlock]:
+    """The lines of a JSONL file in blocks of about ``block_bytes``; a line that runs past
+    ``limit`` beyond a block's end is skipped by the per-line reader's own code (so what it
+    reads, and where it stops in an endless line, are the same) and comes as its record."""
+    pieces: list[bytes] = []  # the line being read, when it began in an earlier chunk
+    size = 0
+    while True:
+        chunk = fh.read(block_bytes)
+        if not chunk:
+            if pieces:
+                yield _line_block(url, b"".join(pieces), pos, limit)
+            return
+        cut = chunk.rfind(b"\n") + 1
+        if cut:
+            yield _line_block(url, b"".join([*pieces, chunk[:cut]]) if pieces else chunk[:cut], pos, limit)
+            pieces = [chunk[cut:]] if cut < len(chunk) else []
+            size = len(chunk) - cut
+        else:
+            pieces.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            # The line already has more bytes than any kept line: read (and drop) the rest as
+            # _readline does, from the line's first byte.
+            start = pos.offset
+            try:
+                raw, length, prefix = _readline(_Rewound(b"".join(pieces), fh), limit, pos)
+            except Exception as exc:  # pos is inside the line now: report it where it stopped
+                raise _DamagedHere(exc) from exc
+            pos.line += 1
+            pos.records += 1
+            pieces, size = [], 0
+            yield _too_long(url, pos.line, length, limit, prefix, start)
+
+
+def _line_block(url: str, data: bytes, pos: _Position, limit: int) -> LineBlock:
+    import numpy as np
+
+    newlines = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+    starts = np.concatenate(([0], newlines + 1))
+    if starts[-1] != len(data):
+        starts = np.concatenate((starts, [len(data)]))
+    # A line that starts with "{" holds a non-space byte; the others are checked one by one.
+    first = np.frombuffer(data, np.uint8)[starts[:-1]] if len(data) else np.zeros(0, np.uint8)
+    blank = np.zeros(len(starts) - 1, bool)
+    for i in np.flatnonzero(first != ord("{")):
+        blank[i] = not data[starts[i]:starts[i + 1]].strip()
+    block = LineBlock(url, data, pos.line + 1, pos.offset, limit, starts, blank)
+    pos.line += len(starts) - 1
+    pos.offset += len(data)
+    return block
+
+
+# The bytes of JSONL the vectorised path parses at a time: a few thousand records.
+BLOCK_BYTES = 1 << 20
+
+
+def read_blocks(url: str, kind: str, max_chars: int = DEFAULT_MAX_CHARS, block_bytes: int | None = None,
+                batch_rows: int = 2048) -> Iterator[RawRecord | LineBlock | RowBatch]:
+    """:func:`read`, with the records of JSONL files in :class:`LineBlock` s and those of
+    Parquet files in :class:`RowBatch` es, for the vectorised path; other kinds come as records.
+
+    The consumer turns a block's records into the :class:`RawRecord` s :func:`read` would
+    have yielded, where it needs them. When a file breaks while it is read, the part from the
+    last whole block on is read again line by line, so the records before the damage and the
+    ``damaged_file`` record are those :func:`read` gives.
+    """
+    if kind not in ("jsonl", "parquet"):
+        yield from read(url, kind, max_chars=max_chars)
+        return
+    pos = _Position()
+    _, compression = _kind(url)
+    fs, path = _fs(url)
+    try:
         try:
-            text = stripped.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield RawRecord(
-                url, lineno, None,
-                error=("invalid_utf8", f"the line is not valid UTF-8 (byte 0x{stripped[exc.start]:02x} at offset {exc.start}); re-encode the file as UTF-8"),
-                raw_b64=base64.b64encode(stripped).decode("ascii"),
-                offset=start,
-            )
-            continue
-        value, error = _parse_json(text)
-        yield RawRecord(url, lineno, None, value=value, error=error, raw=text, offset=start)
+            fh = fs.open(path, "rb", compression=compression)
+        except Exception as exc:
+            raise PoolInputError(f"cannot open pool input {url}: {exc}") from exc
+        if isinstance(fh, fsspec.spec.AbstractBufferedFile):
+            fh = io.BufferedReader(fh, buffer_size=1 << 16)  # as read(): readline(size) for long lines
+        with fh:
+            if kind == "parquet":
+                import pyarrow.parquet as pq
+
+                pf = pq.ParquetFile(fh, pre_buffer=False)
+                for batch in pf.iter_batches(batch_size=batch_rows, use_threads=False):
+                    item = RowBatch(url, batch, pos.row)
+                    pos.row += batch.num_rows
+                    pos.records += batch.num_rows  # rows that are records, as _read_parquet counts
+                    yield item
+                return
+            for item in _jsonl_blocks(url, fh, line_limit(max_chars), pos, block_bytes or BLOCK_BYTES):
+                if isinstance(item, LineBlock):
+                    pos.records += item.records
+                yield item
+    except PoolInputError:
+        raise
+    except _DamagedHere as exc:
+        yield _damaged(url, kind, pos, exc.exc)
+    except Exception as exc:
+        if kind == "parquet":
+            yield _damaged(url, kind, pos, exc)
+            return
+        yield from _resume_jsonl(url, fs, path, compression, line_limit(max_chars), pos, exc)
+
+
+def _resume_jsonl(url: str, fs, path: str, compression: str | None, limit: int, pos: _Position, exc: Exception) -> Iterator[RawRecord]:
+    """After a JSONL file broke inside a block: read it again from the last whole block on,
+    line by line, so the records up to the damage and where it stops are the per-line reader's."""
+    try:
+        with fs.open(path, "rb", compression=compression) as fh:
+            if isinstance(fh, fsspec.spec.AbstractBufferedFile):
+                fh = io.BufferedReader(fh, buffer_size=1 << 16)
+            left = pos.offset
+            while left:
+                got = fh.read(min(left, 1 << 20))
+                if not got:
+                    raise exc
+                left -= len(got)
+            for rec in _read_jsonl(url, fh, limit, pos):
+                pos.records += 1
+                yield rec
+    except Exception as again:
+        yield _damaged(url, "jsonl", pos, again)
 
 
 def _read_json(url: str, fh, limit: int, pos: _Position) -> Iterator[RawRecord]:

@@ -1,0 +1,351 @@
+"""The vectorised ingest path: a block of JSONL lines, or a batch of Parquet rows, is parsed by
+pyarrow as one table and checked column by column; its plain records become canonical rows in
+one tight pass, and every other record goes through the per-record path
+(:func:`readers.jsonl_record`, :func:`canonical.normalise`), so its quarantine reason is that
+path's own.
+
+A record is plain, and taken here, when all of this holds; otherwise it is sent on:
+
+- (JSONL) its line fits the line limit, starts with ``{`` and ends with ``}`` (a ``\\r``
+  before the newline allowed), is valid UTF-8, and pyarrow parses it as exactly one row
+  (a line pyarrow refuses, such as a duplicate key, goes on alone; the rest are parsed again);
+- every field is a non-null string (the id may be an integer): a nested value, a number, a
+  boolean, a null or a field that only some records of the block have goes on, since the
+  per-record path keeps its exact JSON form in the metadata;
+- Alpaca or question/answer fields (a block with a conversation field goes on whole);
+- no control character but tab, newline and carriage return in any field;
+- no spelling of a chat-template token (:mod:`syllabus.pool.special_tokens`);
+- at most ``max_chars`` characters, and no required text that is blank or only invisible.
+
+For a plain record the sample id, the dedup key, the metadata JSON and the line the shard hash
+covers are written with the json module's own string encoder, in the forms
+:func:`canonical.messages_hash`, :func:`canonical.dedup_key`, :func:`canonical.normalise` and
+:func:`ingest.shard_content_hash` use, so ids, shard hashes and pool fingerprints are those of
+the per-record path (``tests/unit/pool/test_vectorised_golden.py`` holds both paths to it).
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import re
+from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _esc  # json.dumps(text, ensure_ascii=False) for a str
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+
+from syllabus.pool.canonical import FieldMap, dedup_text
+from syllabus.pool.readers import LineBlock, RawRecord, RowBatch, jsonl_record, too_long_record
+from syllabus.pool.special_tokens import FAMILY_OF
+
+# Control characters the json module escapes as \u00XX (and NUL, which canonical rejects):
+# records holding one take the per-record path.
+_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"
+_RE2_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$])")
+
+
+def _re2_literal(text: str) -> str:
+    return _RE2_SPECIAL.sub(r"\\\1", text)
+
+
+# Every text in which special_tokens.spelled_tokens can find a token matches this (a reserved
+# Llama 3 token by its fixed start: RE2's \d is narrower than Python's).
+SPECIAL_TOKEN_FILTER = "|".join(
+    [_re2_literal("<|reserved_special_token_")] + [_re2_literal(t) for t in sorted(FAMILY_OF) if "*" not in t]
+)
+MAX_OPENINGS = 256
+_PAIR = '[{"role":"user","content":%s},{"role":"assistant","content":%s}]'
+_ROW = ('{"input":%s,"instruction":%s,"messages":[{"content":%s,"role":"user"},{"content":%s,"role":"assistant"}],'
+        '"metadata":%s,"output":%s,"sample_id":%s,"source":%s}\n')
+
+
+@dataclass
+class Prepared:
+    """A block's records in file order: ``items`` holds, per record, either an ``int`` (the
+    index of a plain record in the row lists) or the :class:`RawRecord` for the per-record path."""
+
+    items: list[Any] = field(default_factory=list)
+    sample_id: list[str] = field(default_factory=list)
+    content_hash: list[str] = field(default_factory=list)
+    dedup_key: list[str] = field(default_factory=list)
+    instruction: list[str] = field(default_factory=list)
+    input: list[str] = field(default_factory=list)
+    output: list[str] = field(default_factory=list)
+    user: list[str] = field(default_factory=list)
+    metadata: list[str] = field(default_factory=list)
+    line: list[str] = field(default_factory=list)  # the row as the shard hash covers it
+    where: list[tuple[str, int | None, int | None]] = field(default_factory=list)  # (file, line, row)
+    record: Callable[[int], RawRecord] | None = None  # a plain record's RawRecord, for the quarantine
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _plain_rows(table: pa.Table, fields: FieldMap, absent: np.ndarray | None) -> tuple[np.ndarray, list[str]]:
+    """Which rows of ``table`` may be plain (see the module docstring), as far as columns tell,
+    and the columns they may have values in (text, and integer ids).
+
+    ``absent``: per row, whether a null stands for a field the record does not have (a JSON
+    line without the ``null`` token); ``None`` when nulls are values (Parquet), which the
+    per-record path keeps in the metadata, so such rows are sent on."""
+    n = table.num_rows
+    names = table.column_names
+    if len(set(names)) != len(names) or any(re.search(_CONTROL, name) for name in names):
+        return np.zeros(n, bool), []
+    keep = []
+    mask = np.ones(n, bool)
+    some_null = np.zeros(n, bool)
+    texts = set(fields.instruction) | set(fields.input) | set(fields.output)
+    for name in names:
+        col = table.column(name)
+        valid = np.asarray(pc.is_valid(col))
+        some_null |= ~valid
+        if name in fields.messages:
+            mask &= ~valid  # a conversation: the per-record path
+        elif _is_text(col.type):
+            keep.append(name)
+            mask &= ~np.asarray(pc.fill_null(pc.match_substring_regex(col, _CONTROL), False))
+            if name in texts:
+                mask &= ~np.asarray(pc.fill_null(pc.match_substring_regex(col, SPECIAL_TOKEN_FILTER), False))
+        elif name in fields.id and pa.types.is_integer(col.type):
+            keep.append(name)
+        else:
+            mask &= ~valid  # a number, boolean, list or object: its JSON form is the per-record path's
+    return mask & ~(some_null if absent is None else some_null & ~absent), keep
+
+
+def _make_rows(prep: Prepared, table: pa.Table, fields: FieldMap, max_chars: int, source: str, where: list) -> list[bool]:
+    """Append the canonical rows of ``table`` (all plain as far as columns tell) to ``prep``;
+    returns, per row, whether it was taken (a missing or blank text or id, or a record over
+    ``max_chars``, sends it on). A null is a field the record does not have."""
+    names = table.column_names
+    values = {name: table.column(name).to_pylist() for name in names}
+    roles = [[(name, values[name]) for name in candidates if name in values]
+             for candidates in (fields.instruction, fields.output, fields.input, fields.id)]
+    role_names = {name for role in roles for name, _ in role}
+    # When no role has two candidate fields, the metadata fields are the same in every row.
+    single = all(len(role) <= 1 for role in roles)
+    meta = [(_esc(name), name, values[name]) for name in sorted(names)
+            if not (single and name in role_names) and name not in fields.messages]
+
+    def pick(role: list, j: int) -> tuple[str | None, Any]:
+        for name, column in role:
+            value = column[j]
+            if value is not None:
+                return name, value
+        return None, None
+
+    esrc = _esc(source)
+    sha = hashlib.sha256
+    taken = []
+    P = (prep.sample_id, prep.content_hash, prep.dedup_key, prep.instruction, prep.input, prep.output, prep.user,
+         prep.metadata, prep.line, prep.where)
+    ins_role, out_role, inp_role, id_role = roles
+    for j in range(table.num_rows):
+        an, a = pick(ins_role, j)
+        on, o = pick(out_role, j)
+        if type(a) is not str or type(o) is not str or not a.strip() or not o.strip() or (not a.isascii() and not dedup_text(a)) or (
+                not o.isascii() and not dedup_text(o)):
+            taken.append(False)
+            continue
+        xn, x = pick(inp_role, j)
+        if x is None:
+            x = ""
+        elif type(x) is not str:
+            taken.append(False)
+            continue
+        user = a if not x.strip() else f"{a}\n\n{x}"
+        if len(user) + len(o) > max_chars:
+            taken.append(False)
+            continue
+        idn, sid = pick(id_role, j)
+        if sid is not None:
+            if type(sid) is not str:
+                sid = str(sid)
+            elif not sid.strip() or (not sid.isascii() and not dedup_text(sid)):
+                taken.append(False)
+                continue
+        eu, eo = _esc(user), _esc(o)
+        content = sha((_PAIR % (eu, eo)).encode()).hexdigest()[:16]
+        du, do = dedup_text(user), dedup_text(o)
+        key = content if du == user and do == o else sha((_PAIR % (_esc(du), _esc(do))).encode()).hexdigest()[:16]
+        if sid is None:
+            sid = content
+        used = () if single else (an, on, xn, idn)
+        meta_json = "{" + ", ".join([k + ": " + (_esc(v) if type(v) is str else str(v))
+                                     for k, name, column in meta
+                                     if (v := column[j]) is not None and name not in used]) + "}"
+        line = _ROW % (_esc(x), _esc(a), eu, eo, _esc(meta_json), eo, _esc(sid), esrc)
+        for lst, value in zip(P, (sid, content, key, a, x, o, user, meta_json, line, where[j])):
+            lst.append(value)
+        taken.append(True)
+    return taken
+
+
+def _parse(buf: memoryview, read_options_size: int) -> pa.Table:
+    table = pa_json.read_json(
+        pa.BufferReader(pa.py_buffer(buf)),
+        read_options=pa_json.ReadOptions(use_threads=False, block_size=max(read_options_size, 1)),
+    )
+    dated = [f.name for f in table.schema if pa.types.is_temporal(f.type)]
+    if dated:  # a string that looks like a timestamp: read it as the string it is
+        table = pa_json.read_json(
+            pa.BufferReader(pa.py_buffer(buf)),
+            read_options=pa_json.ReadOptions(use_threads=False, block_size=max(read_options_size, 1)),
+            parse_options=pa_json.ParseOptions(explicit_schema=pa.schema([(n, pa.string()) for n in dated])),
+        )
+    return table
+
+
+_ROW_OF_ERROR = re.compile(r"\bin row (\d+)")
+
+
+def _parse_ranges(buf: bytes, bstarts: np.ndarray) -> tuple[list[tuple[int, int, pa.Table]], set[int]]:
+    """Parse lines ``[bstarts[i], bstarts[i + 1])`` of ``buf``: tables over ranges of lines, and
+    the lines to send on. A line pyarrow refuses is sent on and the lines around it parsed
+    again, so every line is parsed at most twice."""
+    mv = memoryview(buf)
+    tables: list[tuple[int, int, pa.Table]] = []
+    refused: set[int] = set()
+    stack = [(0, len(bstarts) - 1)]
+    while stack:
+        lo, hi = stack.pop()
+        if lo >= hi:
+            continue
+        a, b = int(bstarts[lo]), int(bstarts[hi])
+        try:
+            table = _parse(mv[a:b], b - a + 1)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            m = _ROW_OF_ERROR.search(str(exc))
+            row = int(m.group(1)) if m else -1
+            if not 0 <= row < hi - lo:
+                refused.update(range(lo, hi))
+                continue
+            refused.add(lo + row)
+            stack.append((lo + row + 1, hi))  # popped after the lines before it: file order
+            stack.append((lo, lo + row))
+            continue
+        if table.num_rows != hi - lo:  # a line holding two objects: send the range on
+            refused.update(range(lo, hi))
+            continue
+        tables.append((lo, hi, table))
+    return tables, refused
+
+
+def prepare_lines(block: LineBlock, source: str, fields: FieldMap, max_chars: int) -> Prepared:
+    """The records of a block of JSONL lines (see the module docstring)."""
+    data, starts, limit = block.data, block.starts, block.limit
+    n = len(starts) - 1
+    prep = Prepared()
+    if n == 0:
+        return prep
+    arr = np.frombuffer(data, np.uint8)
+    begin, end = starts[:-1], starts[1:]
+    newline = arr[end - 1] == 10
+    too_long = (end - begin) > limit + newline
+    stop = end - newline  # the line's end without its newline
+    stop = stop - ((stop > begin) & (arr[np.maximum(stop - 1, 0)] == 13))
+    shaped = ~block.blank & ~too_long & (stop - begin >= 2) & (arr[begin] == ord("{")) & (arr[np.maximum(stop - 1, 0)] == ord("}"))
+    # pyarrow's JSON reader recurses into nested values (50,000 levels crash it): a line with
+    # more opening brackets than MAX_OPENINGS, in strings or not, goes on.
+    opens = np.add.reduceat(((arr == ord("[")) | (arr == ord("{"))).astype(np.int32), begin)
+    shaped &= opens <= MAX_OPENINGS
+    lines = np.flatnonzero(shaped)
+
+    def bytes_of(idx: np.ndarray) -> tuple[bytes, np.ndarray]:
+        if len(idx) == n and newline.all():
+            return data, starts
+        pieces = [data[begin[i]:end[i]] if newline[i] else data[begin[i]:end[i]] + b"\n" for i in idx]
+        return b"".join(pieces), np.concatenate(([0], np.cumsum([len(p) for p in pieces])))
+
+    buf, bstarts = bytes_of(lines)
+    # Not valid UTF-8 (pyarrow does not check): those lines go on, to be quarantined as the
+    # per-line reader does.
+    bad, at = [], 0
+    while at < len(buf):
+        try:
+            codecs.utf_8_decode(memoryview(buf)[at:], "strict", True)
+            break
+        except UnicodeDecodeError as exc:
+            k = int(np.searchsorted(bstarts, at + exc.start, "right")) - 1
+            bad.append(k)
+            at = int(bstarts[k + 1])
+    if bad:
+        lines = np.delete(lines, bad)
+        buf, bstarts = bytes_of(lines)
+    tables, refused = _parse_ranges(buf, bstarts) if len(lines) else ([], set())
+
+    # A null in pyarrow's table is an absent field, unless the line spells null (then the
+    # record goes on, as its metadata keeps the null).
+    absent = np.ones(len(lines), bool)
+    at = buf.find(b"null")
+    while at >= 0:
+        k = int(np.searchsorted(bstarts, at, "right")) - 1
+        absent[k] = False
+        at = buf.find(b"null", int(bstarts[k + 1]))
+    plain = np.zeros(n, np.int64) - 1  # line -> index of its row in prep, or -1
+    first_line, offset = block.first_line, block.offset
+    for lo, hi, table in tables:
+        mask, keep = _plain_rows(table, fields, absent[lo:hi])
+        if not mask.any():
+            continue
+        rows = np.flatnonzero(mask)
+        idx = lines[lo:hi][rows]
+        where = [(block.file, first_line + int(i), None) for i in idx]
+        before = len(prep.sample_id)
+        taken = _make_rows(prep, table.select(keep).take(pa.array(rows)), fields, max_chars, source, where)
+        kept = idx[np.asarray(taken, bool)]
+        plain[kept] = np.arange(before, before + len(kept))
+    del refused  # every line not taken goes on, refused or not
+
+    def record(i: int) -> RawRecord:
+        s, e = int(begin[i]), int(end[i])
+        if too_long[i]:
+            return too_long_record(block.file, first_line + i, e - s, limit, data[s:s + 1000], offset + s)
+        return jsonl_record(block.file, data[s:e], first_line + i, offset + s)
+
+    line_of = np.flatnonzero(plain >= 0)
+    items = prep.items
+    for i in range(n):
+        k = int(plain[i])
+        if k >= 0:
+            items.append(k)
+        elif not block.blank[i]:
+            rec = record(i)
+            if rec is not None:
+                items.append(rec)
+    prep.record = lambda k: record(int(line_of[k]))
+    return prep
+
+
+def prepare_batch(batch: RowBatch, source: str, fields: FieldMap, max_chars: int) -> Prepared:
+    """The records of a batch of Parquet rows (see the module docstring)."""
+    table = pa.Table.from_batches([batch.batch])
+    n = table.num_rows
+    prep = Prepared()
+    plain = np.zeros(n, np.int64) - 1
+    mask, keep = _plain_rows(table, fields, None)
+    if mask.any():
+        rows = np.flatnonzero(mask)
+        where = [(batch.file, None, batch.first_row + int(i)) for i in rows]
+        taken = _make_rows(prep, table.select(keep).take(pa.array(rows)), fields, max_chars, source, where)
+        kept = rows[np.asarray(taken, bool)]
+        plain[kept] = np.arange(len(kept))
+    other = np.flatnonzero(plain < 0)
+    values = dict(zip(other.tolist(), table.take(pa.array(other)).to_pylist())) if len(other) else {}
+    for i in range(n):
+        k = int(plain[i])
+        prep.items.append(k if k >= 0 else RawRecord(batch.file, None, batch.first_row + i, value=values[i]))
+    line_of = np.flatnonzero(plain >= 0)
+
+    def record(k: int) -> RawRecord:
+        i = int(line_of[k])
+        return RawRecord(batch.file, None, batch.first_row + i, value=table.slice(i, 1).to_pylist()[0])
+
+    prep.record = record
+    return prep
