@@ -26,7 +26,8 @@ import json
 import logging
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -134,83 +135,40 @@ def _slug(name: str) -> str:
 class _Sharder:
     """Collects valid rows of one file and commits them in fixed-size, content-addressed shards.
 
-    Rows are kept as columns and as the JSON lines :func:`shard_content_hash` hashes, so a
-    shard's hash and table are the same whichever path (per-record or vectorised) made its rows."""
+    Rows are kept as tuples holding the JSON line :func:`shard_content_hash` hashes, so a
+    shard's hash and table are the same whichever path (per-record or vectorised) made its rows.
+    A shard's hash and manifest entry are made here, in order; its Parquet is encoded and
+    committed by a worker thread (the zstd encoder and the store's fsync release the GIL), at
+    most :data:`_IN_FLIGHT` shards behind, so memory stays flat."""
 
     def __init__(self, store: Store, shard_size: int):
         self.store, self.shard_size = store, shard_size
         self.shards: list[dict[str, Any]] = []
         self.written = self.reused = 0
+        self.rows: list[tuple] = []
+        self._pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="shard-commit")
+        self._in_flight: deque[Future] = deque()
 
     def start_file(self, source: str, file: str, slug: str) -> None:
         self.source, self.file, self.slug, self.index = source, file, slug, 0
-        self._clear()
-
-    def _clear(self) -> None:
-        self.ids: list[str] = []
-        self.sources: list[str] = []
-        self.instructions: list[str] = []
-        self.inputs: list[str] = []
-        self.outputs: list[str] = []
-        self.users: list[str | None] = []  # the user turn of a two-turn row, else None
-        self.messages: list[list[dict[str, str]] | None] = []  # the turns of any other row
-        self.metadata: list[str] = []
-        self.lines: list[str] = []
 
     def add_sample(self, sample: Sample) -> None:
         row = sample.row()
         m = sample.messages
         pair = len(m) == 2 and m[0]["role"] == "user" and m[1]["role"] == "assistant" and m[1]["content"] == sample.output \
             and len(m[0]) == 2 and len(m[1]) == 2
-        self.add(row["sample_id"], row["source"], row["instruction"], row["input"], row["output"], m[0]["content"] if pair else None,
-                 None if pair else m, row["metadata"], _row_line(row))
-
-    def add(self, sample_id: str, source: str, instruction: str, input: str, output: str, user: str | None,
-            messages: list[dict[str, str]] | None, metadata: str, line: str) -> None:
-        self.ids.append(sample_id)
-        self.sources.append(source)
-        self.instructions.append(instruction)
-        self.inputs.append(input)
-        self.outputs.append(output)
-        self.users.append(user)
-        self.messages.append(messages)
-        self.metadata.append(metadata)
-        self.lines.append(line)
-        if len(self.ids) == self.shard_size:
+        self.rows.append((row["sample_id"], row["source"], row["instruction"], row["input"], row["output"],
+                          m[0]["content"] if pair else None, None if pair else m, row["metadata"], _row_line(row)))
+        if len(self.rows) == self.shard_size:
             self.flush()
 
-    def _table(self) -> pa.Table:
-        n = len(self.ids)
-        messages_type = SCHEMA.field("messages").type
-        if all(m is None for m in self.messages):
-            contents: list[str | None] = [None] * (2 * n)
-            contents[0::2] = self.users
-            contents[1::2] = self.outputs
-            turns = pa.StructArray.from_arrays(
-                [pa.array(["user", "assistant"] * n, pa.string()), pa.array(contents, pa.string())],
-                fields=list(messages_type.value_type),
-            )
-            messages = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)), turns, type=messages_type)
-        else:
-            messages = pa.array(
-                [m if m is not None else [{"role": "user", "content": u}, {"role": "assistant", "content": o}]
-                 for m, u, o in zip(self.messages, self.users, self.outputs)],
-                type=messages_type,
-            )
-        columns = [self.ids, self.sources, self.instructions, self.inputs, self.outputs, None, self.metadata]
-        arrays = [messages if c is None else pa.array(c, pa.string()) for c in columns]
-        return pa.Table.from_arrays(arrays, schema=SCHEMA)
-
     def flush(self) -> None:
-        if not self.ids:
+        rows = self.rows
+        if not rows:
             return
-        digest = hashlib.sha256("".join(self.lines).encode("utf-8", "surrogatepass")).hexdigest()[:20]
+        self.rows = []
+        digest = hashlib.sha256("".join([r[8] for r in rows]).encode("utf-8", "surrogatepass")).hexdigest()[:20]
         key = f"shards/{digest}.parquet"
-        if self.store.is_committed(key):
-            self.reused += 1
-        else:
-            self.store.commit_table(key, self._table(), {"content_hash": digest, "source": self.source})
-            self.written += 1
         self.shards.append(
             {
                 "name": f"shard-{self.slug}-{self.index:05d}",
@@ -220,13 +178,66 @@ class _Sharder:
                 "key": key,
                 "url": self.store.url(key),
                 "content_hash": digest,
-                "rows": len(self.ids),
-                "first_sample_id": self.ids[0],
-                "last_sample_id": self.ids[-1],
+                "rows": len(rows),
+                "first_sample_id": rows[0][0],
+                "last_sample_id": rows[-1][0],
             }
         )
         self.index += 1
-        self._clear()
+        while len(self._in_flight) >= _IN_FLIGHT:
+            self._collect(self._in_flight.popleft())
+        self._in_flight.append(self._pool.submit(self._commit, key, digest, self.source, rows))
+
+    def _commit(self, key: str, digest: str, source: str, rows: list[tuple]) -> bool:
+        if self.store.is_committed(key):
+            return False
+        self.store.commit_table(key, _table(rows), {"content_hash": digest, "source": source})
+        return True
+
+    def _collect(self, future: Future) -> None:
+        if future.result():
+            self.written += 1
+        else:
+            self.reused += 1
+
+    def close(self) -> None:
+        """Wait for every shard's commit (raising the first failure)."""
+        try:
+            while self._in_flight:
+                self._collect(self._in_flight.popleft())
+        finally:
+            for future in self._in_flight:
+                future.cancel()
+            self._pool.shutdown(wait=True)
+
+
+# Most of a commit is waiting for the store (fsync, a PUT): four at once, eight shards in flight at most.
+_WORKERS, _IN_FLIGHT = 4, 8
+
+
+def _table(rows: list[tuple]) -> pa.Table:
+    """A shard's rows as a table of SCHEMA: the same Arrow data, and so the same Parquet bytes,
+    as ``pa.Table.from_pylist`` of the rows' dicts."""
+    n = len(rows)
+    ids, sources, instructions, inputs, outputs, users, messages, metadata, _ = zip(*rows)
+    messages_type = SCHEMA.field("messages").type
+    if all(m is None for m in messages):
+        contents: list[str | None] = [None] * (2 * n)
+        contents[0::2] = users
+        contents[1::2] = outputs
+        turns = pa.StructArray.from_arrays(
+            [pa.array(["user", "assistant"] * n, pa.string()), pa.array(contents, pa.string())],
+            fields=list(messages_type.value_type),
+        )
+        turn_lists = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)), turns, type=messages_type)
+    else:
+        turn_lists = pa.array(
+            [m if m is not None else [{"role": "user", "content": u}, {"role": "assistant", "content": o}]
+             for m, u, o in zip(messages, users, outputs)],
+            type=messages_type,
+        )
+    columns = [ids, sources, instructions, inputs, outputs, None, metadata]
+    return pa.Table.from_arrays([turn_lists if c is None else pa.array(c, pa.string()) for c in columns], schema=SCHEMA)
 
 
 def _quarantine_entry(rec: RawRecord, code: str, reason: str) -> dict[str, Any]:
@@ -287,101 +298,112 @@ def ingest_pool(
     slugs: set[str] = set()
 
     bar = tqdm(desc="ingest", unit="rec", disable=progress is False if progress is not None else None)
-    for url, kind, source in files:
-        source = _printable(source)
-        # Two inputs may share a source name (two folders each with data.jsonl); shard names
-        # must stay unique, since score manifests refer to shards by name.
-        slug = base_slug = _slug(source)
-        n = 2
-        while slug in slugs:
-            slug, n = f"{base_slug}-{n}", n + 1
-        slugs.add(slug)
-        stats = per_file.setdefault(url, FileStats())
-        sharder.start_file(source, url, slug)
+    try:
+        for url, kind, source in files:
+            source = _printable(source)
+            # Two inputs may share a source name (two folders each with data.jsonl); shard names
+            # must stay unique, since score manifests refer to shards by name.
+            slug = base_slug = _slug(source)
+            n = 2
+            while slug in slugs:
+                slug, n = f"{base_slug}-{n}", n + 1
+            slugs.add(slug)
+            stats = per_file.setdefault(url, FileStats())
+            sharder.start_file(source, url, slug)
 
-        def seen(sample_id: str, content: str, key: str, where: tuple) -> tuple[str, str] | None:
-            """The duplicate code and reason for a record, or None (and it is recorded)."""
-            # Duplicates are found by the dedup key (canonical's docstring: Unicode spelling,
-            # invisible characters and whitespace do not count); ids stay the exact hashes.
-            first = seen_content.get(key)
-            # An own id may equal another record's content-hash id, and the other way round.
-            prior = seen_ids.get(sample_id) or (seen_content.get(sample_id) if sample_id != content else None)
-            if first is not None:
-                return "duplicate_content", (
-                    f"duplicate of the record at {RawRecord(*first).location} (compared after Unicode NFKC "
-                    "normalisation, with invisible characters removed and whitespace collapsed)")
-            if prior is not None:
-                return "duplicate_id", (
-                    f'id "{sample_id}" is already used by the record at {RawRecord(*prior).location} with different '
-                    "content; give the records distinct ids")
-            seen_content[key] = where
-            if sample_id != key:
-                seen_ids[sample_id] = where
-            return None
+            def seen(sample_id: str, content: str, key: str, where: tuple) -> tuple[str, str] | None:
+                """The duplicate code and reason for a record, or None (and it is recorded)."""
+                # Duplicates are found by the dedup key (canonical's docstring: Unicode spelling,
+                # invisible characters and whitespace do not count); ids stay the exact hashes.
+                first = seen_content.get(key)
+                # An own id may equal another record's content-hash id, and the other way round.
+                prior = seen_ids.get(sample_id) or (seen_content.get(sample_id) if sample_id != content else None)
+                if first is not None:
+                    return "duplicate_content", (
+                        f"duplicate of the record at {RawRecord(*first).location} (compared after Unicode NFKC "
+                        "normalisation, with invisible characters removed and whitespace collapsed)")
+                if prior is not None:
+                    return "duplicate_id", (
+                        f'id "{sample_id}" is already used by the record at {RawRecord(*prior).location} with different '
+                        "content; give the records distinct ids")
+                seen_content[key] = where
+                if sample_id != key:
+                    seen_ids[sample_id] = where
+                return None
 
-        def take(rec: RawRecord) -> None:
-            """The per-record path."""
-            stats.records_in += 1
-            code, reason, duplicate = None, None, False
-            sample: Sample | None = None
-            if rec.error is not None:
-                code, reason = rec.error
-            else:
-                # A saved dataset's records are named url[split]: keep the split in the source.
-                suffix = rec.file[len(url):] if rec.file != url and rec.file.startswith(url) else ""
-                try:
-                    sample = normalise(rec.value, source + suffix, fields, max_chars)
-                except RecordRejected as exc:
-                    code, reason = exc.code, exc.reason
-            spelled = spelled_tokens(t["content"] for t in sample.messages) if sample is not None else []
-            if spelled and special_tokens == "quarantine":
-                code, reason, sample = "special_tokens", quarantine_reason(spelled), None
-                spelled_counts.add(spelled)
-            if sample is not None:
-                dup = seen(sample.sample_id, sample.content_hash, sample.dedup_key, (rec.file, rec.line, rec.row))
-                if dup is not None:
-                    (code, reason), duplicate = dup, dup[0] == "duplicate_content"
-            if code is not None:
-                quarantine.append(_quarantine_entry(rec, code, reason))
-                reasons[code] += 1
-                if duplicate:
-                    stats.duplicates += 1
-                else:
-                    stats.records_rejected += 1
-                return
-            stats.records_ok += 1
-            spelled_counts.add(spelled)
-            sharder.add_sample(sample)
-
-        items = read_blocks(url, kind, max_chars=max_chars) if vectorised else read(url, kind, max_chars=max_chars)
-        for item in items:
-            if isinstance(item, RawRecord):
-                bar.update(1)
-                take(item)
-                continue
-            prep = prepare_lines(item, source, fields, max_chars) if isinstance(item, LineBlock) \
-                else prepare_batch(item, source, fields, max_chars)
-            bar.update(len(prep.items))
-            ids, contents, keys, wheres = prep.sample_id, prep.content_hash, prep.dedup_key, prep.where
-            for k in prep.items:
-                if k.__class__ is not int:
-                    take(k)
-                    continue
-                dup = seen(ids[k], contents[k], keys[k], wheres[k])
+            def take(rec: RawRecord) -> None:
+                """The per-record path."""
                 stats.records_in += 1
-                if dup is not None:
-                    quarantine.append(_quarantine_entry(prep.record(k), *dup))
-                    reasons[dup[0]] += 1
-                    if dup[0] == "duplicate_content":
+                code, reason, duplicate = None, None, False
+                sample: Sample | None = None
+                if rec.error is not None:
+                    code, reason = rec.error
+                else:
+                    # A saved dataset's records are named url[split]: keep the split in the source.
+                    suffix = rec.file[len(url):] if rec.file != url and rec.file.startswith(url) else ""
+                    try:
+                        sample = normalise(rec.value, source + suffix, fields, max_chars)
+                    except RecordRejected as exc:
+                        code, reason = exc.code, exc.reason
+                spelled = spelled_tokens(t["content"] for t in sample.messages) if sample is not None else []
+                if spelled and special_tokens == "quarantine":
+                    code, reason, sample = "special_tokens", quarantine_reason(spelled), None
+                    spelled_counts.add(spelled)
+                if sample is not None:
+                    dup = seen(sample.sample_id, sample.content_hash, sample.dedup_key, (rec.file, rec.line, rec.row))
+                    if dup is not None:
+                        (code, reason), duplicate = dup, dup[0] == "duplicate_content"
+                if code is not None:
+                    quarantine.append(_quarantine_entry(rec, code, reason))
+                    reasons[code] += 1
+                    if duplicate:
                         stats.duplicates += 1
                     else:
                         stats.records_rejected += 1
-                    continue
+                    return
                 stats.records_ok += 1
-                sharder.add(ids[k], source, prep.instruction[k], prep.input[k], prep.output[k], prep.user[k], None,
-                            prep.metadata[k], prep.line[k])
-        sharder.flush()
-    bar.close()
+                spelled_counts.add(spelled)
+                sharder.add_sample(sample)
+
+            items = read_blocks(url, kind, max_chars=max_chars) if vectorised else read(url, kind, max_chars=max_chars)
+            for item in items:
+                if isinstance(item, RawRecord):
+                    bar.update(1)
+                    take(item)
+                    continue
+                prep = prepare_lines(item, source, fields, max_chars) if isinstance(item, LineBlock) \
+                    else prepare_batch(item, source, fields, max_chars)
+                bar.update(len(prep.items))
+                rows, pending, size = prep.rows, sharder.rows, sharder.shard_size
+                for k in prep.items:
+                    if k.__class__ is not int:
+                        take(k)
+                        pending = sharder.rows  # take() may have cut a shard
+                        continue
+                    sample_id, content, key, instruction, input_text, output, user, metadata, line, where = rows[k]
+                    stats.records_in += 1
+                    # seen(), inline: the common case of a new record costs two lookups.
+                    if key in seen_content or sample_id in seen_ids or (sample_id != content and sample_id in seen_content):
+                        code, reason = seen(sample_id, content, key, where)
+                        quarantine.append(_quarantine_entry(prep.record(k), code, reason))
+                        reasons[code] += 1
+                        if code == "duplicate_content":
+                            stats.duplicates += 1
+                        else:
+                            stats.records_rejected += 1
+                        continue
+                    seen_content[key] = where
+                    if sample_id != key:
+                        seen_ids[sample_id] = where
+                    stats.records_ok += 1
+                    pending.append((sample_id, source, instruction, input_text, output, user, None, metadata, line))
+                    if len(pending) == size:
+                        sharder.flush()
+                        pending = sharder.rows
+            sharder.flush()
+    finally:
+        bar.close()
+        sharder.close()  # every shard committed (or the first failure raised)
 
     totals = FileStats()
     for s in per_file.values():

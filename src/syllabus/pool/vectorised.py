@@ -42,9 +42,13 @@ from syllabus.pool.canonical import FieldMap, dedup_text
 from syllabus.pool.readers import LineBlock, RawRecord, RowBatch, jsonl_record, too_long_record
 from syllabus.pool.special_tokens import FAMILY_OF
 
-# Control characters the json module escapes as \u00XX (and NUL, which canonical rejects):
-# records holding one take the per-record path.
-_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"
+# Control characters the json module escapes as \u00XX (and NUL, which canonical rejects), and
+# U+FFFF: records holding one take the per-record path.
+_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x{ffff}]"
+_CONTROL_PY = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\uffff]")  # the same, for field names
+# U+FFFF (a noncharacter) joins a column's values so that the json encoder escapes them in one
+# call (_escape_all); a value holding it takes the per-record path.
+_JOIN = "\uffff"
 _RE2_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$])")
 
 
@@ -58,7 +62,13 @@ SPECIAL_TOKEN_FILTER = "|".join(
     [_re2_literal("<|reserved_special_token_")] + [_re2_literal(t) for t in sorted(FAMILY_OF) if "*" not in t]
 )
 MAX_OPENINGS = 256
+# What makes canonical.dedup_text change ASCII text: whitespace but single inner spaces.
+_WHITESPACE_CHANGES = r"[\t\n\x0b\x0c\r\x1c-\x1f]|  |^ | $"
+_CONTROL_OR_SPECIAL = _CONTROL + "|" + SPECIAL_TOKEN_FILTER
 _PAIR = '[{"role":"user","content":%s},{"role":"assistant","content":%s}]'
+_PAIR_INNER = '[{"role":"user","content":"%s"},{"role":"assistant","content":"%s"}]'
+_ROW_INNER = ('{"input":"%s","instruction":"%s","messages":[{"content":"%s","role":"user"},{"content":"%s","role":"assistant"}],'
+              '"metadata":"%s","output":"%s","sample_id":"%s","source":%s}\n')
 _ROW = ('{"input":%s,"instruction":%s,"messages":[{"content":%s,"role":"user"},{"content":%s,"role":"assistant"}],'
         '"metadata":%s,"output":%s,"sample_id":%s,"source":%s}\n')
 
@@ -66,19 +76,12 @@ _ROW = ('{"input":%s,"instruction":%s,"messages":[{"content":%s,"role":"user"},{
 @dataclass
 class Prepared:
     """A block's records in file order: ``items`` holds, per record, either an ``int`` (the
-    index of a plain record in the row lists) or the :class:`RawRecord` for the per-record path."""
+    index of a plain record in ``rows``) or the :class:`RawRecord` for the per-record path."""
 
     items: list[Any] = field(default_factory=list)
-    sample_id: list[str] = field(default_factory=list)
-    content_hash: list[str] = field(default_factory=list)
-    dedup_key: list[str] = field(default_factory=list)
-    instruction: list[str] = field(default_factory=list)
-    input: list[str] = field(default_factory=list)
-    output: list[str] = field(default_factory=list)
-    user: list[str] = field(default_factory=list)
-    metadata: list[str] = field(default_factory=list)
-    line: list[str] = field(default_factory=list)  # the row as the shard hash covers it
-    where: list[tuple[str, int | None, int | None]] = field(default_factory=list)  # (file, line, row)
+    # Per plain record: (sample_id, content_hash, dedup_key, instruction, input, output, user
+    # turn, metadata JSON, the row's line as the shard hash covers it, (file, line, row)).
+    rows: list[tuple] = field(default_factory=list)
     record: Callable[[int], RawRecord] | None = None  # a plain record's RawRecord, for the quarantine
 
 
@@ -95,7 +98,7 @@ def _plain_rows(table: pa.Table, fields: FieldMap, absent: np.ndarray | None) ->
     per-record path keeps in the metadata, so such rows are sent on."""
     n = table.num_rows
     names = table.column_names
-    if len(set(names)) != len(names) or any(re.search(_CONTROL, name) for name in names):
+    if len(set(names)) != len(names) or any(_CONTROL_PY.search(name) for name in names):
         return np.zeros(n, bool), []
     keep = []
     mask = np.ones(n, bool)
@@ -103,15 +106,14 @@ def _plain_rows(table: pa.Table, fields: FieldMap, absent: np.ndarray | None) ->
     texts = set(fields.instruction) | set(fields.input) | set(fields.output)
     for name in names:
         col = table.column(name)
-        valid = np.asarray(pc.is_valid(col))
+        valid = _numpy(pc.is_valid(col))
         some_null |= ~valid
         if name in fields.messages:
             mask &= ~valid  # a conversation: the per-record path
         elif _is_text(col.type):
             keep.append(name)
-            mask &= ~np.asarray(pc.fill_null(pc.match_substring_regex(col, _CONTROL), False))
-            if name in texts:
-                mask &= ~np.asarray(pc.fill_null(pc.match_substring_regex(col, SPECIAL_TOKEN_FILTER), False))
+            # One pass per column: a control character anywhere, a special token in the texts.
+            mask &= ~_numpy(pc.fill_null(pc.match_substring_regex(col, _CONTROL_OR_SPECIAL if name in texts else _CONTROL), False))
         elif name in fields.id and pa.types.is_integer(col.type):
             keep.append(name)
         else:
@@ -119,56 +121,75 @@ def _plain_rows(table: pa.Table, fields: FieldMap, absent: np.ndarray | None) ->
     return mask & ~(some_null if absent is None else some_null & ~absent), keep
 
 
+def _plain_text(col: pa.ChunkedArray) -> np.ndarray:
+    """Per value: ASCII text that :func:`canonical.dedup_text` leaves as it is and that is not
+    blank (no whitespace but single inner spaces, not empty)."""
+    same = pc.and_(pc.string_is_ascii(col), pc.invert(pc.match_substring_regex(col, _WHITESPACE_CHANGES)))
+    return _numpy(pc.fill_null(pc.and_(same, pc.greater(pc.utf8_length(col), 0)), False))
+
+
+def _numpy(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A boolean result as numpy (np.asarray of a ChunkedArray takes a slow path, 0.5 us a value)."""
+    return values.to_numpy() if isinstance(values, pa.ChunkedArray) else values.to_numpy(zero_copy_only=False)
+
+
+def _escape_all(values: list[str]) -> list[str]:
+    """What the json encoder writes between the quotes of each value (no value holds _JOIN)."""
+    return _esc(_JOIN.join(values))[1:-1].split(_JOIN)
+
+
 def _make_rows(prep: Prepared, table: pa.Table, fields: FieldMap, max_chars: int, source: str, where: list) -> list[bool]:
     """Append the canonical rows of ``table`` (all plain as far as columns tell) to ``prep``;
     returns, per row, whether it was taken (a missing or blank text or id, or a record over
-    ``max_chars``, sends it on). A null is a field the record does not have."""
+    ``max_chars``, sends it on). A null is a field the record does not have.
+
+    Rows whose texts are clean ASCII (:func:`_plain_text`), with one column per role and every
+    metadata field present, are made column by column; the others one by one."""
+    n = table.num_rows
     names = table.column_names
     values = {name: table.column(name).to_pylist() for name in names}
-    roles = [[(name, values[name]) for name in candidates if name in values]
+    roles = [[name for name in candidates if name in values]
              for candidates in (fields.instruction, fields.output, fields.input, fields.id)]
-    role_names = {name for role in roles for name, _ in role}
-    # When no role has two candidate fields, the metadata fields are the same in every row.
+    # When no role has two candidate fields (the usual case), each role is one column and the
+    # metadata fields are the others; otherwise each row takes its first present candidate.
     single = all(len(role) <= 1 for role in roles)
-    meta = [(_esc(name), name, values[name]) for name in sorted(names)
-            if not (single and name in role_names) and name not in fields.messages]
-
-    def pick(role: list, j: int) -> tuple[str | None, Any]:
-        for name, column in role:
-            value = column[j]
-            if value is not None:
-                return name, value
-        return None, None
-
+    if single:
+        picked = [(values[role[0]] if role else [None] * n, None) for role in roles]
+        role_names = {role[0] for role in roles if role}
+    else:
+        picked = []
+        for role in roles:
+            pairs = [next(((name, values[name][j]) for name in role if values[name][j] is not None), (None, None))
+                     for j in range(n)]
+            picked.append(([v for _, v in pairs], [k for k, _ in pairs]))
+        role_names = set()
+    (ins, ins_names), (out, out_names), (inp, inp_names), (ids, id_names) = picked
+    meta = [(_esc(name), name, values[name]) for name in sorted(names) if name not in role_names and name not in fields.messages]
     esrc = _esc(source)
+    made: list[tuple | None] = [None] * n
+    simple = _simple_rows(table, roles, [name for _, name, _ in meta], max_chars) if single else np.zeros(n, bool)
+    if simple.any():
+        at = np.flatnonzero(simple).tolist()
+        for j, row in zip(at, _simple_made(at, ins, out, inp, ids, meta, esrc, where)):
+            made[j] = row
     sha = hashlib.sha256
-    taken = []
-    P = (prep.sample_id, prep.content_hash, prep.dedup_key, prep.instruction, prep.input, prep.output, prep.user,
-         prep.metadata, prep.line, prep.where)
-    ins_role, out_role, inp_role, id_role = roles
-    for j in range(table.num_rows):
-        an, a = pick(ins_role, j)
-        on, o = pick(out_role, j)
-        if type(a) is not str or type(o) is not str or not a.strip() or not o.strip() or (not a.isascii() and not dedup_text(a)) or (
-                not o.isascii() and not dedup_text(o)):
-            taken.append(False)
+    for j in np.flatnonzero(~simple).tolist():
+        a, o, x = ins[j], out[j], inp[j]
+        if (type(a) is not str or type(o) is not str or not a.strip() or not o.strip()
+                or (not a.isascii() and not dedup_text(a)) or (not o.isascii() and not dedup_text(o))):
             continue
-        xn, x = pick(inp_role, j)
         if x is None:
             x = ""
         elif type(x) is not str:
-            taken.append(False)
             continue
-        user = a if not x.strip() else f"{a}\n\n{x}"
+        user = f"{a}\n\n{x}" if x.strip() else a
         if len(user) + len(o) > max_chars:
-            taken.append(False)
             continue
-        idn, sid = pick(id_role, j)
+        sid = ids[j]
         if sid is not None:
             if type(sid) is not str:
                 sid = str(sid)
             elif not sid.strip() or (not sid.isascii() and not dedup_text(sid)):
-                taken.append(False)
                 continue
         eu, eo = _esc(user), _esc(o)
         content = sha((_PAIR % (eu, eo)).encode()).hexdigest()[:16]
@@ -176,15 +197,64 @@ def _make_rows(prep: Prepared, table: pa.Table, fields: FieldMap, max_chars: int
         key = content if du == user and do == o else sha((_PAIR % (_esc(du), _esc(do))).encode()).hexdigest()[:16]
         if sid is None:
             sid = content
-        used = () if single else (an, on, xn, idn)
+        used = () if single else (ins_names[j], out_names[j], inp_names[j], id_names[j])
         meta_json = "{" + ", ".join([k + ": " + (_esc(v) if type(v) is str else str(v))
-                                     for k, name, column in meta
-                                     if (v := column[j]) is not None and name not in used]) + "}"
-        line = _ROW % (_esc(x), _esc(a), eu, eo, _esc(meta_json), eo, _esc(sid), esrc)
-        for lst, value in zip(P, (sid, content, key, a, x, o, user, meta_json, line, where[j])):
-            lst.append(value)
-        taken.append(True)
-    return taken
+                                     for k, name, column in meta if (v := column[j]) is not None and name not in used]) + "}"
+        made[j] = (sid, content, key, a, x, o, user, meta_json,
+                   _ROW % (_esc(x), _esc(a), eu, eo, _esc(meta_json), eo, _esc(sid), esrc), where[j])
+    prep.rows.extend(row for row in made if row is not None)
+    return [row is not None for row in made]
+
+
+def _simple_rows(table: pa.Table, roles: list[list[str]], meta_names: list[str], max_chars: int) -> np.ndarray:
+    """Rows of one column per role whose instruction and output are clean ASCII text, whose
+    input is absent, empty or clean, whose id is absent, an integer or clean, that fit
+    ``max_chars`` and have every metadata field (see _simple_made)."""
+    n = table.num_rows
+    ins, out, inp, ids = (role[0] if role else None for role in roles)
+    if ins is None or out is None or not (_is_text(table.schema.field(ins).type) and _is_text(table.schema.field(out).type)):
+        return np.zeros(n, bool)
+    mask = _plain_text(table.column(ins)) & _plain_text(table.column(out))
+    size = pc.add(pc.utf8_length(table.column(ins)), pc.utf8_length(table.column(out)))
+    if inp is not None:
+        col = table.column(inp)
+        length = pc.fill_null(pc.utf8_length(col), 0)
+        mask &= _plain_text(col) | (_numpy(length) == 0)
+        size = pc.add(size, pc.if_else(pc.greater(length, 0), pc.add(length, 2), 0))
+    if ids is not None and _is_text(table.schema.field(ids).type):
+        col = table.column(ids)
+        mask &= _plain_text(col) | ~_numpy(pc.is_valid(col))
+    mask &= _numpy(pc.fill_null(pc.less_equal(size, max_chars), False))
+    for name in meta_names:
+        mask &= _numpy(pc.is_valid(table.column(name)))
+    return mask
+
+
+def _simple_made(at: list[int], ins: list, out: list, inp: list, ids: list, meta: list, esrc: str, where: list) -> list[tuple]:
+    """The rows of _simple_rows, column by column: for clean ASCII texts the user turn is the
+    instruction and the input joined by a blank line, and its dedup text by one space, so the
+    escaped forms are joined the same way."""
+    sha = hashlib.sha256
+    A, O = [ins[j] for j in at], [out[j] for j in at]
+    X = [inp[j] or "" for j in at]
+    eA, eO, eX = _escape_all(A), _escape_all(O), _escape_all(X)
+    U = [f"{a}\n\n{x}" if x else a for a, x in zip(A, X)]
+    eU = [f"{a}\\n\\n{x}" if x else a for a, x in zip(eA, eX)]
+    content = [sha((_PAIR_INNER % (u, o)).encode()).hexdigest()[:16] for u, o in zip(eU, eO)]
+    key = [sha((_PAIR_INNER % (f"{a} {x}", o)).encode()).hexdigest()[:16] if x else c
+           for c, a, x, o in zip(content, eA, eX, eO)]
+    sid = content if all(ids[j] is None for j in at) else \
+        [c if (v := ids[j]) is None else v if type(v) is str else str(v) for c, j in zip(content, at)]
+    eS = _escape_all(sid)
+    if meta:
+        shape = "{" + ", ".join(k.replace("%", "%%") + ': "%s"' for k, _, _ in meta) + "}"
+        escaped = [_escape_all([column[j] for j in at]) for _, _, column in meta]
+        M = [shape % values for values in zip(*escaped)]
+    else:
+        M = ["{}"] * len(at)
+    eM = _escape_all(M)
+    lines = [_ROW_INNER % (x, a, u, o, m, o, s, esrc) for x, a, u, o, m, s in zip(eX, eA, eU, eO, eM, eS)]
+    return list(zip(sid, content, key, A, X, O, U, M, lines, [where[j] for j in at]))
 
 
 def _parse(buf: memoryview, read_options_size: int) -> pa.Table:
@@ -253,8 +323,11 @@ def prepare_lines(block: LineBlock, source: str, fields: FieldMap, max_chars: in
     shaped = ~block.blank & ~too_long & (stop - begin >= 2) & (arr[begin] == ord("{")) & (arr[np.maximum(stop - 1, 0)] == ord("}"))
     # pyarrow's JSON reader recurses into nested values (50,000 levels crash it): a line with
     # more opening brackets than MAX_OPENINGS, in strings or not, goes on.
-    opens = np.add.reduceat(((arr == ord("[")) | (arr == ord("{"))).astype(np.int32), begin)
-    shaped &= opens <= MAX_OPENINGS
+    # A shaped line has one "{" at least, so a line can hold more than MAX_OPENINGS only when
+    # the block has that many beyond one per line.
+    if data.count(b"[") + data.count(b"{") - int(shaped.sum()) >= MAX_OPENINGS:
+        opens = np.add.reduceat(((arr == ord("[")) | (arr == ord("{"))).astype(np.int32), begin)
+        shaped &= opens <= MAX_OPENINGS
     lines = np.flatnonzero(shaped)
 
     def bytes_of(idx: np.ndarray) -> tuple[bytes, np.ndarray]:
@@ -296,8 +369,8 @@ def prepare_lines(block: LineBlock, source: str, fields: FieldMap, max_chars: in
             continue
         rows = np.flatnonzero(mask)
         idx = lines[lo:hi][rows]
-        where = [(block.file, first_line + int(i), None) for i in idx]
-        before = len(prep.sample_id)
+        where = [(block.file, i, None) for i in (idx + first_line).tolist()]
+        before = len(prep.rows)
         taken = _make_rows(prep, table.select(keep).take(pa.array(rows)), fields, max_chars, source, where)
         kept = idx[np.asarray(taken, bool)]
         plain[kept] = np.arange(before, before + len(kept))
@@ -332,7 +405,7 @@ def prepare_batch(batch: RowBatch, source: str, fields: FieldMap, max_chars: int
     mask, keep = _plain_rows(table, fields, None)
     if mask.any():
         rows = np.flatnonzero(mask)
-        where = [(batch.file, None, batch.first_row + int(i)) for i in rows]
+        where = [(batch.file, None, i) for i in (rows + batch.first_row).tolist()]
         taken = _make_rows(prep, table.select(keep).take(pa.array(rows)), fields, max_chars, source, where)
         kept = rows[np.asarray(taken, bool)]
         plain[kept] = np.arange(len(kept))

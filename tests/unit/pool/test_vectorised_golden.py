@@ -216,7 +216,10 @@ def test_plain_records_take_the_vectorised_path(tmp_path):
         assert where and set(where) <= lines, f"{what!r} (line {where}) should take the per-record path"
 
 
-_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=30)
+_text = st.one_of(
+    st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=30),
+    st.text(st.sampled_from(list(" \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u3000\u200bab\"\\<|>[]{}é\u0301")), max_size=12),
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -239,12 +242,12 @@ def test_any_text_gives_the_per_record_row(tmp_path_factory, records):
             rec = prep.record(item)
             sample = normalise(rec.value, "any.jsonl", FieldMap(), MAX_CHARS)
             row = sample.row()
-            assert (prep.sample_id[item], prep.content_hash[item], prep.dedup_key[item]) == \
-                (sample.sample_id, sample.content_hash, sample.dedup_key)
-            assert (prep.instruction[item], prep.input[item], prep.output[item], prep.metadata[item]) == \
-                (row["instruction"], row["input"], row["output"], row["metadata"])
-            assert [{"role": "user", "content": prep.user[item]}, {"role": "assistant", "content": prep.output[item]}] == row["messages"]
-            assert prep.line[item] == _row_line(row)
+            sample_id, content, key, instruction, input_text, output, user, metadata, line, where = prep.rows[item]
+            assert (sample_id, content, key) == (sample.sample_id, sample.content_hash, sample.dedup_key)
+            assert (instruction, input_text, output, metadata) == (row["instruction"], row["input"], row["output"], row["metadata"])
+            assert [{"role": "user", "content": user}, {"role": "assistant", "content": output}] == row["messages"]
+            assert line == _row_line(row)
+            assert where == (str(path), rec.line, None)
 
 
 def test_a_damaged_gzip_reads_as_the_per_line_reader_reads_it(tmp_path, monkeypatch):
@@ -278,5 +281,5 @@ def test_crlf_lines_and_absent_fields_stay_on_the_vectorised_path(tmp_path):
     [block] = readers.read_blocks(str(path), "jsonl")
     prep = prepare_lines(block, "crlf.jsonl", FieldMap(), 1000)
     assert prep.items[:6] == list(range(6)) and isinstance(prep.items[6], readers.RawRecord)
-    assert prep.sample_id[:6] == [str(i) for i in range(6)]
-    assert prep.metadata[:2] == ['{"tag": "t"}', "{}"]
+    assert [r[0] for r in prep.rows] == [str(i) for i in range(6)]
+    assert [r[7] for r in prep.rows[:2]] == ['{"tag": "t"}', "{}"]
