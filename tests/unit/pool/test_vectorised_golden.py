@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from syllabus.pool import readers
+from syllabus.pool import readers, vectorised
 from syllabus.pool.canonical import FieldMap, normalise
 from syllabus.pool.ingest import _row_line, ingest_pool
 from syllabus.pool.vectorised import prepare_lines
@@ -168,11 +168,19 @@ def ingest_golden(folder: Path, policy: str, **kw):
                        special_tokens=policy, progress=False, **kw)
 
 
+@pytest.fixture(autouse=True)
+def small_blocks_vectorised(monkeypatch):
+    """The test files are small: let blocks of any size take the vectorised path."""
+    monkeypatch.setattr(vectorised, "MIN_ROWS", 1)
+
+
 @pytest.mark.parametrize("policy", ["keep", "quarantine"])
-@pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "per-record"])
-def test_both_paths_give_the_golden_pool(tmp_path, monkeypatch, policy, vectorised):
+@pytest.mark.parametrize("path", ["vectorised", "per-record", "vectorised-from-64-rows"])
+def test_both_paths_give_the_golden_pool(tmp_path, monkeypatch, policy, path):
     monkeypatch.chdir(tmp_path)
-    result = ingest_golden(tmp_path, policy, vectorised=vectorised)
+    if path == "vectorised-from-64-rows":  # the default: the small files take the per-record path
+        monkeypatch.setattr(vectorised, "MIN_ROWS", 64)
+    result = ingest_golden(tmp_path, policy, vectorised=path != "per-record")
     assert golden_figures(result) == GOLDEN[policy]
 
 
