@@ -46,6 +46,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--special-tokens", choices=POLICIES, default="keep",
                    help="records whose text spells a chat-template token (<|im_end|>, <s>, [INST] ...): keep them, "
                         "the strings staying plain text to every tokenizer (default), or quarantine them")
+    p.add_argument("--pack-small-files", action="store_true",
+                   help="cut shards across file ends, so that many small files make full shards of --shard-size "
+                        "(the manifest lists each shard's files); off (default), each file ends in a shard of its own, "
+                        "as pools ingested without it were cut")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
 
 
@@ -59,6 +63,7 @@ def _run_ingest(inputs: list[str], args: argparse.Namespace) -> int:
             fields=fields,
             max_chars=getattr(args, "max_chars", DEFAULT_MAX_CHARS),
             special_tokens=getattr(args, "special_tokens", "keep"),
+            pack_small_files=getattr(args, "pack_small_files", False),
         )
     except (PoolInputError, ValueError, argparse.ArgumentTypeError) as exc:
         print(f"syllabus ingest: {exc}", file=sys.stderr)

@@ -15,6 +15,11 @@ folder, typed relatively or absolutely, on any machine.
 Sharding is per input file, in order, ``shard_size`` valid records at a time. Appending
 lines to one file therefore changes only that file's last shard (and adds new ones); a new
 file adds new shards; every other shard keeps its content hash, and so its cached scores.
+With ``pack_small_files`` shards are cut across file ends instead (each shard's manifest entry
+lists its files and their row counts), so 10,000 files of 10 records make 100 shards, not
+10,000; appending a file (or lines to the last one) then changes only the pool's last shard and
+adds new ones, while a file inserted before others moves the cut of every shard after it. It is
+off by default: it would change the shard hashes of every pool of more than one file.
 Shards are content-addressed in the store (``shards/<content_hash>.parquet``), so an
 unchanged shard is not even rewritten.
 """
@@ -141,16 +146,26 @@ class _Sharder:
     committed by a worker thread (the zstd encoder and the store's fsync release the GIL), at
     most :data:`_IN_FLIGHT` shards behind, so memory stays flat."""
 
-    def __init__(self, store: Store, shard_size: int):
-        self.store, self.shard_size = store, shard_size
+    def __init__(self, store: Store, shard_size: int, pack: bool = False):
+        self.store, self.shard_size, self.pack = store, shard_size, pack
         self.shards: list[dict[str, Any]] = []
         self.written = self.reused = 0
         self.rows: list[tuple] = []
+        # The files whose rows are pending, each with its slug, its shard count so far and the
+        # position of its first pending row: more than one only when small files are packed.
+        self.marks: list[list] = []
         self._pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="shard-commit")
         self._in_flight: deque[Future] = deque()
 
     def start_file(self, source: str, file: str, slug: str) -> None:
-        self.source, self.file, self.slug, self.index = source, file, slug, 0
+        """Rows from here on come from ``file``. Without packing, the previous file's rows were
+        cut into their own last shard (see end_file)."""
+        self.marks = [m for m in self.marks if m[4] < len(self.rows)]  # a file that added no row
+        self.marks.append([source, file, slug, 0, len(self.rows)])
+
+    def end_file(self) -> None:
+        if not self.pack:
+            self.flush()
 
     def add_sample(self, sample: Sample) -> None:
         row = sample.row()
@@ -167,26 +182,34 @@ class _Sharder:
         if not rows:
             return
         self.rows = []
+        marks = [m for m in self.marks if m[4] < len(rows)]
+        source, file, slug, index, _ = marks[0]
         digest = hashlib.sha256("".join([r[8] for r in rows]).encode("utf-8", "surrogatepass")).hexdigest()[:20]
         key = f"shards/{digest}.parquet"
-        self.shards.append(
-            {
-                "name": f"shard-{self.slug}-{self.index:05d}",
-                "source": self.source,
-                "file": self.file,
-                "index": self.index,
-                "key": key,
-                "url": self.store.url(key),
-                "content_hash": digest,
-                "rows": len(rows),
-                "first_sample_id": rows[0][0],
-                "last_sample_id": rows[-1][0],
-            }
-        )
-        self.index += 1
+        entry = {
+            "name": f"shard-{slug}-{index:05d}",
+            "source": source,
+            "file": file,
+            "index": index,
+            "key": key,
+            "url": self.store.url(key),
+            "content_hash": digest,
+            "rows": len(rows),
+            "first_sample_id": rows[0][0],
+            "last_sample_id": rows[-1][0],
+        }
+        if self.pack:
+            # Which files the shard holds rows of, in order, and how many of each.
+            ends = [m[4] for m in marks[1:]] + [len(rows)]
+            entry["files"] = [{"file": m[1], "source": m[0], "rows": end - m[4]} for m, end in zip(marks, ends)]
+        self.shards.append(entry)
+        marks[0][3] += 1  # the next shard that starts in that file
+        current = self.marks[-1]
+        current[4] = 0
+        self.marks = [current]
         while len(self._in_flight) >= _IN_FLIGHT:
             self._collect(self._in_flight.popleft())
-        self._in_flight.append(self._pool.submit(self._commit, key, digest, self.source, rows))
+        self._in_flight.append(self._pool.submit(self._commit, key, digest, source, rows))
 
     def _commit(self, key: str, digest: str, source: str, rows: list[tuple]) -> bool:
         if self.store.is_committed(key):
@@ -268,13 +291,17 @@ def ingest_pool(
     progress: bool | None = None,
     special_tokens: str = "keep",
     vectorised: bool | None = None,
+    pack_small_files: bool = False,
 ) -> IngestResult:
     """Ingest ``inputs`` (files, directories, saved datasets, URLs) into ``store``.
     ``special_tokens``: what to do with records that spell chat-template tokens (``keep`` them
     as text, or ``quarantine`` them; :mod:`syllabus.pool.special_tokens`). ``vectorised``
     (default :data:`VECTORISED`): read JSONL and Parquet files through
     :mod:`syllabus.pool.vectorised`; ``False`` sends every record through the per-record path
-    (same ids, shards, quarantine and fingerprint, only slower)."""
+    (same ids, shards, quarantine and fingerprint, only slower). ``pack_small_files``: cut
+    shards across file ends, so that many small files make full shards (each shard's entry then
+    lists the files it holds rows of: ``files``); off, each file's rows end in a shard of their
+    own, as pools ingested before this option were cut."""
     if vectorised is None:
         vectorised = VECTORISED
     if shard_size < 1:
@@ -284,7 +311,7 @@ def ingest_pool(
     spelled_counts = SpecialTokenCounts(special_tokens)
     started = time.perf_counter()
     files = expand(list(inputs))
-    sharder = _Sharder(store, shard_size)
+    sharder = _Sharder(store, shard_size, pack=pack_small_files)
     quarantine: list[dict[str, Any]] = []
     reasons: Counter = Counter()
     per_file: dict[str, FileStats] = {}
@@ -400,7 +427,8 @@ def ingest_pool(
                     if len(pending) == size:
                         sharder.flush()
                         pending = sharder.rows
-            sharder.flush()
+            sharder.end_file()
+        sharder.flush()
     finally:
         bar.close()
         sharder.close()  # every shard committed (or the first failure raised)
@@ -450,6 +478,7 @@ def ingest_pool(
         "rejected_by_reason": dict(sorted(reasons.items())),
         "special_tokens": spelled_counts.summary(),
         "quarantine": store.url(quarantine_key),
+        **({"pack_small_files": True} if pack_small_files else {}),
         "shards": sharder.shards,
         "seconds": round(time.perf_counter() - started, 3),
     }
