@@ -91,7 +91,7 @@ def plan_preview(configs: Mapping[str, Mapping[str, Any]], manifest_url: str, lm
 
     planned = _limit_shards(load_manifest(manifest_url), limit)
     for instance, config in configs.items():
-        scorer = make_scorer(instance, config)
+        scorer = make_scorer(instance, config, store, manifest_url)  # influence's key names its warm-up pool
         todo: list[tuple[dict, int | None]] = []
         total = cached = 0
         for shard, take in planned:
