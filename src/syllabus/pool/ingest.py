@@ -242,7 +242,7 @@ def _table(rows: list[tuple]) -> pa.Table:
     """A shard's rows as a table of SCHEMA: the same Arrow data, and so the same Parquet bytes,
     as ``pa.Table.from_pylist`` of the rows' dicts."""
     n = len(rows)
-    ids, sources, instructions, inputs, outputs, users, messages, metadata, _ = zip(*rows)
+    ids, sources, instructions, inputs, outputs, users, messages, metadata = list(zip(*rows))[:8]
     messages_type = SCHEMA.field("messages").type
     if all(m is None for m in messages):
         contents: list[str | None] = [None] * (2 * n)
@@ -407,7 +407,8 @@ def ingest_pool(
                         take(k)
                         pending = sharder.rows  # take() may have cut a shard
                         continue
-                    sample_id, content, key, instruction, input_text, output, user, metadata, line, where = rows[k]
+                    row = rows[k]
+                    sample_id, content, key, where = row[0], row[9], row[10], row[11]
                     stats.records_in += 1
                     # seen(), inline: the common case of a new record costs two lookups.
                     if key in seen_content or sample_id in seen_ids or (sample_id != content and sample_id in seen_content):
@@ -423,7 +424,7 @@ def ingest_pool(
                     if sample_id != key:
                         seen_ids[sample_id] = where
                     stats.records_ok += 1
-                    pending.append((sample_id, source, instruction, input_text, output, user, None, metadata, line))
+                    pending.append(row)  # the sharder reads its first nine fields
                     if len(pending) == size:
                         sharder.flush()
                         pending = sharder.rows

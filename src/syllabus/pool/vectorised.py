@@ -82,8 +82,9 @@ class Prepared:
     index of a plain record in ``rows``) or the :class:`RawRecord` for the per-record path."""
 
     items: list[Any] = field(default_factory=list)
-    # Per plain record: (sample_id, content_hash, dedup_key, instruction, input, output, user
-    # turn, metadata JSON, the row's line as the shard hash covers it, (file, line, row)).
+    # Per plain record: the sharder's row (sample_id, source, instruction, input, output, user
+    # turn, None for the turns, metadata JSON, the row's line as the shard hash covers it), then
+    # its content hash, its dedup key and where it is (file, line, row).
     rows: list[tuple] = field(default_factory=list)
     record: Callable[[int], RawRecord] | None = None  # a plain record's RawRecord, for the quarantine
 
@@ -173,7 +174,7 @@ def _make_rows(prep: Prepared, table: pa.Table, fields: FieldMap, max_chars: int
     simple = _simple_rows(table, roles, [name for _, name, _ in meta], max_chars) if single else np.zeros(n, bool)
     if simple.any():
         at = np.flatnonzero(simple).tolist()
-        for j, row in zip(at, _simple_made(at, ins, out, inp, ids, meta, esrc, where)):
+        for j, row in zip(at, _simple_made(at, ins, out, inp, ids, meta, source, where)):
             made[j] = row
     sha = hashlib.sha256
     for j in np.flatnonzero(~simple).tolist():
@@ -203,8 +204,8 @@ def _make_rows(prep: Prepared, table: pa.Table, fields: FieldMap, max_chars: int
         used = () if single else (ins_names[j], out_names[j], inp_names[j], id_names[j])
         meta_json = "{" + ", ".join([k + ": " + (_esc(v) if type(v) is str else str(v))
                                      for k, name, column in meta if (v := column[j]) is not None and name not in used]) + "}"
-        made[j] = (sid, content, key, a, x, o, user, meta_json,
-                   _ROW % (_esc(x), _esc(a), eu, eo, _esc(meta_json), eo, _esc(sid), esrc), where[j])
+        made[j] = (sid, source, a, x, o, user, None, meta_json,
+                   _ROW % (_esc(x), _esc(a), eu, eo, _esc(meta_json), eo, _esc(sid), esrc), content, key, where[j])
     prep.rows.extend(row for row in made if row is not None)
     return [row is not None for row in made]
 
@@ -233,13 +234,14 @@ def _simple_rows(table: pa.Table, roles: list[list[str]], meta_names: list[str],
     return mask
 
 
-def _simple_made(at: list[int], ins: list, out: list, inp: list, ids: list, meta: list, esrc: str, where: list) -> list[tuple]:
+def _simple_made(at: list[int], ins: list, out: list, inp: list, ids: list, meta: list, source: str, where: list) -> list[tuple]:
     """The rows of _simple_rows, column by column: for clean ASCII texts the user turn is the
     instruction and the input joined by a blank line, and its dedup text by one space, so the
     escaped forms are joined the same way."""
     sha = hashlib.sha256
-    A, O = [ins[j] for j in at], [out[j] for j in at]
-    X = [inp[j] or "" for j in at]
+    everyone = len(at) == len(ins)  # the usual case: no copies
+    A, O = (ins, out) if everyone else ([ins[j] for j in at], [out[j] for j in at])
+    X = [x or "" for x in inp] if everyone else [inp[j] or "" for j in at]
     eA, eO, eX = _escape_all(A), _escape_all(O), _escape_all(X)
     U = [f"{a}\n\n{x}" if x else a for a, x in zip(A, X)]
     eU = [f"{a}\\n\\n{x}" if x else a for a, x in zip(eA, eX)]
@@ -256,8 +258,10 @@ def _simple_made(at: list[int], ins: list, out: list, inp: list, ids: list, meta
     else:
         M = ["{}"] * len(at)
     eM = _escape_all(M)
+    esrc = _esc(source)
     lines = [_ROW_INNER % (x, a, u, o, m, o, s, esrc) for x, a, u, o, m, s in zip(eX, eA, eU, eO, eM, eS)]
-    return list(zip(sid, content, key, A, X, O, U, M, lines, [where[j] for j in at]))
+    n = len(at)
+    return list(zip(sid, [source] * n, A, X, O, U, [None] * n, M, lines, content, key, [where[j] for j in at]))
 
 
 def _parse(buf: memoryview, read_options_size: int) -> pa.Table:
@@ -415,7 +419,8 @@ def prepare_batch(batch: RowBatch, source: str, fields: FieldMap, max_chars: int
         kept = rows[np.asarray(taken, bool)]
         plain[kept] = np.arange(len(kept))
     other = np.flatnonzero(plain < 0)
-    values = dict(zip(other.tolist(), table.take(pa.array(other)).to_pylist())) if len(other) else {}
+    # The rows going on are read as the per-record reader reads them (RecordBatch.to_pylist).
+    values = batch.batch.to_pylist() if len(other) else []
     for i in range(n):
         k = int(plain[i])
         prep.items.append(k if k >= 0 else RawRecord(batch.file, None, batch.first_row + i, value=values[i]))
