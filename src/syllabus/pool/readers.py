@@ -19,6 +19,9 @@ prose's ", "), the first line is quarantined (``stray_quote``, naming the lines 
 the others are read again as records; otherwise the whole span is one ``malformed_row`` naming
 its lines. Swallowed lines are read again once, so a file full of stray quotes stays linear.
 
+:func:`read_blocks` gives the same records, but those of JSONL and Parquet files in blocks
+(:class:`LineBlock`, :class:`RowBatch`) for the vectorised path (:mod:`syllabus.pool.vectorised`).
+
 Formats: JSONL (``.jsonl``, ``.ndjson``), JSON arrays (``.json``; a ``.json`` file that holds
 JSON lines is read as JSONL), Parquet, CSV/TSV, any of them gzip-compressed (``.gz``),
 directories of them (recursively), a directory saved by ``datasets.save_to_disk``, and

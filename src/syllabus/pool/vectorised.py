@@ -9,13 +9,17 @@ A record is plain, and taken here, when all of this holds; otherwise it is sent 
 - (JSONL) its line fits the line limit, starts with ``{`` and ends with ``}`` (a ``\\r``
   before the newline allowed), is valid UTF-8, and pyarrow parses it as exactly one row
   (a line pyarrow refuses, such as a duplicate key, goes on alone; the rest are parsed again);
-- every field is a non-null string (the id may be an integer): a nested value, a number, a
-  boolean, a null or a field that only some records of the block have goes on, since the
-  per-record path keeps its exact JSON form in the metadata;
-- Alpaca or question/answer fields (a block with a conversation field goes on whole);
+- every field it has is a string (the id may be an integer): a nested value, a number, a
+  boolean or a null goes on, since the per-record path keeps its exact JSON form in the
+  metadata (fields that other records of the block have and it lacks are fine, unless its
+  line spells ``null`` anywhere: then pyarrow's null could be a JSON null);
+- no more than :data:`MAX_OPENINGS` ``[`` and ``{`` on its line (pyarrow's reader recurses);
+- Alpaca or question/answer fields (a record with a conversation field goes on);
 - no control character but tab, newline and carriage return in any field;
 - no spelling of a chat-template token (:mod:`syllabus.pool.special_tokens`);
 - at most ``max_chars`` characters, and no required text that is blank or only invisible.
+
+A block of fewer than :data:`MIN_ROWS` records (a small file) goes on whole.
 
 For a plain record the sample id, the dedup key, the metadata JSON and the line the shard hash
 covers are written with the json module's own string encoder, in the forms
