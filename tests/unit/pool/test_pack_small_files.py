@@ -95,3 +95,19 @@ def test_the_cli_option(tmp_path, capsys):
     assert main(["ingest", str(tmp_path / "pool"), "--store", store, "--shard-size", "10", "--pack-small-files", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["shards"] == 3 and summary["records_ok"] == 30
+
+
+def test_packing_gives_the_same_pool_on_both_paths(tmp_path, monkeypatch):
+    """The golden pool's three files packed into shards of 7: the vectorised and per-record
+    paths give the same shards, quarantine and manifest."""
+    from test_vectorised_golden import golden_figures, golden_files  # this folder is on sys.path (pytest prepend)
+
+    monkeypatch.chdir(tmp_path)
+    files = golden_files(tmp_path)
+    figures = {}
+    for path in (True, False):
+        result = ingest_pool(files, Store(str(tmp_path / f"store-{path}")), shard_size=7, max_chars=400, progress=False,
+                             vectorised=path, pack_small_files=True)
+        assert sum(len(s["files"]) > 1 for s in result.manifest["shards"]) >= 1  # a shard spans files
+        figures[path] = golden_figures(result)
+    assert figures[True] == figures[False]

@@ -294,6 +294,7 @@ def test_crlf_lines_and_absent_fields_stay_on_the_vectorised_path(tmp_path):
     assert [r[7] for r in prep.rows[:2]] == ['{"tag": "t"}', "{}"]  # the metadata JSON
 
 
+@pytest.mark.s3
 def test_s3_inputs_and_store_read_the_same_both_ways(tmp_path, s3_bucket):
     """JSONL (plain and gzip) and Parquet read from S3 (blocks through fsspec's buffered file),
     shards committed to S3 by the worker threads: the same figures on both paths."""
