@@ -151,8 +151,8 @@ def _make_rows(prep: Prepared, table: pa.Table, fields: FieldMap, max_chars: int
     returns, per row, whether it was taken (a missing or blank text or id, or a record over
     ``max_chars``, sends it on). A null is a field the record does not have.
 
-    Rows whose texts are clean ASCII (:func:`_plain_text`), with one column per role and every
-    metadata field present, are made column by column; the others one by one."""
+    Rows whose texts are ASCII, with one column per role and every metadata field present, are
+    made column by column (_simple_made); the others one by one."""
     n = table.num_rows
     names = table.column_names
     values = {name: table.column(name).to_pylist() for name in names}
@@ -175,10 +175,10 @@ def _make_rows(prep: Prepared, table: pa.Table, fields: FieldMap, max_chars: int
     meta = [(_esc(name), name, values[name]) for name in sorted(names) if name not in role_names and name not in fields.messages]
     esrc = _esc(source)
     made: list[tuple | None] = [None] * n
-    simple = _simple_rows(table, roles, [name for _, name, _ in meta], max_chars) if single else np.zeros(n, bool)
+    simple, clean = _simple_rows(table, roles, [name for _, name, _ in meta], max_chars) if single else (np.zeros(n, bool), [])
     if simple.any():
         at = np.flatnonzero(simple).tolist()
-        for j, row in zip(at, _simple_made(at, ins, out, inp, ids, meta, source, where)):
+        for j, row in zip(at, _simple_made(at, ins, out, inp, ids, meta, source, where, clean)):
             made[j] = row
     sha = hashlib.sha256
     for j in np.flatnonzero(~simple).tolist():
@@ -214,50 +214,71 @@ def _make_rows(prep: Prepared, table: pa.Table, fields: FieldMap, max_chars: int
     return [row is not None for row in made]
 
 
-def _simple_rows(table: pa.Table, roles: list[list[str]], meta_names: list[str], max_chars: int) -> np.ndarray:
-    """Rows of one column per role whose instruction and output are clean ASCII text, whose
-    input is absent, empty or clean, whose id is absent, an integer or clean, that fit
-    ``max_chars`` and have every metadata field (see _simple_made)."""
+def _simple_rows(table: pa.Table, roles: list[list[str]], meta_names: list[str], max_chars: int) -> tuple[np.ndarray, list]:
+    """Rows of one column per role whose texts (instruction, output, input, a text id) are
+    ASCII or absent, that fit ``max_chars`` and have every metadata field (see _simple_made);
+    and, per row, whether the instruction, the output and the input are clean (_plain_text)."""
     n = table.num_rows
+    none = np.zeros(n, bool), []
     ins, out, inp, ids = (role[0] if role else None for role in roles)
     if ins is None or out is None or not (_is_text(table.schema.field(ins).type) and _is_text(table.schema.field(out).type)):
-        return np.zeros(n, bool)
-    mask = _plain_text(table.column(ins)) & _plain_text(table.column(out))
-    size = pc.add(pc.utf8_length(table.column(ins)), pc.utf8_length(table.column(out)))
+        return none
+    ascii_ = lambda col: _numpy(pc.fill_null(pc.string_is_ascii(col), False))  # noqa: E731
+    ins_col, out_col = table.column(ins), table.column(out)
+    mask = ascii_(ins_col) & ascii_(out_col)
+    clean = [_plain_text(ins_col), _plain_text(out_col)]
+    size = pc.add(pc.utf8_length(ins_col), pc.utf8_length(out_col))
     if inp is not None:
         col = table.column(inp)
         length = pc.fill_null(pc.utf8_length(col), 0)
-        mask &= _plain_text(col) | (_numpy(length) == 0)
+        mask &= ascii_(col) | (_numpy(length) == 0)
         size = pc.add(size, pc.if_else(pc.greater(length, 0), pc.add(length, 2), 0))
+        clean.append(_plain_text(col))
+    else:
+        clean.append(np.zeros(n, bool))
     if ids is not None and _is_text(table.schema.field(ids).type):
         col = table.column(ids)
-        mask &= _plain_text(col) | ~_numpy(pc.is_valid(col))
+        mask &= ascii_(col) | ~_numpy(pc.is_valid(col))
     mask &= _numpy(pc.fill_null(pc.less_equal(size, max_chars), False))
     for name in meta_names:
         mask &= _numpy(pc.is_valid(table.column(name)))
-    return mask
+    return mask, clean
 
 
-def _simple_made(at: list[int], ins: list, out: list, inp: list, ids: list, meta: list, source: str, where: list) -> list[tuple]:
-    """The rows of _simple_rows, column by column: for clean ASCII texts the user turn is the
-    instruction and the input joined by a blank line, and its dedup text by one space, so the
+def _simple_made(at: list[int], ins: list, out: list, inp: list, ids: list, meta: list, source: str, where: list,
+                 clean: list) -> list[tuple | None]:
+    """The rows of _simple_rows, column by column (None for a row with a blank instruction,
+    output or id: the per-record path rejects it). For ASCII text, dedup_text only collapses
+    whitespace; for clean texts (no whitespace but single inner spaces) the user turn is the
+    instruction and the input joined by a blank line and its dedup text by one space, so the
     escaped forms are joined the same way."""
     sha = hashlib.sha256
     everyone = len(at) == len(ins)  # the usual case: no copies
-    A, O = (ins, out) if everyone else ([ins[j] for j in at], [out[j] for j in at])
-    X = [x or "" for x in inp] if everyone else [inp[j] or "" for j in at]
+    pick = (lambda column: column) if everyone else (lambda column: [column[j] for j in at])  # noqa: E731
+    A, O, X0, ID = pick(ins), pick(out), pick(inp), pick(ids)
+    CA, CO, CX = (pick(c.tolist()) for c in clean)
+    X = [x or "" for x in X0]
+    ok = [(ca or bool(a.strip())) and (co or bool(o.strip())) and (type(i) is not str or bool(i.strip()))
+          for a, o, i, ca, co in zip(A, O, ID, CA, CO)]
+    joined = [bool(x) and (cx or bool(x.strip())) for x, cx in zip(X, CX)]  # a non-blank input
     eA, eO, eX = _escape_all(A), _escape_all(O), _escape_all(X)
-    U = [f"{a}\n\n{x}" if x else a for a, x in zip(A, X)]
-    eU = [f"{a}\\n\\n{x}" if x else a for a, x in zip(eA, eX)]
+    U = [f"{a}\n\n{x}" if j else a for a, x, j in zip(A, X, joined)]
+    eU = [f"{a}\\n\\n{x}" if j else a for a, x, j in zip(eA, eX, joined)]
     content = [sha((_PAIR_INNER % (u, o)).encode()).hexdigest()[:16] for u, o in zip(eU, eO)]
-    key = [sha((_PAIR_INNER % (f"{a} {x}", o)).encode()).hexdigest()[:16] if x else c
-           for c, a, x, o in zip(content, eA, eX, eO)]
-    sid = content if all(ids[j] is None for j in at) else \
-        [c if (v := ids[j]) is None else v if type(v) is str else str(v) for c, j in zip(content, at)]
+
+    def key_of(c: str, u: str, o: str) -> str:
+        du, do = dedup_text(u), dedup_text(o)
+        return c if du == u and do == o else sha((_PAIR % (_esc(du), _esc(do))).encode()).hexdigest()[:16]
+
+    key = [(sha((_PAIR_INNER % (f"{a} {x}", o)).encode()).hexdigest()[:16] if j else c)
+           if ca and co and (cx or not j) else key_of(c, u, o_)
+           for c, a, x, o, u, o_, j, ca, co, cx in zip(content, eA, eX, eO, U, O, joined, CA, CO, CX)]
+    sid = content if all(i is None for i in ID) else \
+        [c if i is None else i if type(i) is str else str(i) for c, i in zip(content, ID)]
     eS = _escape_all(sid)
     if meta:
         shape = "{" + ", ".join(k.replace("%", "%%") + ': "%s"' for k, _, _ in meta) + "}"
-        escaped = [_escape_all([column[j] for j in at]) for _, _, column in meta]
+        escaped = [_escape_all(pick(column)) for _, _, column in meta]
         M = [shape % values for values in zip(*escaped)]
     else:
         M = ["{}"] * len(at)
@@ -265,7 +286,8 @@ def _simple_made(at: list[int], ins: list, out: list, inp: list, ids: list, meta
     esrc = _esc(source)
     lines = [_ROW_INNER % (x, a, u, o, m, o, s, esrc) for x, a, u, o, m, s in zip(eX, eA, eU, eO, eM, eS)]
     n = len(at)
-    return list(zip(sid, [source] * n, A, X, O, U, [None] * n, M, lines, content, key, [where[j] for j in at]))
+    rows = zip(sid, [source] * n, A, X, O, U, [None] * n, M, lines, content, key, pick(where))
+    return [row if good else None for row, good in zip(rows, ok)]
 
 
 def _parse(buf: memoryview, read_options_size: int) -> pa.Table:
