@@ -90,3 +90,25 @@ def _scoring_rates_in_a_temporary_file(tmp_path_factory):
         os.environ.pop("SYLLABUS_RATES", None)
     else:
         os.environ["SYLLABUS_RATES"] = saved
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_left_on_a_closed_stream():
+    """A handler created while a test captured the file descriptors (capfd: Prefect's console
+    handler, set up again by a run inside that test) keeps writing to capfd's file after it is
+    closed; the next test's first log line then fails, and its error report is logged through the
+    same handler until the recursion limit. Point such handlers back at stderr after each test."""
+    yield
+    import logging
+    import sys
+
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for logger in loggers:
+        for handler in logger.handlers:
+            stream = getattr(handler, "stream", None)
+            if stream is not None and getattr(stream, "closed", False):
+                handler.stream = sys.stderr  # not setStream: it flushes the closed stream first
+            console = getattr(handler, "console", None)
+            if console is not None and getattr(getattr(console, "file", None), "closed", False):
+                console.file = sys.stderr
