@@ -72,8 +72,9 @@ class PipelineParams(BaseModel):
     seed: int = Field(0, description="seed for random selection and for sampling the demo pool")
     store: str | None = Field(None, description="store URL (default $SYLLABUS_STORE or ./syllabus-store)")
     scorer_configs: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"difficulty": {"max_new_tokens": 48}},
-        description="per-scorer config overrides, e.g. {'difficulty': {'max_new_tokens': 64}}",
+        default_factory=dict,
+        description="per-scorer config overrides, e.g. {'difficulty': {'max_new_tokens': 64}}; the defaults are the "
+        "scorers' own, the same as `syllabus score` uses",
     )
     selector_overrides: dict[str, dict[str, dict[str, Any]]] = Field(
         # SmolLM2-135M rates on a compressed scale (about 19-35 of 100 on the demo pool), so the

@@ -67,7 +67,9 @@ class DifficultyConfig(ScorerConfig):
     # "ours": methods.md's definitions; "reference": the authors' code (REFERENCE_PRESET).
     preset: Literal["ours", "reference"] = "ours"
     cutoff: int = DEFAULT_CUTOFF
-    max_new_tokens: int = 256
+    # One default for `syllabus score` and `syllabus run` (issue 33): sized for a CPU run, where
+    # SmolLM2-135M generates about 10 tokens a second per batch row; on a GPU set it per run.
+    max_new_tokens: int = 48
     batch_size: int = 8
     generate_batch_size: int = 32
     max_batch_tokens: int = 16384

@@ -276,7 +276,7 @@ def test_pipeline_and_compare_configs_select_the_reference_preset():
 
     params = PipelineParams(methods=["3ds-reference", "random"])
     scorers = make_plan(params.methods, params.scorer_configs).scorers
-    assert scorers["difficulty"] == {"preset": "reference", "max_new_tokens": 48}
+    assert scorers["difficulty"] == {"preset": "reference"}
     assert DifficultyConfig(**scorers["difficulty"]).token_filter == "pos"
     # or the 3ds method with the preset as a scorer override
     scorers = make_plan(["3ds"], {"difficulty": {"preset": "reference"}}).scorers
