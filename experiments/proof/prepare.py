@@ -61,10 +61,30 @@ def main() -> None:
     n = round(planted["defects"] / len(planted["per_kind"]))
     injected = _plant(files["pool"], injection, injection_labels,
                       ["--kinds", "injection", "--fraction", str(n / (planted["clean"] + n)), "--seed", str(args.seed + 1)])
+    # Labels only for what the pool holds: ingest drops a twin whose injection is invisible
+    # characters alone, as a duplicate of its base (the dedup key removes them), and a labels
+    # file naming ids outside the pool is an error.
+    pooled = _pooled_ids([*files["pool"], str(defects), str(injection)])
+    lines = (labels.read_bytes() + injection_labels.read_bytes()).decode().splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line)["sample_id"] in pooled]
     all_labels = args.out / "labels-injection.jsonl"
-    all_labels.write_bytes(labels.read_bytes() + injection_labels.read_bytes())
+    all_labels.write_text("".join(kept))
+    injected["dropped_by_ingest"] = len(lines) - len(kept)
     print(json.dumps({**files, "defects": str(defects), "labels": str(labels), "planted": planted,
                       "injection": str(injection), "labels_injection": str(all_labels), "injected": injected}))
+
+
+def _pooled_ids(files: list[str]) -> set[str]:
+    """The sample ids a pool of these files holds (ingested into a throwaway store)."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    syllabus = str(Path(sys.executable).with_name("syllabus"))
+    with tempfile.TemporaryDirectory() as store:
+        subprocess.run([syllabus, "ingest", *files, "--store", store, "--json"], check=True, capture_output=True)
+        return {i for shard in Path(store).glob("shards/*.parquet")
+                for i in pq.read_table(shard, columns=["sample_id"]).column("sample_id").to_pylist()}
 
 
 def _plant(pool: list[str], out: Path, labels: Path, options: list[str]) -> dict:
