@@ -112,3 +112,19 @@ def _no_log_handler_left_on_a_closed_stream():
             console = getattr(handler, "console", None)
             if console is not None and getattr(getattr(console, "file", None), "closed", False):
                 console.file = sys.stderr
+
+
+@pytest.fixture
+def environ_restored():
+    """The process environment as it was before the test, after it: a command run in-process sets
+    its defaults with ``os.environ.setdefault`` (the CLI: PREFECT_LOGGING_EXTRA_LOGGERS and others)
+    and moves credentials typed into URLs there, none of which monkeypatch sees."""
+    import os
+
+    saved = dict(os.environ)
+    yield
+    for key in [k for k in os.environ if k not in saved]:
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value

@@ -29,7 +29,8 @@ def _files_holding(root: Path, needles: list[str]) -> list[str]:
     return hits
 
 
-def test_planted_secret_reaches_no_database_log_or_store(tmp_path, tiny_model_dir, s3_bucket, monkeypatch, capfd):
+def test_planted_secret_reaches_no_database_log_or_store(tmp_path, tiny_model_dir, s3_bucket, monkeypatch, capfd,
+                                                         environ_restored):
     import boto3
     import prefect.settings
     from prefect.client.orchestration import get_client
@@ -37,9 +38,7 @@ def test_planted_secret_reaches_no_database_log_or_store(tmp_path, tiny_model_di
 
     from syllabus.cli import main
 
-    # whatever the run changes in the environment is undone after the test
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", os.environ["AWS_ACCESS_KEY_ID"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", os.environ["AWS_SECRET_ACCESS_KEY"])
+    # whatever the run changes in the environment (credentials, the CLI's defaults) is undone by environ_restored
     monkeypatch.chdir(tmp_path)
     bench = tmp_path / "mc.jsonl"
     bench.write_text("".join(json.dumps({"question": f"Which number is {i}?", "options": [str(i), str(i + 1)],
