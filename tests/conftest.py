@@ -128,3 +128,14 @@ def environ_restored():
     for key, value in saved.items():
         if os.environ.get(key) != value:
             os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def _no_provenance_left_from_an_earlier_test():
+    """A flow run's provenance check records its tags for the rest of its process (a worker runs
+    each flow in a process of its own); in the test process, one test's check must not tag the
+    MLflow runs of the next."""
+    yield
+    from syllabus.tracking import provenance
+
+    provenance._recorded = None

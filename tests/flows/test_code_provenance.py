@@ -114,7 +114,7 @@ def test_a_worker_one_commit_behind_fails_the_run_before_any_work(tmp_path):
         assert "CodeMismatchError" in message, message
         imported = (behind / "syllabus_tasks").resolve()
         assert f"package syllabus_tasks (imported from {imported}) differs from tasks/ in the checkout in 1 of" in message, message
-        assert ".py files (stages.py)" in message and f"commit {commit_b[:12]}" in message, message
+        assert ".py and .yaml files (stages.py)" in message and f"commit {commit_b[:12]}" in message, message
         assert "`pip install -e " in message and "start the worker from an environment built from" in message, message
         assert "package syllabus " not in message and "package syllabus_flows" not in message, message
         assert not store.exists(), sorted(str(p) for p in store.rglob("*"))  # nothing was ingested
