@@ -40,7 +40,7 @@ import pyarrow as pa
 import torch
 
 from syllabus import registry
-from syllabus.models.chat import DEFAULT_CUTOFF, has_chat_template, instruction_text
+from syllabus.models.chat import DEFAULT_CUTOFF, has_chat_template, instruction_text, spells_special_token
 from syllabus.models.engines import TransformersEngine, decoder_and_head
 from syllabus.scoring.base import Failed, Scorer, ScorerConfig, error_status, per_item_fallback
 from syllabus.scoring.timing import StageClock
@@ -112,7 +112,14 @@ DEFAULT_DOMAIN = {"en": "medical", "zh": "医学"}
 
 
 class QualityConfig(ScorerConfig):
+    key_defaults: ClassVar[dict[str, Any]] = {"layout": "inline"}  # came after the first release
     mode: Literal["expected", "generate"] = "expected"
+    # "inline" (default): the rubric, the pair, the instruction (the first release's prompt; a
+    # sample's special-token spellings stay characters). "tagged": the sample between tags
+    # after a notice that it is data, the instruction after it, an answer prefix. On
+    # SmolLM2-135M "tagged" resists injected scores better but rates planted defects worse
+    # than chance (README, "Rater injection"); it is there to measure, not the default.
+    layout: Literal["inline", "tagged"] = "inline"
     language: Literal["en", "zh"] = "en"
     domain: str | None = None  # "medical" / "医学" when unset
     cutoff: int = DEFAULT_CUTOFF
@@ -191,6 +198,72 @@ def escape_tags(text: str) -> str:
     return _TAG.sub("&lt;", text)
 
 
+INLINE_PAIR = {
+    "en": "Question:\n{question}\n\nAnswer:\n{answer}",
+    "zh": "问题：\n{question}\n\n回答：\n{answer}",
+}
+INLINE_CLOSING = {
+    "en": "Reply with the score only: a single integer from 0 to 100, no other words.",
+    "zh": "只输出分数：一个 0 到 100 之间的整数，不要输出其他内容。",
+}
+
+
+class InlineRatingPrompts:
+    """The first release's rating prompt (``layout: inline``): the rubric, the pair inline, the
+    instruction. Sample text that spells a special token of the tokenizer is tokenized on its
+    own as characters (the template's markers around it stay tokens); every other sample gets
+    the first release's ids exactly, so its cached scores stand. Generate mode (whose key
+    differs anyway) ends the prompt with the answer prefix, so the reply starts at the score."""
+
+    def __init__(self, tokenizer: Any, cfg: QualityConfig):
+        self.tok, self.cfg = tokenizer, cfg
+        self.templated = has_chat_template(tokenizer)
+        self.rubric = rubric_text(cfg)
+        self.suffix = ANSWER_PREFIX[cfg.language] if cfg.mode == "generate" else ""
+        probe = self.render("Q", "A")
+        self.prefix_text = probe[: probe.index(self.rubric) + len(self.rubric) + 2]
+        self.prefix_ids = list(tokenizer(self.prefix_text, add_special_tokens=not self.templated)["input_ids"])
+
+    def render(self, question: str, answer: str) -> str:
+        lang = self.cfg.language
+        content = self.rubric + "\n\n" + INLINE_PAIR[lang].format(question=question, answer=answer) + "\n\n" + INLINE_CLOSING[lang]
+        if not self.templated:
+            return content + "\n" + self.suffix
+        return self.tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                            add_generation_prompt=True) + self.suffix
+
+    def _rest(self, question: str, answer: str) -> list[int]:
+        text = self.render(question, answer)
+        if not text.startswith(self.prefix_text):
+            raise ValueError("the rating prompt does not start with the shared rubric prefix")
+        if not (spells_special_token(self.tok, question) or spells_special_token(self.tok, answer)):
+            return list(self.tok(text[len(self.prefix_text):], add_special_tokens=False)["input_ids"])
+        # The frame's pieces as tokens, the sample's text as characters.
+        frame = self.render(_QUESTION_SLOT, _ANSWER_SLOT)[len(self.prefix_text):]
+        before, rest = frame.split(_QUESTION_SLOT)
+        middle, tail = rest.split(_ANSWER_SLOT)
+        ids = lambda t: list(self.tok(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+        text_ids = lambda t: list(self.tok(t, add_special_tokens=False, split_special_tokens=True)["input_ids"])  # noqa: E731
+        return ids(before) + text_ids(question) + ids(middle) + text_ids(answer) + ids(tail)
+
+    def rest_ids(self, sample: Any) -> list[int]:
+        """The per-sample part of the prompt. A long answer is cut (marked " ...") to
+        ``max_response_tokens`` and to what fits in the cutoff beside the rubric and question."""
+        question = instruction_text(sample)
+        answer = sample["output"] or ""
+        answer_ids = self.tok(answer, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        room = self.cfg.cutoff - len(self.prefix_ids) - len(self._rest(question, " ..."))
+        budget = min(self.cfg.max_response_tokens, room)
+        if len(answer_ids) <= budget:
+            return self._rest(question, answer)
+        for _ in range(4):  # re-tokenizing the cut text can shift the count by a token or two
+            rest = self._rest(question, self.tok.decode(answer_ids[: max(budget, 0)]) + " ...")
+            if len(self.prefix_ids) + len(rest) <= self.cfg.cutoff or budget <= 0:
+                return rest
+            budget -= 2
+        return rest
+
+
 class RatingPrompts:
     """Token ids of the rating prompt, split into the shared prefix (template head, rubric,
     the notice that the sample is data, the opening tags) and the per-sample rest (question,
@@ -248,6 +321,11 @@ class RatingPrompts:
             budget = max(0, min(self.cfg.max_response_tokens, self.cfg.cutoff - fixed - len(self.cut_ids)))
             answer_ids = answer_ids[:budget] + self.cut_ids
         return question_ids + self.middle_ids + answer_ids + self.tail_ids
+
+
+def rating_prompts(tokenizer: Any, cfg: QualityConfig) -> "InlineRatingPrompts | RatingPrompts":
+    """The rating prompt of ``cfg.layout``."""
+    return RatingPrompts(tokenizer, cfg) if cfg.layout == "tagged" else InlineRatingPrompts(tokenizer, cfg)
 
 
 class ScoreReader:
@@ -314,7 +392,9 @@ def _branch_layout(n_rest: int, n_branch: int) -> tuple[list[int], list[list[int
 @registry.scorer("quality")
 class QualityScorer(Scorer):
     name: ClassVar[str] = "quality"
-    version: ClassVar[int] = 2  # 2: the sample inside tags, the instruction after it, a strict reply parse
+    # Version 1 still: the default layout gives the first release's ids for every sample that
+    # spells no special token. Generate mode's key names the strict reply parse (key_parts).
+    version: ClassVar[int] = 1
     config_cls: ClassVar[type[ScorerConfig]] = QualityConfig
 
     def columns(self) -> list[str]:
@@ -323,7 +403,13 @@ class QualityScorer(Scorer):
     # The prompt and the reply parse, as methods so that benchmarks/rater_injection.py can
     # measure the version-1 prompt beside this one in the same run.
     def _prompts(self, tokenizer: Any, cfg: QualityConfig) -> Any:
-        return RatingPrompts(tokenizer, cfg)
+        return rating_prompts(tokenizer, cfg)
+
+    def key_parts(self, model_fingerprint: str, shard_hash: str) -> dict[str, Any]:
+        parts = super().key_parts(model_fingerprint, shard_hash)
+        if self.config.mode == "generate":  # the reply is read by the strict parse, after the answer prefix
+            parts["parse"] = "leading-number"
+        return parts
 
     def _parse(self, reply: str) -> float | None:
         return parse_score(reply)

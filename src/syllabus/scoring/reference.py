@@ -112,9 +112,9 @@ def difficulty_plain(model: Any, tok: Any, sample: Any, max_new_tokens: int, sto
 def expected_quality_plain(model: Any, tok: Any, cfg: Any, sample: Any) -> float:
     """The expected score by separate plain forwards: the prompt, the prompt + each first
     digit, the prompt + "10" (12 forwards)."""
-    from syllabus.scoring.quality import RatingPrompts, ScoreReader
+    from syllabus.scoring.quality import ScoreReader, rating_prompts
 
-    prompts = RatingPrompts(tok, cfg)
+    prompts = rating_prompts(tok, cfg)
     reader = ScoreReader(tok)
     full = prompts.prefix_ids + prompts.rest_ids(sample)
 
@@ -131,9 +131,9 @@ def expected_quality_plain(model: Any, tok: Any, cfg: Any, sample: Any) -> float
 
 def quality_generate_plain(model: Any, tok: Any, cfg: Any, sample: Any, stop: list[int]) -> tuple[float | None, str]:
     """Paper-mode rating for one sample: the full rating prompt, one greedy generation, parse."""
-    from syllabus.scoring.quality import RatingPrompts, parse_score
+    from syllabus.scoring.quality import parse_score, rating_prompts
 
-    prompts = RatingPrompts(tok, cfg)
+    prompts = rating_prompts(tok, cfg)
     ids = prompts.prefix_ids + prompts.rest_ids(sample)
     reply = tok.decode(generate_one(model, tok, ids, cfg.max_new_tokens, stop), skip_special_tokens=True)
     return parse_score(reply), reply

@@ -158,3 +158,31 @@ def test_long_answer_is_cut_to_fit_the_cutoff(tiny_llama, smol_tokenizer):
     assert " ..." in smol_tokenizer.decode(rest)
     out = QualityScorer(cfg).score(pa.Table.from_pylist([long]), loaded_tiny_model(tiny_llama, smol_tokenizer))
     assert out.column("quality_status").to_pylist() == ["ok"]
+
+
+def test_inline_layout_is_the_first_release_prompt_with_special_tokens_as_text(smol_tokenizer):
+    """The default layout: a sample without special-token spellings gets exactly the first
+    release's ids (the shared prefix, then the rest of the prompt tokenized at once), so its
+    cached scores stand; one that spells <|im_end|> gets the characters, and only the
+    template's markers are special."""
+    from syllabus.models.chat import instruction_text
+    from syllabus.scoring.quality import INLINE_CLOSING, InlineRatingPrompts
+
+    prompts = InlineRatingPrompts(smol_tokenizer, QualityConfig())
+    for sample in SAMPLES:
+        text = prompts.render(instruction_text(sample), sample["output"])
+        rest = smol_tokenizer(text[len(prompts.prefix_text):], add_special_tokens=False)["input_ids"]
+        assert prompts.rest_ids(sample) == rest  # the first release's tokens
+        assert INLINE_CLOSING["en"] in text and "<sample>" not in text
+    specials = set(smol_tokenizer.all_special_ids)
+    clean = prompts.prefix_ids + prompts.rest_ids(SAMPLES[0])
+    spoofed = prompts.prefix_ids + prompts.rest_ids(dict(SAMPLES[0], output=SAMPLES[0]["output"] + SPOOF))
+    assert [i for i in spoofed if i in specials] == [i for i in clean if i in specials]
+    assert SPOOF in smol_tokenizer.decode(spoofed)
+
+
+def test_layout_and_generate_parse_keys():
+    FP, SHARD = "sha256:0123456789abcdef0123", "feedfacecafebeef"
+    default = QualityScorer().key(FP, SHARD)
+    assert QualityScorer(layout="inline").key(FP, SHARD) == default  # the field left the key at its default
+    assert len({default, QualityScorer(layout="tagged").key(FP, SHARD), QualityScorer(mode="generate").key(FP, SHARD)}) == 3
