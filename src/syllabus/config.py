@@ -162,6 +162,27 @@ def _flow_depth(text: str) -> int:
     return deepest
 
 
+# A config or recipe is a few kilobytes; a file past this is not one (or is an attack on the
+# loader), and is refused before it is read.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+def read_config_text(path: Any, source: str) -> str:
+    """The text of the config or recipe file ``path``: a FIFO or device is refused unopened and
+    a file over ``MAX_CONFIG_BYTES`` unread, each in one sentence naming ``source``."""
+    import os
+
+    from syllabus.inputs import refuse_special_file
+
+    refuse_special_file(str(path), source)
+    size = os.stat(path).st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{source} is {size:,} bytes; a config or recipe is at most {MAX_CONFIG_BYTES:,} bytes "
+                         "(a few kilobytes is usual): pass the right file")
+    with open(path, encoding="utf-8") as fh:
+        return fh.read()
+
+
 def load_yaml(text: str, source: str, expansion: int = MAX_YAML_EXPANSION) -> Any:
     """The YAML document in ``text`` (``None`` when empty), read with the safe loader and
     aliases capped; a bad document raises ``ValueError``: one sentence naming ``source``,

@@ -163,3 +163,25 @@ def test_the_command_clips_any_error_that_quotes_a_huge_input(tmp_path, monkeypa
     assert line.startswith("syllabus export: error: cannot read qqq")
     assert line.endswith(f"... ({100_012 - cli.MAX_ERROR_CHARS:,} more characters; -v prints them)")
     assert len(line) < cli.MAX_ERROR_CHARS + 100
+
+
+def test_config_and_recipe_files_over_the_cap_or_not_regular_are_refused_unread(tmp_path):
+    """Issue 29 item 5: a config that is not one (gigabytes, or a FIFO that would block) is
+    refused before it is read, in one sentence."""
+    import os
+
+    from syllabus.config import MAX_CONFIG_BYTES
+    from syllabus.pipeline.config import PipelineParams
+    from syllabus.selection.recipes import read_recipe_file
+
+    big = tmp_path / "big.yaml"
+    with open(big, "wb") as fh:
+        fh.truncate(MAX_CONFIG_BYTES + 1)  # sparse: nothing is written, nothing need be read
+    with pytest.raises(ValueError, match=r"pipeline config .*big.yaml is 4,194,305 bytes; a config or recipe is at most"):
+        PipelineParams.from_file(str(big))
+    with pytest.raises(ValueError, match=r"recipe file .*big.yaml is 4,194,305 bytes"):
+        read_recipe_file(big)
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"pipe.yaml is a FIFO .*not a regular file; it was not opened"):
+        read_recipe_file(fifo)

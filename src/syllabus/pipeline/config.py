@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Mapping
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from syllabus.config import deep_merge, load_yaml
+from syllabus.config import deep_merge, load_yaml, read_config_text
 from syllabus.evaluation.runner import EvalConfig
 from syllabus.plan import Plan, make_plan
 from syllabus.selection.base import Budget
@@ -127,10 +127,8 @@ class PipelineParams(BaseModel):
 
     @classmethod
     def from_file(cls, path: str | Path) -> "PipelineParams":
-        from syllabus.inputs import refuse_special_file
-
-        refuse_special_file(str(path), "pipeline config")  # a FIFO would block read_text for ever
-        data = load_yaml(Path(path).read_text(encoding="utf-8"), f"pipeline config {path}") or {}
+        # A FIFO (which would block a read for ever) or an oversized file is refused unread.
+        data = load_yaml(read_config_text(path, f"pipeline config {path}"), f"pipeline config {path}") or {}
         if not isinstance(data, dict):
             raise ValueError(f"pipeline config {path} must be a YAML mapping of PipelineParams fields")
         return cls(**data)

@@ -36,7 +36,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from syllabus import registry
-from syllabus.config import describe_errors, load_yaml
+from syllabus.config import describe_errors, load_yaml, read_config_text
 from syllabus.selection.base import Budget, Selector, StageOutcome
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def read_recipe_file(path: str | Path) -> Recipe:
 
     path = Path(path)
     refuse_special_file(str(path), "recipe file")  # a FIFO would block read_text for ever
-    data = load_yaml(path.read_text(encoding="utf-8"), f"recipe file {path}")
+    data = load_yaml(read_config_text(path, f"recipe file {path}"), f"recipe file {path}")
     if not isinstance(data, dict):
         raise ValueError(f"recipe file {path} must hold a mapping with name, scorers and selectors")
     try:
@@ -165,7 +165,7 @@ def read_recipe_file(path: str | Path) -> Recipe:
 def known_recipes() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in recipe_files():
-        data = load_yaml(path.read_text(encoding="utf-8"), f"recipe file {path}") or {}
+        data = load_yaml(read_config_text(path, f"recipe file {path}"), f"recipe file {path}") or {}
         name = data.get("name", path.stem) if isinstance(data, dict) else path.stem
         found[str(name)] = path
     return found
