@@ -40,7 +40,7 @@ import pyarrow as pa
 import torch
 
 from syllabus import registry
-from syllabus.models.chat import DEFAULT_CUTOFF, has_chat_template, instruction_text, spells_special_token
+from syllabus.models.chat import DEFAULT_CUTOFF, encode_text, has_chat_template, instruction_text, tokenize_text
 from syllabus.models.engines import TransformersEngine, decoder_and_head
 from syllabus.scoring.base import Failed, Scorer, ScorerConfig, error_status, per_item_fallback
 from syllabus.scoring.timing import StageClock
@@ -223,6 +223,13 @@ class InlineRatingPrompts:
         probe = self.render("Q", "A")
         self.prefix_text = probe[: probe.index(self.rubric) + len(self.rubric) + 2]
         self.prefix_ids = list(tokenizer(self.prefix_text, add_special_tokens=not self.templated)["input_ids"])
+        # The per-sample text around the question and the answer, rendered once.
+        frame = self.render(_QUESTION_SLOT, _ANSWER_SLOT)
+        if not frame.startswith(self.prefix_text) or frame.count(_QUESTION_SLOT) != 1 or frame.count(_ANSWER_SLOT) != 1:
+            raise ValueError("the chat template does not keep the rating prompt's content as written; "
+                             "use a model whose template copies the user message verbatim")
+        self.before, rest = frame[len(self.prefix_text):].split(_QUESTION_SLOT)
+        self.middle, self.tail = rest.split(_ANSWER_SLOT)
 
     def render(self, question: str, answer: str) -> str:
         lang = self.cfg.language
@@ -233,25 +240,19 @@ class InlineRatingPrompts:
                                             add_generation_prompt=True) + self.suffix
 
     def _rest(self, question: str, answer: str) -> list[int]:
-        text = self.render(question, answer)
-        if not text.startswith(self.prefix_text):
-            raise ValueError("the rating prompt does not start with the shared rubric prefix")
-        if not (spells_special_token(self.tok, question) or spells_special_token(self.tok, answer)):
-            return list(self.tok(text[len(self.prefix_text):], add_special_tokens=False)["input_ids"])
-        # The frame's pieces as tokens, the sample's text as characters.
-        frame = self.render(_QUESTION_SLOT, _ANSWER_SLOT)[len(self.prefix_text):]
-        before, rest = frame.split(_QUESTION_SLOT)
-        middle, tail = rest.split(_ANSWER_SLOT)
-        ids = lambda t: list(self.tok(t, add_special_tokens=False)["input_ids"])  # noqa: E731
-        text_ids = lambda t: list(self.tok(t, add_special_tokens=False, split_special_tokens=True)["input_ids"])  # noqa: E731
-        return ids(before) + text_ids(question) + ids(middle) + text_ids(answer) + ids(tail)
+        """The rest of the prompt tokenized at once (the first release's ids), with the question
+        and the answer as data: their special-token spellings stay characters."""
+        q_start = len(self.before)
+        a_start = q_start + len(question) + len(self.middle)
+        text = self.before + question + self.middle + answer + self.tail
+        return encode_text(self.tok, text, [(q_start, q_start + len(question)), (a_start, a_start + len(answer))])[0]
 
     def rest_ids(self, sample: Any) -> list[int]:
         """The per-sample part of the prompt. A long answer is cut (marked " ...") to
         ``max_response_tokens`` and to what fits in the cutoff beside the rubric and question."""
         question = instruction_text(sample)
         answer = sample["output"] or ""
-        answer_ids = self.tok(answer, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        answer_ids = tokenize_text(self.tok, answer)
         room = self.cfg.cutoff - len(self.prefix_ids) - len(self._rest(question, " ..."))
         budget = min(self.cfg.max_response_tokens, room)
         if len(answer_ids) <= budget:
@@ -270,7 +271,7 @@ class RatingPrompts:
     the tags between, answer, closing tags, the instruction, the template's turn change and
     the answer prefix).
 
-    Sample text is tokenized on its own with ``split_special_tokens``: a sample that spells
+    Sample text is tokenized on its own (``tokenize_text``): a sample that spells
     ``<|im_end|>`` gets the characters, never the template's token, so it cannot end the
     user turn. Only the template's own markers are special tokens in the prompt."""
 
@@ -308,7 +309,7 @@ class RatingPrompts:
 
     def text_ids(self, text: str) -> list[int]:
         """Sample text: special-token spellings stay characters."""
-        return list(self.tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        return tokenize_text(self.tok, text)
 
     def rest_ids(self, sample: Any) -> list[int]:
         """The per-sample part of the prompt. A long answer is cut (marked " ...") to
