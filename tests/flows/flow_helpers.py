@@ -79,3 +79,20 @@ class serve:
             warnings.warn(f"{' '.join(self.cmd[:3])} ignored SIGTERM for 60 s; killed")
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
+
+
+def fault_recipe(path, name: str, fault_dir, threshold: str | None = None, topk: str = "") -> str:
+    """A recipe file scoring with the test-only `fault` scorer (fault_scorer.py) and selecting the
+    longest outputs by `topk` (``topk`` adds to its config, e.g. ", drop_below: 1e9"), after a
+    `threshold` on fault_chars when ``threshold`` gives its bounds (e.g. "min_value: 0")."""
+    stage = f"  - name: threshold\n    config: {{column: fault_chars, {threshold}}}\n" if threshold else ""
+    path.write_text(f"""\
+name: {name}
+scorers:
+  - name: fault
+    config: {{fault_dir: {str(fault_dir)!r}}}
+selectors:
+{stage}  - name: topk
+    config: {{column: fault_chars, descending: true{topk}}}
+""")
+    return str(path)

@@ -8,24 +8,9 @@ import logging
 
 import pytest
 
-from flow_helpers import write_pool
+from flow_helpers import fault_recipe, write_pool
 
 pytestmark = pytest.mark.flow
-
-
-def _recipe(path, fault_dir, min_value: float) -> str:
-    path.write_text(f"""\
-name: fixed
-scorers:
-  - name: fault
-    config: {{fault_dir: {str(fault_dir)!r}}}
-selectors:
-  - name: threshold
-    config: {{column: fault_chars, min_value: {min_value}}}
-  - name: topk
-    config: {{column: fault_chars, descending: true}}
-""")
-    return str(path)
 
 
 def _params(tmp_path, model, methods, budget):
@@ -43,7 +28,7 @@ def test_a_budget_above_the_pool_fails_after_ingest_before_scoring(tmp_path, tin
 
     faults = tmp_path / "faults"
     faults.mkdir()
-    params = _params(tmp_path, tiny_model_dir, [_recipe(tmp_path / "fixed.yaml", faults, 0), "full"], {"count": 20})
+    params = _params(tmp_path, tiny_model_dir, [fault_recipe(tmp_path / "fixed.yaml", "fixed", faults, "min_value: 0"), "full"], {"count": 20})
     state = pipeline(params, return_state=True)
     assert state.is_failed()
     with pytest.raises(BudgetTooLargeError) as info:
@@ -60,7 +45,7 @@ def test_a_fixed_cutoff_the_scores_cannot_meet_is_logged_before_selection(tmp_pa
     faults = tmp_path / "faults"
     faults.mkdir()
     caplog.set_level(logging.WARNING, logger="flows.pipeline")
-    params = _params(tmp_path, tiny_model_dir, [_recipe(tmp_path / "fixed.yaml", faults, 1000), "random"], {"count": 2})
+    params = _params(tmp_path, tiny_model_dir, [fault_recipe(tmp_path / "fixed.yaml", "fixed", faults, "min_value: 1000"), "random"], {"count": 2})
     _, partial = _outcome(pipeline(params, return_state=True))
     warnings = [r.getMessage() for r in caplog.records if r.name == "flows.pipeline" and r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings  # once, for the one method with a fixed cut-off
@@ -70,7 +55,7 @@ def test_a_fixed_cutoff_the_scores_cannot_meet_is_logged_before_selection(tmp_pa
     assert partial and "fixed" in partial  # and the selection then fails as empty, as before
 
     caplog.clear()  # a cut-off the scores meet says nothing
-    params = _params(tmp_path, tiny_model_dir, [_recipe(tmp_path / "fixed.yaml", faults, 0)], {"count": 2})
+    params = _params(tmp_path, tiny_model_dir, [fault_recipe(tmp_path / "fixed.yaml", "fixed", faults, "min_value: 0")], {"count": 2})
     _, partial = _outcome(pipeline(params, return_state=True))
     assert partial is None
     assert not [r for r in caplog.records if r.name == "flows.pipeline" and r.levelno == logging.WARNING]

@@ -17,22 +17,9 @@ import time
 
 import pytest
 
-from flow_helpers import write_pool
+from flow_helpers import fault_recipe, write_pool
 
 pytestmark = pytest.mark.flow
-
-
-def _recipe(path, name: str, fault_dir, drop_below: float | None = None) -> str:
-    path.write_text(f"""\
-name: {name}
-scorers:
-  - name: fault
-    config: {{fault_dir: {str(fault_dir)!r}}}
-selectors:
-  - name: topk
-    config: {{column: fault_chars, descending: true{'' if drop_below is None else f', drop_below: {drop_below}'}}}
-""")
-    return str(path)
 
 
 def _poll(read, found, timeout: float = 60.0):
@@ -62,8 +49,8 @@ def test_a_partial_pipeline_reads_as_one(tmp_path, tiny_model_dir, mlflow_server
     pool, store = write_pool(tmp_path / "pool.jsonl", 8), str(tmp_path / "store")
     shard = load_manifest(ingest([pool], store, 4)["manifest"])["shards"][1]
     (faults / f"fail-{shard['first_sample_id']}").touch()  # this shard fails on every attempt
-    longest = _recipe(tmp_path / "longest.yaml", "longest", faults)
-    strict = _recipe(tmp_path / "strict.yaml", "strict", faults, drop_below=1e9)  # selects nothing
+    longest = fault_recipe(tmp_path / "longest.yaml", "longest", faults)
+    strict = fault_recipe(tmp_path / "strict.yaml", "strict", faults, topk=", drop_below: 1000000000.0")  # selects nothing
     params = PipelineParams(pool=[pool], shard_size=4, model=tiny_model_dir, methods=[longest, strict],
                             budget={"count": 2}, store=store, scorer_configs={}, selector_overrides={}, benches=[],
                             evaluate_base=False, stop_after="select", tracking_uri=mlflow_server, experiment="partial")

@@ -7,27 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from flow_helpers import write_pool
+from flow_helpers import fault_recipe, write_pool
 
 pytestmark = pytest.mark.flow
 
 BUDGET = 8
-
-
-def _recipe(path, fault_dir) -> str:
-    # The threshold keeps the longest quarter of the outputs, fewer than the budget of 8 from 16.
-    path.write_text(f"""\
-name: short
-scorers:
-  - name: fault
-    config: {{fault_dir: {str(fault_dir)!r}}}
-selectors:
-  - name: threshold
-    config: {{column: fault_chars, min_value: null, min_percentile: 75}}
-  - name: topk
-    config: {{column: fault_chars, descending: true}}
-""")
-    return str(path)
 
 
 def test_a_short_selection_fails_its_arm_unless_the_budget_allows_it(tmp_path, tiny_model_dir):
@@ -37,7 +21,8 @@ def test_a_short_selection_fails_its_arm_unless_the_budget_allows_it(tmp_path, t
 
     faults = tmp_path / "faults"
     faults.mkdir()
-    recipe = _recipe(tmp_path / "short.yaml", faults)
+    # The threshold keeps the longest quarter of the outputs, fewer than the budget of 8 from 16.
+    recipe = fault_recipe(tmp_path / "short.yaml", "short", faults, "min_value: null, min_percentile: 75")
     base = dict(pool=[write_pool(tmp_path / "pool.jsonl", 16)], shard_size=8, model=tiny_model_dir, methods=[recipe],
                 store=str(tmp_path / "store"), scorer_configs={}, selector_overrides={}, benches=[],
                 evaluate_base=False, stop_after="select", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
