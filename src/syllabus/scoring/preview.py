@@ -155,3 +155,28 @@ def preview_lines(method: str, model: str, preview: list[Mapping[str, Any]]) -> 
     samples = max((p["samples"] for p in preview), default=0)
     total = total_line(preview)
     return [plan_line(method, model, samples), *map(scorer_line, preview), *([total] if total else [])]
+
+
+def stage_preview(configs: Mapping[str, Mapping[str, Any]], manifest_url: str, model: str, store_url: str | None,
+                  device: str | None = None) -> list[dict[str, Any]]:
+    """The preview for a scoring stage of a flow (``syllabus run``, ``compare``, the score
+    deployment): from cached rates only. The flow's process does not load the model (its tasks
+    do, possibly on another machine), so nothing is calibrated; a scorer without a recorded rate
+    says so, and its rate is recorded when the stage ends (:func:`record_stage_rates`). A rate is
+    one of this machine's (``rate_key`` names the machine and device): on a GPU worker the
+    estimate comes from that worker's earlier runs, not from this machine's."""
+    from syllabus.models.ref import default_device
+    from syllabus.scoring.pool import LazyModel
+
+    return list(plan_preview(configs, manifest_url, LazyModel(model), Store(store_url), device=device or default_device(),
+                             calibrate=False))
+
+
+def record_stage_rates(preview: list[Mapping[str, Any]], manifests: Mapping[str, Mapping[str, Any]]) -> None:
+    """Remember the rate each scorer instance measured in a stage that scored something (its
+    manifest's timing), so the next run's preview has an estimate."""
+    by_instance = {p["instance"]: p for p in preview}
+    for name, m in manifests.items():
+        timing = m.get("timing") or {}
+        if name in by_instance and m.get("shards_scored") and not timing.get("from_cache"):
+            record_rate(by_instance[name]["rate_key"], timing.get("seconds_per_sample"), timing.get("samples") or 0, name)

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from syllabus.scoring.preview import CALIBRATE_FROM, CALIBRATION_SAMPLES, preview_lines
+from syllabus.scoring.preview import CALIBRATE_FROM, CALIBRATION_SAMPLES, preview_lines, scorer_line
 
 
 def _pool(tmp_path, n: int, tag: str) -> str:
@@ -69,3 +69,33 @@ def test_preview_lines_add_up_and_name_scorers_without_a_rate():
     assert lines[0] == "plan: score 200 samples for diq with smollm2-135m"
     assert lines[1] == "  quality: 100 to score, 100 already in the store; about 60 s (0.60 s a sample, calibrated on 4 samples)"
     assert lines[-1] == "  expected: about 6 min, plus influence (loading the model not included)"
+
+
+def test_a_flow_stage_estimates_from_recorded_rates_without_loading_the_model(tmp_path, tiny_model_dir, monkeypatch):
+    """The flows (run, compare, the score deployment) say the plan before their scoring stage
+    from cached rates only, and record the rates their stage measured for the next run."""
+    from syllabus.pool.ingest import ingest_pool
+    from syllabus.scoring.pool import LazyModel, score_pool
+    from syllabus.scoring.preview import record_stage_rates, stage_preview
+    from syllabus.store import Store
+
+    monkeypatch.setenv("SYLLABUS_RATES", str(tmp_path / "rates.json"))
+    store_url = str(tmp_path / "store")
+    first = ingest_pool([_pool(tmp_path, 40, "f")], Store(store_url)).manifest_url
+    preview = stage_preview({"quality": {}}, first, tiny_model_dir, store_url)
+    assert [(p["to_score"], p["cached"], p["seconds"]) for p in preview] == [(40, 0, None)]  # nothing calibrated
+    assert "no rate measured yet on this machine" in scorer_line(preview[0])
+    lm = LazyModel(tiny_model_dir)
+    manifest = score_pool(first, "quality", {}, lm, Store(store_url))
+    record_stage_rates(preview, {"quality": manifest})
+    again = stage_preview({"quality": {}}, first, tiny_model_dir, store_url)
+    assert [(p["to_score"], p["cached"]) for p in again] == [(0, 40)]
+    second = ingest_pool([_pool(tmp_path, 20, "g")], Store(store_url)).manifest_url
+    (p,) = stage_preview({"quality": {}}, second, tiny_model_dir, store_url)
+    assert p["to_score"] == 20 and p["rate_source"] == "measured by an earlier run on this machine"
+    assert p["seconds"] == pytest.approx(20 * manifest["timing"]["seconds_per_sample"])
+    # A stage that only read its cache records nothing new.
+    cached = score_pool(first, "quality", {}, lm, Store(store_url))
+    before = (tmp_path / "rates.json").read_text()
+    record_stage_rates(again, {"quality": cached})
+    assert (tmp_path / "rates.json").read_text() == before
