@@ -1,10 +1,12 @@
-"""The registry: the shipped name table agrees with the decorators; listing names imports no
-torch; a scorer added in two places (its module and a recipe line) runs end to end and is gone
+"""The registry: the scan of the packages' source finds exactly the names the decorators register;
+listing names imports no torch; a scorer added in two places (its module and a recipe line) runs end to end and is gone
 once its module is removed; plugins are found through their entry point."""
 
 from __future__ import annotations
 
+import ast
 import importlib
+import inspect
 import subprocess
 import sys
 import textwrap
@@ -22,34 +24,66 @@ from syllabus.store import Store
 
 
 @pytest.mark.parametrize("kind", sorted(registry.PACKAGES))
-def test_table_matches_the_decorators(kind):
+def test_the_scan_finds_what_the_decorators_register(kind):
     package = registry.PACKAGES[kind]
+    scanned = registry.scan(kind)
     assert registry.discover(kind) == {}, f"every module of {package} must import"
     decorated = {name: cls for name, cls in registry.classes(kind).items() if cls.__module__.startswith(f"{package}.")}
     problems = []
-    for name, target in registry.TABLE[kind].items():
+    for name, target in sorted(scanned.items()):
         module, attr = target.split(":")
         obj = getattr(importlib.import_module(module), attr, None)
         if obj is None or decorated.get(name) is not obj:
-            problems.append(
-                f"TABLE[{kind!r}] says {name!r} is {target}, but that is not a class decorated with "
-                f'@registry.{kind}({name!r}): fix the line or remove `"{name}": "{target}",` from src/syllabus/registry.py'
-            )
+            problems.append(f"the scan reads @registry.{kind}({name!r}) above {target}, but that class is not what "
+                            f"the registry holds as {kind} {name!r}; put the decorator directly above its class")
     for name, cls in sorted(decorated.items()):
-        if name not in registry.TABLE[kind]:
-            problems.append(
-                f"{cls.__module__}:{cls.__qualname__} is decorated with @registry.{kind}({name!r}) but is not in the "
-                f'start-up table: add `"{name}": "{cls.__module__}:{cls.__qualname__}",` to TABLE[{kind!r}] in '
-                "src/syllabus/registry.py"
-            )
-    assert not problems, "\n".join(problems)
+        if name not in scanned:
+            problems.append(f"{cls.__module__}:{cls.__qualname__} registers {kind} {name!r} in a way the scan cannot "
+                            f'read; write `@registry.{kind}("{name}")` at the start of the line above `class '
+                            f"{cls.__qualname__}`")
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+        targets = [t for n in body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                   for t in (n.targets if isinstance(n, ast.Assign) else [n.target])]
+        if any(isinstance(t, ast.Name) and t.id == "name" for t in targets):
+            problems.append(f"{cls.__module__}:{cls.__qualname__} states its name twice; delete its `name = ...` line "
+                            "(the decorator sets it)")
+    assert len(scanned) >= 7 and not problems, "\n".join(problems)
+
+
+def test_the_scan_reads_only_decorators_at_the_start_of_a_line(tmp_path, monkeypatch):
+    folder = tmp_path / "scoring"
+    folder.mkdir()
+    (folder / "mixed.py").write_text(textwrap.dedent('''
+        """An example in a docstring is not a registration:
+
+            @registry.scorer("in_docstring")
+            class Example: ...
+        """
+        from syllabus import registry
+
+
+        @registry.scorer('single_quoted')  # a comment
+        @dataclass
+        class SingleQuoted:
+            pass
+
+
+        @registry.selector("a_selector")
+        class NotAScorer:
+            pass
+    '''))
+    monkeypatch.setattr(syllabus.scoring, "__path__", [str(folder)])
+    assert registry.scan("scorer") == {"single_quoted": "syllabus.scoring.mixed:SingleQuoted"}
+    (folder / "mixed.py").write_text("@registry.scorer('renamed')\nclass Renamed:\n    pass\n")
+    assert registry.scan("scorer") == {"renamed": "syllabus.scoring.mixed:Renamed"}  # read again once changed
 
 
 def test_listing_names_and_recipes_imports_no_torch():
     code = (
         "import sys\n"
         "import syllabus.registry as r\n"
-        "assert r.names('scorer') and r.names('selector')\n"
+        "assert {'quality', 'difficulty', 'ifd', 'influence', 'relevance'} <= set(r.names('scorer'))\n"
+        "assert {'threshold', 'band', 'kcenter', 'topk', 'random'} <= set(r.names('selector'))\n"
         "from syllabus.selection.recipes import load_recipe, recipe_names\n"
         "for method in recipe_names():\n"
         "    load_recipe(method)\n"
@@ -57,6 +91,22 @@ def test_listing_names_and_recipes_imports_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_help_imports_no_torch_prefect_or_scorer_module():
+    code = (
+        "import sys\n"
+        "import syllabus.cli\n"
+        "try:\n"
+        "    syllabus.cli.main(['score', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'prefect') or "
+        "m in ('syllabus.scoring.quality', 'syllabus.scoring.difficulty', 'syllabus.selection.kcenter')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "--method METHOD" in out.stdout and "quality" in out.stdout  # the choices came from the scan
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:] + out.stderr
 
 
 def test_recipe_names_are_the_shipped_methods():
@@ -130,10 +180,12 @@ def test_a_scorer_added_in_two_places_runs_end_to_end_and_goes_away(tmp_path, sc
     recipe_file = tmp_path / "toy.yaml"
     recipe_file.write_text(TOY_RECIPE)
 
-    assert "toy_length" not in registry.names("scorer")  # not in the start-up table, not imported yet
+    assert "syllabus.scoring.toy_length" not in sys.modules
+    assert "toy_length" in registry.names("scorer")  # read from its source, not imported
+    assert "syllabus.scoring.toy_length" not in sys.modules
     recipe = load_recipe(recipe_file)
-    recipe.check_scorers()  # the miss discovers syllabus.scoring.toy_length
-    cls = registry.lookup("scorer", "toy_length")
+    recipe.check_scorers()
+    cls = registry.lookup("scorer", "toy_length")  # imports that one module
     assert cls.__module__ == "syllabus.scoring.toy_length" and cls.name == "toy_length"
     assert "toy_length" in registry.names("scorer")
 

@@ -350,7 +350,6 @@ def analyse_batch(
 
 @registry.scorer("difficulty")
 class DifficultyScorer(Scorer):
-    name: ClassVar[str] = "difficulty"
     version: ClassVar[int] = 1
     config_cls: ClassVar[type[ScorerConfig]] = DifficultyConfig
 

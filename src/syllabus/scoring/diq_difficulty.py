@@ -168,7 +168,6 @@ def classifier_scores(logits: Any, config: Any, perspective: str) -> tuple[list[
 
 @registry.scorer("diq_difficulty")
 class DIQDifficultyScorer(Scorer):
-    name: ClassVar[str] = "diq_difficulty"
     version: ClassVar[int] = 1
     config_cls: ClassVar[type[ScorerConfig]] = DIQDifficultyConfig
 

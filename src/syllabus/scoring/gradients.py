@@ -259,7 +259,6 @@ def vectors_of(table: pa.Table, column: str = "gradients_vector", status: str | 
 class GradientsScorer(Scorer):
     """Per-sample projected LoRA gradient features (see the module docstring)."""
 
-    name: ClassVar[str] = "gradients"
     version: ClassVar[int] = 1
     config_cls: ClassVar[type[ScorerConfig]] = GradientsConfig
 

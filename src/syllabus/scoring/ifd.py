@@ -185,7 +185,6 @@ def encode_ifd(tokenizer: Any, sample: Any, cutoff: int, preset: str = "default"
 
 @registry.scorer("ifd")
 class IFDScorer(Scorer):
-    name: ClassVar[str] = "ifd"
     version: ClassVar[int] = 2  # 2: the "alone" span of a cut response is aligned
     config_cls: ClassVar[type[ScorerConfig]] = IFDConfig
 

@@ -91,7 +91,6 @@ def _weights_id(weights: dict | None) -> str | None:
 class InfluenceScorer(Scorer):
     """DIQ dot-product and LESS cosine influence (see the module docstring)."""
 
-    name: ClassVar[str] = "influence"
     version: ClassVar[int] = 1
     config_cls: ClassVar[type[ScorerConfig]] = InfluenceConfig
 

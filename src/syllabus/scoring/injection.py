@@ -173,7 +173,6 @@ class InjectionConfig(ScorerConfig):
 
 @registry.scorer("injection")
 class InjectionScorer(Scorer):
-    name: ClassVar[str] = "injection"
     version: ClassVar[int] = 1
     config_cls: ClassVar[type[ScorerConfig]] = InjectionConfig
 

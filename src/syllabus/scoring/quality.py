@@ -392,7 +392,6 @@ def _branch_layout(n_rest: int, n_branch: int) -> tuple[list[int], list[list[int
 
 @registry.scorer("quality")
 class QualityScorer(Scorer):
-    name: ClassVar[str] = "quality"
     # Version 1 still: the default layout gives the first release's ids for every sample that
     # spells no special token. Generate mode's key names the strict reply parse (key_parts).
     version: ClassVar[int] = 1

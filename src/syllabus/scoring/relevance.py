@@ -75,7 +75,6 @@ def load_embedder(path: str, device: str) -> Any:
 
 @registry.scorer("relevance")
 class RelevanceScorer(Scorer):
-    name: ClassVar[str] = "relevance"
     version: ClassVar[int] = 1
     config_cls: ClassVar[type[ScorerConfig]] = RelevanceConfig
 

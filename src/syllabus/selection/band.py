@@ -79,7 +79,6 @@ def select_band(columns: dict[str, np.ndarray], low: float, high: float) -> tupl
 class BandSelector(Selector):
     """Keep rows inside the [low, high] percentile band of every metric (3DS Stage 2)."""
 
-    name = "band"
     Config = BandConfig
     final = False
 

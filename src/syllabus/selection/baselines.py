@@ -28,7 +28,6 @@ def random_order(n: int, seed: int, tie: np.ndarray | None = None) -> np.ndarray
 class RandomSelector(Selector):
     """Seeded uniform sample of the budget."""
 
-    name = "random"
     Config = RandomConfig
     final = True
 
@@ -55,7 +54,6 @@ class FullConfig(SelectorConfig):
 class FullSelector(Selector):
     """Every candidate: the full-data baseline."""
 
-    name = "full"
     Config = FullConfig
     final = True
 

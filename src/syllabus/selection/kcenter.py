@@ -233,7 +233,6 @@ class KCenterConfig(SelectorConfig):
 class KCenterSelector(Selector):
     """Greedy K-Center on an embedding column down to the budget (3DS diversity stage)."""
 
-    name = "kcenter"
     Config = KCenterConfig
     final = True
 

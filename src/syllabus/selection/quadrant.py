@@ -74,7 +74,6 @@ def quadrant_order(difficulty: np.ndarray, influence: np.ndarray, tau_d: float, 
 class QuadrantSelector(Selector):
     """Fill the budget from DIQ quadrants Q1..Q4, each sorted by influence then difficulty."""
 
-    name = "quadrant"
     Config = QuadrantConfig
     final = True
 

@@ -75,7 +75,6 @@ def select_threshold(values: np.ndarray, min_value: float | None, max_value: flo
 class ThresholdSelector(Selector):
     """Keep rows with ``min_value <= column <= max_value`` (3DS: quality_score >= 90)."""
 
-    name = "threshold"
     Config = ThresholdConfig
     final = False
 

@@ -51,7 +51,6 @@ def top_k_order(values: np.ndarray, descending: bool = True, tie: np.ndarray | N
 class TopKSelector(Selector):
     """Keep the ``budget`` rows with the highest (or lowest) ``column``."""
 
-    name = "topk"
     Config = TopKConfig
     final = True
 
