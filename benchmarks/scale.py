@@ -1,0 +1,438 @@
+"""Scale: a generated pool of N samples through ingest, scoring, selection and export, measured.
+
+Only the model is replaced: the scorers are the benchmark-only synthetic ones
+(``benchmarks/synthetic_scorers.py``, registered as an out-of-tree scorer is, named
+``synthetic_*`` in every column, key, manifest and line printed here). Everything else is the
+library's own path, called in process through its entry points: ``pipeline.stages.ingest``,
+the per-shard scoring step ``scoring.pool.score_shard_entry`` (keys, leases, commit markers)
+and its fan-in ``write_score_manifest``, ``pipeline.stages.select`` (recipes, the why-table,
+plots, the report), ``pipeline.stages.export_subset``.
+
+Each stage and each baseline runs in its own process, so its peak resident memory
+(``ru_maxrss``) is its own; a watchdog kills a process whose RSS passes ``--rss-cap-gb`` (the
+machine is shared) and the row says so. Per stage: seconds, peak RSS, objects written to the
+store (and export folder), and a ratio against a baseline measured in the same run:
+
+- ingest: ``pyarrow.json.read_json`` of the same file;
+- score (synthetic): the same synthetic scorer over the same shards with a plain
+  ``pyarrow.parquet.write_table`` per shard (no keys, leases, markers, manifest): the ratio is
+  the machinery's overhead around a scorer;
+- select: reading the method's score tables (every shard, every column) and sorting the rows
+  by the column the method ranks on;
+- export: a plain ``pyarrow.parquet.write_table`` of the same selected rows.
+
+ratio = baseline seconds / stage seconds (1.0: as fast as the baseline; 0.2: five times slower).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scale.py --n 100000 --dir /tmp/scale-100k
+
+``--real`` (a real Prefect server, moto S3 and an MLflow server) is not implemented yet: it
+exits with that message rather than measuring something else under its name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+EXPORT_FORMATS = ("jsonl", "alpaca", "sharegpt", "hf")
+
+
+class SyntheticModel:
+    """Stands in for the model where only its fingerprint is read (cache keys)."""
+
+    fingerprint = "synthetic:no-model"
+    load_seconds = 0.0
+
+
+# ------------------------------------------------------------------------------ recipes
+def recipes(emb_column: str) -> dict[str, dict[str, Any]]:
+    """The shipped methods' selector chains (3ds, diq, less, ifd, random) over the synthetic
+    columns; each with the scorer instances whose manifests it reads and its sort column."""
+    return {
+        "3ds": {
+            "recipe": {
+                "name": "synthetic-3ds", "description": "3DS selectors over synthetic scores",
+                "scorers": [{"name": "synthetic_quality", "config": {}}, {"name": "synthetic_difficulty", "config": {}}],
+                "selectors": [
+                    {"name": "threshold", "config": {"column": "synthetic_quality_score", "min_value": 90}},
+                    {"name": "band", "config": {"metrics": ["synthetic_difficulty_d1", "synthetic_difficulty_d2",
+                                                             "synthetic_difficulty_d3"], "low": 25, "high": 75}},
+                    {"name": "kcenter", "config": {"column": emb_column}},
+                ],
+                "seed": 0,
+            },
+            "scorers": ["synthetic_quality", "synthetic_difficulty"], "sort": "synthetic_quality_score",
+        },
+        "diq": {
+            "recipe": {
+                "name": "synthetic-diq", "description": "DIQ quadrants over synthetic scores",
+                "scorers": [{"name": "synthetic_diq_difficulty", "config": {}},
+                            {"name": "synthetic_influence", "config": {}}],
+                "selectors": [{"name": "quadrant", "config": {"difficulty_column": "synthetic_diq_difficulty_score",
+                                                              "influence_column": "synthetic_influence_dot",
+                                                              "tau_d": 50}}],
+                "budget": {"ratio": 0.1}, "seed": 0,
+            },
+            "scorers": ["synthetic_diq_difficulty", "synthetic_influence"], "sort": "synthetic_influence_dot",
+        },
+        "less": {
+            "recipe": {
+                "name": "synthetic-less", "description": "LESS top-k over synthetic max-cosine influence",
+                "scorers": [{"name": "synthetic_influence", "config": {}}],
+                "selectors": [{"name": "topk", "config": {"column": "synthetic_influence_less", "descending": True}}],
+                "budget": {"ratio": 0.05}, "seed": 0,
+            },
+            "scorers": ["synthetic_influence"], "sort": "synthetic_influence_less",
+        },
+        "ifd": {
+            "recipe": {
+                "name": "synthetic-ifd", "description": "IFD top-k over synthetic scores",
+                "scorers": [{"name": "synthetic_ifd", "config": {}}],
+                "selectors": [{"name": "topk", "config": {"column": "synthetic_ifd_score", "descending": True,
+                                                          "drop_above": 1.0}}],
+                "budget": {"ratio": 0.1}, "seed": 0,
+            },
+            "scorers": ["synthetic_ifd"], "sort": "synthetic_ifd_score",
+        },
+        "random": {
+            "recipe": {
+                "name": "synthetic-random", "description": "seeded random sample (no scores)",
+                "scorers": [], "selectors": [{"name": "random", "config": {}}], "seed": 0,
+            },
+            "scorers": [], "sort": "sample_id",
+        },
+    }
+
+
+def scorer_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    return {
+        "synthetic_quality": {},
+        "synthetic_difficulty": {"embedding_dim": args.embedding_dim},
+        "synthetic_ifd": {},
+        "synthetic_diq_difficulty": {},
+        "synthetic_influence": {"dim": args.feature_dim},
+    }
+
+
+# ------------------------------------------------------------------------------ child jobs
+def _vector_columns(schema: Any) -> list[str]:
+    import pyarrow as pa
+
+    return [f.name for f in schema if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)
+            or pa.types.is_large_list(f.type)]
+
+
+def _local(url: str) -> str:
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One stage or baseline, in this (child) process; returns what it measured besides time."""
+    import synthetic_scorers
+
+    synthetic_scorers.register()
+    kind = job["kind"]
+    if kind == "ingest":
+        from syllabus.pipeline.stages import ingest
+
+        summary = ingest([job["pool_file"]], job["store"], job["shard_size"])
+        return {"manifest": summary["manifest"], "records_ok": summary["records_ok"], "shards": summary["shards"],
+                "records_rejected": summary["records_rejected"], "duplicates": summary["duplicates"]}
+    if kind == "ingest-baseline":
+        import pyarrow.json as pj
+
+        table = pj.read_json(job["pool_file"])
+        return {"rows": table.num_rows}
+    if kind == "score":
+        from syllabus.pipeline.stages import pool_shards
+        from syllabus.scoring.pool import score_shard_entry, write_score_manifest
+        from syllabus.store import Store
+
+        store = Store(job["store"])
+        lm = SyntheticModel()
+        entries = [score_shard_entry(s, job["scorer"], job["config"], lm, store, job["manifest"])
+                   for s in pool_shards(job["manifest"])]
+        out = write_score_manifest(job["scorer"], job["config"], lm.fingerprint, job["manifest"], entries, [], store)
+        return {"score_manifest": out["url"], "samples": out["samples"], "shards": len(entries),
+                "shards_scored": out["shards_scored"]}
+    if kind == "score-baseline":
+        import pyarrow.parquet as pq
+
+        from syllabus.pipeline.stages import pool_shards
+        from syllabus.pool.manifest import read_shard
+        from syllabus.scoring.pool import make_scorer
+
+        scorer = make_scorer(job["scorer"], job["config"])
+        out = Path(job["scratch"])
+        out.mkdir(parents=True, exist_ok=True)
+        rows = 0
+        for i, shard in enumerate(pool_shards(job["manifest"])):
+            table = scorer.score(read_shard(shard), SyntheticModel())
+            pq.write_table(table, out / f"{i:05d}.parquet", compression="zstd")
+            rows += table.num_rows
+        return {"rows": rows}
+    if kind == "select":
+        from syllabus.pipeline.stages import select
+
+        report = select(job["recipe"], job["score_manifests"], job.get("budget"), job["store"],
+                        pool_manifest_url=job["manifest"])
+        return {"selected": report["outputs"]["selected"], "report": report["outputs"]["report"],
+                "n_selected": report["n_selected"], "n_candidates": report["n_candidates"],
+                "counts": report["counts"], "stage_seconds": [s["seconds"] for s in report["stages"]]}
+    if kind == "select-baseline":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        # one table per score manifest (the pool's for random, which reads no scores)
+        groups = [[s["url"] for s in json.loads(Path(_local(m)).read_text())["shards"]]
+                  for m in job["score_manifests"] or [job["manifest"]]]
+        rows = 0
+        for urls in groups:
+            parts = []
+            for url in urls:
+                # every column is read, as the selection reads it; vectors are then dropped so
+                # that the baseline holds one shard's at a time
+                part = pq.read_table(_local(url))
+                parts.append(part.drop_columns(_vector_columns(part.schema)))
+            table = pa.concat_tables(parts)
+            rows = max(rows, table.num_rows)
+            if job["sort"] in table.column_names:
+                table.sort_by([(job["sort"], "descending")])
+        return {"rows": rows}
+    if kind == "export":
+        from syllabus.pipeline.stages import export_subset
+
+        summary = export_subset({"outputs": {"selected": job["selected"]}}, job["format"], job["out"])
+        return {"samples": summary["samples"], "files": summary["files"]}
+    if kind == "export-baseline":
+        import pyarrow.parquet as pq
+
+        from syllabus.selection.scores import read_url_bytes
+        from syllabus.store.store import read_parquet_bytes
+
+        table = read_parquet_bytes(read_url_bytes(job["selected"]))
+        table = table.drop_columns(_vector_columns(table.schema))
+        Path(job["scratch"]).mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, Path(job["scratch"]) / "selected.parquet", compression="zstd")
+        return {"rows": table.num_rows}
+    raise ValueError(f"unknown job kind {kind!r}")
+
+
+def child_main(spec: str) -> None:
+    job = json.loads(spec)
+    # Imports every job needs are made before the clock starts; a stage's own lazy imports
+    # (datasets for hf export) count.
+    import pandas  # noqa: F401
+    import pyarrow.json  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    import syllabus.pipeline.stages  # noqa: F401
+    import syllabus.scoring.pool  # noqa: F401
+    import syllabus.selection.recipes  # noqa: F401
+    import syllabus.selection.scores  # noqa: F401
+
+    start = time.perf_counter()
+    out = run_job(job)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB -> GiB
+    print("RESULT " + json.dumps({"seconds": seconds, "peak_gb": peak, **out}), flush=True)
+
+
+# ------------------------------------------------------------------------------ parent
+def _rss_gb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024 ** 2
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_child(job: dict[str, Any], cap_gb: float, log_path: Path) -> dict[str, Any]:
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    with open(log_path, "a") as log:
+        log.write(f"--- {job['kind']} {job.get('label', '')}\n")
+        log.flush()
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)],
+                                stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        killed: list[float] = []
+
+        def watch() -> None:
+            while proc.poll() is None:
+                rss = _rss_gb(proc.pid)
+                if rss > cap_gb:
+                    killed.append(rss)
+                    proc.kill()
+                    return
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        stdout, _ = proc.communicate()
+        watcher.join()
+    for line in stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    why = f"killed at {killed[0]:.1f} GB RSS (cap {cap_gb} GB)" if killed else f"exit code {proc.returncode}"
+    return {"error": f"{job['kind']} failed: {why}; see {log_path}"}
+
+
+def count_files(*roots: Path) -> int:
+    return sum(len(files) for root in roots if root.exists() for _, _, files in os.walk(root))
+
+
+class Table:
+    def __init__(self, n: int, path: Path):
+        self.rows: list[dict[str, Any]] = []
+        self.n, self.path = n, path
+        print(f"scale benchmark, N = {n:,}, scorers: synthetic (no model)")
+        print(f"{'stage':34s} {'seconds':>9s} {'peak GB':>8s} {'objects':>8s} {'baseline s':>10s} {'ratio':>7s}  note")
+
+    def add(self, stage: str, res: dict[str, Any], objects: int, base: dict[str, Any] | None, note: str = "") -> None:
+        row = {"stage": stage, "n": self.n, "seconds": res.get("seconds"), "peak_gb": res.get("peak_gb"),
+               "objects": objects, "baseline_seconds": base.get("seconds") if base else None,
+               "baseline_peak_gb": base.get("peak_gb") if base else None, "error": res.get("error"),
+               "note": note, "detail": res}
+        if row["seconds"] and row["baseline_seconds"]:
+            row["ratio"] = row["baseline_seconds"] / row["seconds"]
+        self.rows.append(row)
+        if res.get("error"):
+            print(f"{stage:34s} {'-':>9s} {'-':>8s} {objects:>8d} {'-':>10s} {'-':>7s}  {res['error']}", flush=True)
+        else:
+            b = f"{row['baseline_seconds']:.2f}" if row["baseline_seconds"] else "-"
+            r = f"{row['ratio']:.3f}" if row.get("ratio") else "-"
+            print(f"{stage:34s} {row['seconds']:9.2f} {row['peak_gb']:8.2f} {objects:8d} {b:>10s} {r:>7s}  {note}",
+                  flush=True)
+        self.path.write_text(json.dumps(self.rows, indent=1, default=str))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=0, help="pool size (distinct generated Alpaca records)")
+    ap.add_argument("--dir", type=Path, default=None, help="work folder (default: /tmp/syllabus-scale-N)")
+    ap.add_argument("--shard-size", type=int, default=5000, help="samples per pool shard")
+    ap.add_argument("--embedding-dim", type=int, default=4096, help="synthetic difficulty embedding (576, 4096)")
+    ap.add_argument("--feature-dim", type=int, default=8192, help="synthetic influence projection dimension")
+    ap.add_argument("--kcenter-budget", type=int, default=5000, help="3DS K-Center budget")
+    ap.add_argument("--export-rows", type=int, default=500_000, help="random selection exported (at most N/2)")
+    ap.add_argument("--methods", default="3ds,diq,less,ifd,random")
+    ap.add_argument("--formats", default=",".join(EXPORT_FORMATS))
+    ap.add_argument("--rss-cap-gb", type=float, default=12.0, help="kill a stage whose RSS passes this")
+    ap.add_argument("--stop-after", choices=["ingest", "score", "select", "export"], default="export")
+    ap.add_argument("--reuse", action="store_true", help="keep the ingest and score rows of the last run in --dir "
+                    "(results.json) and run only the stages after them")
+    ap.add_argument("--real", action="store_true", help="real Prefect server, moto S3, MLflow server (not implemented)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child_main(args.child)
+        return 0
+    if args.n < 1:
+        ap.error("--n N (the pool size, at least 1) is required")
+    if args.real:
+        print("--real (Prefect server, moto S3, MLflow server) is not implemented yet; this benchmark measures the "
+              "library path in process only", file=sys.stderr)
+        return 2
+    from ingest import generate_pool  # benchmarks/ingest.py: the same generated Alpaca records
+
+    work = (args.dir or Path(f"/tmp/syllabus-scale-{args.n}")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    store, exports, scratch = work / "store", work / "exports", work / "baseline"
+    log_path = work / "stages.log"
+    table = Table(args.n, work / "results.json")
+    cap = args.rss_cap_gb
+
+    pool_file = work / f"pool-{args.n}.jsonl"
+    if not pool_file.exists():
+        t0 = time.perf_counter()
+        size = generate_pool(pool_file, args.n, defects=False)
+        print(f"generated {pool_file} ({size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f}s", flush=True)
+
+    def stage(label: str, job: dict[str, Any], base_job: dict[str, Any] | None, note: str = "") -> dict[str, Any]:
+        before = count_files(store, exports)
+        res = run_child({**job, "label": label}, cap, log_path)
+        objects = count_files(store, exports) - before
+        base = run_child({**base_job, "label": label + " baseline"}, cap, log_path) if base_job and not res.get("error") else None
+        table.add(label, res, objects, base, note)
+        return res
+
+    previous = {r["stage"]: r for r in json.loads(table.path.read_text())} if args.reuse else {}
+
+    def stage_or_reuse(label: str, job: dict[str, Any], base_job: dict[str, Any] | None, note: str = "") -> dict:
+        if label in previous and not previous[label].get("error"):
+            table.rows.append(previous[label])
+            print(f"{label:34s} (reused from the last run: {previous[label]['seconds']:.2f}s)", flush=True)
+            return previous[label]["detail"]
+        return stage(label, job, base_job, note)
+
+    common = {"store": str(store), "shard_size": args.shard_size, "pool_file": str(pool_file)}
+    ing = stage_or_reuse("ingest", {"kind": "ingest", **common}, {"kind": "ingest-baseline", **common})
+    if ing.get("error"):
+        return 1
+    manifest = ing["manifest"]
+    if args.stop_after == "ingest":
+        return 0
+
+    configs = scorer_configs(args)
+    methods = [m for m in args.methods.split(",") if m]
+    wanted = sorted({s for m in methods for s in recipes("")[m]["scorers"]})
+    score_manifests: dict[str, str] = {}
+    for name in wanted:
+        job = {"kind": "score", "store": str(store), "manifest": manifest, "scorer": name, "config": configs[name]}
+        base = {**job, "kind": "score-baseline", "scratch": str(scratch / name)}
+        res = stage_or_reuse(f"score {name}", job, base, note=json.dumps(configs[name]) if configs[name] else "")
+        if res.get("error"):
+            return 1
+        score_manifests[name] = res["score_manifest"]
+    if args.stop_after == "score":
+        return 0
+
+    (work / "recipes").mkdir(exist_ok=True)
+    import yaml
+
+    selections: dict[str, str] = {}
+    for method in methods:
+        spec = recipes("synthetic_difficulty_embedding")[method]
+        path = work / "recipes" / f"synthetic-{method}.yaml"
+        path.write_text(yaml.safe_dump(spec["recipe"], sort_keys=False))
+        budget = None
+        if method == "3ds":
+            budget = {"count": args.kcenter_budget}
+        elif method == "random":
+            budget = {"count": min(args.export_rows, args.n // 2)}
+        job = {"kind": "select", "store": str(store), "manifest": manifest, "recipe": str(path),
+               "score_manifests": [score_manifests[s] for s in spec["scorers"]], "budget": budget}
+        base = {**job, "kind": "select-baseline", "sort": spec["sort"]}
+        res = stage(f"select {method} (synthetic)", job, base)
+        if not res.get("error"):
+            selections[method] = res["selected"]
+            print(f"    {method}: {res['n_selected']:,} of {res['n_candidates']:,}; stages "
+                  + ", ".join(f"{c['stage']} {c['n']:,}" for c in res["counts"]), flush=True)
+    if args.stop_after == "select" or "random" not in selections:
+        return 0
+
+    base_job = {"kind": "export-baseline", "selected": selections["random"], "scratch": str(scratch / "export")}
+    base = run_child({**base_job, "label": "export baseline"}, cap, log_path)
+    for fmt in [f for f in args.formats.split(",") if f]:
+        before = count_files(store, exports)
+        res = run_child({"kind": "export", "selected": selections["random"], "format": fmt,
+                         "out": str(exports / fmt), "label": fmt}, cap, log_path)
+        table.add(f"export {fmt} ({res.get('samples', '?')} rows)", res, count_files(store, exports) - before, base)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
