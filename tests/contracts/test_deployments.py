@@ -123,7 +123,7 @@ def test_watch_schedule_is_off_and_readme_names_every_variable_the_deployments_r
     text = (ROOT / "deployments" / "prefect.yaml").read_text()
     variables = set(re.findall(r"\{\{ \$(\w+) \}\}", text))
     assert {"SYLLABUS_WATCH_POOL", "SYLLABUS_STORE", "MLFLOW_TRACKING_URI"} <= variables
-    team = (ROOT / "README.md").read_text().split("### Running it as a team", 1)[1].split("\n## ", 1)[0]
+    team = (ROOT / "docs" / "team.md").read_text()
     assert [v for v in sorted(variables) if f"`{v}`" not in team and f"{v}=" not in team] == []
 
 

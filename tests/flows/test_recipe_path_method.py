@@ -1,4 +1,4 @@
-"""A recipe file path as a method (README: "or the path of a recipe .yaml file"), end to end
+"""A recipe file path as a method (docs/configuration.md: "the path of a recipe .yaml file"), end to end
 against a real ``mlflow server``: the run finishes, and the path becomes no metric, param or
 run name (the recipe's ``name`` field does); MLflow refused ``time/<path>_seconds`` after all
 the work was done."""

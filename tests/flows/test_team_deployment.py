@@ -263,7 +263,7 @@ def test_a_team_runs_syllabus_from_deployments_with_shared_settings(team, tmp_pa
 
 
 def _screenshots(out: Path, api: Api, tracking: str, failed_run_id: UUID, experiment_id: str) -> None:
-    """The README's team screenshots (SYLLABUS_TEAM_SCREENSHOTS=docs/screenshots): the failed-shard
+    """docs/team.md's screenshots (SYLLABUS_TEAM_SCREENSHOTS=docs/screenshots): the failed-shard
     run, the pipeline deployment's Run form and the experiment's runs page, each checked to show
     what it should rather than a spinner."""
     from syllabus.tracking.screenshots import capture, mlflow_runs_url, prefect_flow_run_url

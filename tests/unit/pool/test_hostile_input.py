@@ -193,7 +193,7 @@ def test_the_quarantine_is_written_when_nothing_is_valid(tmp_path):
         ingest_pool([str(tmp_path / "bad.jsonl")], Store(str(store_dir)), progress=False)
     entries = quarantine_at(err.value.quarantine_url)
     assert [(q["line"], q["code"]) for q in entries] == [(1, "malformed_json"), (2, "missing_field")]
-    # The command: still a failure (README: non-zero when nothing valid was read), naming the file.
+    # The command: still a failure (docs/ingest.md: non-zero when nothing valid was read), naming the file.
     proc = subprocess.run(
         [sys.executable, "-m", "syllabus.cli", "ingest", str(tmp_path / "bad.jsonl"), "--store", f"memory://q-{uuid.uuid4().hex[:6]}"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,

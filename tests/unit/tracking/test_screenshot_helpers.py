@@ -17,7 +17,7 @@ import pytest
 
 from syllabus.tracking import screenshots as S
 
-README = Path(__file__).resolve().parents[3] / "README.md"
+README = Path(__file__).resolve().parents[3] / "docs" / "team.md"  # the page with the Chromium command
 PAGE = "<html><body style='background:#0b5'><h1 id='marker'>syllabus-shot-4c1d</h1></body></html>"
 
 
