@@ -1,6 +1,6 @@
 """The screenshot helper: its URLs, its error when Chromium is missing, --no-sandbox exactly where
 Chromium needs it (as root; a machine without a usable sandbox), and real Chromium runs as the
-user the tests run as (root in CI and containers), including the README's Chromium command."""
+user the tests run as (root in CI and containers), including the Chromium command in docs/team.md."""
 
 from __future__ import annotations
 
@@ -102,16 +102,16 @@ def _readme_chromium_commands() -> list[list[str]]:
 
 
 def test_readme_chromium_commands_work_as_this_user(local_page, tmp_path):
-    """Each Chromium command in the README, run as written with only its URL and output file
+    """Each Chromium command in docs/team.md, run as written with only its URL and output file
     pointed at a local page (as root when the tests run as root)."""
     commands = _readme_chromium_commands()
-    assert commands, "the README shows no chromium command"
+    assert commands, "docs/team.md shows no chromium command"
     for i, cmd in enumerate(commands):
         png = tmp_path / f"readme-{i}.png"
         args = [S.find_chromium()] + [f"--screenshot={png}" if a.startswith("--screenshot=") else a for a in cmd[1:-1]]
         args += [f"--user-data-dir={tmp_path / f'profile-{i}'}", local_page]
         if os.geteuid() == 0:
-            assert "--no-sandbox" in args, "as root Chromium needs --no-sandbox; the README's command lacks it"
+            assert "--no-sandbox" in args, "as root Chromium needs --no-sandbox; the command in docs/team.md lacks it"
         done = subprocess.run(args, capture_output=True, text=True, timeout=180)
         assert png.exists(), f"{' '.join(cmd)} wrote no picture: {done.stderr[-1500:]}"
         _not_blank(png)
