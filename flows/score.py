@@ -1,11 +1,15 @@
-"""``score``: map one task per (scorer, shard), then fan in to one score manifest per scorer.
+"""``score``: map one task per batch of shards and scorer, then fan in to one score manifest per scorer.
 
-Shards whose result is committed under the same key are skipped inside the task (the store
-is the cache). A shard that still fails after its retries is reported by name under
-``missing`` in the score manifest; the flow completes the others and ends "Partially failed"
-(a Failed state whose message names the shards and how to retry them, with the manifests as
-its data), and a rerun scores only what is missing. A progress artifact shows shards done,
-samples per second and the time left while it runs.
+A scorer's shards are cut into at most ``max_tasks_per_scorer`` batches of consecutive shards
+(default 256: a pool of 2 million samples in 32-sample shards makes 256 task runs a scorer,
+not 62,500), so the Prefect server sees a bounded number of task runs however large the pool.
+The shard stays the unit of caching and retry: inside its batch task each shard is skipped
+when its result is committed under the same key (the store is the cache), retried on its own,
+and committed as it finishes. A shard that still fails after its retries is reported by name
+under ``missing`` in the score manifest; the flow completes the others and ends "Partially
+failed" (a Failed state whose message names the shards and how to retry them, with the
+manifests as its data), and a rerun scores only what is missing. A progress artifact shows
+shards done, samples per second and the time left while it runs, shard by shard.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from syllabus_flows.outcome import finish, missing_shards_message, publish, retry_hint
-from syllabus.pipeline.stages import pool_shards
+from syllabus.pipeline.stages import pool_shards, shard_batches
 from syllabus.tracking.provenance import check_code_provenance
 from syllabus_tasks.progress import ScoreProgress
-from syllabus_tasks.stages import score_manifest_task, score_shard_task
+from syllabus_tasks.stages import score_manifest_task, score_shards_task
 
 log = logging.getLogger("flows.score")  # not __name__: a deployment loads this file as module "score"
+
+MAX_TASKS_PER_SCORER = 256
 
 
 def _error_of(state) -> str:
@@ -35,10 +41,23 @@ def _error_of(state) -> str:
     return str(state.message or state.type)
 
 
+def _batch_outcome(state, batch: list[dict]) -> dict[str, list[dict]]:
+    """A batch task's entries and missing shards: its result, or the data of its "Partially
+    failed" state; a batch that crashed (its worker died, say) has every shard missing with its
+    error, and a rerun finds the ones it had committed in the store."""
+    if state.is_completed():
+        return state.result()
+    data = state.result(raise_on_failure=False) if state.is_failed() else None
+    if isinstance(data, dict) and "entries" in data and "missing" in data:
+        return data
+    error = _error_of(state)
+    return {"entries": [], "missing": [{"shard": shard["name"], "error": error} for shard in batch]}
+
+
 @flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True, persist_result=True,
       result_serializer="json")
 def score(pool_manifest: str, scorers: dict[str, dict[str, Any]], model: str = "smollm2-135m",
-          store: str | None = None) -> dict[str, dict[str, Any]]:
+          store: str | None = None, max_tasks_per_scorer: int = MAX_TASKS_PER_SCORER) -> dict[str, dict[str, Any]]:
     """Score every shard of the pool with every scorer; returns the score manifests by scorer.
 
     Args:
@@ -46,36 +65,47 @@ def score(pool_manifest: str, scorers: dict[str, dict[str, Any]], model: str = "
         scorers: scorer name -> config changes, e.g. {"quality": {}, "difficulty": {"max_new_tokens": 48}}.
         model: the target model: an alias (smollm2-135m), a Hugging Face directory, a .gguf file or a hub id.
         store: store URL (a directory, s3://bucket/prefix, memory://name); default $SYLLABUS_STORE or ./syllabus-store.
+        max_tasks_per_scorer: the most task runs one scorer makes: the shards are split into at most this
+            many batches of consecutive shards (fewer shards: one a task). Raise it to spread a small pool
+            over more workers; the Prefect server slows with tens of thousands of task runs.
     """
     check_code_provenance()  # the code that runs is the commit recorded, or the run fails here
     shards = pool_shards(pool_manifest)
-    futures = {
-        name: score_shard_task.map(shards, unmapped(name), unmapped(config), unmapped(model), unmapped(store),
-                                    unmapped(pool_manifest))
-        for name, config in scorers.items()
-    }
-    progress = ScoreProgress(len(shards) * len(scorers), sum(s["rows"] for s in shards) * len(scorers))
-    rows = {id(fut): shard["rows"] for futs in futures.values() for shard, fut in zip(shards, futs)}
-    for fut in as_completed([f for futs in futures.values() for f in futs]):
-        fut.wait()  # sets the final state; without it .state is read back from the API, which can lag
-        completed = fut.state.is_completed()
-        line = progress.shard_finished(rows[id(fut)], cached=completed and fut.result()["skipped"], failed=not completed)
-        log.info("%s", line)
+    batches = shard_batches(shards, max_tasks_per_scorer)
+    progress = ScoreProgress(len(shards) * len(scorers), sum(s["rows"] for s in shards) * len(scorers), logger=log)
+    progress.start()
+    key = progress.publish()  # batch tasks in this process report each shard as it ends
+    try:
+        futures = {
+            name: score_shards_task.map(batches, unmapped(name), unmapped(config), unmapped(model), unmapped(store),
+                                        unmapped(pool_manifest), unmapped(key))
+            for name, config in scorers.items()
+        }
+        batch_of = {id(fut): (name, batch) for name, futs in futures.items() for batch, fut in zip(batches, futs)}
+        outcomes: dict[int, dict[str, list[dict]]] = {}
+        for fut in as_completed([f for futs in futures.values() for f in futs]):
+            fut.wait()  # sets the final state; without it .state is read back from the API, which can lag
+            name, batch = batch_of[id(fut)]
+            outcome = outcomes[id(fut)] = _batch_outcome(fut.state, batch)
+            # Shards a worker in another process scored (Dask, Ray) are counted here, when their batch ends.
+            for entry in outcome["entries"]:
+                progress.report(name, entry["shard"], entry["rows"], cached=entry["skipped"])
+            rows = {shard["name"]: shard["rows"] for shard in batch}
+            for gone in outcome["missing"]:
+                progress.report(name, gone["shard"], rows[gone["shard"]], failed=True)
+    finally:
+        progress.close()
     manifests: dict[str, dict[str, Any]] = {}
     for name, futs in futures.items():
-        entries, missing = [], []
-        for shard, fut in zip(shards, futs):
-            if fut.state.is_completed():
-                entries.append(fut.result())
-            else:
-                missing.append({"shard": shard["name"], "error": _error_of(fut.state)})
+        entries = [e for fut in futs for e in outcomes[id(fut)]["entries"]]
+        missing = [m for fut in futs for m in outcomes[id(fut)]["missing"]]
         for m in missing:
             log.error("scorer %s: shard %s failed after retries (%s); rerun to retry only the missing shards",
                       name, m["shard"], m["error"])
         manifests[name] = score_manifest_task(name, scorers[name], model, pool_manifest, entries, missing, store)
         done = manifests[name]
         print(f"{name}: {len(entries)}/{len(shards)} shards ({done['shards_scored']} scored, "
-              f"{done['shards_cached']} cached), {len(missing)} missing")
+              f"{done['shards_cached']} cached), {len(missing)} missing, in {len(futs)} task runs")
     problem = missing_shards_message(manifests)
     publish(markdown=score_markdown(manifests, problem), key="scores", description="Score manifests: pass their URLs to select")
     return finish(manifests, [problem])
@@ -100,7 +130,7 @@ def score_markdown(manifests: dict[str, dict[str, Any]], problem: str | None = N
 
 
 def task_runner(kind: str = "thread", workers: int = 1, address: str | None = None, processes: bool = True):
-    """Where the per-shard tasks run: ``thread`` (this process, ``workers`` at once),
+    """Where the batch tasks run: ``thread`` (this process, ``workers`` at once),
     ``dask`` (a Dask cluster: an existing one at ``address``, else a local one with
     ``workers`` workers) or ``ray`` (a Ray cluster at ``address``, else a local one with
     ``workers`` CPUs; needs the ``ray`` extra). Ray workers are separate processes: they get

@@ -4,8 +4,9 @@ hour, scoring it longer): the run's Artifacts tab shows how far it is."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
@@ -58,14 +59,38 @@ class ProgressArtifact:
 
 class ScoreProgress:
     """Scoring's progress: shards done of all (every scorer), samples per second over the
-    shards actually computed (cached ones take no time), and the time left at that rate."""
+    shards actually computed (cached ones take no time), and the time left at that rate.
 
-    def __init__(self, shards: int, samples: int, artifact: ProgressArtifact | None = None):
+    Shards are reported one at a time, by the batch tasks as each shard ends when they run in
+    this process (threads: :meth:`publish` gives them a key to find it by, see
+    :func:`report_shard`), else by the flow when their batch ends; a shard reported twice
+    counts once. A line goes to ``logger`` at most every ``log_every`` seconds, and for the
+    last shard and every failed one, so millions of samples do not flood the run's log."""
+
+    def __init__(self, shards: int, samples: int, artifact: ProgressArtifact | None = None,
+                 logger: logging.Logger | None = None, log_every: float = 5.0):
         self.total_shards, self.total_samples = shards, samples
         self.done_shards = self.done_samples = self.computed_samples = 0
         self.cached = self.failed = 0
         self.started = time.monotonic()
         self.artifact = artifact or ProgressArtifact("scoring", key="scoring-progress")
+        self.logger, self.log_every = logger, log_every
+        self.logged = float("-inf")
+        self.seen: set[tuple[str, str]] = set()
+        self.key: str | None = None
+        self._lock = threading.Lock()
+
+    def text(self) -> str:
+        elapsed = time.monotonic() - self.started
+        rate = self.computed_samples / elapsed if self.computed_samples and elapsed > 0 else None
+        left = (self.total_samples - self.done_samples) / rate if rate else None
+        return (f"scoring: {self.done_shards}/{self.total_shards} shards ({self.cached} cached, {self.failed} failed), "
+                f"{self.done_samples}/{self.total_samples} samples, "
+                f"{f'{rate:.2f}' if rate else 'n/a'} samples/s, time left {duration(left) if self.done_shards < self.total_shards else '0 s'}")
+
+    def start(self) -> None:
+        """Create the progress artifact now, from the flow (not from the first task to finish a shard)."""
+        self.artifact.update(0, self.total_shards, self.text())
 
     def shard_finished(self, rows: int, cached: bool = False, failed: bool = False) -> str:
         self.done_shards += 1
@@ -74,14 +99,50 @@ class ScoreProgress:
         self.failed += failed
         if not cached and not failed:
             self.computed_samples += rows
-        elapsed = time.monotonic() - self.started
-        rate = self.computed_samples / elapsed if self.computed_samples and elapsed > 0 else None
-        left = (self.total_samples - self.done_samples) / rate if rate else None
-        text = (f"scoring: {self.done_shards}/{self.total_shards} shards ({self.cached} cached, {self.failed} failed), "
-                f"{self.done_samples}/{self.total_samples} samples, "
-                f"{f'{rate:.2f}' if rate else 'n/a'} samples/s, time left {duration(left) if self.done_shards < self.total_shards else '0 s'}")
+        text = self.text()
         self.artifact.update(self.done_shards, self.total_shards, text)
         return text
+
+    def report(self, scorer: str, shard: str, rows: int, cached: bool = False, failed: bool = False) -> bool:
+        """Count shard ``shard`` of scorer ``scorer`` once; False when it was already counted."""
+        with self._lock:
+            if (scorer, shard) in self.seen:
+                return False
+            self.seen.add((scorer, shard))
+            text = self.shard_finished(rows, cached, failed)
+            now = time.monotonic()
+            if self.logger is not None and (failed or self.done_shards >= self.total_shards
+                                            or now - self.logged >= self.log_every):
+                self.logger.info("%s", text)
+                self.logged = now
+            return True
+
+    def publish(self) -> str:
+        """Make this progress findable by batch tasks running in this process; returns its key."""
+        self.key = uuid4().hex
+        with _LIVE_LOCK:
+            _LIVE[self.key] = self
+        return self.key
+
+    def close(self) -> None:
+        with _LIVE_LOCK:
+            _LIVE.pop(self.key or "", None)
+
+
+_LIVE: dict[str, ScoreProgress] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def report_shard(key: str | None, scorer: str, shard: dict, entry: dict | None, error: str | None) -> bool:
+    """From a batch task, as one of its shards ends: count it on the flow's progress when that
+    runs in this process (False otherwise: a Dask or Ray worker process; the flow counts the
+    batch's shards when it ends)."""
+    with _LIVE_LOCK:
+        progress = _LIVE.get(key or "")
+    if progress is None:
+        return False
+    rows = entry["rows"] if entry else shard["rows"]
+    return progress.report(scorer, shard["name"], rows, cached=bool(entry and entry["skipped"]), failed=entry is None)
 
 
 class EvalProgress:

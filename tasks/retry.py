@@ -1,4 +1,6 @@
-"""Retry policy shared by the tasks: transient faults retry with backoff, bad input does not."""
+"""Retry policy shared by the tasks: transient faults retry with backoff, bad input does not.
+Scoring retries each shard inside its batch task (``shard_retry_delays``, ``PERMANENT``); the
+other stages retry their task (``retry_delays``, ``is_transient``)."""
 
 from __future__ import annotations
 
@@ -22,3 +24,12 @@ def is_transient(task, task_run, state) -> bool:
     except Exception:
         return True
     return False
+
+
+def shard_retry_delays(jitter: float = 0.2) -> list[float]:
+    """The delays before a shard's retries inside a batch task (``retry_delays``, each
+    stretched by up to ``jitter`` at random, as Prefect's retry_jitter_factor does), so workers
+    whose shards failed together do not retry in step."""
+    import random
+
+    return [d * (1 + random.uniform(0, jitter)) for d in retry_delays()]

@@ -6,10 +6,11 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
 
 from syllabus.pipeline import stages
-from syllabus_tasks.progress import EvalProgress, ProgressArtifact
-from syllabus_tasks.retry import is_transient, retry_delays
+from syllabus_tasks.progress import EvalProgress, ProgressArtifact, report_shard
+from syllabus_tasks.retry import PERMANENT, is_transient, retry_delays, shard_retry_delays
 
 # The store is the cache (keys cover model, config and shard content): Prefect's own
 # input/source hashing would key on the wrong things, so it is off.
@@ -22,10 +23,34 @@ def ingest_task(inputs: list[str], store: str | None, shard_size: int, special_t
     return stages.ingest(inputs, store, shard_size, special_tokens)
 
 
-@task(name="score-shard", tags=["gpu"], task_run_name="{scorer}:{shard[name]}", **_COMMON)
-def score_shard_task(shard: dict, scorer: str, config: dict, model: str, store: str | None,
-                     pool_manifest: str | None = None) -> dict[str, Any]:
-    return stages.score_shard(shard, scorer, config, model, store, pool_manifest)
+def _batch_name() -> str:
+    """``quality:pool.jsonl-00000`` for one shard, ``quality:pool.jsonl-00000..pool.jsonl-00244 (245 shards)`` for more."""
+    from prefect.runtime import task_run
+
+    shards, scorer = task_run.parameters["shards"], task_run.parameters["scorer"]
+    if len(shards) == 1:
+        return f"{scorer}:{shards[0]['name']}"
+    return f"{scorer}:{shards[0]['name']}..{shards[-1]['name']} ({len(shards)} shards)"
+
+
+# One task run per batch of shards, not per shard: a pool of millions would otherwise make
+# tens of thousands of task runs, more than a Prefect server serves. Each shard keeps its own
+# cache key, commit and retries (inside the task), so no Prefect-level retry: it would redo
+# the whole batch's cache checks for the one shard that failed.
+@task(name="score-shards", tags=["gpu"], task_run_name=_batch_name, cache_policy=NO_CACHE, retries=0)
+def score_shards_task(shards: list[dict], scorer: str, config: dict, model: str, store: str | None,
+                      pool_manifest: str | None = None, progress: str | None = None) -> dict[str, Any] | State:
+    """Score a batch of shards (``stages.score_shards``); ``progress`` is the flow's
+    :meth:`ScoreProgress.publish` key. Ends Failed ("Partially failed") when a shard is
+    missing after its retries, with the batch's entries and missing shards as its data."""
+    result = stages.score_shards(shards, scorer, config, model, store, pool_manifest,
+                                 retry_delays=shard_retry_delays(), permanent=PERMANENT,
+                                 on_shard=lambda shard, entry, error: report_shard(progress, scorer, shard, entry, error))
+    if result["missing"]:
+        named = "; ".join(f"{m['shard']} ({m['error'][:200]})" for m in result["missing"][:20])
+        return Failed(name="Partially failed", data=result,
+                      message=f"{len(result['missing'])} of {len(shards)} shards failed after their retries: {named}")
+    return result
 
 
 @task(name="score-manifest", **_COMMON)
