@@ -26,6 +26,7 @@ from syllabus.tracking.lineage import Lineage
 from syllabus.tracking.names import method_label, unique_labels
 from syllabus.tracking.notes import describe_arm, describe_pipeline
 from syllabus.tracking.provenance import check_code_provenance
+from syllabus.tracking.resume import ATTEMPT_TAG, clear_failure, previous_attempt
 from syllabus_tasks.stages import evaluate_task, finetune_task, ingest_task, select_task
 
 log = logging.getLogger("flows.pipeline")  # not __name__: a deployment loads this file as module "pipeline"
@@ -81,8 +82,17 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
     tags = {"prefect.flow_run_id": flow_run_id, "prefect.flow_run_name": str(flow_run.name or ""),
             "prefect.root_flow_run_id": root_flow_run_id()}
     timings: dict[str, float] = {}
+    # A retried flow run (Retry in the UI, or a flow retry) has the same id: it continues the
+    # MLflow runs of its earlier attempt instead of adding a second parent with the same name.
+    run_name = f"{title}-{flow_run.name or 'local'}"
+    before = previous_attempt(lineage.tracking_uri, lineage.experiment_id, flow_run_id, run_name)
+    if before.parent:
+        tags[ATTEMPT_TAG] = str(before.attempts + 1)
+        clear_failure(lineage.tracking_uri, [before.parent, *before.arms.values()])
+        log.info("attempt %d of flow run %s: continuing MLflow run %s", before.attempts + 1, flow_run_id,
+                 lineage.run_url(before.parent))
 
-    with lineage.run(f"{title}-{flow_run.name or 'local'}", tags=tags) as parent:
+    with lineage.run(run_name, tags=tags, run_id=before.parent) as parent:
         t0 = time.perf_counter()
         ingest = ingest_task(inputs, params.store, params.shard_size, params.special_tokens)
         timings["ingest_seconds"] = time.perf_counter() - t0
@@ -129,7 +139,8 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
                 lineage.log_metrics(base["metrics"], "base/")
 
         for arm in arms:
-            with lineage.run(arm["name"], nested=True, tags={**tags, "method": arm["name"], "recipe": arm["method"]}) as child:
+            with lineage.run(arm["name"], nested=True, tags={**tags, "method": arm["name"], "recipe": arm["method"]},
+                             run_id=before.arms.get(arm["name"])) as child:
                 rows.append(_run_arm(params, arm, per_method[arm["method"]], scorers, manifests, ingest, benches,
                                      budget, eval_config, lineage, child.info.run_id))
             timings[f"{arm['name']}_seconds"] = rows[-1]["seconds"]

@@ -167,13 +167,14 @@ class Lineage:
 
     @contextmanager
     def run(self, name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
-            nested: bool = False, description: str | None = None) -> Iterator[Any]:
+            nested: bool = False, description: str | None = None, run_id: str | None = None) -> Iterator[Any]:
+        """Start a run, or resume run ``run_id`` (a retried flow run continues its runs)."""
         from syllabus.tracking.provenance import recorded_tags
         from syllabus.tracking.source import source_tags
 
         # The flow's provenance check (code hash; the run's checkout commit when the code is that commit's).
         tags = {**source_tags(), **recorded_tags(), **(tags or {}), **({NOTE_TAG: description} if description else {})}
-        with self.mlflow.start_run(run_name=name, experiment_id=self.experiment_id, nested=nested,
+        with self.mlflow.start_run(run_id=run_id, run_name=name, experiment_id=self.experiment_id, nested=nested,
                                    tags={k: str(scrub(v)) for k, v in tags.items()}) as active:
             if params:
                 self.log_params(params)
