@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping
 
 import argparse
 import difflib
+import re
 
 import yaml
 
@@ -55,6 +56,45 @@ def deep_merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str,
     return out
 
 
+def union_alternatives(model: Any) -> list[str]:
+    """The keys of which a pydantic ``model`` takes exactly one (its JSON schema's ``oneOf`` of
+    required keys: a budget's ``count`` or ``ratio``); empty for an ordinary model."""
+    extra = getattr(model, "model_config", {}).get("json_schema_extra") or {}
+    alternatives = extra.get("oneOf", []) if isinstance(extra, Mapping) else []
+    return [key for alt in alternatives for key in alt.get("required", [])]
+
+
+def merge_changes(model: Any, base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`deep_merge` guided by the pydantic ``model`` that ``base`` is a dump of: where a
+    field's type is a union of alternatives (``union_alternatives``), a change that names one
+    of them replaces the whole value instead of merging into it, so ``--set budget.ratio=0.1``
+    over ``{count: 16}`` is ``{ratio: 0.1}``, as ``--ratio 0.1`` is; a change of its other keys
+    (``budget.allow_short``) merges. The one rule for flags and ``--set`` alike."""
+    out = {k: _copy(v) for k, v in base.items()}
+    fields = getattr(model, "model_fields", {})
+    for key, value in changes.items():
+        field_model = _model_of(fields[key].annotation) if key in fields else None
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            alternatives = union_alternatives(field_model) if field_model is not None else []
+            if alternatives and any(k in value for k in alternatives):
+                out[key] = _copy(value)
+            elif field_model is not None:
+                out[key] = merge_changes(field_model, out[key], value)
+            else:
+                out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = _copy(value)
+    return out
+
+
+def _model_of(annotation: Any) -> Any:
+    """The one pydantic model an annotation holds (``Optional`` and ``Annotated`` unwrapped)."""
+    from pydantic import BaseModel
+
+    models = [m for m in _members(annotation) if isinstance(m, type) and issubclass(m, BaseModel)]
+    return models[0] if len(models) == 1 else None
+
+
 def _copy(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _copy(v) for k, v in value.items()}
@@ -74,6 +114,17 @@ def clip(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
     r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = r.maxarray = 8
     text = r.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_NOT_IN_LABEL = re.compile(r"[^A-Za-z0-9_\-.@]+")  # one path segment, safe in a file name too
+
+
+def label(text: str) -> str:
+    """``text`` as one name segment: no slash, nothing a file system or MLflow could read as
+    structure (runs of other characters become one ``_``; no leading or trailing dot). Used for
+    scorer instance names, selection keys and MLflow run names (:mod:`syllabus.tracking.names`)."""
+    out = _NOT_IN_LABEL.sub("_", str(text).strip()).strip("_.")
+    return out or "unnamed"
 
 
 def clip_text(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
@@ -153,8 +204,6 @@ def _flow_depth(text: str) -> int:
     only a document with more openers than a real config has is counted at all."""
     if text.count("[") + text.count("{") <= MAX_YAML_DEPTH:
         return 0
-    import re
-
     depth = deepest = 0
     for m in re.finditer(r"[\[\]{}]", text):
         depth = depth + 1 if m.group() in "[{" else max(depth - 1, 0)

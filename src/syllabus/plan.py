@@ -68,34 +68,12 @@ def scorer_config(instance: str, config: Mapping[str, Any]) -> dict[str, Any]:
     return dict(config)
 
 
-def apply_selector_overrides(recipe: Any, overrides: Mapping[str, Mapping[str, Any]] | None, where: str = "") -> Any:
-    """``recipe`` with each named selector's config deep-merged with its changes, checked by
-    building the selectors. ``where`` prefixes errors (e.g. ``selector_overrides.3ds``, or
-    ``--set``, whose paths start at the selector); a bad key is named by its full path."""
-    import difflib
-
-    prefix = f"{where}." if where and not where.startswith("-") else ""
-    names = [spec.name for spec in recipe.selectors]
-    for name, changes in (overrides or {}).items():
-        index = next((i for i, spec in enumerate(recipe.selectors) if spec.name == name), None)
-        if index is None:
-            close = difflib.get_close_matches(str(name), names, n=1)
-            hint = f" - did you mean {prefix + close[0]!r}?" if close else ""
-            raise ValueError(f"{where + ': ' if where else ''}method {recipe.name!r} has no selector {clip(name)}; "
-                             f"its selectors are {', '.join(names)}{hint}")
-        if not isinstance(changes, Mapping):
-            raise ValueError(f"{prefix}{clip_text(str(name))} must be a mapping of config changes, not {clip(changes)}")
-        recipe = recipe.with_selector_config(index, **deep_merge(recipe.selectors[index].config, changes))
-    recipe.build_selectors(prefix)
-    return recipe
-
-
 def make_plan(methods: Sequence[str], scorer_overrides: Mapping[str, Mapping[str, Any]] | None = None,
               selector_overrides: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> Plan:
     """Resolve ``methods`` (shipped recipe names or recipe file paths) into scorer instances
     and per-method selection; every config is validated here, before any work."""
     from syllabus import registry
-    from syllabus.selection.recipes import load_recipe
+    from syllabus.selection.recipes import apply_selector_overrides, load_recipe
 
     scorer_overrides = dict(scorer_overrides or {})
     selector_overrides = dict(selector_overrides or {})
@@ -156,6 +134,7 @@ def _label(method: str) -> str:
     method's name is unchanged, so are its keys)."""
     from pathlib import PurePath
 
-    from syllabus.tracking.names import is_recipe_path, label
+    from syllabus.config import label
+    from syllabus.tracking.names import is_recipe_path
 
     return label(PurePath(method).stem if is_recipe_path(method) else method)

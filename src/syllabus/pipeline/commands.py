@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", nargs="?", default=None, help="YAML file of pipeline parameters")
     p.add_argument("--store", default=None, help="store URL (overrides the config)")
     p.add_argument("--methods", default=None, help="comma-separated methods, e.g. 3ds,ifd,random")
+    _budget_flags(p)
     p.add_argument("--set", dest="changes", action="append", default=[], metavar="PATH=VALUE",
                    help=SET_HELP.format(example="finetune.epochs=2 or scorer_configs.difficulty.max_new_tokens=64"))
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
@@ -41,9 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--pool", nargs="+", default=None, help="pool files/dirs/URLs (default: the embedded demo pool)")
     c.add_argument("--model", default=None, help="model alias, .gguf file, HF directory or hub id")
     c.add_argument("--methods", default=None, help="comma-separated methods (default 3ds,diq,ifd,random,full)")
-    size = c.add_mutually_exclusive_group()
-    size.add_argument("--budget", type=positive_int, default=None, help="select this many samples with every method")
-    size.add_argument("--ratio", type=float, default=None, help="or this fraction of the pool")
+    _budget_flags(c)
     c.add_argument("--seeds", type=positive_int, default=None, help="random selection seeds (default 3)")
     c.add_argument("--windows", default=None,
                    help="difficulty windows NAME=LOW:HIGH,... (default easy=0:50,medium=25:75,hard=50:100; 'none' for none)")
@@ -62,13 +61,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_compare)
 
 
+def _budget_flags(parser: argparse.ArgumentParser) -> None:
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--budget", type=positive_int, default=None,
+                      help="select this many samples with every method (replaces the config's budget, as "
+                      "--set budget.count=N does)")
+    size.add_argument("--ratio", type=float, default=None, help="or this fraction of the pool")
+
+
+def _budget(args: argparse.Namespace) -> dict | None:
+    """``--budget``/``--ratio`` as the budget field: one alternative of the union, so it replaces
+    the config's budget whole (syllabus.config.merge_changes)."""
+    return {"count": args.budget} if args.budget is not None else {"ratio": args.ratio} if args.ratio is not None else None
+
+
 def _split(text: str) -> list[str]:
     return [m.strip() for m in text.split(",") if m.strip()]
 
 
 def _params(cls: type, args: argparse.Namespace, changes: dict):
     """The config file's parameters (or the defaults), then the flags (each replaces its whole
-    field: ``--windows none`` leaves no window), then the ``--set`` paths deep-merged on top;
+    field: ``--windows none`` leaves no window, ``--ratio`` the budget), then the ``--set`` paths
+    merged on top by the same rule (:func:`syllabus.config.merge_changes`: deep, but naming
+    ``budget.count`` or ``budget.ratio`` replaces the budget, as the flags do);
     every setting is checked here, before the flow starts a Prefect server or an MLflow run,
     and so is every file the parameters name (a missing pool path fails here, in one line)."""
     from syllabus.config import check_config_paths
@@ -156,11 +171,18 @@ def parse_windows(text: str) -> dict[str, tuple[float, float]]:
     return out
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def run_params(args: argparse.Namespace):
+    """``syllabus run``'s PipelineParams: the config file, the flags, then ``--set``."""
     from syllabus.pipeline.config import PipelineParams
+
+    return _params(PipelineParams, args, {"store": args.store, "methods": _split(args.methods) if args.methods else None,
+                                          "budget": _budget(args)})
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from syllabus.pipeline.report import render_table
 
-    params = _params(PipelineParams, args, {"store": args.store, "methods": _split(args.methods) if args.methods else None})
+    params = run_params(args)
     result, partial = _outcome(_flow("pipeline")(params, return_state=True))
     print()
     print(render_table(result["results"]))
@@ -179,15 +201,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if not partial and not any(r.get("error") for r in result["results"]) else 1
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def compare_params(args: argparse.Namespace):
+    """``syllabus compare``'s CompareParams: the config file, the flags, then ``--set``."""
     from syllabus.pipeline.config import CompareParams
 
-    budget = {"count": args.budget} if args.budget is not None else {"ratio": args.ratio} if args.ratio is not None else None
-    params = _params(CompareParams, args, {
+    return _params(CompareParams, args, {
         "pool": args.pool, "model": args.model, "methods": _split(args.methods) if args.methods else None,
-        "budget": budget, "seeds": args.seeds, "windows": parse_windows(args.windows) if args.windows else None,
+        "budget": _budget(args), "seeds": args.seeds, "windows": parse_windows(args.windows) if args.windows else None,
         "benches": _split(args.benches) if args.benches else None, "store": args.store, "report_dir": args.report_dir,
         "labels": args.labels, "stop_after": args.stop_after})
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    params = compare_params(args)
     if params.labels:
         from syllabus.selection.defects import load_labels
 

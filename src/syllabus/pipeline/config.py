@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Mapping
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from syllabus.config import deep_merge, load_yaml, read_config_text
+from syllabus.config import deep_merge, load_yaml, merge_changes, read_config_text
 from syllabus.evaluation.runner import EvalConfig
 from syllabus.plan import Plan, make_plan
 from syllabus.selection.base import Budget
@@ -151,8 +151,9 @@ class PipelineParams(BaseModel):
         type(self).model_validate(self.model_dump())
 
     def with_changes(self, changes: dict[str, Any]) -> "PipelineParams":
-        """These parameters with ``changes`` deep-merged on top (command-line flags, ``--set``)."""
-        return type(self).model_validate(deep_merge(self.model_dump(mode="json"), changes))
+        """These parameters with ``changes`` merged on top (:func:`syllabus.config.merge_changes`:
+        deep, except that naming one alternative of the budget replaces it)."""
+        return type(self).model_validate(merge_changes(type(self), self.model_dump(mode="json"), changes))
 
 
 class CompareParams(PipelineParams):
@@ -179,7 +180,7 @@ class CompareParams(PipelineParams):
         """Every difficulty window, as the band of the window method it will become."""
         if not self.windows:
             return self
-        from syllabus.plan import apply_selector_overrides
+        from syllabus.selection.recipes import apply_selector_overrides
         from syllabus.selection.recipes import load_recipe
 
         recipe = load_recipe(self.window_method)

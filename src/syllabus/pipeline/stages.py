@@ -58,7 +58,8 @@ def cutoff_warnings(method: str, overrides: Mapping[str, Any] | None, budget: An
     ``budget`` (a Budget), as :func:`syllabus.selection.cutoffs.fixed_cutoff_warnings` words
     them (``syllabus score`` gives the same after each scorer). Only the score tables a
     threshold reads are read; empty when there is none."""
-    from syllabus.plan import apply_selector_overrides, scorer_of
+    from syllabus.plan import scorer_of
+    from syllabus.selection.recipes import apply_selector_overrides
     from syllabus.selection.cutoffs import fixed_cutoff_warnings
     from syllabus.selection.recipes import load_recipe
     from syllabus.selection.scores import read_score_input
@@ -209,7 +210,7 @@ def select(
     ``selector_overrides`` maps a selector name in the recipe to config changes, deep-merged
     (e.g. ``{"threshold": {"min_value": 50}}``); selection needs no model.
     """
-    from syllabus.plan import apply_selector_overrides
+    from syllabus.selection.recipes import apply_selector_overrides
     from syllabus.selection.base import Budget
     from syllabus.selection.recipes import load_recipe, run_recipe
     from syllabus.selection.report import write_selection
@@ -225,7 +226,7 @@ def select(
         budget_request=budget_obj.model_dump(exclude_none=True) if budget_obj is not None else None,
         compare=list(compare), plots=True, seconds=time.perf_counter() - start,
     )
-    from syllabus.selection.commands import empty_selection_error
+    from syllabus.selection.recipes import empty_selection_error
     from syllabus.selection.recipes import short_selection_error
 
     empty = empty_selection_error(report, recipe, candidates.frame)

@@ -39,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--perspective", choices=["knowledge", "reasoning", "overall"], default=None,
                    help="diq: the difficulty perspective (default reasoning)")
     p.add_argument("--preset", choices=["ours", "reference"], default=None,
-                   help="difficulty/3ds: 'reference' computes D1-D3 as the authors' code does (README, 3DS "
-                   "reference parity); default ours")
+                   help="difficulty/3ds (and ifd): 'reference' computes D1-D3 as the authors' code does (README, "
+                   "3DS reference parity); default ours")
     p.add_argument("--estimate", type=int, default=None, metavar="N",
                    help="print what scoring N samples takes at this run's rate (default: the whole pool when "
                    "--limit scored part of it, else 10,000)")
@@ -102,31 +102,77 @@ def cutoff_warnings(args: argparse.Namespace, manifest: dict, said: set[str]) ->
     return new
 
 
-def scorer_overrides(args: argparse.Namespace) -> dict[str, dict]:
-    """The flags' changes per scorer name (shortcuts for common fields), with ``--set`` on top."""
-    common = {k: v for k, v in {"batch_size": args.batch_size, "cutoff": args.cutoff}.items() if v is not None}
-    quality = dict(common)
-    if args.quality_mode:
-        quality["mode"] = args.quality_mode
-    difficulty = dict(common)
-    if args.max_new_tokens is not None:
-        difficulty["max_new_tokens"] = args.max_new_tokens
-        if args.quality_mode == "generate":
-            quality["max_new_tokens"] = args.max_new_tokens
-    if getattr(args, "preset", None):
-        difficulty["preset"] = args.preset
-    gradients = dict(common)
-    influence: dict = {"gradients": gradients} if gradients else {}
-    if getattr(args, "validation", None):
-        influence["validation"] = {"source": args.validation}
-    # The rating prompt has its own length budget (rubric + question + shortened answer):
-    # the scoring cutoff for training sequences does not apply to it.
-    diq = {k: v for k, v in common.items() if k != "cutoff"}
-    if getattr(args, "perspective", None):
-        diq["perspective"] = args.perspective
-    flags = {"quality": quality, "difficulty": difficulty, "ifd": dict(common), "gradients": gradients,
-             "influence": influence, "diq_difficulty": diq}
-    return deep_merge({k: v for k, v in flags.items() if v}, parse_set(getattr(args, "changes", []), "difficulty.max_new_tokens=64"))
+# The flags that set a scorer config field (argparse dest -> option, field). Each reaches every
+# chosen scorer whose config has the field (at its top, or in the one sub-config that has it:
+# influence's gradients); a flag that no chosen scorer takes is an error, not silence.
+SHARED_FLAGS = {
+    "batch_size": ("--batch-size", "batch_size"),
+    "cutoff": ("--cutoff", "cutoff"),
+    "max_new_tokens": ("--max-new-tokens", "max_new_tokens"),
+    "quality_mode": ("--quality-mode", "mode"),
+    "preset": ("--preset", "preset"),
+    "perspective": ("--perspective", "perspective"),
+    "validation": ("--validation", "validation"),
+}
+
+# Fields a scorer has that a shared flag deliberately leaves alone, and why.
+NOT_FROM_FLAGS = {
+    # The rating prompt has its own length budget (rubric + question + shortened answer): the
+    # scoring cutoff for training sequences does not apply to it.
+    ("diq_difficulty", "cutoff"): "its rating prompt has its own length budget",
+}
+
+
+def _field_path(config_cls: Any, field: str) -> tuple[str, ...] | None:
+    from pydantic import BaseModel
+
+    if field in config_cls.model_fields:
+        return (field,)
+    nested = [(name,) + (field,) for name, f in config_cls.model_fields.items()
+              if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel) and field in f.annotation.model_fields]
+    return nested[0] if len(nested) == 1 else None
+
+
+def chosen_scorers(method: str) -> list[str]:
+    """The scorers ``--method`` runs: a recipe's, or the one scorer named."""
+    from syllabus.selection.recipes import known_recipes, load_recipe
+
+    return [spec.name for spec in load_recipe(method).scorers] if method in known_recipes() else [method]
+
+
+def scorer_overrides(args: argparse.Namespace, scorers: list[str] | None = None) -> dict[str, dict]:
+    """The shared flags' changes per chosen scorer, with ``--set`` on top. A flag goes to every
+    chosen scorer that has its field; one that none of them has raises a sentence naming the
+    flag and the scorers."""
+    from syllabus import registry
+
+    scorers = chosen_scorers(args.method) if scorers is None else scorers
+    flags: dict[str, dict] = {}
+    for dest, (option, field) in SHARED_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if field == "validation":
+            value = {"source": value}
+        took, refused = [], []
+        for scorer in scorers:
+            path = _field_path(registry.lookup("scorer", scorer).config_cls, field)
+            why = NOT_FROM_FLAGS.get((scorer, field))
+            if scorer == "quality" and field == "max_new_tokens" and getattr(args, "quality_mode", None) != "generate":
+                why = "quality generates only with --quality-mode generate"
+            if path is None or why:
+                refused.append(f"{scorer} ({why or f'its config has no {field}'})")
+                continue
+            nested: Any = value
+            for key in reversed(path):
+                nested = {key: nested}
+            flags = deep_merge(flags, {scorer: nested})
+            took.append(scorer)
+        if not took:
+            shown = value["source"] if field == "validation" else value
+            raise ValueError(f"{option} {shown}: --method {args.method} scores with {', '.join(scorers) or 'no scorer'}, "
+                             f"and none of them takes it: {'; '.join(refused)}; drop {option}")
+    return deep_merge(flags, parse_set(getattr(args, "changes", []), "difficulty.max_new_tokens=64"))
 
 
 def score_plan(args: argparse.Namespace) -> dict[str, dict]:
@@ -135,7 +181,7 @@ def score_plan(args: argparse.Namespace) -> dict[str, dict]:
     from syllabus.plan import make_plan, scorer_plan
     from syllabus.selection.recipes import known_recipes
 
-    overrides = scorer_overrides(args)
+    overrides = scorer_overrides(args, chosen_scorers(args.method))
     if args.method in known_recipes():
         plan = make_plan([args.method], overrides)
         if not plan.scorers:

@@ -46,42 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_select)
 
 
-def empty_selection_error(report: dict, recipe, frame) -> str | None:
-    """For a selection that kept nothing from a non-empty pool: a sentence naming the stage
-    that emptied it, the values it saw and the change that would keep some. None otherwise."""
-    if report["n_selected"] or not report["n_candidates"]:
-        return None
-    stage = next((s for s in report["stages"] if s["n_out"] == 0), report["stages"][-1])
-    text = f"{recipe.name} selected 0 of {report['n_candidates']:,} candidates: stage {stage['index']} ({stage['selector']}) kept none"
-    column = stage["config"].get("column")
-    if stage["selector"] == "threshold" and column in frame.columns:
-        import pandas as pd
-
-        values = pd.to_numeric(frame[column], errors="coerce").dropna()
-        if len(values):
-            text += (f"; {column} ranged {values.min():.4g} to {values.max():.4g} over the candidates, and the threshold "
-                     f"was min_value {stage['config'].get('min_value')}")
-            if recipe.name == "3ds":
-                text += (" (the paper's delta on its 0-100 scale; a small rater such as SmolLM2-135M rates on a "
-                         "compressed scale)")
-            from syllabus.selection.recipes import percentile_advice
-
-            budget = (report.get("budget") or {}).get("resolved")
-            advice = percentile_advice(recipe, frame, int(budget), stage["index"], report.get("seed")) if budget else None
-            if advice:  # computed from these scores, so the fix it names reaches the budget
-                text += f". {advice[0].upper()}{advice[1:]}; or pass --fill rank to fill the budget by rank"
-            else:
-                text += (". Keep the top share with --set threshold.min_percentile=80 (top 20%), or lower the "
-                         f"absolute threshold, e.g. --set threshold.min_value={values.quantile(0.8):.0f}")
-            return text
-    notes = "; ".join(stage["notes"])
-    return text + (f" ({notes})" if notes else "") + "; relax that stage with --set or raise the budget"
-
-
 def apply_overrides(recipe, overrides: list[str]):
     """``threshold.min_value=85`` -> the recipe with that selector's config changed (deep-merged,
     the pipeline's rule), checked by building the selectors."""
-    from syllabus.plan import apply_selector_overrides
+    from syllabus.selection.recipes import apply_selector_overrides
 
     return apply_selector_overrides(recipe, parse_set(overrides, "threshold.min_value=85"), "--set")
 
@@ -125,8 +93,9 @@ def cmd_select(args: argparse.Namespace) -> int:
     print(f"selected {report['n_selected']:,} of {report['n_candidates']:,} with {recipe.name} (seed {report['seed']})")
     audit = _audit_defects(args, recipe, result, candidates, report, labels) if labels is not None else None
     print(f"report: {report['outputs']['report']}")
+    from syllabus.selection.recipes import empty_selection_error, short_selection_error
+
     empty = empty_selection_error(report, recipe, candidates.frame)
-    from syllabus.selection.recipes import short_selection_error
 
     short = None if empty else short_selection_error(result, recipe, candidates.frame)
     if args.json:

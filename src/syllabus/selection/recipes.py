@@ -29,14 +29,14 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from syllabus import registry
-from syllabus.config import describe_errors, load_yaml, read_config_text
+from syllabus.config import clip, clip_text, deep_merge, describe_errors, load_yaml, read_config_text
 from syllabus.selection.base import Budget, Selector, StageOutcome
 
 log = logging.getLogger(__name__)
@@ -559,7 +559,7 @@ def short_selection_error(result: SelectionResult, recipe: Recipe | None = None,
     """For a selection short of its budget that its budget does not allow to be short: one
     sentence with how many it found, how many were asked, the stage that cut it short and the
     two fixes (``--allow-short``, or ``fill: rank``). None otherwise (and for an empty
-    selection, which :func:`syllabus.selection.commands.empty_selection_error` explains)."""
+    selection, which :func:`empty_selection_error` explains)."""
     if not result.shortfall or result.allow_short or not result.n_selected:
         return None
     k = result.cut_short_at()
@@ -576,3 +576,53 @@ def short_selection_error(result: SelectionResult, recipe: Recipe | None = None,
            "passing first")
     advice = percentile_advice(recipe, frame, result.budget, k, result.seed) if recipe is not None and frame is not None and k else None
     return text + f"; {fix}" + (f"; or {advice}" if advice else ", or relax that stage with --set")
+
+
+def empty_selection_error(report: dict, recipe, frame) -> str | None:
+    """For a selection that kept nothing from a non-empty pool: a sentence naming the stage
+    that emptied it, the values it saw and the change that would keep some. None otherwise."""
+    if report["n_selected"] or not report["n_candidates"]:
+        return None
+    stage = next((s for s in report["stages"] if s["n_out"] == 0), report["stages"][-1])
+    text = f"{recipe.name} selected 0 of {report['n_candidates']:,} candidates: stage {stage['index']} ({stage['selector']}) kept none"
+    column = stage["config"].get("column")
+    if stage["selector"] == "threshold" and column in frame.columns:
+        import pandas as pd
+
+        values = pd.to_numeric(frame[column], errors="coerce").dropna()
+        if len(values):
+            text += (f"; {column} ranged {values.min():.4g} to {values.max():.4g} over the candidates, and the threshold "
+                     f"was min_value {stage['config'].get('min_value')}")
+            if recipe.name == "3ds":
+                text += (" (the paper's delta on its 0-100 scale; a small rater such as SmolLM2-135M rates on a "
+                         "compressed scale)")
+            budget = (report.get("budget") or {}).get("resolved")
+            advice = percentile_advice(recipe, frame, int(budget), stage["index"], report.get("seed")) if budget else None
+            if advice:  # computed from these scores, so the fix it names reaches the budget
+                text += f". {advice[0].upper()}{advice[1:]}; or pass --fill rank to fill the budget by rank"
+            else:
+                text += (". Keep the top share with --set threshold.min_percentile=80 (top 20%), or lower the "
+                         f"absolute threshold, e.g. --set threshold.min_value={values.quantile(0.8):.0f}")
+            return text
+    notes = "; ".join(stage["notes"])
+    return text + (f" ({notes})" if notes else "") + "; relax that stage with --set or raise the budget"
+
+
+def apply_selector_overrides(recipe: Any, overrides: Mapping[str, Mapping[str, Any]] | None, where: str = "") -> Any:
+    """``recipe`` with each named selector's config deep-merged with its changes, checked by
+    building the selectors. ``where`` prefixes errors (e.g. ``selector_overrides.3ds``, or
+    ``--set``, whose paths start at the selector); a bad key is named by its full path."""
+    prefix = f"{where}." if where and not where.startswith("-") else ""
+    names = [spec.name for spec in recipe.selectors]
+    for name, changes in (overrides or {}).items():
+        index = next((i for i, spec in enumerate(recipe.selectors) if spec.name == name), None)
+        if index is None:
+            close = difflib.get_close_matches(str(name), names, n=1)
+            hint = f" - did you mean {prefix + close[0]!r}?" if close else ""
+            raise ValueError(f"{where + ': ' if where else ''}method {recipe.name!r} has no selector {clip(name)}; "
+                             f"its selectors are {', '.join(names)}{hint}")
+        if not isinstance(changes, Mapping):
+            raise ValueError(f"{prefix}{clip_text(str(name))} must be a mapping of config changes, not {clip(changes)}")
+        recipe = recipe.with_selector_config(index, **deep_merge(recipe.selectors[index].config, changes))
+    recipe.build_selectors(prefix)
+    return recipe

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from syllabus.config import label
 from syllabus.selection.recipes import Recipe, SelectionResult
 from syllabus.selection.scores import Candidates, read_url_bytes
 from syllabus.store import Store, content_hash
 from syllabus.store.store import read_parquet_bytes
-from syllabus.tracking.names import label
 
 log = logging.getLogger(__name__)
 

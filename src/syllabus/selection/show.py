@@ -281,7 +281,7 @@ def describe_recipe(name: str) -> dict[str, Any]:
         seen.add(spec.name)
         selectors.append({
             "index": i, "name": spec.name, "final": bool(cls.final), "summary": _summary(cls),
-            # --set addresses the first selector of a name (syllabus.plan.apply_selector_overrides).
+            # --set addresses the first selector of a name (syllabus.selection.recipes.apply_selector_overrides).
             "set_path": spec.name if first else None,
             "keys": config_keys(cls.Config, spec.config),
         })

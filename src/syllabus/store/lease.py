@@ -30,9 +30,10 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from syllabus.store.store import Store
+if TYPE_CHECKING:  # a Store calls Lease (its stale-temporary sweep): no import circle at run time
+    from syllabus.store.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ class StoreDatasetSource(DatasetSource):
     """An object in the Syllabus store (a local path, ``s3://`` or ``memory://`` URL)."""
 
     def __init__(self, uri: str):
-        from syllabus.tracking.lineage import scrub
+        from syllabus.store.credentials import redact
 
-        self._uri = scrub(uri)  # a URL with user-info must not carry its credentials into MLflow
+        self._uri = redact(uri)  # a URL with user-info must not carry its credentials into MLflow
 
     @property
     def uri(self) -> str:

@@ -14,8 +14,11 @@ from __future__ import annotations
 import re
 from pathlib import PurePath
 
+# One name segment (label) is made safe in syllabus.config, which selection uses too: that
+# layer sits below this one.
+from syllabus.config import label
+
 _NOT_IN_KEY = re.compile(r"[^A-Za-z0-9_\-./ :]")  # what MLflow accepts in a key
-_NOT_IN_LABEL = re.compile(r"[^A-Za-z0-9_\-.@]+")  # one path segment, safe in a file name too
 RECIPE_SUFFIXES = (".yaml", ".yml")
 
 
@@ -24,13 +27,6 @@ def mlflow_key(name: str) -> str:
     ``_`` and its slashes a normalised relative path (no empty, ``.`` or ``..`` segment)."""
     parts = [p for p in _NOT_IN_KEY.sub("_", str(name)).split("/") if p]
     return "/".join("_" if p in (".", "..") else p for p in parts) or "_"
-
-
-def label(text: str) -> str:
-    """``text`` as one name segment: no slash, nothing a file system or MLflow could read as
-    structure (runs of other characters become one ``_``; no leading or trailing dot)."""
-    out = _NOT_IN_LABEL.sub("_", str(text).strip()).strip("_.")
-    return out or "unnamed"
 
 
 def is_recipe_path(method: str) -> bool:
