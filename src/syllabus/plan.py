@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from syllabus.config import clip, clip_text, deep_merge, describe_errors
+from syllabus.config import clip, deep_merge, describe_errors
 
 INSTANCE_SEPARATOR = "@"
 

@@ -14,6 +14,7 @@ from syllabus.pipeline.commands import compare_params, register as register_pipe
 from syllabus.pipeline.config import PipelineParams
 from syllabus.scoring.commands import register as register_score, score_plan
 from syllabus.selection.base import Budget
+from syllabus.selection.recipes import known_recipes
 
 
 def _parse(register, argv: list[str]) -> argparse.Namespace:
@@ -43,6 +44,8 @@ def test_run_and_compare_take_budget_and_ratio():
     assert run("--ratio", "0.25").budget == Budget(ratio=0.25)
     compare = compare_params(_parse(register_pipeline, ["compare", "--ratio", "0.5", "--windows", "none"]))
     assert compare.budget == Budget(ratio=0.5)
+    compare = compare_params(_parse(register_pipeline, ["compare", "--windows", "none", "--set", "budget.ratio=0.1"]))
+    assert compare.budget == Budget(ratio=0.1)
     with pytest.raises(SystemExit):  # one or the other
         _parse(register_pipeline, ["run", "--budget", "8", "--ratio", "0.1"])
 
@@ -83,3 +86,13 @@ def test_a_shared_flag_reaches_every_scorer_that_has_it():
 def test_a_shared_flag_no_chosen_scorer_takes_is_an_error(argv, named):
     with pytest.raises(ValueError, match=named):
         score(*argv)
+
+
+@pytest.mark.parametrize("method", sorted(known_recipes()))
+def test_the_two_commands_with_no_settings_plan_the_same_scorer_configs(method):
+    # tests/unit/test_score_and_run_keys.py compares the keys from PipelineParams; this goes
+    # through both command lines' parsing and merging.
+    pipeline = run("--methods", method).plan()
+    if not pipeline.instances_of(method):
+        return  # random, full: nothing to score (score says so: test_score_and_run_keys)
+    assert score("--method", method) == {name: pipeline.scorers[name] for name in pipeline.instances_of(method)}
