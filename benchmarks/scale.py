@@ -180,7 +180,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         rows = 0
         for i, shard in enumerate(pool_shards(job["manifest"])):
             table = scorer.score(read_shard(shard), SyntheticModel())
-            pq.write_table(table, out / f"{i:05d}.parquet", compression="zstd")
+            path = out / f"{i:05d}.parquet"
+            pq.write_table(table, path, compression="zstd")
+            path.unlink()  # written in full; dropped so that the baseline needs one shard's disk, not the pool's
             rows += table.num_rows
         return {"rows": rows}
     if kind == "select":
@@ -328,7 +330,8 @@ def main() -> int:
     ap.add_argument("--feature-dim", type=int, default=8192, help="synthetic influence projection dimension")
     ap.add_argument("--kcenter-budget", type=int, default=5000, help="3DS K-Center budget")
     ap.add_argument("--export-rows", type=int, default=500_000, help="random selection exported (at most N/2)")
-    ap.add_argument("--methods", default="3ds,diq,less,ifd,random")
+    ap.add_argument("--methods", default="random,ifd,less,diq,3ds",
+                    help="in this order; export runs after random's selection (3DS's K-Center, the slowest, last)")
     ap.add_argument("--formats", default=",".join(EXPORT_FORMATS))
     ap.add_argument("--rss-cap-gb", type=float, default=12.0, help="kill a stage whose RSS passes this")
     ap.add_argument("--stop-after", choices=["ingest", "score", "select", "export"], default="export")
@@ -403,6 +406,16 @@ def main() -> int:
     (work / "recipes").mkdir(exist_ok=True)
     import yaml
 
+    def export_all(selected: str) -> None:
+        """The random selection (``--export-rows``) to every ``syllabus export`` format."""
+        base_job = {"kind": "export-baseline", "selected": selected, "scratch": str(scratch / "export")}
+        base = run_child({**base_job, "label": "export baseline"}, cap, log_path)
+        for fmt in [f for f in args.formats.split(",") if f]:
+            before = count_files(store, exports)
+            res = run_child({"kind": "export", "selected": selected, "format": fmt, "out": str(exports / fmt),
+                             "label": fmt}, cap, log_path)
+            table.add(f"export {fmt} ({res.get('samples', '?')} rows)", res, count_files(store, exports) - before, base)
+
     selections: dict[str, str] = {}
     for method in methods:
         spec = recipes("synthetic_difficulty_embedding")[method]
@@ -421,16 +434,8 @@ def main() -> int:
             selections[method] = res["selected"]
             print(f"    {method}: {res['n_selected']:,} of {res['n_candidates']:,}; stages "
                   + ", ".join(f"{c['stage']} {c['n']:,}" for c in res["counts"]), flush=True)
-    if args.stop_after == "select" or "random" not in selections:
-        return 0
-
-    base_job = {"kind": "export-baseline", "selected": selections["random"], "scratch": str(scratch / "export")}
-    base = run_child({**base_job, "label": "export baseline"}, cap, log_path)
-    for fmt in [f for f in args.formats.split(",") if f]:
-        before = count_files(store, exports)
-        res = run_child({"kind": "export", "selected": selections["random"], "format": fmt,
-                         "out": str(exports / fmt), "label": fmt}, cap, log_path)
-        table.add(f"export {fmt} ({res.get('samples', '?')} rows)", res, count_files(store, exports) - before, base)
+            if method == "random" and args.stop_after == "export":
+                export_all(res["selected"])
     return 0
 
 

@@ -94,17 +94,39 @@ class DifficultyConfig(SyntheticConfig):
 
 class SyntheticDifficultyScorer(_Synthetic):
     name: ClassVar[str] = "synthetic_difficulty"
+    version: ClassVar[int] = 2  # 2: embeddings shaped like hidden states (1: white noise)
     config_cls: ClassVar[type[ScorerConfig]] = DifficultyConfig
+
+    def __init__(self, config: Any = None, **overrides: Any):
+        super().__init__(config, **overrides)
+        self._basis: tuple[np.ndarray, np.ndarray] | None = None
 
     def columns(self) -> list[str]:
         return [f"synthetic_difficulty_{c}" for c in ("d1", "d2", "d3", "embedding", "response", "status")]
+
+    def embeddings(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Shaped like mean-pooled hidden states rather than white noise: a large shared mean
+        (hidden states are anisotropic), a spread along 64 directions with a decaying spectrum,
+        and a little isotropic noise. White noise in 4,096 dimensions would put every pair of
+        points at nearly the same distance, which no model's embeddings do."""
+        dim = self.config.embedding_dim
+        if self._basis is None:
+            fixed = np.random.default_rng([self.config.seed, dim, 11])
+            mean = (3.0 * fixed.standard_normal(dim)).astype(np.float32)
+            basis = (fixed.standard_normal((64, dim)) / np.sqrt(np.arange(1, 65))[:, None]).astype(np.float32)
+            self._basis = (mean, basis)
+        mean, basis = self._basis
+        emb = rng.standard_normal((n, 64), dtype=np.float32) @ basis
+        emb += mean
+        emb += 0.1 * rng.standard_normal((n, dim), dtype=np.float32)
+        return emb
 
     def score(self, table: pa.Table, lm: Any, engine: Any | None = None) -> pa.Table:
         rng = self.rng(table)
         n, dim = table.num_rows, self.config.embedding_dim
         bad, status = _status(rng, n)
         d = rng.lognormal(0.5, 0.6, (3, n))
-        emb = rng.standard_normal((n, dim), dtype=np.float32)
+        emb = self.embeddings(rng, n)
         offsets = np.arange(0, (n + 1) * dim, dim, dtype=np.int32)
         # list<float32>, null where the status is not ok, as the real scorer writes
         embedding = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(emb.reshape(-1), pa.float32()),

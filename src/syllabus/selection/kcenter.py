@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -193,10 +194,15 @@ def embedding_matrix(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.n
     A row is unusable when its status is not ``ok``, its embedding is missing, has a
     different length from the most common one, or holds NaN/inf.
     """
-    values = frame[column].to_numpy(dtype=object)
+    from syllabus.selection.vectors import lazy_column
+
     reasons = np.full(len(frame), None, dtype=object)
     status_col = status_column(frame, column)
     status = frame[status_col].astype("string").fillna("missing").to_numpy(dtype=object) if status_col else None
+    lazy = lazy_column(frame, column)
+    if lazy is not None:  # left in the score shards: read these rows only, as one Arrow array
+        return _lazy_matrix(lazy.to_arrow(), column, status, status_col, reasons)
+    values = frame[column].to_numpy(dtype=object)
     lengths = np.array([len(v) if v is not None and hasattr(v, "__len__") else -1 for v in values])
     dims = lengths[lengths > 0]
     dim = int(np.bincount(dims).argmax()) if dims.size else 0
@@ -214,6 +220,42 @@ def embedding_matrix(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.n
     matrix = np.empty((positions.size, dim), dtype=np.float32)
     for row, p in enumerate(positions):
         matrix[row] = values[p]
+    bad = ~np.isfinite(matrix).all(axis=1) if positions.size else np.zeros(0, dtype=bool)
+    if bad.any():
+        for p in positions[bad]:
+            reasons[p] = f"{column} holds NaN or infinite values"
+        positions = positions[~bad]
+        matrix = matrix[~bad]
+    return matrix, positions, reasons
+
+
+def _lazy_matrix(values: Any, column: str, status: np.ndarray | None, status_col: str | None,
+                 reasons: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`embedding_matrix` over an Arrow list array: the same rows, reasons and float32
+    matrix as the per-row path, built from the flat values without a per-row copy."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(values)
+    lengths = pc.fill_null(pc.list_value_length(values), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    dims = lengths[lengths > 0]
+    dim = int(np.bincount(dims).argmax()) if dims.size else 0
+    ok = np.ones(n, dtype=bool) if status is None else (status == "ok")
+    for i in np.flatnonzero(~ok):
+        reasons[i] = f"{column} missing ({status_col} = {status[i]})"
+    for i in np.flatnonzero(ok & (lengths <= 0)):
+        reasons[i] = f"{column} missing (no value)"
+    for i in np.flatnonzero(ok & (lengths > 0) & (lengths != dim)):
+        reasons[i] = f"{column} has {lengths[i]} dimensions where the others have {dim}"
+    usable = ok & (lengths == dim) & (lengths > 0)
+    positions = np.flatnonzero(usable)
+    picked = values.take(pa.array(positions, pa.int64()))
+    if isinstance(picked, pa.ChunkedArray):
+        picked = picked.combine_chunks()
+    flat = picked.flatten() if positions.size else pa.array([], pa.float32())
+    del picked
+    matrix = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(positions.size, dim)
+    del flat
     bad = ~np.isfinite(matrix).all(axis=1) if positions.size else np.zeros(0, dtype=bool)
     if bad.any():
         for p in positions[bad]:

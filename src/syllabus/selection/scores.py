@@ -81,8 +81,38 @@ class ScoreInput:
         }
 
 
+def _vector_split(url: str, lazy: bool) -> tuple[pa.Table, list[str], dict[str, pa.DataType]]:
+    """One score Parquet: its table (without its vector columns when ``lazy``), every column
+    name in order, and the vector columns left out with their types."""
+    if not lazy:
+        table = _table_of(url)
+        return table, table.column_names, {}
+    import pyarrow.parquet as pq
+
+    from syllabus.selection.vectors import is_vector_type
+
+    data = read_url_bytes(url, "score table")
+    try:
+        schema = pq.read_schema(pa.BufferReader(data))
+    except (pa.ArrowInvalid, OSError):
+        return _table_of(url), [], {}  # not Parquet: _table_of raises the explanatory error
+    vectors = {f.name: f.type for f in schema if is_vector_type(f.type)}
+    table = read_parquet_bytes(data, columns=[n for n in schema.names if n not in vectors])
+    return table, list(schema.names), vectors
+
+
 def read_score_input(url: str) -> tuple[pa.Table, ScoreInput]:
     """One score input as an Arrow table plus what it is."""
+    table, info, _ = _read_score_input(url, lazy=False)
+    return table, info
+
+
+def _read_score_input(url: str, lazy: bool) -> tuple[pa.Table, ScoreInput, dict[str, Any]]:
+    """:func:`read_score_input`; with ``lazy``, vector columns (embeddings, gradient features)
+    are left in the shards: the table lacks them and the third item maps each to its
+    :class:`~syllabus.selection.vectors.VectorSource` (rows in the table's order)."""
+    from syllabus.selection.vectors import VectorSource
+
     if url.endswith(".json"):
         try:
             manifest = json.loads(read_url_bytes(url, "score manifest"))
@@ -92,20 +122,26 @@ def read_score_input(url: str) -> tuple[pa.Table, ScoreInput]:
             raise ValueError(
                 f"{url} is not a score manifest (no 'shards'); pass the 'scores' URL printed by `syllabus score --json`"
             )
-        tables = [_table_of(shard["url"]) for shard in manifest["shards"]]
+        urls = [shard["url"] for shard in manifest["shards"]]
+        parts = [_vector_split(u, lazy) for u in urls]
+        tables = [t for t, _, _ in parts]
         table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({"sample_id": pa.array([], pa.string())})
+        names = list(dict.fromkeys(n for _, order, _ in parts for n in order)) or table.column_names
+        vector_types = {k: v for _, _, vt in parts for k, v in vt.items()}
         info = ScoreInput(
             url=url, kind="manifest", scorer=manifest.get("scorer"), version=manifest.get("version"),
             model_fingerprint=manifest.get("model_fingerprint"), pool_manifest=manifest.get("pool_manifest"),
-            rows=table.num_rows, columns=[c for c in table.column_names if c != "sample_id"],
+            rows=table.num_rows, columns=[c for c in names if c != "sample_id"],
             config=manifest.get("config"),
         )
     else:
-        table = _table_of(url)
+        table, names, vector_types = _vector_split(url, lazy)
+        urls, tables = [url], [table]
         info = ScoreInput(
             url=url, kind="parquet", scorer=None, version=None, model_fingerprint=None, pool_manifest=None,
-            rows=table.num_rows, columns=[c for c in table.column_names if c != "sample_id"],
+            rows=table.num_rows, columns=[c for c in (names or table.column_names) if c != "sample_id"],
         )
+    vectors = {name: VectorSource(name, urls, [t.num_rows for t in tables], t) for name, t in vector_types.items()}
     if "sample_id" not in table.column_names:
         raise ValueError(f"score table {url} has no sample_id column; score tables must carry the pool's sample_id")
     table = table.set_column(table.column_names.index("sample_id"), "sample_id", pc.cast(table["sample_id"], pa.string()))
@@ -116,7 +152,7 @@ def read_score_input(url: str) -> tuple[pa.Table, ScoreInput]:
             f"score table {url} lists sample_id {uniq[counts > 1][0]!r} {counts.max()} times; "
             "each sample must be scored once per scorer: pass each score manifest once"
         )
-    return table, info
+    return table, info, vectors
 
 
 @dataclass
@@ -130,16 +166,29 @@ class Candidates:
     inputs: list[ScoreInput]
     pool_url: str | None
     notes: list[str] = field(default_factory=list)
+    # Per score table: its vector columns left in the shards (VectorSource, rows in the
+    # table's order) and every column name in the scorer's order.
+    vectors: list[dict[str, Any]] = field(default_factory=list)
+    column_orders: list[list[str]] = field(default_factory=list)
 
     def records(self, sample_ids: list[str]) -> pa.Table:
         """Full records plus scores for ``sample_ids``, in that order (pool columns first)."""
         out = pa.table({"sample_id": pa.array(sample_ids, pa.string())})
-        sources = ([self.pool] if self.pool is not None else []) + self.score_tables
-        for table in sources:
+        sources = [(self.pool, {}, None)] if self.pool is not None else []
+        sources += [(t, self.vectors[i] if i < len(self.vectors) else {},
+                     self.column_orders[i] if i < len(self.column_orders) else None)
+                    for i, t in enumerate(self.score_tables)]
+        for table, vectors, order in sources:
             index = {sid: i for i, sid in enumerate(table["sample_id"].to_pylist())}
-            take = pa.array([index.get(s) for s in sample_ids], pa.int64())  # None -> null row
-            for name in table.column_names:
-                if name != "sample_id" and name not in out.column_names:
+            rows = [index.get(s) for s in sample_ids]
+            take = pa.array(rows, pa.int64())  # None -> null row
+            for name in order or table.column_names:
+                if name == "sample_id" or name in out.column_names:
+                    continue
+                if name in vectors:  # read from the shards, only these rows
+                    out = out.append_column(name, vectors[name].read(np.array([-1 if r is None else r for r in rows],
+                                                                               dtype=np.int64)))
+                else:
                     out = out.append_column(name, table[name].take(take))
         return out
 
@@ -169,17 +218,26 @@ def load_candidates(score_urls: list[str], pool_url: str | None = None) -> Candi
     when no scores are given: random, full). A sample scored by one input but not another
     has missing values there and is dropped, with a reason, by a stage that needs them.
     """
+    from syllabus.selection.vectors import VectorArray, VectorSource
+
     inputs: list[ScoreInput] = []
     # Inputs with the same columns are parts of one scorer's output (e.g. shard Parquets):
     # stack them; different column sets are different scorers: join them on sample_id.
+    # Vector columns stay in the shards (syllabus.selection.vectors): read when a stage needs them.
     groups: dict[tuple[str, ...], list[tuple[pa.Table, ScoreInput]]] = {}
+    lazy: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for url in expand_score_urls(score_urls):
-        table, info = read_score_input(url)
+        table, info, vectors = _read_score_input(url, lazy=True)
         groups.setdefault(tuple(sorted(info.columns)), []).append((table, info))
+        lazy.setdefault(tuple(sorted(info.columns)), []).append(vectors)
         inputs.append(info)
     tables: list[pa.Table] = []
+    vector_sources: list[dict[str, Any]] = []
+    orders: list[list[str]] = []
     owner: dict[str, str] = {}
     for columns, members in groups.items():
+        vector_sources.append({name: VectorSource.concat([v[name] for v in lazy[columns]]) for name in lazy[columns][0]})
+        orders.append(["sample_id"] + list(members[0][1].columns))
         urls = ", ".join(i.url for _, i in members)
         for col in columns:
             if col in owner:
@@ -232,9 +290,12 @@ def load_candidates(score_urls: list[str], pool_url: str | None = None) -> Candi
             )
             frame = frame[in_scores].reset_index(drop=True)
     known = set(frame["sample_id"])
-    for table, columns in zip(tables, groups):
+    for table, columns, vectors, order in zip(tables, groups, vector_sources, orders):
         label = ", ".join(i.url for _, i in groups[columns])
         scores = table.to_pandas()
+        for name in [c for c in order if c in vectors]:
+            scores.insert(min(order.index(name), len(scores.columns)), name,
+                          VectorArray(vectors[name], np.arange(table.num_rows, dtype=np.int64)))
         extra = ~scores["sample_id"].isin(known)
         if extra.any() and pool is not None:
             # Scores of another pool (or of records since quarantined): joining them would
@@ -248,4 +309,5 @@ def load_candidates(score_urls: list[str], pool_url: str | None = None) -> Candi
         if unscored:
             notes.append(f"{unscored} candidates have no score in {label}")
         frame = frame.merge(scores, on="sample_id", how="left")
-    return Candidates(frame=frame, pool=pool, score_tables=tables, inputs=inputs, pool_url=pool_url, notes=notes)
+    return Candidates(frame=frame, pool=pool, score_tables=tables, inputs=inputs, pool_url=pool_url, notes=notes,
+                      vectors=vector_sources, column_orders=orders)

@@ -1,0 +1,88 @@
+"""benchmarks/scale.py at a tiny N: the code path of the 100k/1M/2M runs (every stage in its
+own process, each with its baseline), and the synthetic scorers' columns kept those of the
+shipped scorers they stand in for."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+
+
+@pytest.fixture()
+def synthetic(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import synthetic_scorers
+
+    return synthetic_scorers
+
+
+SHIPPED = {
+    "synthetic_quality": "quality", "synthetic_difficulty": "difficulty", "synthetic_ifd": "ifd",
+    "synthetic_diq_difficulty": "diq_difficulty", "synthetic_influence": "influence",
+    "synthetic_gradients": "gradients",
+}
+
+
+def test_synthetic_scorers_write_the_shipped_columns_and_types(synthetic):
+    from syllabus.registry import lookup
+
+    table = pa.table({"sample_id": [f"s{i}" for i in range(50)], "output": ["x"] * 50})
+    for name, cls in synthetic.SCORERS.items():
+        shipped = lookup("scorer", SHIPPED[name])()
+        config = {"embedding_dim": 4096} if name == "synthetic_difficulty" else \
+            {"dim": 256} if name in ("synthetic_influence", "synthetic_gradients") else {}
+        scorer = cls(config)
+        out = scorer.score(table, None)
+        assert [c.removeprefix("synthetic_") for c in scorer.columns()] == shipped.columns()
+        assert out.column_names == ["sample_id", *scorer.columns()]
+        assert out.column(f"{name}_status").type == pa.string()
+        again = cls(config).score(table, None)
+        assert again.equals(out)  # deterministic
+    emb = synthetic.SyntheticDifficultyScorer({"embedding_dim": 4096}).score(table, None)["synthetic_difficulty_embedding"]
+    assert emb.type == pa.list_(pa.float32())
+    assert {len(v) for v in emb.to_pylist() if v is not None} == {4096}
+    vec = synthetic.SyntheticGradientsScorer({"dim": 256}).score(table, None)["synthetic_gradients_vector"]
+    assert vec.type == pa.list_(pa.float16(), 256)
+
+
+def test_scale_runs_every_stage_at_a_tiny_n(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "scale.py"), "--n", "900", "--dir", str(tmp_path), "--shard-size", "300",
+         "--embedding-dim", "16", "--feature-dim", "32", "--kcenter-budget", "20", "--export-rows", "200"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "scorers: synthetic (no model)" in proc.stdout
+    rows = {r["stage"]: r for r in json.loads((tmp_path / "results.json").read_text())}
+    expected = ["ingest", *(f"score {s}" for s in ("synthetic_difficulty", "synthetic_diq_difficulty", "synthetic_ifd",
+                                                   "synthetic_influence", "synthetic_quality")),
+                *(f"select {m} (synthetic)" for m in ("3ds", "diq", "less", "ifd", "random")),
+                *(f"export {f} (200 rows)" for f in ("jsonl", "alpaca", "sharegpt", "hf"))]
+    assert sorted(rows) == sorted(expected), proc.stdout
+    for name, row in rows.items():
+        assert row["error"] is None, (name, row["error"])
+        assert row["seconds"] > 0 and row["peak_gb"] > 0 and row["baseline_seconds"] > 0, name
+        assert row["ratio"] == pytest.approx(row["baseline_seconds"] / row["seconds"])
+        assert row["objects"] > 0, name
+    assert rows["ingest"]["detail"]["records_ok"] == 900
+    assert rows["select 3ds (synthetic)"]["detail"]["n_selected"] == 20
+    assert rows["select less (synthetic)"]["detail"]["n_selected"] == 45  # the recipe's 5%
+    assert rows["select random (synthetic)"]["detail"]["n_selected"] == 200
+    assert rows["score synthetic_influence"]["detail"]["samples"] == 900
+    assert "synthetic_quality" in rows["score synthetic_quality"]["detail"]["score_manifest"]
+
+
+def test_real_mode_says_it_is_not_there(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "scale.py"), "--n", "10", "--real", "--dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not implemented" in proc.stderr
