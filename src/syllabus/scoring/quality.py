@@ -513,6 +513,10 @@ class QualityScorer(Scorer):
         parts = super().key_parts(model_fingerprint, shard_hash)
         if self.config.mode == "generate":  # the reply is read by the strict parse, after the answer prefix
             parts["parse"] = "leading-number"
+        if self.config.layout == "guarded":  # the prompt depends on the injection rules: their version
+            from syllabus.scoring.injection import InjectionScorer
+
+            parts["injection_rules"] = InjectionScorer.version
         return parts
 
     def _parse(self, reply: str) -> float | None:

@@ -146,3 +146,13 @@ def test_every_layout_has_its_own_key_and_the_default_keeps_its_own():
     assert default == "scores/quality/v1/b82a8f47fc50d97ca0672c5e.parquet"
     keys = {QualityScorer(layout=layout).key(fp, shard) for layout in ["inline", "tagged", *NEW_LAYOUTS]}
     assert len(keys) == 6 and default in keys
+
+
+def test_the_guarded_key_names_the_injection_rules_version(monkeypatch):
+    from syllabus.scoring.injection import InjectionScorer
+
+    fp, shard = "sha256:0123456789abcdef0123", "feedfacecafebeef"
+    guarded, default = QualityScorer(layout="guarded").key(fp, shard), QualityScorer().key(fp, shard)
+    monkeypatch.setattr(InjectionScorer, "version", InjectionScorer.version + 1)
+    assert QualityScorer(layout="guarded").key(fp, shard) != guarded  # new rules, new prompts
+    assert QualityScorer().key(fp, shard) == default
