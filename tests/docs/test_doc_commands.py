@@ -7,7 +7,9 @@ page, in order, as one bash script, unless the line right before its fence is a 
   a placeholder of the reader's, or hours with the real model; the reason is required and is
   listed by ``test_inventory_of_doc_blocks``;
 - ``<!-- walk -->``: docs/your-own-data.md's walk, which tests/unit/test_own_data_walk.py runs on
-  a tiny model.
+  a tiny model;
+- ``<!-- slow: REASON -->``: the block runs as written, with the real model, in the slow tier
+  (``make test-all``), after the page's unmarked blocks.
 
 A page's script runs in an empty folder whose ``.venv`` is the environment running the tests,
 so ``.venv/bin/syllabus`` works as it does from the repository root and nothing the blocks write
@@ -31,7 +33,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 SHELLS = {"bash", "sh", "console"}
-MARKER = re.compile(r"^<!--\s*(not-tested|walk)\b(.*?)-->\s*$")
+MARKER = re.compile(r"^<!--\s*(not-tested|walk|slow)\b(.*?)-->\s*$")
 README_LIMIT = 15_000  # bytes: "the README at most 15 KB"
 
 
@@ -41,7 +43,7 @@ class Block:
     line: int  # 1-based line of the opening fence
     lang: str
     code: str
-    marker: str | None  # None (runs here), "not-tested" or "walk"
+    marker: str | None  # None (runs here), "slow" (runs here in the slow tier), "not-tested" or "walk"
     reason: str
 
     @property
@@ -85,8 +87,8 @@ def as_script_lines(block: Block) -> str:
     return "\n".join(line[2:] for line in block.code.split("\n") if line.startswith("$ "))
 
 
-def page_script(page: Path) -> tuple[str, list[Block]]:
-    runnable = [b for b in shell_blocks(page) if b.marker is None]
+def page_script(page: Path, slow: bool = False) -> tuple[str, list[Block]]:
+    runnable = [b for b in shell_blocks(page) if b.marker is None or (slow and b.marker == "slow")]
     parts = ["set -euo pipefail"]
     for n, block in enumerate(runnable):
         parts += [f"# --- {block.where}", as_script_lines(block), f"printf '\\n::doc-block {n} ran ({block.where})\\n'"]
@@ -94,11 +96,23 @@ def page_script(page: Path) -> tuple[str, list[Block]]:
 
 
 PAGES_WITH_COMMANDS = [p for p in PAGES if any(b.marker is None for b in shell_blocks(p))]
+PAGES_WITH_SLOW_COMMANDS = [p for p in PAGES if any(b.marker == "slow" for b in shell_blocks(p))]
 
 
 @pytest.mark.parametrize("page", PAGES_WITH_COMMANDS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_unmarked_shell_block_of_the_page_runs(page, tmp_path):
-    script, runnable = page_script(page)
+    _run_page(page, tmp_path, slow=False)
+
+
+@pytest.mark.slow  # the blocks score with the real SmolLM2-135M: minutes on 2 cores
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("page", PAGES_WITH_SLOW_COMMANDS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_slow_shell_blocks_of_the_page_run_with_the_real_model(page, tmp_path):
+    _run_page(page, tmp_path, slow=True)
+
+
+def _run_page(page: Path, tmp_path: Path, slow: bool) -> None:
+    script, runnable = page_script(page, slow)
     work = tmp_path / "reader"
     work.mkdir()
     (work / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
@@ -106,7 +120,8 @@ def test_every_unmarked_shell_block_of_the_page_runs(page, tmp_path):
                MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     for leaked in ("SYLLABUS_STORE", "PREFECT_API_URL"):
         env.pop(leaked, None)
-    done = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=1800 if slow else 600)
     tail = f"\n--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}"
     assert done.returncode == 0, f"{page.name}: a block failed (exit {done.returncode}){tail}"
     ran = re.findall(r"^::doc-block (\d+) ran", done.stdout, re.M)
@@ -125,6 +140,10 @@ def test_inventory_of_doc_blocks():
                 rows.append(f"not tested  {block.where}: {block.reason}")
                 if len(block.reason) < 10:
                     problems.append(f"{block.where}: <!-- not-tested --> needs a reason after a colon")
+            elif block.marker == "slow":
+                rows.append(f"slow tier   {block.where}: {block.reason}")
+                if len(block.reason) < 10:
+                    problems.append(f"{block.where}: <!-- slow --> needs a reason after a colon")
             else:
                 rows.append(f"walk        {block.where} (tests/unit/test_own_data_walk.py)")
                 if page.name != "your-own-data.md":
@@ -150,13 +169,16 @@ def test_a_marker_stands_right_before_a_fence():
 def test_the_script_builder_reads_markers_and_console_blocks(tmp_path):
     page = tmp_path / "p.md"
     page.write_text("text\n\n```bash\necho one\n```\n\n<!-- not-tested: needs a server on port 4200 -->\n```bash\n"
-                    "prefect server start\n```\n\n```console\n$ echo two\ntwo\n```\n\n```python\nprint(3)\n```\n")
+                    "prefect server start\n```\n\n```console\n$ echo two\ntwo\n```\n\n```python\nprint(3)\n```\n"
+                    "<!-- slow: scores with the real model for minutes -->\n```sh\necho three\n```\n")
     blocks = shell_blocks(page)
-    assert [(b.lang, b.marker) for b in blocks] == [("bash", None), ("bash", "not-tested"), ("console", None)]
+    assert [(b.lang, b.marker) for b in blocks] == [("bash", None), ("bash", "not-tested"), ("console", None), ("sh", "slow")]
     assert blocks[1].reason == "needs a server on port 4200"
     script, runnable = page_script(page)
     assert "prefect server" not in script and "echo two" in script and "\ntwo\n" not in script
-    assert len(runnable) == 2
+    assert len(runnable) == 2 and "echo three" not in script
+    slow_script, slow_runnable = page_script(page, slow=True)
+    assert len(slow_runnable) == 3 and slow_script.index("echo two") < slow_script.index("echo three")
 
 
 def test_readme_is_a_front_door_of_at_most_15_kb():
