@@ -141,7 +141,8 @@ def _read_score_input(url: str, lazy: bool) -> tuple[pa.Table, ScoreInput, dict[
             url=url, kind="parquet", scorer=None, version=None, model_fingerprint=None, pool_manifest=None,
             rows=table.num_rows, columns=[c for c in (names or table.column_names) if c != "sample_id"],
         )
-    vectors = {name: VectorSource(name, urls, [t.num_rows for t in tables], t) for name, t in vector_types.items()}
+    vectors = {name: VectorSource(name, urls, [t.num_rows for t in tables], t,
+                                  lambda u: read_url_bytes(u, "score table")) for name, t in vector_types.items()}
     if "sample_id" not in table.column_names:
         raise ValueError(f"score table {url} has no sample_id column; score tables must carry the pool's sample_id")
     table = table.set_column(table.column_names.index("sample_id"), "sample_id", pc.cast(table["sample_id"], pa.string()))

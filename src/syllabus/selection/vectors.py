@@ -12,7 +12,7 @@ one shard at a time, checksum-verified, when it asks (:meth:`VectorArray.to_arro
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,8 +30,11 @@ def is_vector_type(t: pa.DataType) -> bool:
 class VectorSource:
     """One vector column of one scorer's output: the shard URLs, their row counts, its type."""
 
-    def __init__(self, column: str, urls: Sequence[str], counts: Sequence[int], arrow_type: pa.DataType):
-        self.column, self.urls, self.type = column, list(urls), arrow_type
+    def __init__(self, column: str, urls: Sequence[str], counts: Sequence[int], arrow_type: pa.DataType,
+                 read_bytes: Callable[[str], bytes]):
+        # read_bytes: the URL's bytes, checksum-verified (scores.read_url_bytes, passed in so
+        # that this module does not import the one that uses it)
+        self.column, self.urls, self.type, self.read_bytes = column, list(urls), arrow_type, read_bytes
         self.starts = np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))]).astype(np.int64)
 
     def __len__(self) -> int:
@@ -41,13 +44,12 @@ class VectorSource:
     def concat(sources: Sequence["VectorSource"]) -> "VectorSource":
         first = sources[0]
         counts = [int(c) for s in sources for c in np.diff(s.starts)]
-        return VectorSource(first.column, [u for s in sources for u in s.urls], counts, first.type)
+        return VectorSource(first.column, [u for s in sources for u in s.urls], counts, first.type, first.read_bytes)
 
     def _shard(self, i: int) -> pa.Array:
-        from syllabus.selection.scores import read_url_bytes
         from syllabus.store.store import read_parquet_bytes
 
-        column = read_parquet_bytes(read_url_bytes(self.urls[i], "score table"), columns=[self.column])[self.column]
+        column = read_parquet_bytes(self.read_bytes(self.urls[i]), columns=[self.column])[self.column]
         return column.combine_chunks().cast(self.type)
 
     def read(self, positions: np.ndarray) -> pa.Array:
