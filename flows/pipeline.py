@@ -26,7 +26,7 @@ from syllabus.tracking.lineage import Lineage
 from syllabus.tracking.names import method_label, unique_labels
 from syllabus.tracking.notes import describe_arm, describe_pipeline
 from syllabus.tracking.provenance import check_code_provenance
-from syllabus.tracking.resume import ATTEMPT_TAG, clear_failure, previous_attempt
+from syllabus.tracking.resume import ATTEMPT_TAG, ResumableLineage, clear_failure, previous_attempt
 from syllabus_tasks.stages import evaluate_task, finetune_task, ingest_task, select_task
 
 log = logging.getLogger("flows.pipeline")  # not __name__: a deployment loads this file as module "pipeline"
@@ -73,7 +73,7 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
     table, the per-arm rows, the MLflow parent run and the score manifests."""
     started = time.perf_counter()
     flow_run_id = str(flow_run.id or "")
-    lineage = Lineage(params.tracking_uri, params.experiment)
+    lineage = ResumableLineage(params.tracking_uri, params.experiment)
     inputs, benches = _pool_inputs(params)
     plan = params.plan(sorted({a["method"] for a in arms}))
     scorers, per_method = plan.scorers, {m: plan.instances_of(m) for m in plan.methods}
@@ -87,7 +87,8 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
     run_name = f"{title}-{flow_run.name or 'local'}"
     before = previous_attempt(lineage.tracking_uri, lineage.experiment_id, flow_run_id, run_name)
     if before.parent:
-        tags[ATTEMPT_TAG] = str(before.attempts + 1)
+        lineage.attempt = before.attempts + 1
+        tags[ATTEMPT_TAG] = str(lineage.attempt)
         clear_failure(lineage.tracking_uri, [before.parent, *before.arms.values()])
         log.info("attempt %d of flow run %s: continuing MLflow run %s", before.attempts + 1, flow_run_id,
                  lineage.run_url(before.parent))

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from syllabus.tracking.lineage import Lineage, flatten
 
 log = logging.getLogger(__name__)
 
@@ -64,3 +67,28 @@ def clear_failure(tracking_uri: str, run_ids: list[str]) -> None:
         for key in FAILURE_TAGS:
             if key in tags:
                 client.delete_tag(run_id, key)
+
+
+class ResumableLineage(Lineage):
+    """A :class:`Lineage` whose runs may be resumed by a later attempt (``attempt`` > 1). MLflow
+    refuses to change a logged parameter, and a retry's values can differ from the first
+    attempt's (a score manifest now names every shard): a new parameter is logged, an unchanged
+    one is left, and a changed one keeps the first attempt's value with this attempt's in the tag
+    ``attempt<N>.<param>``."""
+
+    attempt: int = 1
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if self.attempt <= 1:
+            return super().log_params(params)
+        from mlflow.tracking import MlflowClient
+
+        run_id = self.mlflow.active_run().info.run_id
+        logged = MlflowClient(self.tracking_uri).get_run(run_id).data.params
+        flat = flatten(params)
+        new = [(k, v) for k, v in flat.items() if k not in logged]
+        for i in range(0, len(new), 100):  # MLflow caps a batch at 100 params
+            self.mlflow.log_params(dict(new[i:i + 100]))
+        for key, value in flat.items():
+            if key in logged and logged[key] != value:
+                self.mlflow.set_tag(f"attempt{self.attempt}.{key}", value[:5000])
