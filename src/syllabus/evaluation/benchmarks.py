@@ -306,18 +306,49 @@ def load_mmlu(topics: Iterable[str], name: str) -> Benchmark:
 
 
 def load_benchmark(spec: str, fields: FieldMap | None = None) -> Benchmark:
-    """Resolve a built-in benchmark name or a file path into a :class:`Benchmark`."""
+    """Resolve a built-in benchmark name, a file path or a file's URL (``s3://``) into a :class:`Benchmark`."""
     if spec == "mmlu-medical":
         return load_mmlu(MMLU_MEDICAL_SUBSETS, spec)
     if spec.startswith("mmlu:"):
         return load_mmlu(spec[len("mmlu:"):].split(","), spec)
+    from syllabus.inputs import local_path
+
+    if local_path(spec) is None:  # s3://bucket/bench.jsonl, memory://...: the URLs pools accept
+        return items_from_records(read_remote_records(spec), spec.rstrip("/").rsplit("/", 1)[-1], fields)
     path = Path(spec).expanduser()
     if path.is_file():
         return items_from_records(read_records(path), path.name, fields)
     raise FileNotFoundError(
         f"benchmark {spec!r} is neither a built-in name (mmlu-medical, mmlu:<topic>) nor an existing "
-        "JSONL/CSV/Parquet file"
+        "JSONL/CSV/Parquet file or its URL (s3://bucket/bench.jsonl)"
     )
+
+
+def read_remote_records(url: str) -> list[dict]:
+    """The rows of a benchmark file at an fsspec URL (``s3://`` with the environment's S3
+    settings, as for pools and the store): copied to a temporary file and read as a local one."""
+    import tempfile
+
+    import fsspec
+
+    from syllabus.store.credentials import adopt_credentials, redact
+
+    clean = adopt_credentials(url)
+    name = clean.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        fs, where = fsspec.core.url_to_fs(clean)
+        if not fs.isfile(where):
+            raise FileNotFoundError(f"benchmark {redact(url)} is not a file in that storage; check the URL (and "
+                                    "AWS_ENDPOINT_URL and the credentials for s3://)")
+        with tempfile.TemporaryDirectory(prefix="syllabus-bench-") as tmp:
+            local = Path(tmp) / name
+            fs.get(where, str(local))
+            return read_records(local)
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as exc:  # unknown protocol, missing library, refused credentials, no endpoint
+        raise FileNotFoundError(f"benchmark {redact(url)} cannot be read ({type(exc).__name__}: {exc}); check the URL, "
+                                "AWS_ENDPOINT_URL and the credentials") from exc
 
 
 def benchmark_from_string(text: str, name: str, fmt: str = "jsonl", fields: FieldMap | None = None) -> Benchmark:
