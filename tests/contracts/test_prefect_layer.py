@@ -32,7 +32,7 @@ def _python(code: str, cwd: Path) -> dict:
 def test_the_cli_finds_its_flows_through_the_declared_entry_points():
     from prefect import Flow
 
-    from syllabus.pipeline.commands import FLOW_ENTRY_POINTS, load_flow
+    from syllabus.cli.run import FLOW_ENTRY_POINTS, load_flow
 
     assert FLOW_ENTRY_POINTS == GROUP
     declared = {ep.name: ep for ep in entry_points(group=GROUP)}
@@ -54,7 +54,7 @@ def test_every_deployment_entrypoint_is_declared_as_an_entry_point():
 def test_an_unknown_flow_name_says_how_to_install_the_prefect_layer():
     import pytest
 
-    from syllabus.pipeline.commands import load_flow
+    from syllabus.cli.run import load_flow
 
     with pytest.raises(RuntimeError, match=r"no flow named 'nope'.*pip install -e \."):
         load_flow("nope")

@@ -39,7 +39,7 @@ def test_a_budget_above_the_pool_fails_after_ingest_before_scoring(tmp_path, tin
 
 
 def test_a_fixed_cutoff_the_scores_cannot_meet_is_logged_before_selection(tmp_path, tiny_model_dir, caplog):
-    from syllabus.pipeline.commands import _outcome
+    from syllabus.cli.run import _outcome
     from syllabus_flows.pipeline import pipeline
 
     faults = tmp_path / "faults"

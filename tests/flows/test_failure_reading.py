@@ -95,7 +95,7 @@ def test_a_partial_pipeline_reads_as_one(tmp_path, tiny_model_dir, mlflow_server
 def test_the_cli_and_result_of_unwrap_a_partial_result_and_raise_a_crash():
     from prefect.states import Failed
 
-    from syllabus.pipeline.commands import _outcome
+    from syllabus.cli.run import _outcome
     from syllabus.pipeline.partial import PartialFailure
     from syllabus_flows.outcome import PARTIAL, finish, result_of
 

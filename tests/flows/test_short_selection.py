@@ -15,7 +15,7 @@ BUDGET = 8
 
 
 def test_a_short_selection_fails_its_arm_unless_the_budget_allows_it(tmp_path, tiny_model_dir):
-    from syllabus.pipeline.commands import _outcome
+    from syllabus.cli.run import _outcome
     from syllabus.pipeline.config import PipelineParams
     from syllabus_flows.pipeline import pipeline
 

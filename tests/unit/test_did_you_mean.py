@@ -72,7 +72,7 @@ def test_finetune_and_evaluate_set_typos_get_one_line(tmp_path, capsys):
 
 
 def test_run_config_and_set_typos_get_one_line_before_any_flow(tmp_path, monkeypatch, capsys):
-    from syllabus.pipeline import commands
+    from syllabus.cli import run as commands
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(commands, "_flow", lambda *a: pytest.fail("the flow (Prefect server, MLflow run) was started"))

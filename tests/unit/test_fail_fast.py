@@ -95,7 +95,7 @@ def test_lineage_checks_before_mlflow_retries(dead_uri):
 
 
 def _no_flow(monkeypatch):
-    from syllabus.pipeline import commands
+    from syllabus.cli import run as commands
 
     monkeypatch.setattr(commands, "load_flow", lambda name: pytest.fail(f"the {name} flow was started"))
 

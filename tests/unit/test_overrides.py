@@ -10,9 +10,9 @@ import argparse
 import pytest
 
 from syllabus.config import merge_changes
-from syllabus.pipeline.commands import compare_params, register as register_pipeline, run_params
+from syllabus.cli.run import compare_params, register as register_pipeline, run_params
 from syllabus.pipeline.config import PipelineParams
-from syllabus.scoring.commands import register as register_score, score_plan
+from syllabus.cli.score import register as register_score, score_plan
 from syllabus.selection.base import Budget
 from syllabus.selection.recipes import known_recipes
 

@@ -65,7 +65,7 @@ def test_deep_merge_and_set_syntax():
 
 
 def _score_args(*argv: str) -> argparse.Namespace:
-    from syllabus.scoring.commands import register
+    from syllabus.cli.score import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -76,7 +76,7 @@ def test_the_cli_scores_every_method_with_the_pipelines_configs():
     """Same configs, so the same cache keys: a shard scored by `syllabus score --method M` is
     a cache hit for the pipeline running M, and the other way round."""
     from syllabus.pipeline.config import PipelineParams
-    from syllabus.scoring.commands import score_plan
+    from syllabus.cli.score import score_plan
 
     scored = [m for m in known_recipes() if load_recipe(m).scorers]
     assert {"3ds", "3ds-reference", "diq", "ifd", "less"} <= set(scored)
@@ -115,7 +115,7 @@ def test_compare_flags_replace_whole_fields_and_set_paths_merge(tmp_path, monkey
     """`--windows none` leaves no window (a deep merge of {} would have kept the config's three),
     `--budget` replaces a ratio, and `--set` changes one nested key."""
     from syllabus.cli import build_parser
-    from syllabus.pipeline import commands
+    from syllabus.cli import run as commands
     from syllabus.pipeline.config import CompareParams
 
     (tmp_path / "c.yaml").write_text("budget: {ratio: 0.1}\nfinetune: {epochs: 2, batch_size: 4}\n"
@@ -130,6 +130,6 @@ def test_compare_flags_replace_whole_fields_and_set_paths_merge(tmp_path, monkey
 
 
 def test_run_and_compare_reach_their_flows_through_the_entry_points():
-    from syllabus.pipeline.commands import load_flow
+    from syllabus.cli.run import load_flow
 
     assert load_flow("pipeline").name == "pipeline" and load_flow("compare").name == "compare"

@@ -10,7 +10,7 @@ import argparse
 import pytest
 
 from syllabus.pipeline.config import PipelineParams
-from syllabus.scoring.commands import register, score_plan
+from syllabus.cli.score import register, score_plan
 from syllabus.scoring.pool import make_scorer
 from syllabus.selection.recipes import known_recipes
 

@@ -7,5 +7,5 @@
 - ``judges``: local or OpenAI-compatible judges, pairwise win rate, clinical rubric;
 - ``decontamination``: exact and near-duplicate benchmark questions in a training pool;
 - ``heldout``: the validation items influence scoring holds out, which evaluation leaves out;
-- ``runner``: run benchmarks, commit per-item results; ``commands``: ``syllabus evaluate``.
+- ``runner``: run benchmarks, commit per-item results; ``syllabus evaluate`` is :mod:`syllabus.cli.evaluate`.
 """

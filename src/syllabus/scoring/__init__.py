@@ -16,6 +16,6 @@
 
 Shared machinery (config base, cache keys, per-shard commit) is in :mod:`syllabus.scoring.base`;
 whole pools and the ``syllabus score`` command in :mod:`syllabus.scoring.pool` and
-:mod:`syllabus.scoring.commands`; plain per-sample yardsticks in :mod:`syllabus.scoring.reference`;
+:mod:`syllabus.cli.score`; plain per-sample yardsticks in :mod:`syllabus.scoring.reference`;
 per-stage timing of a scored pool in :mod:`syllabus.scoring.timing`.
 """

@@ -10,6 +10,6 @@
 Methods are YAML recipes in ``syllabus/recipes`` (``recipes.py`` loads and runs them);
 ``scores.py`` joins score tables with the pool; ``report.py`` commits the selection, the
 per-candidate "why" table and the report; ``plots.py`` draws the pictures; ``search.py`` is
-the band-window search of 3DS Appendix H; ``commands.py`` is ``syllabus select``.
+the band-window search of 3DS Appendix H; ``syllabus select`` is :mod:`syllabus.cli.select`.
 Submodules are imported on use so that ``import syllabus.selection`` stays light.
 """

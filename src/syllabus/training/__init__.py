@@ -4,5 +4,5 @@
 - ``data``: reading selections/pool files, templating, prompt masking (labels -100);
 - ``lora``: the training loop (also driven by LESS's warm-up), exact gradient accumulation,
   the adapter's store key (its format: :mod:`syllabus.models.adapters`);
-- ``commands``: ``syllabus finetune``.
+- ``syllabus finetune`` is :mod:`syllabus.cli.finetune`.
 """

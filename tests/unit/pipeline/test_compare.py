@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from syllabus.pipeline import compare as C
-from syllabus.pipeline.commands import parse_windows
+from syllabus.cli.run import parse_windows
 from syllabus.store import Store
 
 

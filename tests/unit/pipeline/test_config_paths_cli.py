@@ -15,7 +15,7 @@ import pytest
 
 def test_a_missing_pool_path_fails_before_the_flow(tmp_path, monkeypatch, capsys):
     from syllabus.cli import main
-    from syllabus.pipeline import commands
+    from syllabus.cli import run as commands
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(commands, "_flow", lambda *a: pytest.fail("the flow (Prefect server, MLflow run) was started"))

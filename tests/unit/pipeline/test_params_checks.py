@@ -22,7 +22,7 @@ def test_unknown_method_is_refused_when_the_yaml_is_read(tmp_path):
 
 def test_run_with_a_bad_config_starts_no_server_and_no_mlflow_run(tmp_path, monkeypatch, capsys):
     from syllabus.cli import main
-    from syllabus.pipeline import commands
+    from syllabus.cli import run as commands
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(commands, "_flow", lambda *a: pytest.fail("the flow (Prefect server, MLflow run) was started"))

@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from syllabus.scoring.commands import register, score_plan
+from syllabus.cli.score import register, score_plan
 
 
 def _plan(*argv):

@@ -151,7 +151,7 @@ def test_cli_score_3ds_reference_uses_the_recipe_configs(tmp_path, tiny_model_di
 def test_score_plan_puts_the_command_line_over_the_recipe():
     import argparse
 
-    from syllabus.scoring.commands import register, score_plan
+    from syllabus.cli.score import register, score_plan
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

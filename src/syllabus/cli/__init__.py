@@ -1,7 +1,8 @@
 """The ``syllabus`` command.
 
-Each area of the package contributes its subcommands through a ``register(subparsers)``
-function in its ``commands`` module, listed below and imported lazily so ``syllabus --help``
+The command line only: each module of this package parses one command's arguments and calls
+the library (no library module imports this package). Each contributes its subcommands through
+a ``register(subparsers)`` function, listed below and imported lazily so ``syllabus --help``
 stays fast.
 """
 
@@ -14,23 +15,23 @@ import os
 import sys
 
 COMMAND_MODULES = [
-    "syllabus.models.commands",
-    "syllabus.pool.commands",
+    "syllabus.cli.models",
+    "syllabus.cli.ingest",
     "syllabus.pool.defects",
-    "syllabus.scoring.commands",
-    "syllabus.selection.commands",
+    "syllabus.cli.score",
+    "syllabus.cli.select",
     "syllabus.selection.export",
     "syllabus.selection.show",
-    "syllabus.training.commands",
-    "syllabus.evaluation.commands",
-    "syllabus.pipeline.commands",
-    "syllabus.tracking.commands",
+    "syllabus.cli.finetune",
+    "syllabus.cli.evaluate",
+    "syllabus.cli.run",
+    "syllabus.cli.screenshots",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     from syllabus import __version__
-    from syllabus.models.commands import models_epilog
+    from syllabus.cli.models import models_epilog
 
     parser = argparse.ArgumentParser(
         prog="syllabus",
