@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-import argparse
 import difflib
 import re
 
@@ -39,9 +38,6 @@ MAX_YAML_EXPANSION = 1_000_000
 MAX_YAML_DEPTH = 100
 # The most characters of an input an error message quotes.
 MAX_QUOTED_CHARS = 200
-
-SET_HELP = ("change any setting: a dotted path into this command's configuration and a YAML value, "
-            "e.g. {example}; repeatable")
 
 
 def deep_merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -429,14 +425,3 @@ def check_config_paths(params: Any, source: str = "") -> None:
     check_input_paths("labels", [getattr(params, "labels", None)], source)
     benches = [b for b in getattr(params, "benches", None) or [] if not _is_builtin_benchmark(str(b))]
     check_input_paths("benches", benches, source)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1 (a size of 0 fails every sample)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; give 1 or more")
-    return value

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from syllabus.config import SET_HELP, deep_merge, parse_set
+from syllabus.cli import flags
+from syllabus.cli.flags import positive_int
+from syllabus.config import deep_merge, parse_set
 from syllabus.evaluation.benchmarks import FieldMap
 from syllabus.evaluation.runner import EvalConfig, run_evaluation
 from syllabus.store import Store
@@ -32,22 +34,27 @@ def _fields(values: list[str]) -> FieldMap | None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "evaluate",
+    d = EvalConfig()  # the defaults the flags leave alone, said in their help
+    p = flags.command(
+        sub, "evaluate", cmd_evaluate,
         help="evaluate a model (and LoRA adapter) on multiple-choice and open-QA benchmarks",
         description="Multiple choice (cloze or letter scoring, per-subject accuracy with bootstrap 95%% intervals) "
         "and open QA (reference NLL, BLEU-1/4, ROUGE). Built-in benchmarks: mmlu-medical, mmlu:<topic>; or any "
         "JSONL/CSV/Parquet file of items. Per-item results are committed to the store as Parquet.",
     )
-    p.add_argument("--model", required=True, help="model alias, .gguf file, HF directory or hub id")
+    flags.add(p, "model")
     p.add_argument("--adapter", default=None, help="URL of a committed LoRA adapter (from `syllabus finetune`)")
     p.add_argument("--bench", nargs="+", required=True, metavar="NAME_OR_FILE", help="mmlu-medical, mmlu:anatomy, or a file")
-    p.add_argument("--limit", type=int, default=None, help="a seeded random subset of N items per benchmark")
-    p.add_argument("--mc", choices=["cloze", "letter", "both"], default="cloze", help="multiple-choice scoring (default cloze)")
-    p.add_argument("--norm", choices=["char", "token", "none"], default="char", help="cloze length normalisation (default char)")
-    p.add_argument("--no-generate", action="store_true", help="open QA: reference NLL only, no generated answers/BLEU/ROUGE")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="open QA answer length (default 256)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
+    flags.add(p, "limit", limit={"help": "a seeded random subset of N items per benchmark (default: every item)"})
+    p.add_argument("--mc", choices=["cloze", "letter", "both"], default=None,
+                   help=f"multiple-choice scoring (default {'both' if len(d.mc_methods) > 1 else d.mc_methods[0]})")
+    p.add_argument("--norm", choices=["char", "token", "none"], default=None,
+                   help=f"cloze length normalisation (default {d.mc.normalisation})")
+    p.add_argument("--no-generate", dest="generate", action="store_false", default=None,
+                   help="open QA: reference NLL only, no generated answers/BLEU/ROUGE")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None,
+                   help=f"open QA answer length (default {d.max_new_tokens})")
+    p.add_argument("--batch-size", type=positive_int, default=None, help=f"sequences per forward pass (default {d.batch_size})")
     p.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN",
                    help="map benchmark columns: question, options (a list column or A,B,C,D), answer, subject, id, reference")
     p.add_argument("--judge", default=None, metavar="KIND:MODEL",
@@ -63,14 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--held-out-from", default=None, metavar="SCORE_MANIFEST_URL",
                    help="leave out the benchmark items an influence scorer validated on (the score manifest's "
                    "validation_ids, from `syllabus score --json`) instead of the default validation set's")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", dest="changes", action="append", default=[], metavar="PATH=VALUE",
-                   help=SET_HELP.format(example="cutoff=512 or mc.normalisation=token") + "; the path starts at an "
-                   "EvalConfig field and wins over the flags")
-    p.add_argument("--store", default=None, help="store URL (default: $SYLLABUS_STORE or ./syllabus-store)")
-    p.add_argument("--force", action="store_true", help="recompute even when the results are committed")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.set_defaults(func=cmd_evaluate)
+    flags.add(p, "seed", seed={"help": f"seed for the item subset, the bootstrap and the judge (default {d.seed})"})
+    flags.add_set(p, "cutoff=512 or mc.normalisation=token", "at an EvalConfig field and wins over the flags")
+    flags.add(p, "store", "force", "json")
 
 
 def held_out_ids_of(manifest_url: str) -> dict[str, list[str]]:
@@ -104,11 +106,19 @@ def held_out_ids_of(manifest_url: str) -> dict[str, list[str]]:
                          f"ids; {hint}") from None
 
 
+def eval_config(args: argparse.Namespace) -> EvalConfig:
+    """The flags given (each a field of EvalConfig, whose defaults stand for the rest), then
+    ``--set`` on top."""
+    given = {"mc_methods": None if args.mc is None else ("cloze", "letter") if args.mc == "both" else (args.mc,),
+             "mc": None if args.norm is None else {"normalisation": args.norm}, "generate": args.generate,
+             "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "limit": args.limit,
+             "seed": args.seed}
+    given = {k: v for k, v in given.items() if v is not None}
+    return EvalConfig(**deep_merge(given, parse_set(args.changes, "cutoff=512")))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    methods = ("cloze", "letter") if args.mc == "both" else (args.mc,)
-    flags = {"mc_methods": methods, "mc": {"normalisation": args.norm}, "generate": not args.no_generate,
-             "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "limit": args.limit, "seed": args.seed}
-    config = EvalConfig(**deep_merge(flags, parse_set(args.changes, "cutoff=512")))
+    config = eval_config(args)
     # Without --held-out-from, the default influence validation set is left out (EvalConfig).
     exclude = held_out_ids_of(args.held_out_from) if args.held_out_from else None
     result = run_evaluation(args.model, args.bench, Store(args.store), adapter_url=args.adapter, config=config,
@@ -123,9 +133,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         kind, _, name = args.judge.partition(":")
         if kind not in ("local", "openai") or not name:
             raise ValueError(f"--judge {args.judge!r} must look like local:MODEL or openai:MODEL_NAME")
-        judge = make_judge(JudgeConfig(kind=kind, model=name, base_url=args.judge_base_url, seed=args.seed))
+        judge = make_judge(JudgeConfig(kind=kind, model=name, base_url=args.judge_base_url, seed=config.seed))
         judged = judge_results(Store(args.store), result.results_url, judge, args.judge, rubric=args.rubric,
-                               compare_url=args.compare, seed=args.seed)
+                               compare_url=args.compare, seed=config.seed)
         out["metrics"].update({k: (None if isinstance(v, float) and v != v else v) for k, v in judged.items()})
     if args.check_pool:
         from syllabus.evaluation.benchmarks import load_benchmark

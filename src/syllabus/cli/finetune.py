@@ -8,7 +8,8 @@ import logging
 import random
 import time
 
-from syllabus.config import SET_HELP, parse_set
+from syllabus.cli import flags
+from syllabus.config import parse_set
 from syllabus.store import Store
 from syllabus.training.config import FinetuneConfig
 
@@ -17,30 +18,25 @@ log = logging.getLogger(__name__)
 
 def register(sub: argparse._SubParsersAction) -> None:
     d = FinetuneConfig()
-    p = sub.add_parser(
-        "finetune",
+    p = flags.command(
+        sub, "finetune", cmd_finetune,
         help="LoRA fine-tune the target model on a selected subset; the adapter goes to the store",
         description="LoRA SFT with the 3DS paper's defaults (rank 8 on all linear layers, lr 5e-5, cosine, warmup 0.1, "
         "1 epoch, cutoff 1024, effective batch 64 by gradient accumulation); loss on response tokens only.",
     )
     p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="selection Parquet or any pool file (JSONL, Parquet, CSV ...)")
-    p.add_argument("--model", required=True, help="model alias, .gguf file, HF directory or hub id")
-    p.add_argument("--limit", type=int, default=None, help="train on a seeded random sample of N samples")
+    flags.add(p, "model", "limit", limit={"help": "train on a seeded random sample of N samples"})
     p.add_argument("--lr", type=float, default=d.learning_rate, help=f"learning rate (default {d.learning_rate})")
     p.add_argument("--rank", type=int, default=d.lora_rank, help=f"LoRA rank (default {d.lora_rank})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"effective batch (default {d.batch_size})")
     p.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size, help=f"samples per forward pass (default {d.micro_batch_size})")
     p.add_argument("--epochs", type=float, default=d.epochs, help=f"epochs (default {d.epochs:g})")
     p.add_argument("--cutoff", type=int, default=d.cutoff, help=f"max tokens per sample (default {d.cutoff})")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help=SET_HELP.format(example="warmup_ratio=0.05") + "; the path starts at a FinetuneConfig field")
+    flags.add(p, "seed", seed={"default": d.seed, "help": f"seed for sampling and training (default {d.seed})"})
+    flags.add_set(p, "warmup_ratio=0.05", "at a FinetuneConfig field")
     p.add_argument("--exclude-bench", nargs="+", default=[], metavar="NAME_OR_FILE",
                    help="drop training samples whose question matches an item of these benchmarks (decontamination)")
-    p.add_argument("--store", default=None, help="store URL (default: $SYLLABUS_STORE or ./syllabus-store)")
-    p.add_argument("--force", action="store_true", help="retrain even when this adapter is committed")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.set_defaults(func=cmd_finetune)
+    flags.add(p, "store", "force", "json", force={"help": "retrain even when this adapter is committed"})
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -52,7 +48,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     config = FinetuneConfig(**{
         "learning_rate": args.lr, "lora_rank": args.rank, "batch_size": args.batch_size,
         "micro_batch_size": args.micro_batch_size, "epochs": args.epochs, "cutoff": args.cutoff, "seed": args.seed,
-        **parse_set(args.set, "warmup_ratio=0.05"),
+        **parse_set(args.changes, "warmup_ratio=0.05"),
     })
     samples, counts = load_samples(args.data)
     if not samples:

@@ -13,6 +13,7 @@ from syllabus.pool.manifest import iter_shards
 from syllabus.pool.readers import PoolInputError
 from syllabus.pool.special_tokens import POLICIES
 from syllabus.store import Store
+from syllabus.cli import flags
 
 
 def _field_overrides(values: list[str]) -> dict[str, str]:
@@ -26,8 +27,8 @@ def _field_overrides(values: list[str]) -> dict[str, str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "ingest",
+    p = flags.command(
+        sub, "ingest", cmd_ingest,
         help="read, validate and shard an instruction pool into the store",
         description="Read instruction pools (Alpaca, question/answer, ShareGPT/OpenAI conversations; JSONL, JSON, "
         "Parquet, CSV/TSV, .gz, directories, saved datasets, s3:// URLs), quarantine bad records with a reason, "
@@ -35,11 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("pool", nargs="+", metavar="POOL", help="files, directories or URLs")
     _add_common(p)
-    p.set_defaults(func=cmd_ingest)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", default=None, help="store URL: a directory, s3://bucket/prefix or memory://name (default: $SYLLABUS_STORE or ./syllabus-store)")
+    flags.add(p, "store")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help=f"valid records per shard (default {DEFAULT_SHARD_SIZE})")
     p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS, help=f"reject records longer than this (default {DEFAULT_MAX_CHARS:,})")
     p.add_argument("--field", action="append", default=[], metavar="ROLE=NAME", help="map a field: roles instruction, input, output, messages, id (repeatable)")
@@ -50,7 +50,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="cut shards across file ends, so that many small files make full shards of --shard-size "
                         "(the manifest lists each shard's files); off (default), each file ends in a shard of its own, "
                         "as pools ingested without it were cut")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    flags.add(p, "json")
 
 
 def _run_ingest(inputs: list[str], args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from syllabus.cli import flags
 from syllabus.models.ref import ALIAS_DESCRIPTIONS, ALIAS_INSTALL_HINT, ALIASES, alias_file
 
 OTHER_REFERENCES = (
@@ -36,14 +37,13 @@ def model_rows() -> list[dict]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "models",
+    p = flags.command(
+        sub, "models", cmd_models,
         help="list the model names --model accepts, what they are, where their files come from",
         description="The model aliases Syllabus ships, what each is, the package its files come from, and whether "
         f"it is installed here. {OTHER_REFERENCES}.",
     )
-    p.add_argument("--json", action="store_true", help="print the list as JSON")
-    p.set_defaults(func=cmd_models)
+    flags.add(p, "json", json={"help": "print the list as JSON"})
 
     m = sub.add_parser(
         "model",
@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     msub = m.add_subparsers(dest="model_command", metavar="ACTION")
     msub.required = True
-    e = msub.add_parser(
-        "export",
+    e = flags.command(
+        msub, "export", cmd_model_export,
         help="write a model as a Hugging Face folder (safetensors, config, tokenizer, chat template)",
         description="Write a model (an alias such as smollm2-135m, a .gguf file, a Hugging Face folder or a hub id) as "
         "a Hugging Face folder that LLaMA-Factory, TRL and transformers 4 or 5 load: safetensors weights (the GGUF's "
@@ -66,8 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--overwrite", action="store_true", help="replace DIR if it already holds files")
     e.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="weight type (default float32: the dequantized GGUF values exactly; bfloat16 halves the size)")
-    e.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    e.set_defaults(func=cmd_model_export)
+    flags.add(e, "json")
 
 
 def cmd_models(args: argparse.Namespace) -> int:

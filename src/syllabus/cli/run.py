@@ -9,28 +9,28 @@ import os
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from syllabus.config import SET_HELP, parse_set, positive_int
+from syllabus.cli import flags
+from syllabus.cli.flags import positive_int
+from syllabus.config import parse_set
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "run",
+    p = flags.command(
+        sub, "run", cmd_run,
         help="run the whole pipeline (ingest, score, select, fine-tune, evaluate); the embedded demo by default",
         description="Run the Prefect `pipeline` flow. With no CONFIG it runs the embedded defaults: a small slice of "
         "the demo pool (HealthBench + AlpacaEval), SmolLM2-135M, 3DS against random at the same budget, a local "
         "store, Prefect's temporary server and MLflow in ./mlflow.db. CONFIG is a YAML file of PipelineParams fields.",
     )
     p.add_argument("config", nargs="?", default=None, help="YAML file of pipeline parameters")
-    p.add_argument("--store", default=None, help="store URL (overrides the config)")
+    flags.add(p, "store", store={"help": "store URL (overrides the config)"})
     p.add_argument("--methods", default=None, help="comma-separated methods, e.g. 3ds,ifd,random")
     _budget_flags(p)
-    p.add_argument("--set", dest="changes", action="append", default=[], metavar="PATH=VALUE",
-                   help=SET_HELP.format(example="finetune.epochs=2 or scorer_configs.difficulty.max_new_tokens=64"))
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.set_defaults(func=cmd_run)
+    flags.add_set(p, "finetune.epochs=2 or scorer_configs.difficulty.max_new_tokens=64")
+    flags.add(p, "json")
 
-    c = sub.add_parser(
-        "compare",
+    c = flags.command(
+        sub, "compare", cmd_compare,
         help="compare methods at one budget (random over seeds, difficulty windows) with intervals",
         description="Run the Prefect `compare` flow: score the pool once (cached), select with every method at the "
         "same budget (random once per seed, 3DS also over easy/medium/hard difficulty windows), fine-tune each subset "
@@ -40,14 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("config", nargs="?", default=None, help="YAML file of compare parameters")
     c.add_argument("--pool", nargs="+", default=None, help="pool files/dirs/URLs (default: the embedded demo pool)")
-    c.add_argument("--model", default=None, help="model alias, .gguf file, HF directory or hub id")
+    flags.add(c, "model", model={"required": False})
     c.add_argument("--methods", default=None, help="comma-separated methods (default 3ds,diq,ifd,random,full)")
     _budget_flags(c)
     c.add_argument("--seeds", type=positive_int, default=None, help="random selection seeds (default 3)")
     c.add_argument("--windows", default=None,
                    help="difficulty windows NAME=LOW:HIGH,... (default easy=0:50,medium=25:75,hard=50:100; 'none' for none)")
     c.add_argument("--benches", default=None, help="comma-separated benchmarks (built-in names or files)")
-    c.add_argument("--store", default=None, help="store URL (overrides the config)")
+    flags.add(c, "store", store={"help": "store URL (overrides the config)"})
     c.add_argument("--report-dir", default=None, help="write report.md, plots and comparison.json here")
     c.add_argument("--labels", default=None, metavar="FILE",
                    help="defect labels from `syllabus plant-defects`: add the defect-avoidance table (share of planted "
@@ -55,24 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--stop-after", choices=("select", "evaluate"), default=None,
                    help="'select': stop every arm after its selection (no fine-tuning or evaluation; with --labels, "
                    "the defect-avoidance report in seconds once scores are cached)")
-    c.add_argument("--set", dest="changes", action="append", default=[], metavar="PATH=VALUE",
-                   help=SET_HELP.format(example="finetune.epochs=2 or selector_overrides.3ds.threshold.min_percentile=20"))
-    c.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    c.set_defaults(func=cmd_compare)
+    flags.add_set(c, "finetune.epochs=2 or selector_overrides.3ds.threshold.min_percentile=20")
+    flags.add(c, "json")
 
 
 def _budget_flags(parser: argparse.ArgumentParser) -> None:
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--budget", type=positive_int, default=None,
-                      help="select this many samples with every method (replaces the config's budget, as "
-                      "--set budget.count=N does)")
-    size.add_argument("--ratio", type=float, default=None, help="or this fraction of the pool")
-
-
-def _budget(args: argparse.Namespace) -> dict | None:
-    """``--budget``/``--ratio`` as the budget field: one alternative of the union, so it replaces
-    the config's budget whole (syllabus.config.merge_changes)."""
-    return {"count": args.budget} if args.budget is not None else {"ratio": args.ratio} if args.ratio is not None else None
+    flags.add_budget(parser, "select this many samples with every method (replaces the config's budget, as "
+                     "--set budget.count=N does)")
 
 
 def _split(text: str) -> list[str]:
@@ -176,7 +165,7 @@ def run_params(args: argparse.Namespace):
     from syllabus.pipeline.config import PipelineParams
 
     return _params(PipelineParams, args, {"store": args.store, "methods": _split(args.methods) if args.methods else None,
-                                          "budget": _budget(args)})
+                                          "budget": flags.budget_of(args)})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -207,7 +196,7 @@ def compare_params(args: argparse.Namespace):
 
     return _params(CompareParams, args, {
         "pool": args.pool, "model": args.model, "methods": _split(args.methods) if args.methods else None,
-        "budget": _budget(args), "seeds": args.seeds, "windows": parse_windows(args.windows) if args.windows else None,
+        "budget": flags.budget_of(args), "seeds": args.seeds, "windows": parse_windows(args.windows) if args.windows else None,
         "benches": _split(args.benches) if args.benches else None, "store": args.store, "report_dir": args.report_dir,
         "labels": args.labels, "stop_after": args.stop_after})
 

@@ -8,14 +8,16 @@ import logging
 import sys
 from typing import Any, Mapping
 
-from syllabus.config import SET_HELP, deep_merge, parse_set, positive_int
+from syllabus.cli import flags
+from syllabus.cli.flags import positive_int
+from syllabus.config import deep_merge, parse_set
 
 log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "score",
+    p = flags.command(
+        sub, "score", cmd_score,
         help="score a pool with the target model for a method (3DS, DIQ, IFD, LESS) or one scorer",
         description="Score every sample of a pool with the target model and commit per-shard score tables, "
         "a score manifest and one combined table to the store. A method is scored with exactly the configs the "
@@ -50,28 +52,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="also log the run's per-stage figures to this MLflow tracking URI (e.g. sqlite:///mlflow.db)")
     p.add_argument("--experiment", default="syllabus", help="MLflow experiment for --tracking-uri")
-    p.add_argument("--model", required=True, help="model alias, .gguf file, HF directory or hub id")
-    p.add_argument("--store", default=None, help="store URL (default: $SYLLABUS_STORE or ./syllabus-store)")
-    p.add_argument("--limit", type=positive_int, default=None, help="score only the first N samples of the pool")
+    flags.add(p, "model", "store", "limit", limit={"help": "score only the first N samples of the pool"})
     p.add_argument("--max-new-tokens", type=positive_int, default=None, help="generation length for D2 / generate-mode rating")
     p.add_argument("--quality-mode", choices=["expected", "generate"], default=None,
                    help="expected (default, one forward) or generate (paper: greedy reply, parsed)")
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--cutoff", type=positive_int, default=None, help="max tokens per sequence (default 1024)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: fp32 on CPU, bf16 on GPU)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
-    p.add_argument("--set", dest="changes", action="append", default=[], metavar="PATH=VALUE",
-                   help=SET_HELP.format(example="difficulty.max_new_tokens=64 or influence.gradients.batch_size=4") +
-                   "; the path starts at a scorer name (or an instance name such as influence@less)")
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--budget", type=positive_int, default=None, metavar="N",
-                      help="the budget you will select with (default: the method's); sizes the warning given after "
-                      "each scorer when a fixed cut-off of the method (3DS: quality >= 90) keeps too few")
-    size.add_argument("--ratio", type=float, default=None, metavar="R", help="or that budget as a fraction of the pool")
-    p.add_argument("--force", action="store_true", help="recompute even when a committed result exists")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.set_defaults(func=cmd_score)
+    flags.add(p, "device", "dtype", "trust_remote_code")
+    flags.add_set(p, "difficulty.max_new_tokens=64 or influence.gradients.batch_size=4",
+                  "at a scorer name (or an instance name such as influence@less)")
+    flags.add_budget(p, "the budget you will select with (default: the method's); sizes the warning given after "
+                     "each scorer when a fixed cut-off of the method (3DS: quality >= 90) keeps too few",
+                     "or that budget as a fraction of the pool")
+    flags.add(p, "force", "json")
 
 
 def cutoff_warnings(args: argparse.Namespace, manifest: dict, said: set[str]) -> list[str]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from syllabus.cli import flags
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "screenshots",
+    p = flags.command(
+        sub, "screenshots", cmd_screenshots,
         help="screenshot a run's Prefect flow-run page and MLflow run page with headless Chromium",
         description="Take PNG screenshots of the Prefect flow-run page, the MLflow run page and the experiment's "
         "runs table of a pipeline or compare run, and of any other page (--page), from servers on 127.0.0.1 "
@@ -25,7 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "--page deployment-form=http://127.0.0.1:4200/deployments/deployment/ID/run (repeatable)")
     p.add_argument("--out", default="screenshots", help="directory for the PNGs")
     p.add_argument("--wait-ms", type=int, default=20000, help="virtual time the pages get to load the run")
-    p.set_defaults(func=cmd_screenshots)
 
 
 def _pages(items: list[str]) -> dict[str, str]:

@@ -7,13 +7,14 @@ import json
 import sys
 import time
 
-from syllabus.config import SET_HELP, parse_set, positive_int
+from syllabus.cli import flags
+from syllabus.config import parse_set
 from syllabus.selection.base import Budget
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "select",
+    p = flags.command(
+        sub, "select", cmd_select,
         help="select a subset from cached scores with a method recipe (3ds, diq, ifd, less, random, full)",
         description="Join score tables on sample_id, run the method's selectors (threshold, band, kcenter, "
         "quadrant, topk, random, full) and commit the chosen samples, a per-candidate 'why' table, a JSON "
@@ -21,9 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--method", required=True, metavar="M", help="a shipped recipe name (3ds, diq, ifd, less, random, full) or a recipe .yaml path")
     p.add_argument("--scores", nargs="+", default=[], metavar="URL", help="score manifest JSONs (printed by `syllabus score --json`) or score Parquet files")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget", type=positive_int, metavar="N", help="select N samples (1 or more)")
-    budget.add_argument("--ratio", type=float, metavar="R", help="select this fraction of the pool, e.g. 0.1")
+    flags.add_budget(p, "select N samples (1 or more)", "select this fraction of the pool, e.g. 0.1")
     p.add_argument("--fill", choices=["rank"], default=None,
                    help="when the stages keep fewer than the budget, fill the rest by rank: from the rows that entered "
                    "the stage that cut the selection short, closest to passing first (the why-table names them); "
@@ -31,19 +30,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-short", action="store_true",
                    help="accept a selection short of the budget (exit 0); without it (or --fill rank) a short "
                    "selection is committed for inspection and the command exits 1")
-    p.add_argument("--set", action="append", default=[], metavar="SELECTOR.KEY=VALUE",
-                   help=SET_HELP.format(example="threshold.min_value=85 --set band.low=40") +
-                   "; the path starts at a selector of the method")
+    flags.add_set(p, "threshold.min_value=85 --set band.low=40", "at a selector of the method")
     p.add_argument("--pool", default=None, metavar="MANIFEST_URL", help="pool manifest URL (default: the one named by the score manifests)")
-    p.add_argument("--seed", type=int, default=None, help="seed for K-Center's first centre and random sampling (default: the recipe's)")
+    flags.add(p, "seed", seed={"help": "seed for K-Center's first centre and random sampling (default: the recipe's)"})
     p.add_argument("--compare", nargs="+", default=[], metavar="SELECTION_URL", help="other selections (selected.parquet or report.json) to report the Jaccard overlap with")
-    p.add_argument("--store", default=None, help="store URL: a directory, s3://bucket/prefix or memory://name (default: $SYLLABUS_STORE or ./syllabus-store)")
+    flags.add(p, "store")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG pictures")
     p.add_argument("--labels", default=None, metavar="FILE",
                    help="defect labels (from `syllabus plant-defects`): report the share of defects in the selection "
                    "and after each stage, with 95%% intervals, next to the pool's base rate")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.set_defaults(func=cmd_select)
+    flags.add(p, "json")
 
 
 def apply_overrides(recipe, overrides: list[str]):
@@ -61,7 +57,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from syllabus.store import Store
 
     start = time.perf_counter()
-    recipe = apply_overrides(load_recipe(args.method), args.set)
+    recipe = apply_overrides(load_recipe(args.method), args.changes)
     budget = command_budget(args, recipe)
     if budget is None and recipe.needs_budget():
         raise ValueError(f"method {recipe.name!r} has no default budget; pass --budget N or --ratio R")
