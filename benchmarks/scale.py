@@ -186,10 +186,12 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             rows += table.num_rows
         return {"rows": rows}
     if kind == "select":
+        from syllabus.pipeline.config import SelectConfig
         from syllabus.pipeline.stages import select
 
-        report = select(job["recipe"], job["score_manifests"], job.get("budget"), job["store"],
-                        pool_manifest_url=job["manifest"])
+        config = SelectConfig(method=job["recipe"], scores=job["score_manifests"], budget=job.get("budget"),
+                              pool=job["manifest"])
+        report = select(config, job["store"]).checked()
         return {"selected": report["outputs"]["selected"], "report": report["outputs"]["report"],
                 "n_selected": report["n_selected"], "n_candidates": report["n_candidates"],
                 "counts": report["counts"], "stage_seconds": [s["seconds"] for s in report["stages"]]}

@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
 from syllabus.pipeline import stages
+from syllabus.pipeline.config import SelectConfig
 from syllabus_tasks.progress import EvalProgress, ProgressArtifact, report_shard
 from syllabus_tasks.retry import PERMANENT, is_transient, retry_delays, shard_retry_delays
 
@@ -62,7 +63,9 @@ def score_manifest_task(scorer: str, config: dict, model: str, pool_manifest: st
 @task(name="select", task_run_name="select:{method}", **_COMMON)
 def select_task(method: str, scores: list[str], budget: dict | None, store: str | None, seed: int | None = None,
                 overrides: dict | None = None, pool: str | None = None) -> dict[str, Any]:
-    return stages.select(method, scores, budget, store, seed=seed, selector_overrides=overrides, pool_manifest_url=pool)
+    config = SelectConfig(method=method, scores=scores, budget=budget, seed=seed, selector_overrides=overrides or {},
+                          pool=pool)
+    return stages.select(config, store).checked()
 
 
 @task(name="finetune", tags=["gpu"], **_COMMON)

@@ -69,26 +69,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cutoff_warnings(args: argparse.Namespace, manifest: dict, said: set[str]) -> list[str]:
     """After a scorer of a method: the method's fixed cut-offs that its scores cannot meet
-    (:mod:`syllabus.selection.cutoffs`), logged as warnings before the next scorer starts.
-    ``said`` holds the warnings already given (a budget larger than the pool is said once)."""
-    from syllabus.plan import scorer_of
+    (the pipeline's :func:`syllabus.pipeline.stages.cutoff_warnings`), logged as warnings
+    before the next scorer starts. ``said`` holds the warnings already given (a budget larger
+    than the pool is said once)."""
+    from syllabus.pipeline.stages import cutoff_warnings as method_warnings
     from syllabus.selection.base import Budget
-    from syllabus.selection.cutoffs import fixed_cutoff_warnings
-    from syllabus.selection.recipes import known_recipes, load_recipe
-    from syllabus.selection.scores import read_score_input
+    from syllabus.selection.recipes import known_recipes
 
     if args.method not in known_recipes():
         return []
-    recipe = load_recipe(args.method)
-    prefix = scorer_of(manifest["scorer"]) + "_"
-    columns = [s.config.get("column") for s in recipe.selectors if s.name == "threshold"]
-    if not any(str(c or "quality_score").startswith(prefix) for c in columns):
-        return []  # no threshold reads this scorer: its table is not read
-    table, _ = read_score_input(manifest["url"])
-    frame = table.select([c for c in table.column_names if c == "sample_id" or c.startswith(prefix)]).to_pandas()
-    budget = (Budget(count=args.budget) if getattr(args, "budget", None) else
-              Budget(ratio=args.ratio) if getattr(args, "ratio", None) else None)
-    new = [w for w in fixed_cutoff_warnings(recipe, frame, budget) if w not in said]
+    budget = flags.budget_of(args)
+    found = method_warnings(args.method, None, Budget(**budget) if budget else None, {manifest["scorer"]: manifest},
+                            [manifest["scorer"]])
+    new = [w for w in found if w not in said]
     for warning in new:
         log.warning("%s", warning)
     said.update(new)

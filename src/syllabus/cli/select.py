@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 from syllabus.cli import flags
 from syllabus.config import parse_set
-from syllabus.selection.base import Budget
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,43 +40,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     flags.add(p, "json")
 
 
-def apply_overrides(recipe, overrides: list[str]):
-    """``threshold.min_value=85`` -> the recipe with that selector's config changed (deep-merged,
-    the pipeline's rule), checked by building the selectors."""
-    from syllabus.selection.recipes import apply_selector_overrides
+def select_config(args: argparse.Namespace):
+    """``syllabus select``'s arguments as the select stage's config (a SelectConfig)."""
+    from syllabus.pipeline.config import SelectConfig
 
-    return apply_selector_overrides(recipe, parse_set(overrides, "threshold.min_value=85"), "--set")
+    return SelectConfig(method=args.method, scores=args.scores, budget=flags.budget_of(args), fill=args.fill,
+                        allow_short=args.allow_short, seed=args.seed,
+                        selector_overrides=parse_set(args.changes, "threshold.min_value=85"), overrides_source="--set",
+                        pool=args.pool, compare=args.compare, plots=not args.no_plots)
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from syllabus.selection.recipes import load_recipe, run_recipe
-    from syllabus.selection.report import write_selection
-    from syllabus.selection.scores import load_candidates
-    from syllabus.store import Store
+    from syllabus.pipeline.stages import select
 
-    start = time.perf_counter()
-    recipe = apply_overrides(load_recipe(args.method), args.changes)
-    budget = command_budget(args, recipe)
-    if budget is None and recipe.needs_budget():
-        raise ValueError(f"method {recipe.name!r} has no default budget; pass --budget N or --ratio R")
-    if not args.scores and recipe.required_columns():
-        raise ValueError(
-            f"method {recipe.name!r} reads {', '.join(recipe.required_columns())}; pass the score manifests "
-            f"that hold them with --scores (scorers: {', '.join(s.name for s in recipe.scorers)})"
-        )
+    config = select_config(args)
     labels = None
     if args.labels:
         from syllabus.selection.defects import load_labels
 
         labels = load_labels(args.labels)  # a bad labels file fails before any work
-    candidates = load_candidates(args.scores, args.pool)
-    result = run_recipe(candidates.frame, recipe, budget, args.seed)
-    report = write_selection(
-        Store(args.store), recipe, result, candidates,
-        budget_request=budget.model_dump(exclude_none=True) if budget is not None else None,
-        compare=args.compare, plots=not args.no_plots, seconds=time.perf_counter() - start,
-    )
-
+    selection = select(config, args.store)
+    recipe, report = selection.recipe, selection.report
     width = max(len(c["stage"]) for c in report["counts"])
     for c in report["counts"]:
         print(f"  {c['stage']:<{width}}  {c['n']:>9,}")
@@ -87,13 +69,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     for o in report["overlap"]:
         print(f"  overlap with {o['selection']}: {o['n_both']:,} shared, Jaccard {o['jaccard']:.4f}")
     print(f"selected {report['n_selected']:,} of {report['n_candidates']:,} with {recipe.name} (seed {report['seed']})")
-    audit = _audit_defects(args, recipe, result, candidates, report, labels) if labels is not None else None
+    audit = _audit_defects(args, selection, labels) if labels is not None else None
     print(f"report: {report['outputs']['report']}")
-    from syllabus.selection.recipes import empty_selection_error, short_selection_error
-
-    empty = empty_selection_error(report, recipe, candidates.frame)
-
-    short = None if empty else short_selection_error(result, recipe, candidates.frame)
     if args.json:
         print(json.dumps({
             "selected": report["outputs"]["selected"],
@@ -108,37 +85,21 @@ def cmd_select(args: argparse.Namespace) -> int:
             "counts": {c["stage"]: c["n"] for c in report["counts"]},
             **({"defects": audit} if audit is not None else {}),
         }))
-    if empty or short:
+    if selection.error:
         # The report is committed for inspection, but an empty subset is not a result, nor is
         # one short of its budget unless the budget allows it.
-        print(f"syllabus select: error: {empty or short}", file=sys.stderr)
+        print(f"syllabus select: error: {selection.error}", file=sys.stderr)
         return 1
     return 0
 
 
-def command_budget(args: argparse.Namespace, recipe) -> Budget | None:
-    """The budget of ``syllabus select``: --budget or --ratio, else the recipe's; with the
-    recipe budget's shortfall policy unless --fill or --allow-short say otherwise."""
-    base = recipe.budget
-    if args.budget is not None:
-        budget = Budget(count=args.budget)
-    elif args.ratio is not None:
-        budget = Budget(ratio=args.ratio)
-    else:
-        budget = base
-    if budget is None:
-        return None
-    policy = {"fill": getattr(args, "fill", None) or (base.fill if base is not None else None),
-              "allow_short": bool(getattr(args, "allow_short", False)) or bool(base is not None and base.allow_short)}
-    return Budget.model_validate({**budget.model_dump(), **policy})
-
-
-def _audit_defects(args, recipe, result, candidates, report, labels) -> dict:
+def _audit_defects(args, selection, labels) -> dict:
     """Print the defect-avoidance table and commit it (JSON, Markdown, picture) next to the selection."""
     from syllabus.selection.defects import audit_markdown, audit_selection, plot_audit
     from syllabus.selection.report import selection_key
     from syllabus.store import Store
 
+    recipe, result, candidates, report = selection.recipe, selection.result, selection.candidates, selection.report
     audit = audit_selection(result.candidates_frame(), labels, report["stages"], args.labels)
     markdown = audit_markdown({recipe.name: audit}, {recipe.name: report["notes"]})
     print(markdown)

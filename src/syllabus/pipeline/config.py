@@ -45,6 +45,45 @@ class _ExactlyOneInTheValidator:
 BudgetParam = Annotated[Budget, BeforeValidator(_exactly_one), _ExactlyOneInTheValidator()]
 
 
+class SelectConfig(BaseModel):
+    """One selection, as ``syllabus select`` and the pipeline's select stage both make it
+    (:func:`syllabus.pipeline.stages.select`): the method, its score manifests, its budget and
+    the changes to its selectors. The recipe's budget is the default, in one place
+    (:meth:`budget_for`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: str = Field(description="a shipped recipe name or a recipe .yaml path")
+    scores: list[str] = Field(default_factory=list, description="score manifest JSONs or score Parquet files")
+    budget: BudgetParam | None = Field(None, description="the budget; empty: the recipe's")
+    fill: Literal["rank"] | None = Field(None, description="shortfall policy over the budget's and the recipe's")
+    allow_short: bool = Field(False, description="accept a selection short of the budget")
+    seed: int | None = Field(None, description="seed for K-Center and random sampling; empty: the recipe's")
+    selector_overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per selector config changes, e.g. {'threshold': {'min_value': 85}}")
+    overrides_source: str = Field("", description="where the selector changes came from, for errors ('--set')")
+    pool: str | None = Field(None, description="pool manifest URL; empty: the one the score manifests name")
+    compare: list[str] = Field(default_factory=list, description="other selections to report the overlap with")
+    plots: bool = Field(True, description="commit the PNG pictures")
+
+    def recipe(self) -> Any:
+        """The method's recipe with the selector changes, checked by building its selectors."""
+        from syllabus.selection.recipes import apply_selector_overrides, load_recipe
+
+        return apply_selector_overrides(load_recipe(self.method), self.selector_overrides, self.overrides_source)
+
+    def budget_for(self, recipe: Any) -> Budget | None:
+        """The budget: the one given, else the recipe's; its shortfall policy is ``fill`` and
+        ``allow_short`` where set, else the given budget's, else the recipe budget's."""
+        base = recipe.budget
+        budget = self.budget if self.budget is not None else base
+        if budget is None:
+            return None
+        fill = self.fill or budget.fill or (base.fill if base is not None else None)
+        allow_short = self.allow_short or budget.allow_short or bool(base is not None and base.allow_short)
+        return Budget.model_validate({**budget.model_dump(), "fill": fill, "allow_short": allow_short})
+
+
 class PipelineParams(BaseModel):
     """Everything one pipeline run needs. Defaults are the embedded demo: a small slice of the
     demo pool, SmolLM2-135M, 3DS against random at the same budget, a local store and MLflow

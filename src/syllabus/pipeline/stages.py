@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from syllabus.pipeline.config import SelectConfig
 from syllabus.store import Store
 
 if TYPE_CHECKING:  # torch-free at import: the training module is loaded inside finetune
@@ -195,51 +197,55 @@ def write_score_manifest(
 
 
 # --------------------------------------------------------------------------- selection
-def select(
-    method: str,
-    score_manifest_urls: Sequence[str],
-    budget: Mapping[str, Any] | None,
-    store_url: str | None,
-    seed: int | None = None,
-    selector_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-    pool_manifest_url: str | None = None,
-    compare: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Run a method's selectors on cached scores; returns the selection report.
+@dataclass(frozen=True)
+class Selection:
+    """What :func:`select` did: the recipe as run, its result and candidates, the committed
+    report, and ``error``, the sentence that says why the subset is not a result (empty, or
+    short of a budget that does not allow it), or None."""
 
-    ``selector_overrides`` maps a selector name in the recipe to config changes, deep-merged
-    (e.g. ``{"threshold": {"min_value": 50}}``); selection needs no model.
-    """
-    from syllabus.selection.recipes import apply_selector_overrides
-    from syllabus.selection.base import Budget
-    from syllabus.selection.recipes import load_recipe, run_recipe
+    recipe: Any
+    result: Any
+    candidates: Any
+    report: dict[str, Any]
+    error: str | None
+
+    def checked(self) -> dict[str, Any]:
+        """The report, or ValueError with ``error`` and the two ways a run config fixes it."""
+        if self.error is None:
+            return self.report
+        hint = ("" if not self.result.shortfall or not self.report["n_selected"] else
+                ". In a run config that is the budget's allow_short: true or fill: rank "
+                "(syllabus run/compare --set budget.allow_short=true)")
+        raise ValueError(f"{self.error}{hint}; the selection report is {self.report['outputs']['report']}")
+
+
+def select(config: SelectConfig, store_url: str | None) -> Selection:
+    """Run a method's selectors on cached scores and commit the selection (``syllabus select``
+    and the pipeline's select stage); selection needs no model. Every setting is checked
+    before a score is read. The selection is committed even when it is not a result (empty,
+    or short of its budget), to inspect: :attr:`Selection.error` says so."""
+    from syllabus.selection.recipes import empty_selection_error, run_recipe, short_selection_error
     from syllabus.selection.report import write_selection
     from syllabus.selection.scores import load_candidates
 
     start = time.perf_counter()
-    recipe = apply_selector_overrides(load_recipe(method), selector_overrides)
-    budget_obj = Budget(**budget) if budget else recipe.budget
-    candidates = load_candidates(list(score_manifest_urls), pool_manifest_url)
-    result = run_recipe(candidates.frame, recipe, budget_obj, seed)
+    recipe = config.recipe()
+    budget = config.budget_for(recipe)
+    if not config.scores and recipe.required_columns():
+        raise ValueError(
+            f"method {recipe.name!r} reads {', '.join(recipe.required_columns())}; pass the score manifests "
+            f"that hold them with --scores (scorers: {', '.join(s.name for s in recipe.scorers)})"
+        )
+    candidates = load_candidates(list(config.scores), config.pool)
+    result = run_recipe(candidates.frame, recipe, budget, config.seed)
     report = write_selection(
         Store(store_url), recipe, result, candidates,
-        budget_request=budget_obj.model_dump(exclude_none=True) if budget_obj is not None else None,
-        compare=list(compare), plots=True, seconds=time.perf_counter() - start,
+        budget_request=budget.model_dump(exclude_none=True) if budget is not None else None,
+        compare=list(config.compare), plots=config.plots, seconds=time.perf_counter() - start,
     )
-    from syllabus.selection.recipes import empty_selection_error
-    from syllabus.selection.recipes import short_selection_error
-
-    empty = empty_selection_error(report, recipe, candidates.frame)
-    if empty:  # committed to inspect, but an empty subset is not a result (the CLI exits 1 alike)
-        raise ValueError(f"{empty}; the selection report is {report['outputs']['report']}")
-    # Nor is one short of its budget, unless the budget says so (fill: rank, allow_short: true),
-    # as `syllabus select` exits 1 for it.
-    short = short_selection_error(result, recipe, candidates.frame)
-    if short:
-        raise ValueError(f"{short}. In a run config that is the budget's allow_short: true or fill: rank "
-                         f"(syllabus run/compare --set budget.allow_short=true); the selection report is "
-                         f"{report['outputs']['report']}")
-    return report
+    error = (empty_selection_error(report, recipe, candidates.frame)
+             or short_selection_error(result, recipe, candidates.frame))
+    return Selection(recipe, result, candidates, report, error)
 
 
 def export_subset(selection: Mapping[str, Any], fmt: str, out_dir: str) -> dict[str, Any]:

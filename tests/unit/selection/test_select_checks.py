@@ -74,7 +74,9 @@ def test_scores_that_are_not_parquet_are_named(tmp_path, capsys):
 
 
 def test_select_stage_of_the_flows_fails_alike(compressed):
-    from syllabus.pipeline.stages import select
+    from syllabus_tasks.stages import select_task
+
+    select = select_task.fn  # the flows' select task, run without Prefect
 
     root, quality, difficulty, rated = compressed
     with pytest.raises(ValueError, match=r"3ds selected 0 of 200 candidates: stage 1 \(threshold\) kept none.*"
@@ -84,6 +86,6 @@ def test_select_stage_of_the_flows_fails_alike(compressed):
     # short of its budget: fails as `syllabus select` exits 1, unless the budget allows it
     with pytest.raises(ValueError, match=r"3ds selected \d+ of the 10 asked \(its budget\).*allow_short: true.*"
                                          r"--set budget.allow_short=true.*the selection report is "):
-        select("3ds", [quality, difficulty], {"count": 10}, root, selector_overrides=top)
-    report = select("3ds", [quality, difficulty], {"count": 10, "allow_short": True}, root, selector_overrides=top)
+        select("3ds", [quality, difficulty], {"count": 10}, root, overrides=top)
+    report = select("3ds", [quality, difficulty], {"count": 10, "allow_short": True}, root, overrides=top)
     assert 0 < report["n_selected"] < 10
