@@ -337,6 +337,8 @@ def main() -> int:
     ap.add_argument("--formats", default=",".join(EXPORT_FORMATS))
     ap.add_argument("--rss-cap-gb", type=float, default=12.0, help="kill a stage whose RSS passes this")
     ap.add_argument("--stop-after", choices=["ingest", "score", "select", "export"], default="export")
+    ap.add_argument("--score-baselines", default=None, help="comma-separated scorers whose score stage gets its "
+                    "baseline (default: all); the baseline repeats the synthetic computation")
     ap.add_argument("--reuse", action="store_true", help="keep the ingest and score rows of the last run in --dir "
                     "(results.json) and run only the stages after them")
     ap.add_argument("--real", action="store_true", help="real Prefect server, moto S3, MLflow server (not implemented)")
@@ -398,6 +400,8 @@ def main() -> int:
     for name in wanted:
         job = {"kind": "score", "store": str(store), "manifest": manifest, "scorer": name, "config": configs[name]}
         base = {**job, "kind": "score-baseline", "scratch": str(scratch / name)}
+        if args.score_baselines is not None and name not in args.score_baselines.split(","):
+            base = None  # its baseline is the synthetic computation again: skipped when told, to save time
         res = stage_or_reuse(f"score {name}", job, base, note=json.dumps(configs[name]) if configs[name] else "")
         if res.get("error"):
             return 1
