@@ -9,7 +9,7 @@ from syllabus.cli import flags
 from syllabus.cli.flags import positive_int
 from syllabus.config import deep_merge, parse_set
 from syllabus.evaluation.benchmarks import FieldMap
-from syllabus.evaluation.runner import EvalConfig, run_evaluation
+from syllabus.evaluation.runner import EvalConfig
 from syllabus.store import Store
 
 
@@ -121,9 +121,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = eval_config(args)
     # Without --held-out-from, the default influence validation set is left out (EvalConfig).
     exclude = held_out_ids_of(args.held_out_from) if args.held_out_from else None
-    result = run_evaluation(args.model, args.bench, Store(args.store), adapter_url=args.adapter, config=config,
-                            fields=_fields(args.field), force=args.force, exclude_ids=exclude)
-    out = result.to_json()
+    from syllabus.pipeline.stages import evaluate
+
+    out = evaluate(args.model, args.adapter, args.bench, config, args.store, fields=_fields(args.field),
+                   force=args.force, exclude_ids=exclude, progress=True)
     if args.rubric or args.compare:
         if not args.judge:
             raise ValueError("--rubric and --compare need a judge: add --judge local:MODEL or --judge openai:MODEL_NAME")
@@ -134,7 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if kind not in ("local", "openai") or not name:
             raise ValueError(f"--judge {args.judge!r} must look like local:MODEL or openai:MODEL_NAME")
         judge = make_judge(JudgeConfig(kind=kind, model=name, base_url=args.judge_base_url, seed=config.seed))
-        judged = judge_results(Store(args.store), result.results_url, judge, args.judge, rubric=args.rubric,
+        judged = judge_results(Store(args.store), out["results"], judge, args.judge, rubric=args.rubric,
                                compare_url=args.compare, seed=config.seed)
         out["metrics"].update({k: (None if isinstance(v, float) and v != v else v) for k, v in judged.items()})
     if args.check_pool:

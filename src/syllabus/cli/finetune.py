@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import random
 import time
 
 from syllabus.cli import flags
 from syllabus.config import parse_set
-from syllabus.store import Store
 from syllabus.training.config import FinetuneConfig
-
-log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,9 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from syllabus.models import load_model
-    from syllabus.pool.samples import load_samples
-    from syllabus.training.lora import finetune
+    from syllabus.pipeline.stages import finetune
 
     start = time.perf_counter()
     config = FinetuneConfig(**{
@@ -50,26 +43,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         "micro_batch_size": args.micro_batch_size, "epochs": args.epochs, "cutoff": args.cutoff, "seed": args.seed,
         **parse_set(args.changes, "warmup_ratio=0.05"),
     })
-    samples, counts = load_samples(args.data)
-    if not samples:
-        raise ValueError(f"no usable samples in {', '.join(args.data)}; each needs an instruction and a response")
-    if args.limit is not None and args.limit < len(samples):
-        keep = sorted(random.Random(config.seed).sample(range(len(samples)), args.limit))
-        samples = [samples[i] for i in keep]
-    decontam = None
-    if args.exclude_bench:
-        from syllabus.evaluation.benchmarks import load_benchmark
-        from syllabus.evaluation.decontamination import decontaminate
-
-        samples, decontam, _ = decontaminate(samples, [load_benchmark(b) for b in args.exclude_bench], enforce=True)
-    lm = load_model(args.model, reuse=False)
-    result = finetune(lm.model, lm.tokenizer, samples, config, Store(args.store), lm.fingerprint,
-                      base_model=args.model, force=args.force)
-    out = result.to_json()
+    out = finetune(args.data, args.model, config, args.store, force=args.force, limit=args.limit,
+                   exclude_bench=args.exclude_bench, progress=True)
     out["seconds_total"] = round(time.perf_counter() - start, 2)
-    out["read"] = counts
-    if decontam is not None:
-        out["decontamination"] = decontam
     if args.json:
         print(json.dumps(out, sort_keys=True))
     else:

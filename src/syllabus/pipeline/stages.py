@@ -259,25 +259,44 @@ def export_subset(selection: Mapping[str, Any], fmt: str, out_dir: str) -> dict[
 
 
 # ------------------------------------------------------------------- train and evaluate
-def finetune(selected_url: str, model: str, config: Mapping[str, Any], store_url: str | None,
-             on_progress: ProgressCallback | None = None, force: bool = False) -> dict[str, Any]:
-    """LoRA fine-tune ``model`` on a selection Parquet; returns the adapter summary.
-    ``on_progress(samples done, samples in all, loss)`` is called after every step; ``force``
-    trains even when the adapter is committed (a pruned one gets its weights back)."""
+def finetune(data: str | Sequence[str], model: str, config: Any, store_url: str | None,
+             on_progress: ProgressCallback | None = None, force: bool = False, limit: int | None = None,
+             exclude_bench: Sequence[str] = (), progress: bool = False) -> dict[str, Any]:
+    """LoRA fine-tune ``model`` on a selection Parquet (or any pool files: ``syllabus finetune``
+    and the pipeline's finetune stage); returns the adapter summary with what was read.
+    ``config`` is a FinetuneConfig or its fields; ``limit`` trains on a seeded random sample of
+    that many samples; ``exclude_bench`` drops samples whose question matches an item of those
+    benchmarks; ``on_progress(samples done, samples in all, loss)`` is called after every step;
+    ``force`` trains even when the adapter is committed (a pruned one gets its weights back)."""
+    import random
+
     from syllabus.models import load_model
-    from syllabus.training.config import FinetuneConfig
     from syllabus.pool.samples import load_samples
+    from syllabus.training.config import FinetuneConfig
     from syllabus.training.lora import finetune as train
 
-    cfg = FinetuneConfig(**dict(config))
-    samples, counts = load_samples(selected_url)
+    cfg = FinetuneConfig.model_validate(config)
+    samples, counts = load_samples(data)
     if not samples:
-        raise ValueError(f"selection {selected_url} holds no usable sample; relax the method's thresholds or raise the budget")
+        named = data if isinstance(data, str) else ", ".join(data)
+        raise ValueError(f"no usable sample in {named}; each needs an instruction and a response (a selection: relax "
+                         "the method's thresholds or raise the budget)")
+    if limit is not None and limit < len(samples):
+        keep = sorted(random.Random(cfg.seed).sample(range(len(samples)), limit))
+        samples = [samples[i] for i in keep]
+    decontam = None
+    if exclude_bench:
+        from syllabus.evaluation.benchmarks import load_benchmark
+        from syllabus.evaluation.decontamination import decontaminate
+
+        samples, decontam, _ = decontaminate(samples, [load_benchmark(b) for b in exclude_bench], enforce=True)
     lm = load_model(model, reuse=False)  # training modifies the weights: never the shared copy
-    result = train(lm.model, lm.tokenizer, samples, cfg, Store(store_url), lm.fingerprint, base_model=model, progress=False,
-                   on_progress=on_progress, force=force)
+    result = train(lm.model, lm.tokenizer, samples, cfg, Store(store_url), lm.fingerprint, base_model=model,
+                   progress=progress, on_progress=on_progress, force=force)
     out = result.to_json()
     out["read"] = counts
+    if decontam is not None:
+        out["decontamination"] = decontam
     return out
 
 
@@ -301,14 +320,22 @@ def evaluate(
     model: str,
     adapter_url: str | None,
     benches: Sequence[str],
-    config: Mapping[str, Any],
+    config: Any,
     store_url: str | None,
     on_progress: Callable[[int, int, str], None] | None = None,
+    fields: Any = None,
+    force: bool = False,
+    exclude_ids: Mapping[str, Sequence[str]] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate the base model or an adapter on benchmarks; returns results URL and metrics.
-    ``on_progress(items done, items, what)`` is called after every batch of each pass."""
+    """Evaluate the base model or an adapter on benchmarks (``syllabus evaluate`` and the
+    pipeline's evaluate stage); returns results URL and metrics. ``config`` is an EvalConfig
+    or its fields; ``fields`` maps benchmark columns (a FieldMap); ``exclude_ids`` leaves out
+    those items instead of the default validation set's; ``on_progress(items done, items,
+    what)`` is called after every batch of each pass."""
     from syllabus.evaluation.runner import EvalConfig, run_evaluation
 
     result = run_evaluation(model, list(benches), Store(store_url), adapter_url=adapter_url,
-                            config=EvalConfig(**dict(config)), progress=False, on_progress=on_progress)
+                            config=EvalConfig.model_validate(config), fields=fields, force=force,
+                            exclude_ids=exclude_ids, progress=progress, on_progress=on_progress)
     return result.to_json()
