@@ -17,7 +17,7 @@ import sys
 COMMAND_MODULES = [
     "syllabus.cli.models",
     "syllabus.cli.ingest",
-    "syllabus.pool.defects",
+    "syllabus.cli.defects",
     "syllabus.cli.score",
     "syllabus.cli.select",
     "syllabus.selection.export",

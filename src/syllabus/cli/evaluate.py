@@ -35,13 +35,7 @@ def _fields(values: list[str]) -> FieldMap | None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     d = EvalConfig()  # the defaults the flags leave alone, said in their help
-    p = flags.command(
-        sub, "evaluate", cmd_evaluate,
-        help="evaluate a model (and LoRA adapter) on multiple-choice and open-QA benchmarks",
-        description="Multiple choice (cloze or letter scoring, per-subject accuracy with bootstrap 95%% intervals) "
-        "and open QA (reference NLL, BLEU-1/4, ROUGE). Built-in benchmarks: mmlu-medical, mmlu:<topic>; or any "
-        "JSONL/CSV/Parquet file of items. Per-item results are committed to the store as Parquet.",
-    )
+    p = flags.command(sub, cmd_evaluate)
     flags.add(p, "model")
     p.add_argument("--adapter", default=None, help="URL of a committed LoRA adapter (from `syllabus finetune`)")
     p.add_argument("--bench", nargs="+", required=True, metavar="NAME_OR_FILE", help="mmlu-medical, mmlu:anatomy, or a file")
@@ -118,6 +112,11 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """evaluate a model (and LoRA adapter) on multiple-choice and open-QA benchmarks
+
+    Multiple choice (cloze or letter scoring, per-subject accuracy with bootstrap 95%% intervals)
+    and open QA (reference NLL, BLEU-1/4, ROUGE). Built-in benchmarks: mmlu-medical, mmlu:<topic>;
+    or any JSONL/CSV/Parquet file of items. Per-item results are committed to the store as Parquet."""
     config = eval_config(args)
     # Without --held-out-from, the default influence validation set is left out (EvalConfig).
     exclude = held_out_ids_of(args.held_out_from) if args.held_out_from else None

@@ -13,12 +13,7 @@ from syllabus.training.config import FinetuneConfig
 
 def register(sub: argparse._SubParsersAction) -> None:
     d = FinetuneConfig()
-    p = flags.command(
-        sub, "finetune", cmd_finetune,
-        help="LoRA fine-tune the target model on a selected subset; the adapter goes to the store",
-        description="LoRA SFT with the 3DS paper's defaults (rank 8 on all linear layers, lr 5e-5, cosine, warmup 0.1, "
-        "1 epoch, cutoff 1024, effective batch 64 by gradient accumulation); loss on response tokens only.",
-    )
+    p = flags.command(sub, cmd_finetune)
     p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="selection Parquet or any pool file (JSONL, Parquet, CSV ...)")
     flags.add(p, "model", "limit", limit={"help": "train on a seeded random sample of N samples"})
     p.add_argument("--lr", type=float, default=d.learning_rate, help=f"learning rate (default {d.learning_rate})")
@@ -35,6 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    """LoRA fine-tune the target model on a selected subset; the adapter goes to the store
+
+    LoRA SFT with the 3DS paper's defaults (rank 8 on all linear layers, lr 5e-5, cosine, warmup
+    0.1, 1 epoch, cutoff 1024, effective batch 64 by gradient accumulation); loss on response tokens
+    only."""
+
     from syllabus.pipeline.stages import finetune
 
     start = time.perf_counter()

@@ -9,6 +9,7 @@ a command changes a flag's keyword arguments where its meaning differs
 from __future__ import annotations
 
 import argparse
+import inspect
 from typing import Any, Callable
 
 SET_HELP = ("change any setting: a dotted path into this command's configuration and a YAML value, "
@@ -76,9 +77,15 @@ def budget_of(args: argparse.Namespace) -> dict[str, Any] | None:
     return {"count": budget} if budget is not None else {"ratio": ratio} if ratio is not None else None
 
 
-def command(sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], help: str,
-            description: str) -> argparse.ArgumentParser:
-    """A subcommand whose ``args.func`` is ``func``."""
-    parser = sub.add_parser(name, help=help, description=description)
+def command(sub: argparse._SubParsersAction, func: Callable[[argparse.Namespace], int], name: str | None = None,
+            **text: str) -> argparse.ArgumentParser:
+    """The subcommand that runs ``func``, named after it (``cmd_plant_defects``:
+    ``plant-defects``) unless ``name`` says otherwise. Its one-line help is the first paragraph
+    of ``func``'s docstring and its description the rest, so a command's words stand once, at
+    the function that does it; ``text`` gives add_parser words a docstring cannot hold (a
+    computed epilog)."""
+    first, _, rest = inspect.cleandoc(func.__doc__ or "").partition("\n\n")
+    words = {"help": " ".join(first.split()), "description": " ".join(rest.split()) or None, **text}
+    parser = sub.add_parser(name or func.__name__.removeprefix("cmd_").replace("_", "-"), **words)
     parser.set_defaults(func=func)
     return parser

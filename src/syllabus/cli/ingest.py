@@ -27,13 +27,7 @@ def _field_overrides(values: list[str]) -> dict[str, str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = flags.command(
-        sub, "ingest", cmd_ingest,
-        help="read, validate and shard an instruction pool into the store",
-        description="Read instruction pools (Alpaca, question/answer, ShareGPT/OpenAI conversations; JSONL, JSON, "
-        "Parquet, CSV/TSV, .gz, directories, saved datasets, s3:// URLs), quarantine bad records with a reason, "
-        "and write deterministic Parquet shards plus a manifest to the store.",
-    )
+    p = flags.command(sub, cmd_ingest)
     p.add_argument("pool", nargs="+", metavar="POOL", help="files, directories or URLs")
     _add_common(p)
 
@@ -75,6 +69,11 @@ def _run_ingest(inputs: list[str], args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    """read, validate and shard an instruction pool into the store
+
+    Read instruction pools (Alpaca, question/answer, ShareGPT/OpenAI conversations; JSONL, JSON,
+    Parquet, CSV/TSV, .gz, directories, saved datasets, s3:// URLs), quarantine bad records with a
+    reason, and write deterministic Parquet shards plus a manifest to the store."""
     return _run_ingest(args.pool, args)
 
 

@@ -37,12 +37,7 @@ def model_rows() -> list[dict]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = flags.command(
-        sub, "models", cmd_models,
-        help="list the model names --model accepts, what they are, where their files come from",
-        description="The model aliases Syllabus ships, what each is, the package its files come from, and whether "
-        f"it is installed here. {OTHER_REFERENCES}.",
-    )
+    p = flags.command(sub, cmd_models, epilog=f"{OTHER_REFERENCES}.")
     flags.add(p, "json", json={"help": "print the list as JSON"})
 
     m = sub.add_parser(
@@ -52,15 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     msub = m.add_subparsers(dest="model_command", metavar="ACTION")
     msub.required = True
-    e = flags.command(
-        msub, "export", cmd_model_export,
-        help="write a model as a Hugging Face folder (safetensors, config, tokenizer, chat template)",
-        description="Write a model (an alias such as smollm2-135m, a .gguf file, a Hugging Face folder or a hub id) as "
-        "a Hugging Face folder that LLaMA-Factory, TRL and transformers 4 or 5 load: safetensors weights (the GGUF's "
-        "values dequantized), config.json, generation_config.json, tokenizer.json and tokenizer_config.json with the "
-        "chat template. The eos token is the one the chat template ends each assistant turn with (<|im_end|> for "
-        "SmolLM2-Instruct). The folder is written beside DIR and renamed into place.",
-    )
+    e = flags.command(msub, cmd_model_export, "export")
     e.add_argument("name", metavar="NAME", help="model alias (see `syllabus models`), .gguf file, HF folder or hub id")
     e.add_argument("--out", required=True, metavar="DIR", help="the folder to create (refused if it holds files, unless --overwrite)")
     e.add_argument("--overwrite", action="store_true", help="replace DIR if it already holds files")
@@ -70,6 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """list the model names --model accepts, what they are, where their files come from
+
+    The model aliases Syllabus ships, what each is, the package its files come from, and whether
+    it is installed here."""
     rows = model_rows()
     if args.json:
         print(json.dumps(rows))
@@ -82,6 +73,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_model_export(args: argparse.Namespace) -> int:
+    """write a model as a Hugging Face folder (safetensors, config, tokenizer, chat template)
+
+    Write a model (an alias such as smollm2-135m, a .gguf file, a Hugging Face folder or a hub id)
+    as a Hugging Face folder that LLaMA-Factory, TRL and transformers 4 or 5 load: safetensors
+    weights (the GGUF's values dequantized), config.json, generation_config.json, tokenizer.json and
+    tokenizer_config.json with the chat template. The eos token is the one the chat template ends
+    each assistant turn with (<|im_end|> for SmolLM2-Instruct). The folder is written beside DIR and
+    renamed into place."""
+
     from dataclasses import asdict
 
     from syllabus.models.export import export_model

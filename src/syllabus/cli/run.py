@@ -15,13 +15,7 @@ from syllabus.config import parse_set
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = flags.command(
-        sub, "run", cmd_run,
-        help="run the whole pipeline (ingest, score, select, fine-tune, evaluate); the embedded demo by default",
-        description="Run the Prefect `pipeline` flow. With no CONFIG it runs the embedded defaults: a small slice of "
-        "the demo pool (HealthBench + AlpacaEval), SmolLM2-135M, 3DS against random at the same budget, a local "
-        "store, Prefect's temporary server and MLflow in ./mlflow.db. CONFIG is a YAML file of PipelineParams fields.",
-    )
+    p = flags.command(sub, cmd_run)
     p.add_argument("config", nargs="?", default=None, help="YAML file of pipeline parameters")
     flags.add(p, "store", store={"help": "store URL (overrides the config)"})
     p.add_argument("--methods", default=None, help="comma-separated methods, e.g. 3ds,ifd,random")
@@ -29,15 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     flags.add_set(p, "finetune.epochs=2 or scorer_configs.difficulty.max_new_tokens=64")
     flags.add(p, "json")
 
-    c = flags.command(
-        sub, "compare", cmd_compare,
-        help="compare methods at one budget (random over seeds, difficulty windows) with intervals",
-        description="Run the Prefect `compare` flow: score the pool once (cached), select with every method at the "
-        "same budget (random once per seed, 3DS also over easy/medium/hard difficulty windows), fine-tune each subset "
-        "with the same settings, evaluate each on the same items, and write one comparison table with 95%% intervals "
-        "and paired differences against random: to MLflow (a parent run, a nested run per arm), to the store and "
-        "to --report-dir as Markdown with plots. CONFIG is a YAML file of CompareParams fields; flags override it.",
-    )
+    c = flags.command(sub, cmd_compare)
     c.add_argument("config", nargs="?", default=None, help="YAML file of compare parameters")
     c.add_argument("--pool", nargs="+", default=None, help="pool files/dirs/URLs (default: the embedded demo pool)")
     flags.add(c, "model", model={"required": False})
@@ -169,6 +155,14 @@ def run_params(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """run the whole pipeline (ingest, score, select, fine-tune, evaluate); the embedded demo by
+    default
+
+    Run the Prefect `pipeline` flow. With no CONFIG it runs the embedded defaults: a small slice of
+    the demo pool (HealthBench + AlpacaEval), SmolLM2-135M, 3DS against random at the same budget, a
+    local store, Prefect's temporary server and MLflow in ./mlflow.db. CONFIG is a YAML file of
+    PipelineParams fields."""
+
     from syllabus.pipeline.report import render_table
 
     params = run_params(args)
@@ -202,6 +196,14 @@ def compare_params(args: argparse.Namespace):
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """compare methods at one budget (random over seeds, difficulty windows) with intervals
+
+    Run the Prefect `compare` flow: score the pool once (cached), select with every method at the
+    same budget (random once per seed, 3DS also over easy/medium/hard difficulty windows), fine-tune
+    each subset with the same settings, evaluate each on the same items, and write one comparison
+    table with 95%% intervals and paired differences against random: to MLflow (a parent run, a
+    nested run per arm), to the store and to --report-dir as Markdown with plots. CONFIG is a YAML
+    file of CompareParams fields; flags override it."""
     params = compare_params(args)
     if params.labels:
         from syllabus.selection.defects import load_labels

@@ -16,14 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = flags.command(
-        sub, "score", cmd_score,
-        help="score a pool with the target model for a method (3DS, DIQ, IFD, LESS) or one scorer",
-        description="Score every sample of a pool with the target model and commit per-shard score tables, "
-        "a score manifest and one combined table to the store. A method is scored with exactly the configs the "
-        "pipeline uses for it (the same cache keys). Shards already scored with the same scorer, version, config "
-        "and model are skipped.",
-    )
+    p = flags.command(sub, cmd_score)
     p.add_argument("pool", nargs="*", metavar="POOL",
                    help="pool files/directories to ingest first (or use --pool with a manifest URL)")
     p.add_argument("--pool", dest="pool_manifest", default=None, metavar="MANIFEST_URL",
@@ -280,6 +273,13 @@ def check_model_settings(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    """score a pool with the target model for a method (3DS, DIQ, IFD, LESS) or one scorer
+
+    Score every sample of a pool with the target model and commit per-shard score tables, a score
+    manifest and one combined table to the store. A method is scored with exactly the configs the
+    pipeline uses for it (the same cache keys). Shards already scored with the same scorer, version,
+    config and model are skipped."""
+
     from syllabus.scoring.pool import LazyModel, combined_table, commit_combined, score_pool
     from syllabus.store import Store
 

