@@ -16,15 +16,24 @@ SET_HELP = ("change any setting: a dotted path into this command's configuration
             "e.g. {example}; repeatable")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1 (a size of 0 fails every sample)."""
+def _whole_number(text: str, least: int, hint: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; give 1 or more")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; give {hint}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (a size of 0 fails every sample)."""
+    return _whole_number(text, 1, "1 or more")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number of at least 0 (``--limit 0``: all rows)."""
+    return _whole_number(text, 0, "0 (all rows) or more")
 
 
 # name -> (option, keyword arguments of add_argument)

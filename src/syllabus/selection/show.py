@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import dataclass
@@ -193,20 +192,6 @@ def print_rows(shown: ShownRows, width: int = TEXT_WIDTH) -> None:
         print("(no pool manifest in the report: scores only, no text)")
 
 
-def cmd_show(args: argparse.Namespace) -> int:
-    shown = selection_rows(args.selection, chosen=args.chosen, dropped=args.dropped, reason=args.reason,
-                           limit=args.limit)
-    if args.json:
-        print(json.dumps({
-            "report": shown.url, "method": shown.report.get("method"),
-            "n_candidates": shown.report.get("n_candidates"), "n_selected": shown.report.get("n_selected"),
-            "n_matching": shown.n_matching, "rows": shown.rows,
-        }, ensure_ascii=False, default=str))
-    else:
-        print_rows(shown, args.width)
-    return 0
-
-
 # ------------------------------------------------------------------------------ recipes
 def _default(field: Any) -> Any:
     from pydantic_core import PydanticUndefined
@@ -339,16 +324,8 @@ def _print_keys(keys: list[dict[str, Any]], path: str | None) -> None:
         print(line)
 
 
-def cmd_recipe_show(args: argparse.Namespace) -> int:
-    info = describe_recipe(args.name)
-    if args.json:
-        print(json.dumps(info, ensure_ascii=False))
-    else:
-        print_recipe(info)
-    return 0
-
-
-def cmd_recipe_list(args: argparse.Namespace) -> int:
+def recipe_rows() -> list[dict[str, Any]]:
+    """The shipped methods: name, description on one line, paper and recipe file."""
     from syllabus.selection.recipes import known_recipes, read_recipe_file
 
     rows = []
@@ -356,63 +333,11 @@ def cmd_recipe_list(args: argparse.Namespace) -> int:
         recipe = read_recipe_file(path)
         rows.append({"name": name, "description": " ".join(recipe.description.split()), "paper": recipe.paper,
                      "path": str(path)})
-    if args.json:
-        print(json.dumps(rows, ensure_ascii=False))
-        return 0
+    return rows
+
+
+def print_recipe_list(rows: list[dict[str, Any]]) -> None:
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         print(f"{r['name']:<{width}}  {_one_line(r['description'], 110)}")
     print("`syllabus recipe show NAME` lists a method's keys with their defaults")
-    return 0
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; give 0 (all rows) or more")
-    return value
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "show",
-        help="print a selection's why-table with the sample text: chosen rows with scores, dropped rows with the reason",
-        description="Read a selection's why-table (every candidate: chosen at which rank by which stage, or dropped "
-        "by which stage and why) joined with each sample's text and the scores the recipe read. Chosen rows first, "
-        "in rank order, then dropped rows by stage.",
-    )
-    p.add_argument("selection", metavar="SELECTION",
-                   help="the report.json (or selected.parquet, or the selection folder) that `syllabus select` printed")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--chosen", action="store_true", help="only chosen rows")
-    which.add_argument("--dropped", action="store_true", help="only dropped rows")
-    p.add_argument("--reason", default=None, metavar="TEXT", help="only rows whose why contains TEXT (any case), "
-                   "e.g. --reason threshold or --reason 'not among'")
-    p.add_argument("--limit", type=_non_negative, default=DEFAULT_LIMIT, metavar="N",
-                   help=f"print at most N rows (default {DEFAULT_LIMIT}; 0 for all)")
-    p.add_argument("--width", type=_non_negative, default=TEXT_WIDTH, metavar="CHARS",
-                   help=f"cut each text at CHARS characters (default {TEXT_WIDTH}; --json prints it whole)")
-    p.add_argument("--json", action="store_true", help="print the rows as one JSON object (full text and messages)")
-    p.set_defaults(func=cmd_show)
-
-    r = sub.add_parser(
-        "recipe",
-        help="read the shipped methods: `recipe list`, `recipe show NAME` (every selector key, default and meaning)",
-        description="The shipped method recipes (3ds, diq, ifd, less, random, full and their variants).",
-    )
-    rsub = r.add_subparsers(dest="recipe_command", metavar="ACTION")
-    rsub.required = True
-    show = rsub.add_parser(
-        "show", help="every selector key of a method with its value, default and meaning, and its scorers' settings",
-        description="Print a method's selectors in order with every config key (the recipe's value, the default and "
-        "what it means) and the scorers it needs with their config defaults.",
-    )
-    show.add_argument("name", metavar="NAME", help="a shipped method name (see `syllabus recipe list`) or a recipe .yaml")
-    show.add_argument("--json", action="store_true", help="print it as JSON")
-    show.set_defaults(func=cmd_recipe_show)
-    listing = rsub.add_parser("list", help="the shipped methods and what each does")
-    listing.add_argument("--json", action="store_true", help="print the list as JSON")
-    listing.set_defaults(func=cmd_recipe_list)
