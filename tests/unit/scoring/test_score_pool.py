@@ -21,6 +21,8 @@ def test_golden_keys():
     # A change here means every cached score is recomputed: bump the scorer version on purpose.
     # the default layout keeps the first release key (issue 29: "tagged" is a choice, not the default)
     assert QualityScorer().key(FP, SHARD) == "scores/quality/v1/b82a8f47fc50d97ca0672c5e.parquet"
+    # the opt-in guarded layout (issue 29): its own key, naming the injection rules' version
+    assert QualityScorer(layout="guarded").key(FP, SHARD) == "scores/quality/v1/b3957dea586e61d547afaeda.parquet"
     # max_new_tokens 256 -> 48 (issue 33: one default for score and run): the key `syllabus run` had
     assert DifficultyScorer().key(FP, SHARD) == "scores/difficulty/v1/8dcd4287d5ede2d40f67e1c4.parquet"
     assert IFDScorer().key(FP, SHARD) == "scores/ifd/v2/d77a840d738bf4ad07dbd61d.parquet"  # v2: the truncation fix
