@@ -98,3 +98,12 @@ def command(sub: argparse._SubParsersAction, func: Callable[[argparse.Namespace]
     parser = sub.add_parser(name or func.__name__.removeprefix("cmd_").replace("_", "-"), **words)
     parser.set_defaults(func=func)
     return parser
+
+
+def group(sub: argparse._SubParsersAction, name: str, help: str, description: str) -> argparse._SubParsersAction:
+    """A command of subcommands (``syllabus model export``, ``syllabus recipe show``): the
+    subparsers to add them to; one of them is required."""
+    actions = sub.add_parser(name, help=help, description=description).add_subparsers(
+        dest=f"{name}_command", metavar="ACTION")
+    actions.required = True
+    return actions

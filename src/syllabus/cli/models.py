@@ -40,13 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = flags.command(sub, cmd_models, epilog=f"{OTHER_REFERENCES}.")
     flags.add(p, "json", json={"help": "print the list as JSON"})
 
-    m = sub.add_parser(
-        "model",
-        help="model tools: `model export NAME --out DIR` writes a Hugging Face folder for LLaMA-Factory or TRL",
-        description="Model tools.",
-    )
-    msub = m.add_subparsers(dest="model_command", metavar="ACTION")
-    msub.required = True
+    msub = flags.group(sub, "model", "model tools: `model export NAME --out DIR` writes a Hugging Face folder for "
+                       "LLaMA-Factory or TRL", "Model tools.")
     e = flags.command(msub, cmd_model_export, "export")
     e.add_argument("name", metavar="NAME", help="model alias (see `syllabus models`), .gguf file, HF folder or hub id")
     e.add_argument("--out", required=True, metavar="DIR", help="the folder to create (refused if it holds files, unless --overwrite)")

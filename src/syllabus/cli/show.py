@@ -26,13 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"cut each text at CHARS characters (default {TEXT_WIDTH}; --json prints it whole)")
     flags.add(p, "json", json={"help": "print the rows as one JSON object (full text and messages)"})
 
-    r = sub.add_parser(
-        "recipe",
-        help="read the shipped methods: `recipe list`, `recipe show NAME` (every selector key, default and meaning)",
-        description="The shipped method recipes (3ds, diq, ifd, less, random, full and their variants).",
-    )
-    rsub = r.add_subparsers(dest="recipe_command", metavar="ACTION")
-    rsub.required = True
+    rsub = flags.group(sub, "recipe", "read the shipped methods: `recipe list`, `recipe show NAME` (every selector "
+                       "key, default and meaning)", "The shipped method recipes (3ds, diq, ifd, less, random, full "
+                       "and their variants).")
     show = flags.command(rsub, cmd_recipe_show, "show")
     show.add_argument("name", metavar="NAME", help="a shipped method name (see `syllabus recipe list`) or a recipe .yaml")
     flags.add(show, "json", json={"help": "print it as JSON"})
