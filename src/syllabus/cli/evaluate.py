@@ -69,37 +69,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     flags.add(p, "store", "force", "json")
 
 
-def held_out_ids_of(manifest_url: str) -> dict[str, list[str]]:
-    """The ``validation_ids`` a committed score manifest records (an influence scorer's).
-
-    Only that field is read, so evaluation (a lower layer, which influence itself uses for its
-    validation items) does not import the scoring package: see tests/contracts/test_import_graph.py."""
-    import json
-
-    from pydantic import TypeAdapter, ValidationError
-
-    from syllabus.store import Store
-
-    store, key = Store.open_url(manifest_url)
-    hint = "pass the 'scores' URL `syllabus score --json` prints"
-    try:
-        manifest = json.loads(store.read_committed(key))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"{manifest_url} is not JSON; {hint}") from None
-    missing = [k for k in ("scorer", "shards") if not isinstance(manifest, dict) or k not in manifest]
-    if missing:
-        raise ValueError(f"{manifest_url} is not a score manifest (it has no {' or '.join(missing)}); {hint}")
-    if manifest.get("validation_ids") is None:
-        raise ValueError(f"score manifest {manifest_url} records no validation_ids (scorer {manifest['scorer']!r}); "
-                         "give the manifest of an influence scorer, or drop --held-out-from to leave out the default "
-                         "validation set")
-    try:
-        return TypeAdapter(dict[str, list[str]]).validate_python(manifest["validation_ids"])
-    except ValidationError:
-        raise ValueError(f"score manifest {manifest_url}: validation_ids must map benchmark names to lists of item "
-                         f"ids; {hint}") from None
-
-
 def eval_config(args: argparse.Namespace) -> EvalConfig:
     """The flags given (each a field of EvalConfig, whose defaults stand for the rest), then
     ``--set`` on top."""
@@ -114,14 +83,15 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """evaluate a model (and LoRA adapter) on multiple-choice and open-QA benchmarks
 
-    Multiple choice (cloze or letter scoring, per-subject accuracy with bootstrap 95%% intervals)
+    Multiple choice (cloze or letter scoring, per-subject accuracy with bootstrap 95% intervals)
     and open QA (reference NLL, BLEU-1/4, ROUGE). Built-in benchmarks: mmlu-medical, mmlu:<topic>;
     or any JSONL/CSV/Parquet file of items. Per-item results are committed to the store as Parquet."""
+    from syllabus.evaluation.heldout import held_out_ids_of
+    from syllabus.pipeline.stages import evaluate
+
     config = eval_config(args)
     # Without --held-out-from, the default influence validation set is left out (EvalConfig).
     exclude = held_out_ids_of(args.held_out_from) if args.held_out_from else None
-    from syllabus.pipeline.stages import evaluate
-
     out = evaluate(args.model, args.adapter, args.bench, config, args.store, fields=_fields(args.field),
                    force=args.force, exclude_ids=exclude, progress=True)
     if args.rubric or args.compare:

@@ -94,7 +94,8 @@ def command(sub: argparse._SubParsersAction, func: Callable[[argparse.Namespace]
     the function that does it; ``text`` gives add_parser words a docstring cannot hold (a
     computed epilog)."""
     first, _, rest = inspect.cleandoc(func.__doc__ or "").partition("\n\n")
-    words = {"help": " ".join(first.split()), "description": " ".join(rest.split()) or None, **text}
+    # argparse %-formats a command's help, not its description: a docstring writes % plainly.
+    words = {"help": " ".join(first.split()).replace("%", "%%"), "description": " ".join(rest.split()) or None, **text}
     parser = sub.add_parser(name or func.__name__.removeprefix("cmd_").replace("_", "-"), **words)
     parser.set_defaults(func=func)
     return parser

@@ -73,24 +73,8 @@ def _params(cls: type, args: argparse.Namespace, changes: dict):
     files = ("pool", "labels", "benches")
     given = set(flags) | set(paths)
     check_config_paths(params, args.config if args.config and not given.intersection(files) else "")
-    check_environment(params)
+    params.check_environment()
     return params
-
-
-def check_environment(params) -> None:
-    """What the parameters cannot check themselves, checked before the flow starts a Prefect
-    server or loads a model: the MLflow tracking URI answers (a few seconds, where MLflow's own
-    retries take minutes) and a device set by SYLLABUS_DEVICE exists."""
-    from syllabus.tracking.lineage import check_tracking_uri
-
-    check_tracking_uri(params.tracking_uri)
-    if os.environ.get("SYLLABUS_DEVICE"):
-        from syllabus.models.loading import check_device
-
-        try:
-            check_device(os.environ["SYLLABUS_DEVICE"])
-        except ValueError as exc:
-            raise ValueError(f"SYLLABUS_DEVICE: {exc}") from None
 
 
 FLOW_ENTRY_POINTS = "syllabus.flows"
@@ -201,7 +185,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     Run the Prefect `compare` flow: score the pool once (cached), select with every method at the
     same budget (random once per seed, 3DS also over easy/medium/hard difficulty windows), fine-tune
     each subset with the same settings, evaluate each on the same items, and write one comparison
-    table with 95%% intervals and paired differences against random: to MLflow (a parent run, a
+    table with 95% intervals and paired differences against random: to MLflow (a parent run, a
     nested run per arm), to the store and to --report-dir as Markdown with plots. CONFIG is a YAML
     file of CompareParams fields; flags override it."""
     params = compare_params(args)

@@ -80,3 +80,34 @@ def default_held_out_ids() -> dict[str, list[str]]:
     """The items the default validation configuration holds out (a standalone evaluation,
     given no ids, leaves these out)."""
     return held_out_ids(ValidationConfig())
+
+
+def held_out_ids_of(manifest_url: str) -> dict[str, list[str]]:
+    """The ``validation_ids`` a committed score manifest records (an influence scorer's).
+
+    Only that field is read, so evaluation (a lower layer, which influence itself uses for its
+    validation items) does not import the scoring package: see tests/contracts/test_import_graph.py."""
+    import json
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from syllabus.store import Store
+
+    store, key = Store.open_url(manifest_url)
+    hint = "pass the 'scores' URL `syllabus score --json` prints"
+    try:
+        manifest = json.loads(store.read_committed(key))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{manifest_url} is not JSON; {hint}") from None
+    missing = [k for k in ("scorer", "shards") if not isinstance(manifest, dict) or k not in manifest]
+    if missing:
+        raise ValueError(f"{manifest_url} is not a score manifest (it has no {' or '.join(missing)}); {hint}")
+    if manifest.get("validation_ids") is None:
+        raise ValueError(f"score manifest {manifest_url} records no validation_ids (scorer {manifest['scorer']!r}); "
+                         "give the manifest of an influence scorer, or drop --held-out-from to leave out the default "
+                         "validation set")
+    try:
+        return TypeAdapter(dict[str, list[str]]).validate_python(manifest["validation_ids"])
+    except ValidationError:
+        raise ValueError(f"score manifest {manifest_url}: validation_ids must map benchmark names to lists of item "
+                         f"ids; {hint}") from None

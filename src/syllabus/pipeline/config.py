@@ -189,6 +189,23 @@ class PipelineParams(BaseModel):
         windows, the checks that already ran when they were built; raises as building does."""
         type(self).model_validate(self.model_dump())
 
+    def check_environment(self) -> None:
+        """What the parameters cannot check themselves, checked before a flow starts a Prefect
+        server or loads a model: the MLflow tracking URI answers (a few seconds, where MLflow's
+        own retries take minutes) and a device set by SYLLABUS_DEVICE exists."""
+        import os
+
+        from syllabus.tracking.lineage import check_tracking_uri
+
+        check_tracking_uri(self.tracking_uri)
+        if os.environ.get("SYLLABUS_DEVICE"):
+            from syllabus.models.loading import check_device
+
+            try:
+                check_device(os.environ["SYLLABUS_DEVICE"])
+            except ValueError as exc:
+                raise ValueError(f"SYLLABUS_DEVICE: {exc}") from None
+
     def with_changes(self, changes: dict[str, Any]) -> "PipelineParams":
         """These parameters with ``changes`` merged on top (:func:`syllabus.config.merge_changes`:
         deep, except that naming one alternative of the budget replaces it)."""

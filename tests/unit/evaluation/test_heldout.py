@@ -93,7 +93,7 @@ def test_without_items_and_a_validation_file(tmp_path):
 
 
 def test_held_out_ids_from_a_score_manifest():
-    from syllabus.cli.evaluate import held_out_ids_of
+    from syllabus.evaluation.heldout import held_out_ids_of
     from syllabus.scoring.manifest import ScoreManifest
 
     store = Store(f"memory://manifest-{uuid.uuid4().hex[:8]}")
