@@ -240,7 +240,9 @@ def run_once(label: str, manifest: str, model: str, store: str, n: int, max_task
         "s until the server had recorded them all": lag,
         "flow wall s": round(wall, 2), "synthetic scorer s": round(scorer_seconds, 2),
         "overhead s": round(overhead, 2), "overhead ms/sample": round(1000 * overhead / n, 4),
-        "page requests": {what: {"n": len(s), "median s": round(statistics.median(s), 3), "max s": round(max(s), 3)}
+        "page requests": {what: {"n": len(s), "median s": round(statistics.median(s), 3),
+                                  "p95 s": round(sorted(s)[int(0.95 * (len(s) - 1))], 3), "max s": round(max(s), 3),
+                                  "over 2 s": sum(x > 2.0 for x in s)}
                           for what, s in sampler.seconds.items()},
         "page request errors": sampler.errors[:5],
     }
