@@ -102,6 +102,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"syllabus {args.command}: error: {redact(text)}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

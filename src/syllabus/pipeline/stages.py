@@ -129,53 +129,15 @@ def score_shards(
     on_shard: Callable[[Mapping[str, Any], Mapping[str, Any] | None, str | None], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    """Score a batch of shards with one scorer instance, one :func:`score_shard` step per
-    shard, each committed as it finishes: a shard that fails loses nothing the others did.
+    """Score a batch of shards with one scorer instance (the flows' score task): the model
+    loaded once per process, by the first shard that is not cached. Each shard is committed as
+    it finishes, retried after each of ``retry_delays`` unless its error is ``permanent``, and
+    reported under ``missing`` if it still fails (:func:`syllabus.scoring.pool.score_shards`,
+    the loop ``syllabus score`` runs too). Returns ``{"entries": [...], "missing": [...]}``."""
+    from syllabus.scoring.pool import LazyModel, score_shards as score
 
-    A shard that raises is tried again after each of ``retry_delays`` (seconds), unless its
-    error is one of ``permanent`` (bad input fails the same way every time); one that still
-    fails is returned under ``missing`` with its error, and the batch goes on. Shards another
-    worker holds the lease of are scored last (``syllabus score`` does the same), so two
-    runs on one store split the work. ``on_shard(shard, entry, error)`` is called once per
-    shard as it ends (entry or error is None). Returns ``{"entries": [...], "missing":
-    [{"shard", "error"}]}``, both in the batch's order."""
-    from syllabus.scoring.pool import LazyModel, score_shard_entry
-    from syllabus.store.lease import LeaseHeld
-
-    lm, store = LazyModel(model), Store(store_url)
-    entries: dict[str, dict[str, Any]] = {}
-    errors: dict[str, str] = {}
-    later: list[Mapping[str, Any]] = []
-    for wait, todo in ((False, list(shards)), (True, later)):
-        for shard in todo:
-            attempt = 0
-            while True:
-                try:
-                    entries[shard["name"]] = score_shard_entry(shard, scorer_name, scorer_config, lm, store,
-                                                               pool_manifest_url, wait=wait)
-                    break
-                except LeaseHeld as held:
-                    if wait:  # cannot happen when waiting; reported like any error if it does
-                        errors[shard["name"]] = f"{type(held).__name__}: {held}"
-                        break
-                    log.info("%s: shard %s: %s; scoring the others first", scorer_name, shard["name"], held)
-                    later.append(shard)
-                    break
-                except Exception as exc:
-                    error = f"{type(exc).__name__}: {exc}"
-                    if isinstance(exc, permanent) or attempt >= len(retry_delays):
-                        errors[shard["name"]] = error
-                        log.warning("%s: shard %s failed%s: %s", scorer_name, shard["name"],
-                                    f" after {attempt} retries" if attempt else "", error)
-                        break
-                    log.warning("%s: shard %s failed (%s); retry %d of %d in %.1f s", scorer_name, shard["name"], error,
-                                attempt + 1, len(retry_delays), retry_delays[attempt])
-                    sleep(retry_delays[attempt])
-                    attempt += 1
-            if on_shard is not None and (shard["name"] in entries or shard["name"] in errors):
-                on_shard(shard, entries.get(shard["name"]), errors.get(shard["name"]))
-    return {"entries": [entries[s["name"]] for s in shards if s["name"] in entries],
-            "missing": [{"shard": s["name"], "error": errors[s["name"]]} for s in shards if s["name"] in errors]}
+    return score(shards, scorer_name, scorer_config, LazyModel(model), Store(store_url), pool_manifest_url,
+                 retry_delays=retry_delays, permanent=permanent, on_shard=on_shard, sleep=sleep)
 
 
 def write_score_manifest(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 
@@ -197,6 +197,73 @@ def write_score_manifest(
     return out
 
 
+def score_shards(
+    shards: Sequence[Mapping[str, Any]],
+    instance: str,
+    config: Mapping[str, Any],
+    lm: Any,
+    store: Store,
+    pool_manifest_url: str | None = None,
+    takes: Mapping[str, int] | None = None,
+    force: bool = False,
+    retry_delays: Sequence[float] = (),
+    permanent: tuple[type[BaseException], ...] = (),
+    on_shard: Callable[[Mapping[str, Any], Mapping[str, Any] | None, str | None], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    raise_errors: bool = False,
+) -> dict[str, Any]:
+    """Score a batch of shards with one scorer instance, one :func:`score_shard_entry` per
+    shard, each committed as it finishes: a shard that fails loses nothing the others did.
+
+    A shard that raises is tried again after each of ``retry_delays`` (seconds), unless its
+    error is one of ``permanent`` (bad input fails the same way every time); one that still
+    fails is returned under ``missing`` with its error, and the batch goes on. Shards another
+    worker holds the lease of are scored last, so two runs on one store split the work. ``on_shard(shard, entry, error)`` is called once per
+    shard as it ends (entry or error is None). Returns ``{"entries": [...], "missing":
+    [{"shard", "error"}]}``, both in the batch's order. ``takes`` maps a shard's name to the rows
+    scored of it (``--limit``); ``raise_errors`` raises a shard's error instead (``syllabus score``)."""
+    from syllabus.store.lease import LeaseHeld
+
+    takes = takes or {}
+    entries: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    later: list[Mapping[str, Any]] = []
+    for wait, todo in ((False, list(shards)), (True, later)):
+        for shard in todo:
+            attempt = 0
+            while True:
+                try:
+                    entries[shard["name"]] = score_shard_entry(shard, instance, config, lm, store, pool_manifest_url,
+                                                               take=takes.get(shard["name"]), force=force, wait=wait)
+                    break
+                except LeaseHeld as held:
+                    if wait:  # cannot happen when waiting; reported like any error if it does
+                        errors[shard["name"]] = f"{type(held).__name__}: {held}"
+                        break
+                    log.info("%s: shard %s: %s; scoring the others first", instance, shard["name"], held)
+                    later.append(shard)
+                    break
+                except Exception as exc:
+                    if raise_errors:
+                        raise
+                    error = f"{type(exc).__name__}: {exc}"
+                    if isinstance(exc, permanent) or attempt >= len(retry_delays):
+                        errors[shard["name"]] = error
+                        log.warning("%s: shard %s failed%s: %s", instance, shard["name"],
+                                    f" after {attempt} retries" if attempt else "", error)
+                        break
+                    log.warning("%s: shard %s failed (%s); retry %d of %d in %.1f s", instance, shard["name"], error,
+                                attempt + 1, len(retry_delays), retry_delays[attempt])
+                    sleep(retry_delays[attempt])
+                    attempt += 1
+            if on_shard is not None and (shard["name"] in entries or shard["name"] in errors):
+                on_shard(shard, entries.get(shard["name"]), errors.get(shard["name"]))
+    return {"entries": [entries[s["name"]] for s in shards if s["name"] in entries],
+            "missing": [{"shard": s["name"], "error": errors[s["name"]]} for s in shards if s["name"] in errors]}
+
+
+
+
 def score_pool(
     manifest_url: str,
     instance: str,
@@ -206,26 +273,15 @@ def score_pool(
     limit: int | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Score every shard of the pool (up to ``limit`` samples) with one scorer instance, one
-    :func:`score_shard_entry` per shard; returns the committed score manifest."""
+    """Score every shard of the pool (up to ``limit`` samples) with one scorer instance
+    (:func:`score_shards`, a shard's error raised); returns the committed score manifest."""
     from syllabus.pool.manifest import load_manifest
-    from syllabus.store.lease import LeaseHeld
 
     planned = _limit_shards(load_manifest(manifest_url), limit)
-    done: dict[str, dict] = {}
-    # First pass: shards another worker is scoring are left for later, so two runs on one
-    # store split the pool; the second pass waits for (or takes over) what is left.
-    for wait in (False, True):
-        for shard, take in planned:
-            if shard["name"] in done:
-                continue
-            try:
-                done[shard["name"]] = score_shard_entry(shard, instance, config, lm, store, manifest_url, take=take,
-                                                        force=force, wait=wait)
-            except LeaseHeld as held:
-                log.info("%s: shard %s: %s; scoring the others first", instance, shard["name"], held)
-    entries = [done[shard["name"]] for shard, _ in planned]
-    return write_score_manifest(instance, config, lm.fingerprint, manifest_url, entries, [], store, limit=limit)
+    takes = {shard["name"]: take for shard, take in planned if take is not None}
+    result = score_shards([shard for shard, _ in planned], instance, config, lm, store, manifest_url, takes=takes,
+                          force=force, raise_errors=True)
+    return write_score_manifest(instance, config, lm.fingerprint, manifest_url, result["entries"], [], store, limit=limit)
 
 
 def _json_bytes(obj: Any) -> bytes:
