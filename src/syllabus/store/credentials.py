@@ -5,7 +5,7 @@ run parameters, state messages, logs and events are all stored in its database) 
 stderr or the manifests in the store, because every one of them is readable by more people,
 for longer, than the shell that held the secret.
 
-Chosen behaviour (README, "Credentials"): an ``s3://`` URL's user-info is *moved*: the key and
+Chosen behaviour (docs/store.md, "Credentials"): an ``s3://`` URL's user-info is *moved*: the key and
 secret go into this process's ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, which s3fs,
 botocore, child processes and Dask/Ray workers read, and the URL carries on as
 ``s3://bucket/prefix``. User-info in any other URL is *refused* with a sentence that names the
