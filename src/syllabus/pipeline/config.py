@@ -48,8 +48,8 @@ BudgetParam = Annotated[Budget, BeforeValidator(_exactly_one), _ExactlyOneInTheV
 class SelectConfig(BaseModel):
     """One selection, as ``syllabus select`` and the pipeline's select stage both make it
     (:func:`syllabus.pipeline.stages.select`): the method, its score manifests, its budget and
-    the changes to its selectors. The recipe's budget is the default, in one place
-    (:meth:`budget_for`)."""
+    the changes to its selectors. The recipe's budget is the default, by one rule
+    (:meth:`syllabus.selection.recipes.Recipe.budget_for`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -73,15 +73,8 @@ class SelectConfig(BaseModel):
         return apply_selector_overrides(load_recipe(self.method), self.selector_overrides, self.overrides_source)
 
     def budget_for(self, recipe: Any) -> Budget | None:
-        """The budget: the one given, else the recipe's; its shortfall policy is ``fill`` and
-        ``allow_short`` where set, else the given budget's, else the recipe budget's."""
-        base = recipe.budget
-        budget = self.budget if self.budget is not None else base
-        if budget is None:
-            return None
-        fill = self.fill or budget.fill or (base.fill if base is not None else None)
-        allow_short = self.allow_short or budget.allow_short or bool(base is not None and base.allow_short)
-        return Budget.model_validate({**budget.model_dump(), "fill": fill, "allow_short": allow_short})
+        """This selection's budget by the recipe's one rule (:meth:`Recipe.budget_for`)."""
+        return recipe.budget_for(self.budget, self.fill, self.allow_short)
 
 
 class PipelineParams(BaseModel):

@@ -139,7 +139,7 @@ def fixed_cutoff_warnings(recipe: Any, frame: pd.DataFrame, budget: Budget | int
     The pipeline can call this after each scorer, before the next one starts."""
     if isinstance(budget, int):
         budget = Budget(count=budget)
-    budget = budget if budget is not None else recipe.budget
+    budget = recipe.budget_for(budget)
     if budget is None or not recipe.needs_budget():
         return []
     n = len(frame) if n_pool is None else int(n_pool)

@@ -130,6 +130,18 @@ class Recipe(BaseModel):
     def needs_budget(self) -> bool:
         return self.selectors[-1].name != "full"
 
+    def budget_for(self, budget: Budget | None = None, fill: str | None = None,
+                   allow_short: bool = False) -> Budget | None:
+        """The one budget rule: ``budget`` if given, else this recipe's; its shortfall policy
+        ``fill``/``allow_short`` where set, else that budget's, else this recipe budget's."""
+        base = self.budget
+        chosen = budget if budget is not None else base
+        if chosen is None:
+            return None
+        fill = fill or chosen.fill or (base.fill if base is not None else None)
+        allow_short = allow_short or chosen.allow_short or bool(base is not None and base.allow_short)
+        return Budget.model_validate({**chosen.model_dump(), "fill": fill, "allow_short": allow_short})
+
     def with_selector_config(self, index: int, **changes: Any) -> "Recipe":
         """A copy with selector ``index`` (0-based) given updated config keys."""
         selectors = list(self.selectors)
@@ -326,7 +338,7 @@ def run_recipe(
     if isinstance(budget, int):
         budget = Budget(count=budget)
     source = "" if budget is not None else "the recipe's default"
-    budget = budget if budget is not None else recipe.budget
+    budget = recipe.budget_for(budget)
     if budget is None and recipe.needs_budget():
         raise ValueError(f"method {recipe.name!r} needs a budget; pass --budget N or --ratio R")
     if budget is not None and recipe.needs_budget():  # full ignores the budget, so any fits
