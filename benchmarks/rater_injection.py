@@ -43,7 +43,10 @@ A layout that resists injection but no longer tells good samples from bad ones i
 (``experiments/proof/prepare.py`` writes it; seeded, every defect kind) with each prompt and
 reports the AUC of clean above defect (the chance that a clean sample outranks a defect, ties
 half). The inline default's AUC on the whole pool, from the proof store's scores, was 0.61;
-where the store holds the default's scores for the sampled ids, they are printed beside it.
+where the store holds the default's scores for the sampled ids, their AUC on the same sample is
+printed first: a small sample is noisy (N=10 gave 0.45 for those stored scores), so use N in the
+hundreds, or, for a layout that gives some samples the inline prompt's tokens exactly
+(``guarded``), rate only the others.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rater_injection.py --n 20 [--modes expected] [--prompts inline]
         [--auc 40]
