@@ -80,7 +80,7 @@ def resolve(spec: str) -> ModelRef:
             )
         return ModelRef(spec=spec, kind="gguf", path=str(pkg_dir), gguf_file=filename)
     if "://" in spec and not spec.startswith("file://"):  # s3://bucket/models/name: a local copy (models.loading)
-        from syllabus.models.loading import fetch_model_url
+        from syllabus.models.remote import fetch_model_url
 
         local = resolve(fetch_model_url(spec))
         return ModelRef(spec=spec, kind=local.kind, path=local.path, gguf_file=local.gguf_file)
