@@ -183,8 +183,8 @@ class Selection:
 
 def select(config: SelectConfig, store_url: str | None) -> Selection:
     """Run a method's selectors on cached scores and commit the selection (``syllabus select``
-    and the pipeline's select stage); selection needs no model. Every setting is checked
-    before a score is read. The selection is committed even when it is not a result (empty,
+    and the pipeline's select stage); selection needs no model. The recipe, its selector
+    changes and the score inputs it needs are checked before a score is read. The selection is committed even when it is not a result (empty,
     or short of its budget), to inspect: :attr:`Selection.error` says so."""
     from syllabus.selection.recipes import empty_selection_error, run_recipe, short_selection_error
     from syllabus.selection.report import write_selection
