@@ -8,8 +8,11 @@ when its result is committed under the same key (the store is the cache), retrie
 and committed as it finishes. A shard that still fails after its retries is reported by name
 under ``missing`` in the score manifest; the flow completes the others and ends "Partially
 failed" (a Failed state whose message names the shards and how to retry them, with the
-manifests as its data), and a rerun scores only what is missing. A progress artifact shows
-shards done, samples per second and the time left while it runs, shard by shard.
+manifests as its data), and a rerun scores only what is missing. Before the work the run's
+log says the plan: per scorer, samples cached and left, and the expected time from the rate an
+earlier run recorded on this machine (none is calibrated here: the flow loads no model, its
+tasks do); the rates this stage measures are recorded for the next run. A progress artifact
+shows shards done, samples per second and the time left while it runs, shard by shard.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from syllabus_flows.outcome import finish, missing_shards_message, publish, retry_hint
 from syllabus.pipeline.stages import pool_shards, shard_batches
+from syllabus.scoring.preview import preview_lines, record_stage_rates, stage_preview
 from syllabus.tracking.provenance import check_code_provenance
 from syllabus_tasks.progress import ScoreProgress
 from syllabus_tasks.stages import score_manifest_task, score_shards_task
@@ -72,6 +76,7 @@ def score(pool_manifest: str, scorers: dict[str, dict[str, Any]], model: str = "
     check_code_provenance()  # the code that runs is the commit recorded, or the run fails here
     shards = pool_shards(pool_manifest)
     batches = shard_batches(shards, max_tasks_per_scorer)
+    preview = _say_the_plan(scorers, pool_manifest, model, store)
     progress = ScoreProgress(len(shards) * len(scorers), sum(s["rows"] for s in shards) * len(scorers), logger=log)
     progress.start()
     key = progress.publish()  # batch tasks in this process report each shard as it ends
@@ -106,9 +111,23 @@ def score(pool_manifest: str, scorers: dict[str, dict[str, Any]], model: str = "
         done = manifests[name]
         print(f"{name}: {len(entries)}/{len(shards)} shards ({done['shards_scored']} scored, "
               f"{done['shards_cached']} cached), {len(missing)} missing, in {len(futs)} task runs")
+    record_stage_rates(preview, manifests)
     problem = missing_shards_message(manifests)
     publish(markdown=score_markdown(manifests, problem), key="scores", description="Score manifests: pass their URLs to select")
     return finish(manifests, [problem])
+
+
+def _say_the_plan(scorers: dict[str, dict[str, Any]], pool_manifest: str, model: str, store: str | None) -> list[dict]:
+    """Log what the stage will do and how long it takes (``syllabus score``'s plan lines); an
+    estimate that cannot be made is said in one line and never stops the stage."""
+    try:
+        preview = stage_preview(scorers, pool_manifest, model, store)
+    except Exception as exc:  # an estimate, not a check: the tasks report real problems
+        log.warning("no estimate for this scoring stage (%s: %s)", type(exc).__name__, exc)
+        return []
+    for line in preview_lines(", ".join(scorers), model, preview):
+        log.info("%s", line)
+    return preview
 
 
 def score_markdown(manifests: dict[str, dict[str, Any]], problem: str | None = None) -> str:

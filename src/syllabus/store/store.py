@@ -159,20 +159,25 @@ class Store:
     def exists(self, key: str) -> bool:
         return self.fs.exists(self.path(key))
 
-    def list(self, prefix: str = "") -> list[str]:
-        """Keys under ``prefix`` (recursive), without markers."""
+    def _find(self, prefix: str) -> list[str]:
+        """Every object's key under ``prefix`` (recursive), markers and temporaries included: one listing."""
         base = self.path(prefix)
         if not self.fs.exists(base):
             return []
-        found = self.fs.find(base)
         root = self.root.lstrip("/") if self.protocol != "file" else self.root
-        keys = []
-        for p in found:
-            p_norm = p.lstrip("/") if self.protocol != "file" else p
-            rel = p_norm[len(root) :].lstrip("/")
-            if not rel.endswith(MARKER_SUFFIX) and ".tmp-" not in rel:
-                keys.append(rel)
-        return sorted(keys)
+        return [(p.lstrip("/") if self.protocol != "file" else p)[len(root) :].lstrip("/") for p in self.fs.find(base)]
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys under ``prefix`` (recursive), without markers."""
+        return sorted(rel for rel in self._find(prefix) if not rel.endswith(MARKER_SUFFIX) and ".tmp-" not in rel)
+
+    def marked(self, prefix: str = "") -> set[str]:
+        """Keys under ``prefix`` that have their object and a commit marker, from one listing
+        (one request on S3, where :meth:`is_committed` per key makes two or more). The bytes are
+        not checked against the marker: good for counting (a plan's preview), not for reusing."""
+        found = set(self._find(prefix))
+        return {rel.removesuffix(MARKER_SUFFIX) for rel in found
+                if rel.endswith(MARKER_SUFFIX) and rel.removesuffix(MARKER_SUFFIX) in found}
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write atomically: readers see the old object or the new one, never half of one."""

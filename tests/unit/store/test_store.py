@@ -42,6 +42,19 @@ def test_commit_marker_is_the_commit_point(store):
     assert store.list("results") == ["results/x.bin"]  # markers are not listed as objects
 
 
+def test_marked_lists_committed_keys_in_one_listing(store):
+    """A plan's preview counts cached shards from one listing of a folder: objects with a marker;
+    an object without one (an interrupted write) and a marker whose object is gone are not."""
+    store.commit("scores/q/v1/a.parquet", b"a")
+    store.commit("scores/q/v1/b.parquet", b"b")
+    store.write_bytes("scores/q/v1/c.parquet", b"c")  # never committed
+    store.commit("scores/q/v1/d.parquet", b"d")
+    store.fs.rm(store.path("scores/q/v1/d.parquet"))  # its marker left behind
+    store.commit("scores/q/v2/a.parquet", b"other folder")
+    assert store.marked("scores/q/v1") == {"scores/q/v1/a.parquet", "scores/q/v1/b.parquet"}
+    assert store.marked("scores/none") == set()
+
+
 def test_corruption_is_detected_and_reported(store):
     key = "results/y.bin"
     store.commit(key, b"good bytes")
