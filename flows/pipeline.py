@@ -107,7 +107,8 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
 
         t0 = time.perf_counter()
         manifests = result_of(score_with_workers(params.score_workers, params.task_runner, params.dask_address)(
-            ingest["manifest"], scorers, params.model, params.store, return_state=True)) if scorers else {}
+            ingest["manifest"], scorers, params.model, params.store, params.max_tasks_per_scorer,
+            return_state=True)) if scorers else {}
         timings["score_seconds"] = time.perf_counter() - t0
         for name, m in manifests.items():
             for gone in m["missing"]:  # in this run's own log, not only in the score subflow's

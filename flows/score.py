@@ -26,6 +26,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from syllabus_flows.outcome import finish, missing_shards_message, publish, retry_hint
+from syllabus.pipeline.config import MAX_TASKS_PER_SCORER
 from syllabus.pipeline.stages import pool_shards, shard_batches
 from syllabus.scoring.preview import preview_lines, record_stage_rates, stage_preview
 from syllabus.tracking.provenance import check_code_provenance
@@ -34,7 +35,6 @@ from syllabus_tasks.stages import score_manifest_task, score_shards_task
 
 log = logging.getLogger("flows.score")  # not __name__: a deployment loads this file as module "score"
 
-MAX_TASKS_PER_SCORER = 256
 
 
 def _error_of(state) -> str:

@@ -16,6 +16,9 @@ from syllabus.store.credentials import adopt_all
 from syllabus.training.config import FinetuneConfig
 
 
+# A scoring stage's task runs per scorer, at most (flows/score.py cuts the shards into this many batches).
+MAX_TASKS_PER_SCORER = 256
+
 def _exactly_one(value: Any) -> Any:
     """One sentence, not a list of schema failures, when a budget gives both or neither."""
     if isinstance(value, Mapping):
@@ -130,6 +133,10 @@ class PipelineParams(BaseModel):
     score_workers: int = Field(1, ge=1, description="scoring tasks run at once (threads, or local Dask workers)")
     task_runner: Literal["thread", "dask", "ray"] = Field("thread", description="where scoring tasks run: this process, a Dask cluster or a Ray cluster")
     dask_address: str | None = Field(None, description="address of an existing Dask scheduler or Ray cluster (default: start a local one)")
+    max_tasks_per_scorer: int = Field(
+        MAX_TASKS_PER_SCORER, ge=1, description="the most Prefect task runs one scorer makes: the pool's shards are "
+        "split into at most this many batches (a pool with fewer shards gets one task a shard); raise it to spread a "
+        "small pool over more workers; a Prefect server slows with tens of thousands of task runs")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (default sqlite:///./mlflow.db)")
     export_format: Literal["jsonl", "alpaca", "sharegpt", "hf"] | None = Field(
         None, description="also export every arm's subset to export_dir for another trainer: plain JSONL, Alpaca or "
