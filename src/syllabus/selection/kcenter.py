@@ -220,6 +220,12 @@ def embedding_matrix(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.n
     matrix = np.empty((positions.size, dim), dtype=np.float32)
     for row, p in enumerate(positions):
         matrix[row] = values[p]
+    return _finite_rows(matrix, positions, reasons, column)
+
+
+def _finite_rows(matrix: np.ndarray, positions: np.ndarray, reasons: np.ndarray,
+                 column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows of ``matrix`` whose values are all finite; the others get their reason."""
     bad = ~np.isfinite(matrix).all(axis=1) if positions.size else np.zeros(0, dtype=bool)
     if bad.any():
         for p in positions[bad]:
@@ -256,13 +262,7 @@ def _lazy_matrix(values: Any, column: str, status: np.ndarray | None, status_col
     del picked
     matrix = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(positions.size, dim)
     del flat
-    bad = ~np.isfinite(matrix).all(axis=1) if positions.size else np.zeros(0, dtype=bool)
-    if bad.any():
-        for p in positions[bad]:
-            reasons[p] = f"{column} holds NaN or infinite values"
-        positions = positions[~bad]
-        matrix = matrix[~bad]
-    return matrix, positions, reasons
+    return _finite_rows(matrix, positions, reasons, column)
 
 
 class KCenterConfig(SelectorConfig):
