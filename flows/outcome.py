@@ -72,8 +72,33 @@ def finish(result: Any, problems: Iterable[str | None]) -> Any:
         return result
     message = " ".join(problems)
     log.error("%s", message)
+    show_reason(problems[0])
     quiet_engine_traceback()
     return Failed(name=PARTIAL, message=message[:20000], data=PartialFailure(message[:20000], result))
+
+
+REASON_TAG_CHARS = 140
+
+
+def show_reason(problem: str) -> None:
+    """Put the reason on the run page's header, where it is read without clicking: a tag on this
+    flow run and on the run the user started (the UI shows tags beside the run's name; the
+    state's message is behind a click). Best effort: a missing API loses only the tag."""
+    text = problem if len(problem) <= REASON_TAG_CHARS else problem[: REASON_TAG_CHARS - 3].rstrip() + "..."
+    tag = f"{PARTIAL.lower()}: {text}"
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            for target in _targets():
+                run_id = target or flow_run.id
+                if not run_id:
+                    continue
+                run = client.read_flow_run(UUID(str(run_id)))
+                kept = [t for t in run.tags if not t.startswith(f"{PARTIAL.lower()}: ")]  # a retry's old reason goes
+                client.update_flow_run(run.id, tags=[*kept, tag])
+    except Exception as exc:
+        log.warning("could not tag the run with its reason (%s); its state and log say it", exc)
 
 
 def result_of(state: State) -> Any:

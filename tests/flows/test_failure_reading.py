@@ -66,11 +66,15 @@ def test_a_partial_pipeline_reads_as_one(tmp_path, tiny_model_dir, mlflow_server
 
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(run.id).state
+        tags = client.read_flow_run(run.id).tags
         logs = _poll(lambda: client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))),
                      lambda logs: any("is missing" in e.message for e in logs))
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
     assert state.type.value == "FAILED" and state.name == "Partially failed"
     assert shard["name"] in state.message and "injected permanent fault" in state.message and "strict" in state.message
+    # The reason is on the run page's header (its tags), read without a click.
+    reason = [t for t in tags if t.startswith("partially failed: ")]
+    assert len(reason) == 1 and shard["name"] in reason[0] and len(reason[0]) <= 160, tags
     messages = [e.message for e in logs]
     assert not [m for m in messages if "Unexpected result for failed state" in m or "Traceback" in m], messages
     mine = [m for m in messages if shard["name"] in m and "is missing" in m]  # the pipeline run's own log, not the subflow's
