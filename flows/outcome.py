@@ -96,7 +96,7 @@ def show_reason(problem: str) -> None:
                     continue
                 run = client.read_flow_run(UUID(str(run_id)))
                 kept = [t for t in run.tags if not t.startswith(f"{PARTIAL.lower()}: ")]  # a retry's old reason goes
-                client.update_flow_run(run.id, tags=[*kept, tag])
+                client.update_flow_run(run.id, tags=[tag, *kept])  # first: the header shows the first tag, "+N" for the rest
     except Exception as exc:
         log.warning("could not tag the run with its reason (%s); its state and log say it", exc)
 
