@@ -77,7 +77,7 @@ def finish(result: Any, problems: Iterable[str | None]) -> Any:
     return Failed(name=PARTIAL, message=message[:20000], data=PartialFailure(message[:20000], result))
 
 
-REASON_TAG_CHARS = 140
+REASON_TAG_CHARS = 90  # a chip that fits the run page's header beside the name
 
 
 def show_reason(problem: str) -> None:
@@ -85,7 +85,7 @@ def show_reason(problem: str) -> None:
     flow run and on the run the user started (the UI shows tags beside the run's name; the
     state's message is behind a click). Best effort: a missing API loses only the tag."""
     text = problem if len(problem) <= REASON_TAG_CHARS else problem[: REASON_TAG_CHARS - 3].rstrip() + "..."
-    tag = f"{PARTIAL.lower()}: {text}"
+    tag = f"{PARTIAL}: {text}"  # capitalised: the header sorts its tags, and shows those that fit
     try:
         from prefect.client.orchestration import get_client
 
@@ -95,7 +95,7 @@ def show_reason(problem: str) -> None:
                 if not run_id:
                     continue
                 run = client.read_flow_run(UUID(str(run_id)))
-                kept = [t for t in run.tags if not t.startswith(f"{PARTIAL.lower()}: ")]  # a retry's old reason goes
+                kept = [t for t in run.tags if not t.startswith(f"{PARTIAL}: ")]  # a retry's old reason goes
                 client.update_flow_run(run.id, tags=[tag, *kept])  # first: the header shows the first tag, "+N" for the rest
     except Exception as exc:
         log.warning("could not tag the run with its reason (%s); its state and log say it", exc)
