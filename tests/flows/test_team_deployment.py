@@ -271,7 +271,7 @@ def _screenshots(out: Path, api: Api, tracking: str, failed_run_id: UUID, experi
     ui = api.url.removesuffix("/api")
     deployment = api(lambda c: c.read_deployment_by_name("pipeline/pipeline"))
     shots = {
-        "team-failed-shard-run": (prefect_flow_run_url(ui, str(failed_run_id)), "Partially failed"),
+        "team-failed-shard-run": (prefect_flow_run_url(ui, str(failed_run_id)), "Partially failed: scorer fault"),
         "team-deployment-form": (f"{ui}/deployments/deployment/{deployment.id}/run", "samples per shard"),
         "team-mlflow-runs": (mlflow_runs_url(tracking, experiment_id), "pipeline-"),
     }
