@@ -10,8 +10,9 @@ under ``missing`` in the score manifest; the flow completes the others and ends 
 failed" (a Failed state whose message names the shards and how to retry them, with the
 manifests as its data), and a rerun scores only what is missing. Before the work the run's
 log says the plan: per scorer, samples cached and left, and the expected time from the rate an
-earlier run recorded on this machine (none is calibrated here: the flow loads no model, its
-tasks do); the rates this stage measures are recorded for the next run. A progress artifact
+earlier run recorded, else from a calibration on a few samples in a task, where the scoring
+tasks run (the flow's own process loads no model); the rates this stage measures are recorded
+for the next run. A progress artifact
 shows shards done, samples per second and the time left while it runs, shard by shard.
 """
 
@@ -28,10 +29,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from syllabus_flows.outcome import finish, missing_shards_message, publish, retry_hint
 from syllabus.pipeline.config import MAX_TASKS_PER_SCORER
 from syllabus.pipeline.stages import pool_shards, shard_batches
-from syllabus.scoring.preview import preview_lines, record_stage_rates, stage_preview
+from syllabus.scoring.preview import needs_calibration, preview_lines, record_stage_rates, stage_preview
 from syllabus.tracking.provenance import check_code_provenance
 from syllabus_tasks.progress import ScoreProgress
-from syllabus_tasks.stages import score_manifest_task, score_shards_task
+from syllabus_tasks.stages import score_manifest_task, score_plan_task, score_shards_task
 
 log = logging.getLogger("flows.score")  # not __name__: a deployment loads this file as module "score"
 
@@ -122,6 +123,8 @@ def _say_the_plan(scorers: dict[str, dict[str, Any]], pool_manifest: str, model:
     estimate that cannot be made is said in one line and never stops the stage."""
     try:
         preview = stage_preview(scorers, pool_manifest, model, store)
+        if needs_calibration(preview):  # no recorded rate: a few samples, timed where the scoring runs
+            preview = score_plan_task.submit(scorers, pool_manifest, model, store).result()
     except Exception as exc:  # an estimate, not a check: the tasks report real problems
         log.warning("no estimate for this scoring stage (%s: %s)", type(exc).__name__, exc)
         return []

@@ -54,6 +54,15 @@ def score_shards_task(shards: list[dict], scorer: str, config: dict, model: str,
     return result
 
 
+@task(name="score-plan", tags=["gpu"], cache_policy=NO_CACHE)
+def score_plan_task(scorers: dict, pool_manifest: str, model: str, store: str | None) -> list[dict[str, Any]]:
+    """The stage's preview, calibrated where the scoring tasks run (the model loaded here stays
+    loaded for this process's batches)."""
+    from syllabus.scoring.preview import stage_preview
+
+    return stage_preview(scorers, pool_manifest, model, store, calibrate=True)
+
+
 @task(name="score-manifest", **_COMMON)
 def score_manifest_task(scorer: str, config: dict, model: str, pool_manifest: str, entries: list[dict],
                         missing: list[dict], store: str | None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ class FaultScorer(Scorer):
     name: ClassVar[str] = "fault"
     version: ClassVar[int] = 1
     config_cls: ClassVar[type[ScorerConfig]] = FaultConfig
+    calibrate: ClassVar[bool] = False  # its calls log attempts and trip faults: a plan's calibration must not call it
 
     def columns(self) -> list[str]:
         return ["fault_chars", "fault_status"]

@@ -11,7 +11,8 @@ per-sample rate measured on this machine. The rate comes from
   such as the rating prompt's shared prefix) and then, timed, on ``CALIBRATION_SAMPLES``
   samples spread over the first shard that needs scoring (their results are not kept), when
   at least ``CALIBRATE_FROM`` samples are left, so a run of a few samples is not made slower. A scorer that first builds shared inputs
-  (the influence warm-up) is not calibrated: its rate is printed after its first run.
+  (the influence warm-up), or one whose class sets ``calibrate = False`` (a scorer with side
+  effects), is not calibrated: its rate is printed after its first run.
 
 A calibration measures a few samples in one small batch, so it over-states the cost of a
 batched run (SmolLM2-135M's quality rating on a loaded 2-core machine: calibrated 3.74 s a
@@ -112,7 +113,8 @@ def plan_preview(configs: Mapping[str, Mapping[str, Any]], manifest_url: str, lm
         left = total - cached
         key = rate_key(scorer, lm.fingerprint, device)
         rate, source = cached_rate(key), "measured by an earlier run on this machine"
-        if rate is None and left and calibrate and left >= CALIBRATE_FROM and not hasattr(scorer, "attach"):
+        if (rate is None and left and calibrate and left >= CALIBRATE_FROM and not hasattr(scorer, "attach")
+                and getattr(scorer, "calibrate", True)):
             shard, take = todo[0]
             table = read_shard(shard)
             rows = take or table.num_rows
@@ -165,18 +167,25 @@ def preview_lines(method: str, model: str, preview: list[Mapping[str, Any]]) -> 
 
 
 def stage_preview(configs: Mapping[str, Mapping[str, Any]], manifest_url: str, model: str, store_url: str | None,
-                  device: str | None = None) -> list[dict[str, Any]]:
+                  device: str | None = None, calibrate: bool = False) -> list[dict[str, Any]]:
     """The preview for a scoring stage of a flow (``syllabus run``, ``compare``, the score
-    deployment): from cached rates only. The flow's process does not load the model (its tasks
-    do, possibly on another machine), so nothing is calibrated; a scorer without a recorded rate
-    says so, and its rate is recorded when the stage ends (:func:`record_stage_rates`). A rate is
-    one of this machine's (``rate_key`` names the machine and device): on a GPU worker the
-    estimate comes from that worker's earlier runs, not from this machine's."""
+    deployment). Without ``calibrate``, from recorded rates only and without loading the model:
+    what the flow's own process computes. With it, a scorer that has no recorded rate and enough
+    samples left is calibrated as ``syllabus score`` does: the flow asks for that in a task
+    (:func:`needs_calibration`), so the model loads where the scoring tasks run, once per
+    process, and the batches reuse it. A rate is one of the machine that measured it
+    (``rate_key`` names the machine and device); the stage's measured rates are recorded when it
+    ends (:func:`record_stage_rates`)."""
     from syllabus.models.ref import default_device
     from syllabus.scoring.pool import LazyModel
 
     return list(plan_preview(configs, manifest_url, LazyModel(model), Store(store_url), device=device or default_device(),
-                             calibrate=False))
+                             calibrate=calibrate))
+
+
+def needs_calibration(preview: list[Mapping[str, Any]]) -> bool:
+    """Whether a scorer of the stage has no recorded rate and enough samples left to calibrate."""
+    return any(p["seconds"] is None and p["to_score"] >= CALIBRATE_FROM for p in preview)
 
 
 def record_stage_rates(preview: list[Mapping[str, Any]], manifests: Mapping[str, Mapping[str, Any]]) -> None:
