@@ -183,7 +183,9 @@ def score_shard(
     lease = Lease(store, key)
     while True:
         if not force and store.is_committed(key):
-            log.info("%s: %s already committed, skipping", scorer.name, key)
+            # DEBUG: a cached rerun of a 2M-sample pool would send 62,500 of these lines a scorer to
+            # the Prefect API; the progress lines and the score manifest count the cached shards.
+            log.debug("%s: %s already committed, skipping", scorer.name, key)
             return key, dict(store.marker(key) or {}, skipped=True)
         if lease.acquire():
             break
