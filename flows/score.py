@@ -123,11 +123,14 @@ def _say_the_plan(scorers: dict[str, dict[str, Any]], pool_manifest: str, model:
     estimate that cannot be made is said in one line and never stops the stage."""
     try:
         preview = stage_preview(scorers, pool_manifest, model, store)
-        if needs_calibration(preview):  # no recorded rate: a few samples, timed where the scoring runs
-            preview = score_plan_task.submit(scorers, pool_manifest, model, store).result()
     except Exception as exc:  # an estimate, not a check: the tasks report real problems
         log.warning("no estimate for this scoring stage (%s: %s)", type(exc).__name__, exc)
         return []
+    if needs_calibration(preview):  # no recorded rate: a few samples, timed where the scoring runs
+        try:
+            preview = score_plan_task.submit(scorers, pool_manifest, model, store).result()
+        except Exception as exc:  # the plan below says which scorers have no time
+            log.warning("could not calibrate the scorers (%s: %s)", type(exc).__name__, exc)
     for line in preview_lines(", ".join(scorers), model, preview):
         log.info("%s", line)
     return preview

@@ -113,8 +113,8 @@ def plan_preview(configs: Mapping[str, Mapping[str, Any]], manifest_url: str, lm
         left = total - cached
         key = rate_key(scorer, lm.fingerprint, device)
         rate, source = cached_rate(key), "measured by an earlier run on this machine"
-        if (rate is None and left and calibrate and left >= CALIBRATE_FROM and not hasattr(scorer, "attach")
-                and getattr(scorer, "calibrate", True)):
+        calibratable = not hasattr(scorer, "attach") and getattr(scorer, "calibrate", True)
+        if rate is None and left and calibrate and left >= CALIBRATE_FROM and calibratable:
             shard, take = todo[0]
             table = read_shard(shard)
             rows = take or table.num_rows
@@ -130,7 +130,7 @@ def plan_preview(configs: Mapping[str, Mapping[str, Any]], manifest_url: str, lm
             source = f"calibrated on {sample.num_rows} samples"
         yield {"instance": instance, "samples": total, "cached": cached, "to_score": left,
                "seconds_per_sample": rate, "rate_source": source if rate else None,
-               "seconds": rate * left if rate is not None else None, "rate_key": key}
+               "seconds": rate * left if rate is not None else None, "rate_key": key, "calibratable": calibratable}
 
 
 def plan_line(method: str, model: str, samples: int) -> str:
@@ -185,7 +185,7 @@ def stage_preview(configs: Mapping[str, Mapping[str, Any]], manifest_url: str, m
 
 def needs_calibration(preview: list[Mapping[str, Any]]) -> bool:
     """Whether a scorer of the stage has no recorded rate and enough samples left to calibrate."""
-    return any(p["seconds"] is None and p["to_score"] >= CALIBRATE_FROM for p in preview)
+    return any(p["seconds"] is None and p["to_score"] >= CALIBRATE_FROM and p.get("calibratable", True) for p in preview)
 
 
 def record_stage_rates(preview: list[Mapping[str, Any]], manifests: Mapping[str, Mapping[str, Any]]) -> None:
