@@ -17,11 +17,9 @@ from prefect.artifacts import LinkArtifact, MarkdownArtifact, TableArtifact
 from prefect.runtime import deployment, flow_run
 from prefect.states import Failed, State
 
-from syllabus.pipeline.partial import PartialFailure
+from syllabus.pipeline.partial import PARTIAL, PartialFailure, name_missing
 
 log = logging.getLogger("flows.outcome")  # the folder's name, not the installed syllabus_flows: PREFECT_LOGGING_EXTRA_LOGGERS lists flows
-
-PARTIAL = "Partially failed"
 
 
 def retry_hint(what: str) -> str:
@@ -39,8 +37,8 @@ def missing_shards_message(manifests: dict[str, dict[str, Any]]) -> str | None:
         missing = manifest.get("missing") or []
         if missing:
             total = len(missing) + len(manifest.get("shards") or [])
-            named = "; ".join(f"{m['shard']} ({m['error'][:200]})" for m in missing)
-            parts.append(f"scorer {name}: {len(missing)} of {total} shards failed after their retries: {named}.")
+            parts.append(f"scorer {name}: {len(missing)} of {total} shards failed after their retries: "
+                         f"{name_missing(missing)}.")
     if not parts:
         return None
     return " ".join(parts) + " " + retry_hint("score only the missing shards")

@@ -10,6 +10,7 @@ from prefect.states import Failed, State
 
 from syllabus.pipeline import stages
 from syllabus.pipeline.config import SelectConfig
+from syllabus.pipeline.partial import PARTIAL, name_missing
 from syllabus_tasks.progress import EvalProgress, ProgressArtifact, report_shard
 from syllabus_tasks.retry import PERMANENT, is_transient, retry_delays, shard_retry_delays
 
@@ -48,9 +49,9 @@ def score_shards_task(shards: list[dict], scorer: str, config: dict, model: str,
                                  retry_delays=shard_retry_delays(), permanent=PERMANENT,
                                  on_shard=lambda shard, entry, error: report_shard(progress, scorer, shard, entry, error))
     if result["missing"]:
-        named = "; ".join(f"{m['shard']} ({m['error'][:200]})" for m in result["missing"][:20])
-        return Failed(name="Partially failed", data=result,
-                      message=f"{len(result['missing'])} of {len(shards)} shards failed after their retries: {named}")
+        return Failed(name=PARTIAL, data=result,
+                      message=f"{len(result['missing'])} of {len(shards)} shards failed after their retries: "
+                              f"{name_missing(result['missing'][:20])}")
     return result
 
 

@@ -306,7 +306,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from syllabus.models.ref import default_device
     from syllabus.pool.manifest import load_manifest
     from syllabus.scoring.pool import _limit_shards
-    from syllabus.scoring.preview import plan_line, plan_preview, record_rate, scorer_line, total_line
+    from syllabus.scoring.preview import plan_line, plan_preview, record_stage_rates, scorer_line, total_line
 
     samples = sum(take or shard["rows"] for shard, take in _limit_shards(load_manifest(manifest_url), args.limit))
     print(plan_line(args.method, args.model, samples), flush=True)
@@ -328,8 +328,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         # Before the next scorer (3DS: difficulty, the slow one) starts: a fixed cut-off that
         # these scores cannot meet is said now, not after the selection comes up short.
         warnings += cutoff_warnings(args, m, said)
-        if m["shards_scored"] and not (m.get("timing") or {}).get("from_cache"):
-            record_rate(preview[name]["rate_key"], m["timing"].get("seconds_per_sample"), m["timing"]["samples"], name)
+        record_stage_rates([preview[name]], {name: m})
         stages[name] = {
             "scores": m["url"],
             "seconds": m["seconds"],

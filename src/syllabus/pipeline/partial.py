@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Mapping
+
+# The name of the Failed state a run with something missing ends in (a task's or a flow's).
+PARTIAL = "Partially failed"
+
+
+def name_missing(missing: Iterable[Mapping[str, Any]]) -> str:
+    """``shard (its error)`` for each missing shard, ``;``-separated, each error cut at 200 characters."""
+    return "; ".join(f"{m['shard']} ({m['error'][:200]})" for m in missing)
 
 
 class PartialFailure(RuntimeError):
