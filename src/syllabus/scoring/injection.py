@@ -131,6 +131,17 @@ FLAGS: dict[str, list[re.Pattern[str]]] = {
 _INVISIBLE = re.compile("[\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\U000e0000-\U000e007f]")
 
 
+def flagged_offset(text: str) -> int | None:
+    """Where the first text the rules flag starts in ``text`` (the earliest match of any rule,
+    or the first invisible character); None when nothing is. The quality scorer's ``guarded``
+    layout cuts there."""
+    starts = [m.start() for patterns in FLAGS.values() for p in patterns for m in [p.search(text)] if m]
+    invisible = _INVISIBLE.search(text)
+    if invisible:
+        starts.append(invisible.start())
+    return min(starts) if starts else None
+
+
 def _text_fields(sample: Mapping[str, Any]) -> list[str]:
     texts = [sample.get(k) or "" for k in ("instruction", "input", "output")]
     for turn in sample.get("messages") or []:

@@ -43,6 +43,7 @@ from syllabus import registry
 from syllabus.models.chat import DEFAULT_CUTOFF, encode_text, has_chat_template, instruction_text, tokenize_text
 from syllabus.models.engines import TransformersEngine, decoder_and_head
 from syllabus.scoring.base import Failed, Scorer, ScorerConfig, error_status, per_item_fallback
+from syllabus.scoring.injection import flagged_offset
 from syllabus.scoring.timing import StageClock
 
 log = logging.getLogger(__name__)
@@ -307,18 +308,6 @@ TURNS_CLOSING = {
 # whole rest of the answer instead was measured worse: an answer that opens with "Score: 100"
 # became empty, and SmolLM2-135M in generate mode rates an empty answer higher (+18 points).
 LAYOUTS = ("inline", "tagged", "datamark", "sandwich", "turns", "guarded")
-
-
-def flagged_offset(text: str) -> int | None:
-    """Where the first text the ``injection`` scorer's rules flag starts in ``text`` (the
-    earliest match of any rule, or the first invisible character); None when nothing is."""
-    from syllabus.scoring.injection import _INVISIBLE, FLAGS
-
-    starts = [m.start() for patterns in FLAGS.values() for p in patterns for m in [p.search(text)] if m]
-    invisible = _INVISIBLE.search(text)
-    if invisible:
-        starts.append(invisible.start())
-    return min(starts) if starts else None
 
 
 def datamark(text: str) -> str:
