@@ -95,7 +95,7 @@ def run_arms(params: PipelineParams, arms: list[dict[str, Any]], title: str = "p
 
     with lineage.run(run_name, tags=tags, run_id=before.parent) as parent:
         t0 = time.perf_counter()
-        ingest = ingest_task(inputs, params.store, params.shard_size, params.special_tokens)
+        ingest = ingest_task(params.ingest_config(inputs), params.store)
         timings["ingest_seconds"] = time.perf_counter() - t0
         lineage.log_params({"params": params.model_dump(mode="json"), "pool_fingerprint": ingest["pool_fingerprint"],
                             "pool_manifest": ingest["manifest"], "benches": benches})

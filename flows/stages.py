@@ -8,12 +8,13 @@ finetune, finetune's adapter to evaluate.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow
 
 from syllabus_flows.outcome import publish
-from syllabus.pipeline.config import BudgetParam
+from syllabus.pipeline.config import BudgetParam, IngestConfig, SpecialTokens
+from syllabus.pool.ingest import DEFAULT_SHARD_SIZE
 from syllabus.tracking.provenance import check_code_provenance
 from syllabus_tasks.stages import evaluate_task, finetune_task, ingest_task, select_task
 
@@ -29,8 +30,8 @@ def _table(title: str, counts: dict[str, Any], urls: dict[str, Any], next_step: 
 
 
 @flow(name="ingest", **_PERSISTED)
-def ingest(pool: list[str], store: str | None = None, shard_size: int = 1000,
-           special_tokens: Literal["keep", "quarantine"] = "keep") -> dict[str, Any]:
+def ingest(pool: list[str], store: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
+           special_tokens: SpecialTokens = "keep") -> dict[str, Any]:
     """Read, validate, deduplicate and shard a pool into the store; returns the ingest summary.
 
     Args:
@@ -41,7 +42,7 @@ def ingest(pool: list[str], store: str | None = None, shard_size: int = 1000,
             keep them (the strings stay plain text) or quarantine them.
     """
     check_code_provenance()  # the code that runs is the commit recorded, or the run fails here
-    out = ingest_task(pool, store, shard_size, special_tokens)
+    out = ingest_task(IngestConfig(inputs=pool, shard_size=shard_size, special_tokens=special_tokens), store)
     counts = {k: out.get(k) for k in ("records_in", "records_ok", "records_rejected", "duplicates", "shards", "pool_fingerprint")}
     publish(markdown=_table("Pool ingested", counts, {"pool manifest": out.get("manifest")},
                             "Next: run the **score** deployment with `pool_manifest` set to the pool manifest above."),

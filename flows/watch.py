@@ -56,7 +56,7 @@ def watch(params: PipelineParams = PipelineParams(), force: bool = False) -> dic
     if pool != list(params.pool):
         params = params.model_copy(update={"pool": pool})
     store = Store(params.store)
-    summary = ingest_task(pool, params.store, params.shard_size, params.special_tokens)
+    summary = ingest_task(params.ingest_config(pool), params.store)
     key = state_key(params)
     try:
         last = json.loads(store.read_committed(key))

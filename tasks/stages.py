@@ -9,8 +9,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
 from syllabus.pipeline import stages
-from syllabus.pipeline.config import SelectConfig
+from syllabus.pipeline.config import IngestConfig, SelectConfig
 from syllabus.pipeline.partial import PARTIAL, name_missing
+from syllabus.scoring.base import ScorerConfig
 from syllabus_tasks.progress import EvalProgress, ProgressArtifact, report_shard
 from syllabus_tasks.retry import PERMANENT, is_transient, retry_delays, shard_retry_delays
 
@@ -21,8 +22,8 @@ _COMMON = dict(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=retry_delay
 
 
 @task(name="ingest", **_COMMON)
-def ingest_task(inputs: list[str], store: str | None, shard_size: int, special_tokens: str = "keep") -> dict[str, Any]:
-    return stages.ingest(inputs, store, shard_size, special_tokens)
+def ingest_task(config: IngestConfig, store: str | None) -> dict[str, Any]:
+    return stages.ingest(config, store)
 
 
 def _batch_name() -> str:
@@ -40,9 +41,10 @@ def _batch_name() -> str:
 # cache key, commit and retries (inside the task), so no Prefect-level retry: it would redo
 # the whole batch's cache checks for the one shard that failed.
 @task(name="score-shards", tags=["gpu"], task_run_name=_batch_name, cache_policy=NO_CACHE, retries=0)
-def score_shards_task(shards: list[dict], scorer: str, config: dict, model: str, store: str | None,
+def score_shards_task(shards: list[dict], scorer: str, config: ScorerConfig, model: str, store: str | None,
                       pool_manifest: str | None = None, progress: str | None = None) -> dict[str, Any] | State:
-    """Score a batch of shards (``stages.score_shards``); ``progress`` is the flow's
+    """Score a batch of shards (``stages.score_shards``) with the scorer config the flow
+    validated once for the stage; ``progress`` is the flow's
     :meth:`ScoreProgress.publish` key. Ends Failed ("Partially failed") when a shard is
     missing after its retries, with the batch's entries and missing shards as its data."""
     result = stages.score_shards(shards, scorer, config, model, store, pool_manifest,
@@ -56,7 +58,7 @@ def score_shards_task(shards: list[dict], scorer: str, config: dict, model: str,
 
 
 @task(name="score-plan", tags=["gpu"], cache_policy=NO_CACHE)
-def score_plan_task(scorers: dict, pool_manifest: str, model: str, store: str | None) -> list[dict[str, Any]]:
+def score_plan_task(scorers: dict[str, ScorerConfig], pool_manifest: str, model: str, store: str | None) -> list[dict[str, Any]]:
     """The stage's preview, calibrated where the scoring tasks run (the model loaded here stays
     loaded for this process's batches)."""
     from syllabus.scoring.preview import stage_preview
@@ -65,7 +67,7 @@ def score_plan_task(scorers: dict, pool_manifest: str, model: str, store: str | 
 
 
 @task(name="score-manifest", **_COMMON)
-def score_manifest_task(scorer: str, config: dict, model: str, pool_manifest: str, entries: list[dict],
+def score_manifest_task(scorer: str, config: ScorerConfig, model: str, pool_manifest: str, entries: list[dict],
                         missing: list[dict], store: str | None) -> dict[str, Any]:
     return stages.write_score_manifest(scorer, config, model, pool_manifest, entries, missing, store)
 

@@ -7,13 +7,19 @@ import json
 import statistics
 import sys
 
-from syllabus.pool.canonical import DEFAULT_MAX_CHARS, FieldMap
-from syllabus.pool.ingest import DEFAULT_SHARD_SIZE, IngestResult, ingest_pool
-from syllabus.pool.manifest import iter_shards
+from typing import Any
+
+from pydantic import ValidationError
+
+from syllabus.cli import flags
+from syllabus.config import describe_errors
+from syllabus.pipeline.config import IngestConfig
+from syllabus.pool.manifest import iter_shards, load_manifest
 from syllabus.pool.readers import PoolInputError
 from syllabus.pool.special_tokens import POLICIES
-from syllabus.store import Store
-from syllabus.cli import flags
+
+# The defaults are IngestConfig's, stated there once.
+_DEFAULTS = {name: f.default for name, f in IngestConfig.model_fields.items()}
 
 
 def _field_overrides(values: list[str]) -> dict[str, str]:
@@ -29,15 +35,12 @@ def _field_overrides(values: list[str]) -> dict[str, str]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = flags.command(sub, cmd_ingest)
     p.add_argument("pool", nargs="+", metavar="POOL", help="files, directories or URLs")
-    _add_common(p)
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
     flags.add(p, "store")
-    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help=f"valid records per shard (default {DEFAULT_SHARD_SIZE})")
-    p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS, help=f"reject records longer than this (default {DEFAULT_MAX_CHARS:,})")
+    shard_size, max_chars = _DEFAULTS["shard_size"], _DEFAULTS["max_chars"]
+    p.add_argument("--shard-size", type=int, default=shard_size, help=f"valid records per shard (default {shard_size})")
+    p.add_argument("--max-chars", type=int, default=max_chars, help=f"reject records longer than this (default {max_chars:,})")
     p.add_argument("--field", action="append", default=[], metavar="ROLE=NAME", help="map a field: roles instruction, input, output, messages, id (repeatable)")
-    p.add_argument("--special-tokens", choices=POLICIES, default="keep",
+    p.add_argument("--special-tokens", choices=POLICIES, default=_DEFAULTS["special_tokens"],
                    help="records whose text spells a chat-template token (<|im_end|>, <s>, [INST] ...): keep them, "
                         "the strings staying plain text to every tokenizer (default), or quarantine them")
     p.add_argument("--pack-small-files", action="store_true",
@@ -47,25 +50,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     flags.add(p, "json")
 
 
-def _run_ingest(inputs: list[str], args: argparse.Namespace) -> int:
-    try:
-        fields = FieldMap.from_overrides(_field_overrides(getattr(args, "field", [])))
-        store = Store(args.store)
-        result = ingest_pool(
-            inputs, store,
-            shard_size=getattr(args, "shard_size", DEFAULT_SHARD_SIZE),
-            fields=fields,
-            max_chars=getattr(args, "max_chars", DEFAULT_MAX_CHARS),
-            special_tokens=getattr(args, "special_tokens", "keep"),
-            pack_small_files=getattr(args, "pack_small_files", False),
-        )
-    except (PoolInputError, ValueError, argparse.ArgumentTypeError) as exc:
-        print(f"syllabus ingest: {exc}", file=sys.stderr)
-        return 2
-    print(render_summary(result))
-    if args.json:
-        print(json.dumps(result.summary()))
-    return 0
+def ingest_config(args: argparse.Namespace) -> IngestConfig:
+    """``syllabus ingest``'s arguments as the ingest stage's config."""
+    return IngestConfig(inputs=args.pool, shard_size=args.shard_size, max_chars=args.max_chars,
+                        fields=_field_overrides(args.field), special_tokens=args.special_tokens,
+                        pack_small_files=args.pack_small_files)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -74,7 +63,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     Read instruction pools (Alpaca, question/answer, ShareGPT/OpenAI conversations; JSONL, JSON,
     Parquet, CSV/TSV, .gz, directories, saved datasets, s3:// URLs), quarantine bad records with a
     reason, and write deterministic Parquet shards plus a manifest to the store."""
-    return _run_ingest(args.pool, args)
+    from syllabus.pipeline.stages import ingest
+
+    try:
+        summary = ingest(ingest_config(args), args.store, progress=None)
+    except ValidationError as exc:
+        print(f"syllabus ingest: {describe_errors(exc)}", file=sys.stderr)
+        return 2
+    except (PoolInputError, ValueError, argparse.ArgumentTypeError) as exc:
+        print(f"syllabus ingest: {exc}", file=sys.stderr)
+        return 2
+    print(render_summary(summary))
+    if args.json:
+        print(json.dumps(summary))
+    return 0
 
 
 def _pct(values: list[int], q: float) -> int:
@@ -84,11 +86,12 @@ def _pct(values: list[int], q: float) -> int:
     return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]
 
 
-def render_summary(result: IngestResult) -> str:
-    """A human summary: counts per file, reasons, length and turn statistics, where things are."""
-    m = result.manifest
+def render_summary(summary: dict[str, Any]) -> str:
+    """A human summary of an ingest (its summary dict): counts per file, reasons, length and
+    turn statistics, where things are."""
+    m = load_manifest(summary["manifest"])
     lines = [f"Pool {m['pool_fingerprint']}: {m['records_ok']:,} samples in {len(m['shards'])} shards "
-             f"({result.shards_written} written, {result.shards_reused} reused)"]
+             f"({summary['shards_written']} written, {summary['shards_reused']} reused)"]
     width = max(len(f) for f in m["per_file"])
     width = min(max(width, 4), 70)
     lines.append(f"  {'file':<{width}}  {'in':>7} {'ok':>7} {'rejected':>8} {'dupes':>6}")
@@ -112,7 +115,7 @@ def render_summary(result: IngestResult) -> str:
     lines.append(f"  response chars:    median {statistics.median(out_len):,.0f}, p95 {_pct(out_len, .95):,}, max {max(out_len):,}")
     multi = sum(1 for t in turns if t > 2)
     lines.append(f"  conversations with more than one exchange or a system turn: {multi:,}")
-    lines.append(f"  manifest:   {result.manifest_url}")
-    lines.append(f"  quarantine: {result.quarantine_url}")
+    lines.append(f"  manifest:   {summary['manifest']}")
+    lines.append(f"  quarantine: {summary['quarantine']}")
     return "\n".join(lines)
 

@@ -11,6 +11,8 @@ from pydantic_core import PydanticCustomError
 from syllabus.config import deep_merge, load_yaml, merge_changes, read_config_text
 from syllabus.evaluation.runner import EvalConfig
 from syllabus.plan import Plan, make_plan
+from syllabus.pool.canonical import DEFAULT_MAX_CHARS, FieldMap
+from syllabus.pool.ingest import DEFAULT_SHARD_SIZE
 from syllabus.selection.base import Budget
 from syllabus.store.credentials import adopt_all
 from syllabus.training.config import FinetuneConfig
@@ -18,6 +20,14 @@ from syllabus.training.config import FinetuneConfig
 
 # A scoring stage's task runs per scorer, at most (flows/score.py cuts the shards into this many batches).
 MAX_TASKS_PER_SCORER = 256
+
+# Samples per shard, one default per side, each written once: syllabus.pool.ingest.DEFAULT_SHARD_SIZE
+# (1,000) for `syllabus ingest`, `syllabus score POOL...` and the ingest deployment (IngestConfig);
+# PIPELINE_SHARD_SIZE (32) for `syllabus run`, compare, watch and the pipeline deployment
+# (PipelineParams), where small shards spread the demo's 96 samples over workers and retries.
+# They stay apart on purpose: a shard's content hash is part of every score's cache key, so
+# changing either default re-shards its side's pools and rescores them from nothing.
+PIPELINE_SHARD_SIZE = 32
 
 def _exactly_one(value: Any) -> Any:
     """One sentence, not a list of schema failures, when a budget gives both or neither."""
@@ -80,6 +90,163 @@ class SelectConfig(BaseModel):
         return recipe.budget_for(self.budget, self.fill, self.allow_short)
 
 
+SpecialTokens = Literal["keep", "quarantine"]
+
+
+class IngestConfig(BaseModel):
+    """One ingest, as ``syllabus ingest``, ``syllabus score POOL...``, the ingest deployment and
+    the pipeline's ingest stage all make it (:func:`syllabus.pipeline.stages.ingest`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    inputs: list[str] = Field(min_length=1, description="pool files, directories or URLs")
+    # The ingest side's default (PIPELINE_SHARD_SIZE above says why the pipeline's differs).
+    shard_size: int = Field(DEFAULT_SHARD_SIZE, ge=1, description="samples per shard: the unit of scoring, caching and retry")
+    max_chars: int = Field(DEFAULT_MAX_CHARS, ge=1, description="reject records longer than this")
+    fields: dict[str, str] = Field(default_factory=dict, description="role -> field name, e.g. {'output': 'answer_text'}")
+    special_tokens: SpecialTokens = Field(
+        "keep", description="records whose text spells a chat-template token (<|im_end|>, <s>, [INST] ...): 'keep' "
+        "them (the strings stay plain text to every tokenizer) or 'quarantine' them")
+    pack_small_files: bool = Field(False, description="cut shards across file ends, so many small files make full shards")
+
+    @field_validator("fields")
+    @classmethod
+    def _known_roles(cls, fields: dict[str, str]) -> dict[str, str]:
+        FieldMap.from_overrides(fields)  # an unknown role fails before any file is read
+        return fields
+
+    def field_map(self) -> FieldMap:
+        return FieldMap.from_overrides(self.fields)
+
+
+# The settings ``syllabus score`` takes as flags and hands to every chosen scorer whose config
+# has the field (at its top, or in the one sub-config that has it: influence's gradients):
+# setting -> (the flag, for messages; the scorer config field). A setting that no chosen
+# scorer takes is an error, not silence.
+SHARED_SETTINGS = {
+    "batch_size": ("--batch-size", "batch_size"),
+    "cutoff": ("--cutoff", "cutoff"),
+    "max_new_tokens": ("--max-new-tokens", "max_new_tokens"),
+    "quality_mode": ("--quality-mode", "mode"),
+    "preset": ("--preset", "preset"),
+    "perspective": ("--perspective", "perspective"),
+    "validation": ("--validation", "validation"),
+}
+
+# Fields a scorer has that a shared setting deliberately leaves alone, and why.
+NOT_FROM_SHARED = {
+    # The rating prompt has its own length budget (rubric + question + shortened answer): the
+    # scoring cutoff for training sequences does not apply to it.
+    ("diq_difficulty", "cutoff"): "its rating prompt has its own length budget",
+}
+
+
+def _field_path(config_cls: Any, field: str) -> tuple[str, ...] | None:
+    if field in config_cls.model_fields:
+        return (field,)
+    nested = [(name,) + (field,) for name, f in config_cls.model_fields.items()
+              if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel) and field in f.annotation.model_fields]
+    return nested[0] if len(nested) == 1 else None
+
+
+class ScoreConfig(BaseModel):
+    """One scoring run of a method (its recipe's scorers, exactly as the pipeline plans them,
+    so the cache keys are the pipeline's) or of one scorer: ``syllabus score``'s settings, run
+    by :func:`syllabus.pipeline.stages.score`. The pool is a manifest, or files to ingest first."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: str = Field(description="a shipped method (its recipe's scorers) or one scorer's name")
+    model: str = Field(description="the target model: an alias, a Hugging Face directory, a .gguf file or a hub id")
+    pool_manifest: str | None = Field(None, description="the pool manifest URL that ingest printed")
+    ingest: IngestConfig | None = Field(None, description="pool files to ingest first (instead of pool_manifest)")
+    shared: dict[str, Any] = Field(default_factory=dict, description="SHARED_SETTINGS given, e.g. {'batch_size': 4}")
+    changes: dict[str, Any] = Field(default_factory=dict,
+                                    description="scorer (or instance) -> config changes, on top of the shared settings")
+    limit: int | None = Field(None, ge=1, description="score only the first N samples of the pool")
+    force: bool = Field(False, description="recompute even when a committed result exists")
+    device: str | None = Field(None, description="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    dtype: str | None = Field(None, description="float32 / bfloat16 / float16 (default: fp32 on CPU, bf16 on GPU)")
+    trust_remote_code: bool = False
+    calibrate: bool = Field(True, description="time a scorer with no recorded rate on a few samples before the work")
+    estimate: int | None = Field(None, description="samples the closing estimate is for (default: the pool, else 10,000)")
+    budget: BudgetParam | None = Field(None, description="the budget the fixed cut-off warnings are sized for")
+    tracking_uri: str | None = Field(None, description="also log the run's figures to this MLflow tracking URI")
+    experiment: str = "syllabus"
+
+    @model_validator(mode="after")
+    def _one_pool(self) -> "ScoreConfig":
+        if (self.pool_manifest is None) == (self.ingest is None):
+            raise ValueError("give either pool files to ingest or a pool manifest URL (--pool), exactly one of them")
+        unknown = set(self.shared) - set(SHARED_SETTINGS)
+        if unknown:
+            raise ValueError(f"shared settings {sorted(unknown)} are not among {', '.join(SHARED_SETTINGS)}")
+        return self
+
+    def scorers(self) -> list[str]:
+        """The scorers the method runs: a recipe's, or the one scorer named."""
+        from syllabus.selection.recipes import known_recipes, load_recipe
+
+        return [spec.name for spec in load_recipe(self.method).scorers] if self.method in known_recipes() else [self.method]
+
+    def overrides(self, scorers: list[str] | None = None) -> dict[str, dict]:
+        """The shared settings' changes per chosen scorer, with :attr:`changes` on top. A setting
+        goes to every chosen scorer that has its field; one that none of them has raises a
+        sentence naming the flag and the scorers."""
+        from syllabus import registry
+
+        scorers = self.scorers() if scorers is None else scorers
+        out: dict[str, dict] = {}
+        for setting, (option, field) in SHARED_SETTINGS.items():
+            value = self.shared.get(setting)
+            if value is None:
+                continue
+            if field == "validation":
+                value = {"source": value}
+            took, refused = [], []
+            for scorer in scorers:
+                path = _field_path(registry.lookup("scorer", scorer).config_cls, field)
+                why = NOT_FROM_SHARED.get((scorer, field))
+                if scorer == "quality" and field == "max_new_tokens" and self.shared.get("quality_mode") != "generate":
+                    why = "quality generates only with --quality-mode generate"
+                if path is None or why:
+                    refused.append(f"{scorer} ({why or f'its config has no {field}'})")
+                    continue
+                nested: Any = value
+                for key in reversed(path):
+                    nested = {key: nested}
+                out = deep_merge(out, {scorer: nested})
+                took.append(scorer)
+            if not took:
+                shown = value["source"] if field == "validation" else value
+                raise ValueError(f"{option} {shown}: --method {self.method} scores with {', '.join(scorers) or 'no scorer'}, "
+                                 f"and none of them takes it: {'; '.join(refused)}; drop {option}")
+        return deep_merge(out, self.changes)
+
+    def scorer_configs(self) -> dict[str, dict]:
+        """Scorer instance -> config: a method's plan exactly as the pipeline makes it (so the
+        cache keys are the pipeline's), or one scorer with the changes. A change for a scorer
+        this run does not score is an error (``--method 3ds --set ifd.cutoff=64``)."""
+        from syllabus.config import unknown_key
+        from syllabus.plan import scorer_of, scorer_plan
+        from syllabus.selection.recipes import known_recipes
+
+        overrides = self.overrides()
+        if self.method in known_recipes():
+            plan = make_plan([self.method], overrides)
+            if not plan.scorers:
+                raise ValueError(f"method {self.method!r} needs no scores: run `syllabus select --method {self.method}` "
+                                 "on any scored pool, or score another method")
+            configs = {name: plan.scorers[name] for name in plan.instances_of(self.method)}
+        else:
+            configs = scorer_plan(self.method, overrides.get(self.method)).scorers
+        known = set(configs) | {scorer_of(name) for name in configs}
+        for head in self.changes:
+            if head not in known:
+                raise ValueError(f"--set: {unknown_key(head, known)} ({self.method} scores {', '.join(configs)})")
+        return configs
+
+
 class PipelineParams(BaseModel):
     """Everything one pipeline run needs. Defaults are the embedded demo: a small slice of the
     demo pool, SmolLM2-135M, 3DS against random at the same budget, a local store and MLflow
@@ -91,7 +258,7 @@ class PipelineParams(BaseModel):
     demo_medical: int = Field(64, ge=1, description="demo pool: HealthBench conversations to take")
     demo_general: int = Field(32, ge=0, description="demo pool: AlpacaEval distractors to take")
     demo_heldout: int = Field(24, ge=0, description="demo pool: held-out HealthBench answers for the reference-NLL benchmark")
-    shard_size: int = Field(32, ge=1, description="samples per shard: the unit of scoring, caching and retry")
+    shard_size: int = Field(PIPELINE_SHARD_SIZE, ge=1, description="samples per shard: the unit of scoring, caching and retry")
     special_tokens: Literal["keep", "quarantine"] = Field(
         "keep", description="records whose text spells a chat-template token (<|im_end|>, <s>, [INST] ...): 'keep' "
         "them (the strings stay plain text to every tokenizer) or 'quarantine' them at ingest")
@@ -205,6 +372,11 @@ class PipelineParams(BaseModel):
                 check_device(os.environ["SYLLABUS_DEVICE"])
             except ValueError as exc:
                 raise ValueError(f"SYLLABUS_DEVICE: {exc}") from None
+
+    def ingest_config(self, inputs: list[str]) -> IngestConfig:
+        """The run's ingest of ``inputs`` (its pool, or the demo's files): its shard size and
+        special-token policy, the rest IngestConfig's defaults."""
+        return IngestConfig(inputs=inputs, shard_size=self.shard_size, special_tokens=self.special_tokens)
 
     def with_changes(self, changes: dict[str, Any]) -> "PipelineParams":
         """These parameters with ``changes`` merged on top (:func:`syllabus.config.merge_changes`:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from syllabus.pipeline.config import SelectConfig
+from syllabus.pipeline.config import IngestConfig, ScoreConfig, SelectConfig
 from syllabus.store import Store
 
 if TYPE_CHECKING:  # torch-free at import: the training module is loaded inside finetune
@@ -22,15 +22,16 @@ if TYPE_CHECKING:  # torch-free at import: the training module is loaded inside 
 log = logging.getLogger(__name__)
 
 
-
 # ------------------------------------------------------------------------------ ingest
-def ingest(inputs: Sequence[str], store_url: str | None, shard_size: int, special_tokens: str = "keep") -> dict[str, Any]:
-    """Ingest the pool; returns the ingest summary (``manifest`` URL, counts, fingerprint).
-    ``special_tokens``: keep or quarantine records that spell chat-template tokens."""
+def ingest(config: IngestConfig, store_url: str | None, progress: bool | None = False) -> dict[str, Any]:
+    """Ingest the pool (``syllabus ingest``, ``syllabus score POOL...``, the ingest task);
+    returns the ingest summary (``manifest`` URL, counts, fingerprint). ``progress``: a
+    progress bar (None: when the terminal shows it)."""
     from syllabus.pool.ingest import ingest_pool
 
-    result = ingest_pool(list(inputs), Store(store_url), shard_size=shard_size, progress=False,
-                         special_tokens=special_tokens)
+    result = ingest_pool(config.inputs, Store(store_url), shard_size=config.shard_size, fields=config.field_map(),
+                         max_chars=config.max_chars, progress=progress, special_tokens=config.special_tokens,
+                         pack_small_files=config.pack_small_files)
     return result.summary()
 
 
@@ -88,23 +89,6 @@ def pool_shards(manifest_url: str) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- scoring
-def score_shard(
-    shard: Mapping[str, Any],
-    scorer_name: str,
-    scorer_config: Mapping[str, Any],
-    model: str,
-    store_url: str | None,
-    pool_manifest_url: str | None = None,
-) -> dict[str, Any]:
-    """Score one shard with one scorer instance (``syllabus score``'s per-shard step; the
-    model is loaded once per process, by the first shard that is not cached, and reused).
-    Returns the score-manifest entry for the shard; ``skipped`` is true when a committed
-    result with the same key was reused."""
-    from syllabus.scoring.pool import LazyModel, score_shard_entry
-
-    return score_shard_entry(shard, scorer_name, scorer_config, LazyModel(model), Store(store_url), pool_manifest_url)
-
-
 def shard_batches(shards: Sequence[Mapping[str, Any]], max_batches: int) -> list[list[Mapping[str, Any]]]:
     """``shards`` cut into at most ``max_batches`` runs of consecutive shards whose sizes differ
     by at most one: the units a scoring stage hands to its workers, so the number of
@@ -120,7 +104,7 @@ def shard_batches(shards: Sequence[Mapping[str, Any]], max_batches: int) -> list
 def score_shards(
     shards: Sequence[Mapping[str, Any]],
     scorer_name: str,
-    scorer_config: Mapping[str, Any],
+    scorer_config: Any,
     model: str,
     store_url: str | None,
     pool_manifest_url: str | None = None,
@@ -129,7 +113,8 @@ def score_shards(
     on_shard: Callable[[Mapping[str, Any], Mapping[str, Any] | None, str | None], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    """Score a batch of shards with one scorer instance (the flows' score task): the model
+    """Score a batch of shards with one scorer instance (the flows' score task; ``scorer_config``
+    typed once for the stage by :func:`syllabus.scoring.pool.typed_configs`): the model
     loaded once per process, by the first shard that is not cached. Each shard is committed as
     it finishes, retried after each of ``retry_delays`` unless its error is ``permanent``, and
     reported under ``missing`` if it still fails (:func:`syllabus.scoring.pool.score_shards`,
@@ -142,7 +127,7 @@ def score_shards(
 
 def write_score_manifest(
     scorer_name: str,
-    scorer_config: Mapping[str, Any],
+    scorer_config: Any,
     model: str,
     pool_manifest_url: str,
     entries: Sequence[Mapping[str, Any]],
@@ -156,6 +141,219 @@ def write_score_manifest(
 
     return write(scorer_name, scorer_config, fingerprint(resolve(model)), pool_manifest_url, entries, missing,
                  Store(store_url))
+
+
+# The closing estimate's size when a run scored the whole pool: what a larger pool costs.
+DEFAULT_ESTIMATE = 10_000
+
+
+def check_pool_manifest(url: str) -> str:
+    """``url`` when it names a pool manifest; otherwise a sentence saying what it is and how
+    to get a manifest."""
+    from syllabus.pool.manifest import load_manifest
+    from syllabus.store import MissingObjectError
+
+    try:
+        load_manifest(url)
+    except MissingObjectError:
+        store, key = Store.open_url(url)
+        if store.exists(key):
+            raise ValueError(
+                f"--pool {url} is not a pool manifest (it has no commit marker: a pool data file?); --pool takes the "
+                f"'manifest' URL printed by `syllabus ingest {url} --json`, or give the file without --pool to ingest "
+                "it first"
+            ) from None
+        raise ValueError(f"--pool {url} does not exist; pass the 'manifest' URL printed by `syllabus ingest --json`") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        if "pool manifest" in str(exc):
+            raise
+        raise ValueError(f"--pool {url} is not a pool manifest (not JSON); pass the 'manifest' URL printed by "
+                         "`syllabus ingest --json`") from None
+    return url
+
+
+def check_model_settings(model: str, device: str | None, dtype: str | None) -> None:
+    """The model name, device and dtype, checked without loading anything: an unknown alias or
+    a missing path, ``--device tpu:9`` or ``cuda:3`` on a one-GPU machine, ``--dtype float8``."""
+    from syllabus.models.loading import check_device, pick_dtype
+    from syllabus.models.ref import default_device, resolve
+
+    resolve(model)
+    pick_dtype(check_device(device or default_device()), dtype)
+
+
+@dataclass(frozen=True)
+class ScoreRun:
+    """What :func:`score` did: ``result``, the JSON ``syllabus score --json`` prints (URLs,
+    counts, per scorer its stage figures, the cut-off warnings, the estimate, the MLflow run);
+    the score manifests; and the scorers whose every sample failed (``unusable``: their
+    scores are committed, but they are not a result)."""
+
+    result: dict[str, Any]
+    manifests: list[dict[str, Any]]
+    unusable: list[str] = field(default_factory=list)
+
+
+def score(config: ScoreConfig, store_url: str | None, say: Callable[[str], None] | None = None) -> ScoreRun:
+    """Score a pool for a method or one scorer in this process (``syllabus score``): ingest
+    first when given files, say the plan (:func:`syllabus.scoring.preview.say_plan`, as the
+    score flow does), score each scorer instance over the pool (:func:`syllabus.scoring.pool.
+    score_pool`: the loop and manifest the flow's tasks use), warn after each scorer about a
+    fixed cut-off of the method its scores cannot meet, then commit the combined table (and a
+    composite manifest for several scorers), the timing and, with a tracking URI, an MLflow run.
+
+    Every setting is checked before any work: a bad config must not cost an ingest or a model
+    load. ``say`` gets the plan's lines as they are known (a calibration takes a while), then
+    what each scorer did and where the time went, before the MLflow run is logged."""
+    from syllabus.models.ref import default_device
+    from syllabus.pool.manifest import load_manifest
+    from syllabus.scoring.pool import (LazyModel, _limit_shards, combined_table, commit_combined, commit_composite,
+                                       score_pool, typed_configs)
+    from syllabus.scoring.preview import plan_preview, record_stage_rates, say_plan
+
+    say = say or (lambda line: log.info("%s", line))
+    store = Store(store_url)
+    plain = config.scorer_configs()
+    configs = typed_configs(plain)  # validated once for the stage: every shard shares the object
+    manifest_url = check_pool_manifest(config.pool_manifest) if config.pool_manifest else None
+    check_model_settings(config.model, config.device, config.dtype)
+    if config.tracking_uri:
+        from syllabus.tracking.lineage import check_tracking_uri
+
+        check_tracking_uri(config.tracking_uri)  # seconds, not MLflow's minutes of retries after the scoring
+    if config.ingest is not None:
+        manifest_url = ingest(config.ingest, store_url, progress=None)["manifest"]
+    # Loaded by the first shard that is not cached: a fully cached rerun needs only the fingerprint.
+    lm = LazyModel(config.model, device=config.device, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+    samples = sum(take or shard["rows"] for shard, take in _limit_shards(load_manifest(manifest_url), config.limit))
+    preview = {p["instance"]: p for p in say_plan(
+        config.method, config.model, samples, say,
+        plan_preview(configs, manifest_url, lm, store, config.limit, config.device or default_device(),
+                     config.calibrate, config.force))}
+    manifests: list[dict[str, Any]] = []
+    stages: dict[str, dict[str, Any]] = {}
+    warnings: list[str] = []
+    said: set[str] = set()
+    for name, scorer_config in configs.items():
+        m = score_pool(manifest_url, name, scorer_config, lm, store, limit=config.limit, force=config.force)
+        manifests.append(m)
+        # Before the next scorer (3DS: difficulty, the slow one) starts: a fixed cut-off that
+        # these scores cannot meet is said now, not after the selection comes up short.
+        warnings += _new_cutoff_warnings(config, m, said)
+        record_stage_rates([preview[name]], {name: m})
+        stages[name] = _stage_summary(m)
+    table = combined_table(manifests, store, manifest_url, config.limit)
+    table_url = commit_combined(table, store, config.method, manifests)
+    scores_url = manifests[0]["url"] if len(manifests) == 1 else \
+        commit_composite(config.method, manifests, manifest_url, lm.fingerprint, table_url, store)
+    seconds = sum(m["seconds"] for m in manifests)
+    result = {
+        "scores": scores_url,
+        "table": table_url,
+        "method": config.method,
+        "model": config.model,
+        "model_fingerprint": lm.fingerprint,
+        "pool_manifest": manifest_url,
+        "samples": table.num_rows,
+        "seconds": round(seconds, 3),
+        "samples_per_second": round(table.num_rows / seconds, 3) if seconds else None,
+        "model_loaded": lm.loaded,
+        "model_load_seconds": round(lm.load_seconds, 3),
+        "stages": stages,
+        "warnings": warnings,
+    }
+    lines, result["estimate"] = _timing_report(config.estimate, manifests, manifest_url)
+    for name, st in stages.items():
+        say(f"{name}: {st['ok']} ok, {st['failed']} failed, {st['samples_per_second']} samples/s -> {st['scores']}")
+    say(f"scores table ({table.num_rows} rows): {table_url}")
+    say("where the time went:")
+    for line in lines:
+        say(line if line.startswith("  ") else f"  {line}")
+    if config.tracking_uri:
+        result["mlflow_run_id"] = _log_score_run(config, result, manifests)
+    unusable = [name for name, st in stages.items() if st["ok"] == 0 and st["failed"]]
+    return ScoreRun(result, manifests, unusable)
+
+
+def _new_cutoff_warnings(config: ScoreConfig, manifest: Mapping[str, Any], said: set[str]) -> list[str]:
+    """After a scorer of a method: the method's fixed cut-offs that its scores cannot meet
+    (:func:`cutoff_warnings`), logged as warnings before the next scorer starts. ``said`` holds
+    the warnings already given (a budget larger than the pool is said once)."""
+    from syllabus.selection.recipes import known_recipes
+
+    if config.method not in known_recipes():
+        return []
+    found = cutoff_warnings(config.method, None, config.budget, {manifest["scorer"]: manifest}, [manifest["scorer"]])
+    new = [w for w in found if w not in said]
+    for warning in new:
+        log.warning("%s", warning)
+    said.update(new)
+    return new
+
+
+def _stage_summary(m: Mapping[str, Any]) -> dict[str, Any]:
+    """One scorer's line of the result: its manifest, rate, counts, timing and health."""
+    out = {
+        "scores": m["url"],
+        "seconds": m["seconds"],
+        "samples_per_second": m["samples_per_second"],
+        "ok": sum(e["ok"] or 0 for e in m["shards"]),
+        "failed": sum(e["failed"] or 0 for e in m["shards"]),
+        "skipped_shards": m["shards_cached"],
+        "timing": m["timing"],
+    }
+    health = [e["stats"]["health"] for e in m["shards"] if e.get("stats") and "health" in e["stats"]]
+    if health:
+        out["health"] = health[0] if len(health) == 1 else health
+    return out
+
+
+def _timing_report(estimate: int | None, manifests: list[dict], manifest_url: str) -> tuple[list[str], dict]:
+    """Per-stage lines for every scorer and the "at this rate" estimate: what a bigger pool costs
+    (per-sample cost of every scorer of the method added up; loading the model left out)."""
+    from syllabus.pool.manifest import load_manifest
+    from syllabus.scoring.timing import estimate_line, stage_lines
+
+    lines: list[str] = []
+    per_sample = 0.0
+    for m in manifests:
+        timing = m.get("timing") or {}
+        lines += stage_lines(m["scorer"], timing)
+        if timing.get("from_cache"):
+            lines.append(f"  {m['scorer']}: every shard was cached; figures as recorded when they were scored")
+        per_sample += timing.get("seconds_per_sample") or 0.0
+    scored = max((m.get("timing") or {}).get("samples", 0) for m in manifests) if manifests else 0
+    n = estimate
+    if n is None or n < 1:
+        pool_rows = sum(s["rows"] for s in load_manifest(manifest_url)["shards"])
+        n = pool_rows if pool_rows > scored else DEFAULT_ESTIMATE
+    out = {"samples": n, "seconds": round(per_sample * n, 1), "seconds_per_sample": round(per_sample, 5),
+           "line": estimate_line(per_sample, n)}
+    lines.append(out["line"])
+    return lines, out
+
+
+def _log_score_run(config: ScoreConfig, result: dict, manifests: list[dict]) -> str:
+    """One MLflow run with the configs, and per scorer and stage the seconds, samples/s,
+    tokens/s and padding share (the metric names the pipeline's score stage uses)."""
+    from syllabus.scoring.timing import stage_metrics
+    from syllabus.tracking.lineage import Lineage
+
+    lineage = Lineage(config.tracking_uri, experiment=config.experiment)
+    params = {"method": config.method, "model": config.model, "model_fingerprint": result["model_fingerprint"],
+              "pool_manifest": result["pool_manifest"], "limit": config.limit,
+              "scores": {m["scorer"]: {"url": m["url"], "config": m["config"], "version": m["version"]} for m in manifests}}
+    with lineage.run(f"score {config.method}", params=params, tags={"syllabus.stage": "score"}) as run:
+        for m in manifests:
+            timing = m.get("timing") or {}
+            lineage.log_metrics({"samples": m["samples"], "seconds": m["seconds"],
+                                 "seconds_per_sample": timing.get("seconds_per_sample") or 0.0,
+                                 "model_load_seconds": timing.get("model_load_seconds") or 0.0,
+                                 **stage_metrics(timing.get("stages", {}))}, f"score/{m['scorer']}/")
+        lineage.log_metrics({"estimate_samples": result["estimate"]["samples"],
+                             "estimate_seconds": result["estimate"]["seconds"]}, "score/")
+        lineage.log_json(result, "score_result.json")
+        return run.info.run_id
 
 
 # --------------------------------------------------------------------------- selection

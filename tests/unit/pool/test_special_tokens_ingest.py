@@ -103,6 +103,6 @@ def test_pipeline_params_carry_the_pool_option_to_ingest(tmp_path):
     assert PipelineParams().special_tokens == "keep"
     with pytest.raises(ValidationError):
         PipelineParams(special_tokens="drop")
-    params = PipelineParams(pool=[_pool(tmp_path)], special_tokens="quarantine")
-    summary = stages.ingest(params.pool, str(tmp_path / "store"), 4, params.special_tokens)
+    params = PipelineParams(pool=[_pool(tmp_path)], special_tokens="quarantine", shard_size=4)
+    summary = stages.ingest(params.ingest_config(params.pool), str(tmp_path / "store"))
     assert summary["records_ok"] == 2 and summary["rejected_by_reason"] == {"special_tokens": 4}
