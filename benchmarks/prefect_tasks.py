@@ -271,6 +271,7 @@ def main() -> None:
         os.environ["PREFECT_API_URL"] = api
         sys.path.insert(0, str(HERE))
         from syllabus import registry
+        from syllabus.pipeline.config import IngestConfig
         from syllabus.pipeline.stages import ingest
         from syllabus.tracking.provenance import ALLOW_ENV, uncommitted_files
 
@@ -287,7 +288,7 @@ def main() -> None:
             write_pool(pool, args.n)
         store = str(work / f"store-{time.time_ns()}")  # a fresh store: every shard is scored once
         start = time.perf_counter()
-        manifest = ingest([str(pool)], store, args.shard_size)["manifest"]
+        manifest = ingest(IngestConfig(inputs=[str(pool)], shard_size=args.shard_size), store)["manifest"]
         print(f"synthetic pool: {args.n} samples ingested in {time.perf_counter() - start:.1f} s "
               f"(not part of the flow's figures); Prefect server {api}", flush=True)
         runs = [run_once("synthetic scorer, first run", manifest, str(model), store, args.n, args.max_tasks_per_scorer)]
