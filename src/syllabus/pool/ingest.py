@@ -140,17 +140,21 @@ def _slug(name: str) -> str:
 class _Sharder:
     """Collects valid rows of one file and commits them in fixed-size, content-addressed shards.
 
-    Rows are kept as tuples holding the JSON line :func:`shard_content_hash` hashes, so a
-    shard's hash and table are the same whichever path (per-record or vectorised) made its rows.
-    A shard's hash and manifest entry are made here, in order; its Parquet is encoded and
-    committed by a worker thread (the zstd encoder and the store's fsync release the GIL), at
-    most :data:`_IN_FLIGHT` shards behind, so memory stays flat."""
+    Pending rows come as segments, in order: rows of the per-record path (tuples holding the
+    JSON line :func:`shard_content_hash` hashes), or runs of a vectorised block's rows
+    (:class:`vectorised.Prepared`, whose ``line`` column holds the same line), so a shard's
+    hash and table are the same whichever path made its rows. A shard's hash and manifest entry
+    are made here, in order; its Parquet is encoded and committed by a worker thread (the zstd
+    encoder and the store's fsync release the GIL), at most :data:`_IN_FLIGHT` shards behind,
+    so memory stays flat."""
 
     def __init__(self, store: Store, shard_size: int, pack: bool = False):
         self.store, self.shard_size, self.pack = store, shard_size, pack
         self.shards: list[dict[str, Any]] = []
         self.written = self.reused = 0
-        self.rows: list[tuple] = []
+        # Each a list of tuples (the per-record path), or [Prepared, list of its row indices].
+        self.segments: list[list] = []
+        self.count = 0  # pending rows
         # The files whose rows are pending, each with its slug, its shard count so far and the
         # position of its first pending row: more than one only when small files are packed.
         self.marks: list[list] = []
@@ -160,8 +164,8 @@ class _Sharder:
     def start_file(self, source: str, file: str, slug: str) -> None:
         """Rows from here on come from ``file``. Without packing, the previous file's rows were
         cut into their own last shard (see end_file)."""
-        self.marks = [m for m in self.marks if m[4] < len(self.rows)]  # a file that added no row
-        self.marks.append([source, file, slug, 0, len(self.rows)])
+        self.marks = [m for m in self.marks if m[4] < self.count]  # a file that added no row
+        self.marks.append([source, file, slug, 0, self.count])
 
     def end_file(self) -> None:
         if not self.pack:
@@ -172,19 +176,61 @@ class _Sharder:
         m = sample.messages
         pair = len(m) == 2 and m[0]["role"] == "user" and m[1]["role"] == "assistant" and m[1]["content"] == sample.output \
             and len(m[0]) == 2 and len(m[1]) == 2
-        self.rows.append((row["sample_id"], row["source"], row["instruction"], row["input"], row["output"],
-                          m[0]["content"] if pair else None, None if pair else m, row["metadata"], _row_line(row)))
-        if len(self.rows) == self.shard_size:
+        row = (row["sample_id"], row["source"], row["instruction"], row["input"], row["output"],
+               m[0]["content"] if pair else None, None if pair else m, row["metadata"], _row_line(row))
+        if self.segments and self.segments[-1][0].__class__ is tuple:
+            self.segments[-1].append(row)
+        else:
+            self.segments.append([row])
+        self.count += 1
+        if self.count == self.shard_size:
             self.flush()
 
+    def add_rows(self, prep: Any, ks: Iterable[int]) -> None:
+        """Rows ``ks`` (in order) of a vectorised block."""
+        ks = list(ks)
+        while ks:
+            room = self.shard_size - self.count
+            part, ks = ks[:room], ks[room:]
+            last = self.segments[-1] if self.segments else None
+            if last is not None and last[0] is prep:
+                last[1] += part
+            else:
+                self.segments.append([prep, part])
+            self.count += len(part)
+            if self.count == self.shard_size:
+                self.flush()
+
     def flush(self) -> None:
-        rows = self.rows
-        if not rows:
+        segments, count = self.segments, self.count
+        if not count:
             return
-        self.rows = []
-        marks = [m for m in self.marks if m[4] < len(rows)]
+        self.segments, self.count = [], 0
+        marks = [m for m in self.marks if m[4] < count]
         source, file, slug, index, _ = marks[0]
-        digest = hashlib.sha256("".join([r[8] for r in rows]).encode("utf-8", "surrogatepass")).hexdigest()[:20]
+        h = hashlib.sha256()
+        parts = []  # per segment: a table of SCHEMA, or the tuples
+        first_id = last_id = None
+        for seg in segments:
+            if seg[0].__class__ is tuple:
+                h.update("".join([r[8] for r in seg]).encode("utf-8", "surrogatepass"))
+                ids = (seg[0][0], seg[-1][0])
+                parts.append(seg)
+            else:
+                prep, ks = seg
+                ids = (prep.sample_ids[ks[0]], prep.sample_ids[ks[-1]])
+                cols = prep.columns
+                if ks[-1] - ks[0] + 1 == len(ks):
+                    cols = cols.slice(ks[0], len(ks))
+                else:
+                    cols = cols.take(pa.array(ks))
+                lines = cols.column("line").combine_chunks()
+                offsets = np.frombuffer(lines.buffers()[1], np.int32, len(lines) + 1, lines.offset * 4)
+                h.update(memoryview(lines.buffers()[2])[int(offsets[0]):int(offsets[-1])])
+                parts.append(cols)
+            first_id = ids[0] if first_id is None else first_id
+            last_id = ids[1]
+        digest = h.hexdigest()[:20]
         key = f"shards/{digest}.parquet"
         entry = {
             "name": f"shard-{slug}-{index:05d}",
@@ -194,13 +240,13 @@ class _Sharder:
             "key": key,
             "url": self.store.url(key),
             "content_hash": digest,
-            "rows": len(rows),
-            "first_sample_id": rows[0][0],
-            "last_sample_id": rows[-1][0],
+            "rows": count,
+            "first_sample_id": first_id,
+            "last_sample_id": last_id,
         }
         if self.pack:
             # Which files the shard holds rows of, in order, and how many of each.
-            ends = [m[4] for m in marks[1:]] + [len(rows)]
+            ends = [m[4] for m in marks[1:]] + [count]
             entry["files"] = [{"file": m[1], "source": m[0], "rows": end - m[4]} for m, end in zip(marks, ends)]
         self.shards.append(entry)
         marks[0][3] += 1  # the next shard that starts in that file
@@ -209,12 +255,12 @@ class _Sharder:
         self.marks = [current]
         while len(self._in_flight) >= _IN_FLIGHT:
             self._collect(self._in_flight.popleft())
-        self._in_flight.append(self._pool.submit(self._commit, key, digest, source, rows))
+        self._in_flight.append(self._pool.submit(self._commit, key, digest, source, parts))
 
-    def _commit(self, key: str, digest: str, source: str, rows: list[tuple]) -> bool:
+    def _commit(self, key: str, digest: str, source: str, parts: list) -> bool:
         if self.store.is_committed(key):
             return False
-        self.store.commit_table(key, _table(rows), {"content_hash": digest, "source": source})
+        self.store.commit_table(key, _shard_table(parts), {"content_hash": digest, "source": source})
         return True
 
     def _collect(self, future: Future) -> None:
@@ -237,6 +283,34 @@ class _Sharder:
 # Most of a commit is waiting for the store (fsync, a PUT): two at once, four shards in flight at most
 # (four workers were no faster on 2 cores and held 25 MB more per 300,000 records: malloc arenas).
 _WORKERS, _IN_FLIGHT = 2, 4
+
+
+def _shard_table(parts: list) -> pa.Table:
+    """A shard's table from its segments (see _Sharder.flush): the same Arrow data, and so the
+    same Parquet bytes, whichever path made its rows."""
+    tables = [_table(p) if isinstance(p, list) else _columns_table(p) for p in parts]
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables).combine_chunks()
+
+
+def _pair_turns(users: pa.Array, outputs: pa.Array) -> pa.Array:
+    """The messages column of rows whose conversation is one user turn and its answer."""
+    n = len(users)
+    messages_type = SCHEMA.field("messages").type
+    interleave = np.empty(2 * n, np.int64)
+    interleave[0::2] = np.arange(n)
+    interleave[1::2] = np.arange(n, 2 * n)
+    contents = pa.concat_arrays([users, outputs]).take(pa.array(interleave))
+    turns = pa.StructArray.from_arrays(
+        [pa.array(["user", "assistant"] * n, pa.string()), contents], fields=list(messages_type.value_type))
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)), turns, type=messages_type)
+
+
+def _columns_table(cols: pa.Table) -> pa.Table:
+    """A table of SCHEMA from a vectorised block's rows (vectorised.ROW_COLUMNS)."""
+    get = lambda name: cols.column(name).combine_chunks()  # noqa: E731
+    arrays = [get("sample_id"), get("source"), get("instruction"), get("input"), get("output"),
+              _pair_turns(get("user"), get("output")), get("metadata")]
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
 def _table(rows: list[tuple]) -> pa.Table:
@@ -281,6 +355,18 @@ def _quarantine_entry(rec: RawRecord, code: str, reason: str) -> dict[str, Any]:
     elif rec.value is not None:
         entry["raw"] = json.dumps(rec.value, ensure_ascii=True, default=str)
     return entry
+
+
+def _all_new(keys: list[str], ids: list[str], seen_content: dict, seen_ids: dict) -> bool:
+    """Whether no record of a run (its dedup keys and sample ids) can be a duplicate: its keys,
+    and its ids that are not their keys, are all distinct, and none was seen before. (Stricter
+    than the record-by-record test, which is what a run that fails it takes.)"""
+    fresh = set(keys)
+    if len(fresh) != len(keys):
+        return False
+    own = [i for i, k in zip(ids, keys) if i != k]
+    fresh.update(own)
+    return len(fresh) == len(keys) + len(own) and seen_content.keys().isdisjoint(fresh) and seen_ids.keys().isdisjoint(fresh)
 
 
 def ingest_pool(
@@ -401,34 +487,38 @@ def ingest_pool(
                     continue
                 prep = prepare_lines(item, source, fields, max_chars) if isinstance(item, LineBlock) \
                     else prepare_batch(item, source, fields, max_chars)
-                bar.update(len(prep.items))
-                rows, pending, size = prep.rows, sharder.rows, sharder.shard_size
-                for k in prep.items:
-                    if k.__class__ is not int:
-                        take(k)
-                        pending = sharder.rows  # take() may have cut a shard
+                for run in prep.runs:
+                    if run.__class__ is not tuple:
+                        bar.update(1)
+                        take(run)
                         continue
-                    row = rows[k]
-                    sample_id, content, key, where = row[0], row[9], row[10], row[11]
-                    stats.records_in += 1
-                    # seen(), inline: the common case of a new record costs two lookups.
-                    if key in seen_content or sample_id in seen_ids or (sample_id != content and sample_id in seen_content):
-                        code, reason = seen(sample_id, content, key, where)
-                        quarantine.append(_quarantine_entry(prep.record(k), code, reason))
-                        reasons[code] += 1
-                        if code == "duplicate_content":
-                            stats.duplicates += 1
-                        else:
-                            stats.records_rejected += 1
+                    k0, k1 = run
+                    bar.update(k1 - k0)
+                    keys, ids = prep.keys[k0:k1], prep.sample_ids[k0:k1]
+                    wheres = prep.wheres[k0:k1]
+                    stats.records_in += k1 - k0
+                    if _all_new(keys, ids, seen_content, seen_ids):
+                        seen_content.update(zip(keys, wheres))
+                        seen_ids.update([(i, w) for i, k, w in zip(ids, keys, wheres) if i != k])
+                        stats.records_ok += k1 - k0
+                        sharder.add_rows(prep, range(k0, k1))
                         continue
-                    seen_content[key] = where
-                    if sample_id != key:
-                        seen_ids[sample_id] = where
-                    stats.records_ok += 1
-                    pending.append(row)  # the sharder reads its first nine fields
-                    if len(pending) == size:
-                        sharder.flush()
-                        pending = sharder.rows
+                    kept = []
+                    for k in range(k0, k1):
+                        sample_id, content, key, where = prep.sample_ids[k], prep.contents[k], prep.keys[k], prep.wheres[k]
+                        dup = seen(sample_id, content, key, where)
+                        if dup is not None:
+                            code, reason = dup
+                            quarantine.append(_quarantine_entry(prep.record(k), code, reason))
+                            reasons[code] += 1
+                            if code == "duplicate_content":
+                                stats.duplicates += 1
+                            else:
+                                stats.records_rejected += 1
+                            continue
+                        stats.records_ok += 1
+                        kept.append(k)
+                    sharder.add_rows(prep, kept)
             sharder.end_file()
         sharder.flush()
     finally:

@@ -72,6 +72,9 @@ MIN_ROWS = 64
 # What makes canonical.dedup_text change ASCII text: whitespace but single inner spaces.
 _WHITESPACE_CHANGES = r"[\t\n\x0b\x0c\r\x1c-\x1f]|  |^ | $"
 _CONTROL_OR_SPECIAL = _CONTROL + "|" + SPECIAL_TOKEN_FILTER
+# The bytes the json encoder escapes in text whose only control characters are tab, newline and
+# carriage return, and their escapes (backslash first).
+_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
 _PAIR = '[{"role":"user","content":%s},{"role":"assistant","content":%s}]'
 _PAIR_INNER = '[{"role":"user","content":"%s"},{"role":"assistant","content":"%s"}]'
 _ROW_INNER = ('{"input":"%s","instruction":"%s","messages":[{"content":"%s","role":"user"},{"content":"%s","role":"assistant"}],'
@@ -80,17 +83,55 @@ _ROW = ('{"input":%s,"instruction":%s,"messages":[{"content":%s,"role":"user"},{
         '"metadata":%s,"output":%s,"sample_id":%s,"source":%s}\n')
 
 
+# The columns of a block's plain rows (Prepared.columns), in this order.
+ROW_COLUMNS = ("sample_id", "source", "instruction", "input", "output", "user", "metadata", "line")
+
+
 @dataclass
 class Prepared:
-    """A block's records in file order: ``items`` holds, per record, either an ``int`` (the
-    index of a plain record in ``rows``) or the :class:`RawRecord` for the per-record path."""
+    """A block's records in file order, as ``runs``: each a :class:`RawRecord` for the
+    per-record path, or a ``(first, stop)`` range of plain records (their indices ``k``).
 
-    items: list[Any] = field(default_factory=list)
-    # Per plain record: the sharder's row (sample_id, source, instruction, input, output, user
-    # turn, None for the turns, metadata JSON, the row's line as the shard hash covers it), then
-    # its content hash, its dedup key and where it is (file, line, row).
-    rows: list[tuple] = field(default_factory=list)
+    A plain record ``k`` is row ``k`` of ``columns`` (:data:`ROW_COLUMNS`: the sharder's row,
+    ``user`` being the user turn and ``line`` the row's line as the shard hash covers it) and
+    entry ``k`` of ``sample_ids``, ``contents`` (content hashes), ``keys`` (dedup keys) and
+    ``wheres`` ((file, line, row))."""
+
+    runs: list[Any] = field(default_factory=list)
+    columns: pa.Table | None = None
+    sample_ids: list[str] = field(default_factory=list)
+    contents: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    wheres: list[tuple] = field(default_factory=list)
     record: Callable[[int], RawRecord] | None = None  # a plain record's RawRecord, for the quarantine
+    _chunks: list[pa.Table] = field(default_factory=list)
+
+    @property
+    def items(self) -> list[Any]:
+        """Per record, in file order: the index ``k`` of a plain record, or its RawRecord."""
+        return [k for run in self.runs for k in (range(*run) if isinstance(run, tuple) else (run,))]
+
+    @property
+    def rows(self) -> list[tuple]:
+        """Per plain record: (sample_id, source, instruction, input, output, user turn, None,
+        metadata JSON, line, content hash, dedup key, where), as the per-record path makes them."""
+        if self.columns is None:
+            return []
+        cols = [self.columns.column(name).to_pylist() for name in ROW_COLUMNS]
+        sid, src, a, x, o, u, m, line = cols
+        return list(zip(sid, src, a, x, o, u, [None] * len(sid), m, line, self.contents, self.keys, self.wheres))
+
+    def _add(self, chunk: pa.Table, sample_ids: list[str], contents: list[str], keys: list[str], wheres: list[tuple]) -> None:
+        self._chunks.append(chunk)
+        self.sample_ids += sample_ids
+        self.contents += contents
+        self.keys += keys
+        self.wheres += wheres
+
+    def _finish(self) -> None:
+        if self._chunks:
+            self.columns = pa.concat_tables(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+        self._chunks = []
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -121,7 +162,8 @@ def _plain_rows(table: pa.Table, fields: FieldMap, absent: np.ndarray | None) ->
         elif _is_text(col.type):
             keep.append(name)
             # One pass per column: a control character anywhere, a special token in the texts.
-            mask &= ~_numpy(pc.fill_null(pc.match_substring_regex(col, _CONTROL_OR_SPECIAL if name in texts else _CONTROL), False))
+            if _may_match(col, name in texts):
+                mask &= ~_numpy(pc.fill_null(pc.match_substring_regex(col, _CONTROL_OR_SPECIAL if name in texts else _CONTROL), False))
         elif name in fields.id and pa.types.is_integer(col.type):
             keep.append(name)
         else:
@@ -132,8 +174,15 @@ def _plain_rows(table: pa.Table, fields: FieldMap, absent: np.ndarray | None) ->
 def _plain_text(col: pa.ChunkedArray) -> np.ndarray:
     """Per value: ASCII text that :func:`canonical.dedup_text` leaves as it is and that is not
     blank (no whitespace but single inner spaces, not empty)."""
-    same = pc.and_(pc.string_is_ascii(col), pc.invert(pc.match_substring_regex(col, _WHITESPACE_CHANGES)))
-    return _numpy(pc.fill_null(pc.and_(same, pc.greater(pc.utf8_length(col), 0)), False))
+    same = _ascii(col) & ~_numpy(pc.fill_null(pc.match_substring_regex(col, _WHITESPACE_CHANGES), True))
+    return same & _numpy(pc.fill_null(pc.greater(pc.utf8_length(col), 0), False))
+
+
+def _ascii(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Per value, whether it is ASCII text (False for a null)."""
+    if all(int(data.max(initial=0)) < 0x80 for data in _data(col)):
+        return _numpy(pc.is_valid(col))
+    return _numpy(pc.fill_null(pc.string_is_ascii(col), False))
 
 
 def _numpy(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -146,42 +195,142 @@ def _escape_all(values: list[str]) -> list[str]:
     return _esc(_JOIN.join(values))[1:-1].split(_JOIN)
 
 
+def _data(col: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
+    """The bytes of a text column's data buffers (each chunk's whole buffer: a superset of its
+    values' bytes)."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    return [np.frombuffer(c.buffers()[2], np.uint8) for c in chunks if c.buffers()[2] is not None]
+
+
+def _holds(col: pa.Array | pa.ChunkedArray, byte: int) -> bool:
+    """Whether a text column's data may hold ``byte``."""
+    return any(bool((data == byte).any()) for data in _data(col))
+
+
+def _may_match(col: pa.Array | pa.ChunkedArray, special: bool) -> bool:
+    """Whether _CONTROL (``special``: _CONTROL_OR_SPECIAL) may match a value of a text column: its
+    data holds a control character but tab, newline and carriage return, the first byte of
+    U+FFFF's UTF-8 (EF BF BF), or (``special``) a "<" or "[", with which every token starts."""
+    for data in _data(col):
+        if int(np.count_nonzero(data < 0x20)) > sum(int(np.count_nonzero(data == c)) for c in (9, 10, 13)):
+            return True
+        if any(bool((data == c).any()) for c in ((0xEF, 0x3C, 0x5B) if special else (0xEF,))):
+            return True
+    return False
+
+
+def _escape(col: pa.Array) -> pa.Array:
+    """What the json encoder (``ensure_ascii=False``) writes between the quotes of each value,
+    for text whose only control characters are tab, newline and carriage return (a
+    replacement runs only when its byte is in the column's data)."""
+    for raw, escaped in _ESCAPES:
+        if _holds(col, ord(raw)):
+            col = pc.replace_substring(col, raw, escaped)
+    return col
+
+
+# Python's str.strip() whitespace, as far as ASCII goes: a text holding none but these is blank.
+_NOT_BLANK = r"[^ \t\n\r\x0b\x0c\x1c-\x1f]"
+
+
+def _not_blank(col: pa.Array, where: np.ndarray | None = None) -> np.ndarray:
+    """Per value, whether the text holds a character str.strip() keeps (only the rows of
+    ``where`` are looked at; the others are False)."""
+    if where is None:
+        return _numpy(pc.fill_null(pc.match_substring_regex(col, _NOT_BLANK), False))
+    out = np.zeros(len(col), bool)
+    if where.any():
+        at = np.flatnonzero(where)
+        out[at] = _numpy(pc.fill_null(pc.match_substring_regex(col.take(pa.array(at)), _NOT_BLANK), False))
+    return out
+
+
+def _join(*parts: Any) -> pa.Array:
+    """The element-wise concatenation of arrays and literal strings."""
+    return pc.binary_join_element_wise(*[pa.scalar(p, pa.string()) if isinstance(p, str) else p for p in parts], "")
+
+
+def _sha16(col: pa.Array) -> list[str]:
+    """The first 16 hex digits of each value's SHA-256 (hashed straight from the Arrow buffer)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    n = len(col)
+    offsets = np.frombuffer(col.buffers()[1], np.int32, n + 1, col.offset * 4).tolist()
+    data = memoryview(col.buffers()[2])
+    sha = hashlib.sha256
+    return [sha(data[a:b]).hexdigest()[:16] for a, b in zip(offsets, offsets[1:])]
+
+
 def _make_rows(prep: Prepared, table: pa.Table, fields: FieldMap, max_chars: int, source: str, where: list) -> list[bool]:
     """Append the canonical rows of ``table`` (all plain as far as columns tell) to ``prep``;
     returns, per row, whether it was taken (a missing or blank text or id, or a record over
     ``max_chars``, sends it on). A null is a field the record does not have.
 
     Rows whose texts are ASCII, with one column per role and every metadata field present, are
-    made column by column (_simple_made); the others one by one."""
+    made column by column in Arrow (_simple_made); the others one by one."""
     n = table.num_rows
     names = table.column_names
-    values = {name: table.column(name).to_pylist() for name in names}
-    roles = [[name for name in candidates if name in values]
+    roles = [[name for name in candidates if name in names]
              for candidates in (fields.instruction, fields.output, fields.input, fields.id)]
     # When no role has two candidate fields (the usual case), each role is one column and the
     # metadata fields are the others; otherwise each row takes its first present candidate.
     single = all(len(role) <= 1 for role in roles)
+    role_names = {role[0] for role in roles if role} if single else set()
+    meta_names = [name for name in sorted(names) if name not in role_names and name not in fields.messages]
+    simple, clean = _simple_rows(table, roles, meta_names, max_chars) if single else (np.zeros(n, bool), [])
+    made = np.zeros(n, bool)
+    parts = []  # (positions in table, columns, sample ids, contents, keys)
+    if simple.any():
+        at = np.flatnonzero(simple)
+        columns, sids, contents, keys, ok = _simple_made(table.take(pa.array(at)), roles, meta_names, source,
+                                                         [c[at] for c in clean])
+        at = at[ok]
+        made[at] = True
+        parts.append((at, columns, sids, contents, keys))
+    rest = np.flatnonzero(~simple)
+    if len(rest):
+        sub = table.take(pa.array(rest))
+        values = {name: sub.column(name).to_pylist() for name in names}
+        slow = _slow_made(values, len(rest), roles, single, meta_names, fields, max_chars, source)
+        taken = [row is not None for row in slow]
+        if any(taken):
+            at = rest[np.asarray(taken, bool)]
+            made[at] = True
+            rows = [row for row in slow if row is not None]
+            cols = list(zip(*rows))
+            parts.append((at, pa.table([pa.array(c, pa.string()) for c in cols[:8]], names=list(ROW_COLUMNS)),
+                          list(cols[0]), list(cols[8]), list(cols[9])))
+    if parts:
+        if len(parts) == 1:
+            at, columns, sids, contents, keys = parts[0]
+        else:
+            order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
+            at = np.concatenate([p[0] for p in parts])[order]
+            columns = pa.concat_tables([p[1] for p in parts]).take(pa.array(order))
+            pick = order.tolist()
+            sids, contents, keys = ([flat[j] for j in pick] for flat in ([v for p in parts for v in p[i]] for i in (2, 3, 4)))
+        prep._add(columns, sids, contents, keys, [where[j] for j in at.tolist()])
+    return made.tolist()
+
+
+def _slow_made(values: dict[str, list], n: int, roles: list[list[str]], single: bool, meta_names: list[str],
+               fields: FieldMap, max_chars: int, source: str) -> list[tuple | None]:
+    """Rows one by one: (sample_id, source, instruction, input, output, user turn, metadata
+    JSON, line, content hash, dedup key), or None for a record the per-record path must see."""
     if single:
         picked = [(values[role[0]] if role else [None] * n, None) for role in roles]
-        role_names = {role[0] for role in roles if role}
     else:
         picked = []
         for role in roles:
             pairs = [next(((name, values[name][j]) for name in role if values[name][j] is not None), (None, None))
                      for j in range(n)]
             picked.append(([v for _, v in pairs], [k for k, _ in pairs]))
-        role_names = set()
     (ins, ins_names), (out, out_names), (inp, inp_names), (ids, id_names) = picked
-    meta = [(_esc(name), name, values[name]) for name in sorted(names) if name not in role_names and name not in fields.messages]
+    meta = [(_esc(name), name, values[name]) for name in meta_names]
     esrc = _esc(source)
-    made: list[tuple | None] = [None] * n
-    simple, clean = _simple_rows(table, roles, [name for _, name, _ in meta], max_chars) if single else (np.zeros(n, bool), [])
-    if simple.any():
-        at = np.flatnonzero(simple).tolist()
-        for j, row in zip(at, _simple_made(at, ins, out, inp, ids, meta, source, where, clean)):
-            made[j] = row
     sha = hashlib.sha256
-    for j in np.flatnonzero(~simple).tolist():
+    made: list[tuple | None] = [None] * n
+    for j in range(n):
         a, o, x = ins[j], out[j], inp[j]
         if (type(a) is not str or type(o) is not str or not a.strip() or not o.strip()
                 or (not a.isascii() and not dedup_text(a)) or (not o.isascii() and not dedup_text(o))):
@@ -208,10 +357,9 @@ def _make_rows(prep: Prepared, table: pa.Table, fields: FieldMap, max_chars: int
         used = () if single else (ins_names[j], out_names[j], inp_names[j], id_names[j])
         meta_json = "{" + ", ".join([k + ": " + (_esc(v) if type(v) is str else str(v))
                                      for k, name, column in meta if (v := column[j]) is not None and name not in used]) + "}"
-        made[j] = (sid, source, a, x, o, user, None, meta_json,
-                   _ROW % (_esc(x), _esc(a), eu, eo, _esc(meta_json), eo, _esc(sid), esrc), content, key, where[j])
-    prep.rows.extend(row for row in made if row is not None)
-    return [row is not None for row in made]
+        made[j] = (sid, source, a, x, o, user, meta_json,
+                   _ROW % (_esc(x), _esc(a), eu, eo, _esc(meta_json), eo, _esc(sid), esrc), content, key)
+    return made
 
 
 def _simple_rows(table: pa.Table, roles: list[list[str]], meta_names: list[str], max_chars: int) -> tuple[np.ndarray, list]:
@@ -223,7 +371,7 @@ def _simple_rows(table: pa.Table, roles: list[list[str]], meta_names: list[str],
     ins, out, inp, ids = (role[0] if role else None for role in roles)
     if ins is None or out is None or not (_is_text(table.schema.field(ins).type) and _is_text(table.schema.field(out).type)):
         return none
-    ascii_ = lambda col: _numpy(pc.fill_null(pc.string_is_ascii(col), False))  # noqa: E731
+    ascii_ = _ascii
     ins_col, out_col = table.column(ins), table.column(out)
     mask = ascii_(ins_col) & ascii_(out_col)
     clean = [_plain_text(ins_col), _plain_text(out_col)]
@@ -245,49 +393,75 @@ def _simple_rows(table: pa.Table, roles: list[list[str]], meta_names: list[str],
     return mask, clean
 
 
-def _simple_made(at: list[int], ins: list, out: list, inp: list, ids: list, meta: list, source: str, where: list,
-                 clean: list) -> list[tuple | None]:
-    """The rows of _simple_rows, column by column (None for a row with a blank instruction,
+def _simple_made(table: pa.Table, roles: list[list[str]], meta_names: list[str], source: str,
+                 clean: list[np.ndarray]) -> tuple[pa.Table, list[str], list[str], list[str], np.ndarray]:
+    """The rows of _simple_rows, column by column: their columns (:data:`ROW_COLUMNS`), sample
+    ids, content hashes and dedup keys, for the rows of ``ok`` (False for a blank instruction,
     output or id: the per-record path rejects it). For ASCII text, dedup_text only collapses
     whitespace; for clean texts (no whitespace but single inner spaces) the user turn is the
     instruction and the input joined by a blank line and its dedup text by one space, so the
     escaped forms are joined the same way."""
-    sha = hashlib.sha256
-    everyone = len(at) == len(ins)  # the usual case: no copies
-    pick = (lambda column: column) if everyone else (lambda column: [column[j] for j in at])  # noqa: E731
-    A, O, X0, ID = pick(ins), pick(out), pick(inp), pick(ids)
-    CA, CO, CX = (pick(c.tolist()) for c in clean)
-    X = [x or "" for x in X0]
-    ok = [(ca or bool(a.strip())) and (co or bool(o.strip())) and (type(i) is not str or bool(i.strip()))
-          for a, o, i, ca, co in zip(A, O, ID, CA, CO)]
-    joined = [bool(x) and (cx or bool(x.strip())) for x, cx in zip(X, CX)]  # a non-blank input
-    eA, eO, eX = _escape_all(A), _escape_all(O), _escape_all(X)
-    U = [f"{a}\n\n{x}" if j else a for a, x, j in zip(A, X, joined)]
-    eU = [f"{a}\\n\\n{x}" if j else a for a, x, j in zip(eA, eX, joined)]
-    content = [sha((_PAIR_INNER % (u, o)).encode()).hexdigest()[:16] for u, o in zip(eU, eO)]
-
-    def key_of(c: str, u: str, o: str) -> str:
-        du, do = dedup_text(u), dedup_text(o)
-        return c if du == u and do == o else sha((_PAIR % (_esc(du), _esc(do))).encode()).hexdigest()[:16]
-
-    key = [(sha((_PAIR_INNER % (f"{a} {x}", o)).encode()).hexdigest()[:16] if j else c)
-           if ca and co and (cx or not j) else key_of(c, u, o_)
-           for c, a, x, o, u, o_, j, ca, co, cx in zip(content, eA, eX, eO, U, O, joined, CA, CO, CX)]
-    sid = content if all(i is None for i in ID) else \
-        [c if i is None else i if type(i) is str else str(i) for c, i in zip(content, ID)]
-    eS = _escape_all(sid)
-    if meta:
-        shape = "{" + ", ".join(k.replace("%", "%%") + ': "%s"' for k, _, _ in meta) + "}"
-        escaped = [_escape_all(pick(column)) for _, _, column in meta]
-        M = [shape % values for values in zip(*escaped)]
+    ins, out, inp, ids = (role[0] if role else None for role in roles)
+    n = table.num_rows
+    A, O = table.column(ins).combine_chunks(), table.column(out).combine_chunks()
+    X = pc.fill_null(table.column(inp).combine_chunks(), "") if inp is not None else pa.array([""] * n, pa.string())
+    CA, CO, CX = clean
+    ok = (CA | _not_blank(A, ~CA)) & (CO | _not_blank(O, ~CO))
+    ID = table.column(ids).combine_chunks() if ids is not None else None
+    if ID is not None and _is_text(ID.type):
+        ok &= _not_blank(ID) | ~_numpy(pc.is_valid(ID))
+    if not ok.all():
+        keep = pa.array(ok)
+        A, O, X = A.filter(keep), O.filter(keep), X.filter(keep)
+        ID = ID.filter(keep) if ID is not None else None
+        CA, CO, CX = CA[ok], CO[ok], CX[ok]
+        table = table.filter(keep)
+        n = len(A)
+    xlen = _numpy(pc.utf8_length(X))
+    joined = (xlen > 0) & (CX | _not_blank(X, ~CX))  # a non-blank input
+    eA, eO, eX = _escape(A), _escape(O), _escape(X)
+    jmask = pa.array(joined)
+    U = pc.if_else(jmask, _join(A, "\n\n", X), A)
+    eU = pc.if_else(jmask, _join(eA, "\\n\\n", eX), eA)
+    content = _sha16(_join('[{"role":"user","content":"', eU, '"},{"role":"assistant","content":"', eO, '"}]'))
+    # The dedup key: the content hash, the hash of the input joined by a space (clean texts), or
+    # dedup_text's own (any other whitespace).
+    key = list(content)
+    spaced = CA & CO & CX & joined
+    if spaced.any():
+        at = np.flatnonzero(spaced)
+        take = pa.array(at)
+        hashed = _sha16(_join('[{"role":"user","content":"', _join(eA.take(take), " ", eX.take(take)),
+                              '"},{"role":"assistant","content":"', eO.take(take), '"}]'))
+        for j, h in zip(at.tolist(), hashed):
+            key[j] = h
+    other = ~(CA & CO & (CX | ~joined))
+    if other.any():
+        at = np.flatnonzero(other)
+        take = pa.array(at)
+        for j, u, o in zip(at.tolist(), U.take(take).to_pylist(), O.take(take).to_pylist()):
+            du, do = dedup_text(u), dedup_text(o)
+            if du != u or do != o:
+                key[j] = hashlib.sha256((_PAIR % (_esc(du), _esc(do))).encode()).hexdigest()[:16]
+    content_col = pa.array(content, pa.string())
+    if ID is None or ID.null_count == len(ID):
+        S, sids = content_col, content
     else:
-        M = ["{}"] * len(at)
-    eM = _escape_all(M)
-    esrc = _esc(source)
-    lines = [_ROW_INNER % (x, a, u, o, m, o, s, esrc) for x, a, u, o, m, s in zip(eX, eA, eU, eO, eM, eS)]
-    n = len(at)
-    rows = zip(sid, [source] * n, A, X, O, U, [None] * n, M, lines, content, key, pick(where))
-    return [row if good else None for row, good in zip(rows, ok)]
+        S = pc.coalesce(ID if _is_text(ID.type) else pc.cast(ID, pa.string()), content_col)
+        sids = S.to_pylist()
+    if meta_names:
+        parts: list[Any] = ["{"]
+        for i, name in enumerate(meta_names):
+            parts += [(", " if i else "") + _esc(name) + ': "', _escape(table.column(name).combine_chunks()), '"']
+        M = _join(*parts, "}")
+    else:
+        M = pa.array(["{}"] * n, pa.string())
+    eO_ = eO
+    line = _join('{"input":"', eX, '","instruction":"', eA, '","messages":[{"content":"', eU,
+                 '","role":"user"},{"content":"', eO_, '","role":"assistant"}],"metadata":"', M if not meta_names else _escape(M),
+                 '","output":"', eO_, '","sample_id":"', S if S is content_col else _escape(S), '","source":' + _esc(source) + "}\n")
+    columns = pa.table([S, pa.array([source] * n, pa.string()), A, X, O, U, M, line], names=list(ROW_COLUMNS))
+    return columns, sids, content, key, ok
 
 
 def _parse(buf: memoryview, read_options_size: int) -> pa.Table:
@@ -338,6 +512,25 @@ def _parse_ranges(buf: bytes, bstarts: np.ndarray) -> tuple[list[tuple[int, int,
             continue
         tables.append((lo, hi, table))
     return tables, refused
+
+
+def _runs(line_of: np.ndarray, others: np.ndarray, record: Callable[[int], RawRecord | None]) -> list[Any]:
+    """Prepared.runs: ``line_of`` holds the position (line or row) of each plain record, in
+    order; ``others`` the positions of the records that go on, each made by ``record`` (None:
+    not a record)."""
+    runs: list[Any] = []
+    k = 0
+    for i in others.tolist():
+        upto = int(np.searchsorted(line_of, i))  # the plain records before position i
+        if upto > k:
+            runs.append((k, upto))
+            k = upto
+        rec = record(i)
+        if rec is not None:
+            runs.append(rec)
+    if len(line_of) > k:
+        runs.append((k, len(line_of)))
+    return runs
 
 
 def prepare_lines(block: LineBlock, source: str, fields: FieldMap, max_chars: int) -> Prepared:
@@ -405,11 +598,12 @@ def prepare_lines(block: LineBlock, source: str, fields: FieldMap, max_chars: in
         rows = np.flatnonzero(mask)
         idx = lines[lo:hi][rows]
         where = [(block.file, i, None) for i in (idx + first_line).tolist()]
-        before = len(prep.rows)
+        before = len(prep.sample_ids)
         taken = _make_rows(prep, table.select(keep).take(pa.array(rows)), fields, max_chars, source, where)
         kept = idx[np.asarray(taken, bool)]
         plain[kept] = np.arange(before, before + len(kept))
     del refused  # every line not taken goes on, refused or not
+    prep._finish()
 
     def record(i: int) -> RawRecord:
         s, e = int(begin[i]), int(end[i])
@@ -418,15 +612,7 @@ def prepare_lines(block: LineBlock, source: str, fields: FieldMap, max_chars: in
         return jsonl_record(block.file, data[s:e], first_line + i, offset + s)
 
     line_of = np.flatnonzero(plain >= 0)
-    items = prep.items
-    for i in range(n):
-        k = int(plain[i])
-        if k >= 0:
-            items.append(k)
-        elif not block.blank[i]:
-            rec = record(i)
-            if rec is not None:
-                items.append(rec)
+    prep.runs = _runs(line_of, np.flatnonzero((plain < 0) & ~block.blank), record)
     prep.record = lambda k: record(int(line_of[k]))
     return prep
 
@@ -444,13 +630,13 @@ def prepare_batch(batch: RowBatch, source: str, fields: FieldMap, max_chars: int
         taken = _make_rows(prep, table.select(keep).take(pa.array(rows)), fields, max_chars, source, where)
         kept = rows[np.asarray(taken, bool)]
         plain[kept] = np.arange(len(kept))
+    prep._finish()
     other = np.flatnonzero(plain < 0)
     # The rows going on are read as the per-record reader reads them (RecordBatch.to_pylist).
-    values = batch.batch.to_pylist() if len(other) else []
-    for i in range(n):
-        k = int(plain[i])
-        prep.items.append(k if k >= 0 else RawRecord(batch.file, None, batch.first_row + i, value=values[i]))
+    values = batch.batch.take(pa.array(other)).to_pylist() if len(other) else []
+    value_of = dict(zip(other.tolist(), values))
     line_of = np.flatnonzero(plain >= 0)
+    prep.runs = _runs(line_of, other, lambda i: RawRecord(batch.file, None, batch.first_row + i, value=value_of[i]))
 
     def record(k: int) -> RawRecord:
         i = int(line_of[k])
