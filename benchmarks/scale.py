@@ -4,7 +4,7 @@ Only the model is replaced: the scorers are the benchmark-only synthetic ones
 (``benchmarks/synthetic_scorers.py``, registered as an out-of-tree scorer is, named
 ``synthetic_*`` in every column, key, manifest and line printed here). Everything else is the
 library's own path, called in process through its entry points: ``pipeline.stages.ingest``,
-the per-shard scoring step ``scoring.pool.score_shard_entry`` (keys, leases, commit markers)
+the shard loop ``scoring.pool.score_shards`` (keys, leases, commit markers)
 and its fan-in ``write_score_manifest``, ``pipeline.stages.select`` (recipes, the why-table,
 plots, the report), ``pipeline.stages.export_subset``.
 
@@ -145,9 +145,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     synthetic_scorers.register()
     kind = job["kind"]
     if kind == "ingest":
+        from syllabus.pipeline.config import IngestConfig
         from syllabus.pipeline.stages import ingest
 
-        summary = ingest([job["pool_file"]], job["store"], job["shard_size"])
+        summary = ingest(IngestConfig(inputs=[job["pool_file"]], shard_size=job["shard_size"]), job["store"])
         return {"manifest": summary["manifest"], "records_ok": summary["records_ok"], "shards": summary["shards"],
                 "records_rejected": summary["records_rejected"], "duplicates": summary["duplicates"]}
     if kind == "ingest-baseline":
@@ -157,13 +158,13 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         return {"rows": table.num_rows}
     if kind == "score":
         from syllabus.pipeline.stages import pool_shards
-        from syllabus.scoring.pool import score_shard_entry, write_score_manifest
+        from syllabus.scoring.pool import score_shards, write_score_manifest
         from syllabus.store import Store
 
         store = Store(job["store"])
         lm = SyntheticModel()
-        entries = [score_shard_entry(s, job["scorer"], job["config"], lm, store, job["manifest"])
-                   for s in pool_shards(job["manifest"])]
+        entries = score_shards(pool_shards(job["manifest"]), job["scorer"], job["config"], lm, store, job["manifest"],
+                               raise_errors=True)["entries"]
         out = write_score_manifest(job["scorer"], job["config"], lm.fingerprint, job["manifest"], entries, [], store)
         return {"score_manifest": out["url"], "samples": out["samples"], "shards": len(entries),
                 "shards_scored": out["shards_scored"]}
