@@ -599,7 +599,8 @@ def prepare_lines(block: LineBlock, source: str, fields: FieldMap, max_chars: in
         idx = lines[lo:hi][rows]
         where = [(block.file, i, None) for i in (idx + first_line).tolist()]
         before = len(prep.sample_ids)
-        taken = _make_rows(prep, table.select(keep).take(pa.array(rows)), fields, max_chars, source, where)
+        plain_table = table.select(keep) if len(rows) == table.num_rows else table.select(keep).take(pa.array(rows))
+        taken = _make_rows(prep, plain_table, fields, max_chars, source, where)
         kept = idx[np.asarray(taken, bool)]
         plain[kept] = np.arange(before, before + len(kept))
     del refused  # every line not taken goes on, refused or not
