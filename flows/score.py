@@ -29,7 +29,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from syllabus_flows.outcome import finish, missing_shards_message, publish, retry_hint
 from syllabus.pipeline.config import MAX_TASKS_PER_SCORER
 from syllabus.pipeline.stages import pool_shards, shard_batches
-from syllabus.scoring.preview import needs_calibration, preview_lines, record_stage_rates, stage_preview
+from syllabus.scoring.pool import typed_configs
+from syllabus.scoring.preview import needs_calibration, record_stage_rates, say_plan, stage_preview
 from syllabus.tracking.provenance import check_code_provenance
 from syllabus_tasks.progress import ScoreProgress
 from syllabus_tasks.stages import score_manifest_task, score_plan_task, score_shards_task
@@ -75,9 +76,11 @@ def score(pool_manifest: str, scorers: dict[str, dict[str, Any]], model: str = "
             over more workers; the Prefect server slows with tens of thousands of task runs.
     """
     check_code_provenance()  # the code that runs is the commit recorded, or the run fails here
+    # Validated once for the stage, before any task: the tasks and their shards share the typed configs.
+    configs = typed_configs(scorers)
     shards = pool_shards(pool_manifest)
     batches = shard_batches(shards, max_tasks_per_scorer)
-    preview = _say_the_plan(scorers, pool_manifest, model, store)
+    preview = _say_the_plan(configs, pool_manifest, model, store)
     progress = ScoreProgress(len(shards) * len(scorers), sum(s["rows"] for s in shards) * len(scorers), logger=log)
     progress.start()
     key = progress.publish()  # batch tasks in this process report each shard as it ends
@@ -85,7 +88,7 @@ def score(pool_manifest: str, scorers: dict[str, dict[str, Any]], model: str = "
         futures = {
             name: score_shards_task.map(batches, unmapped(name), unmapped(config), unmapped(model), unmapped(store),
                                         unmapped(pool_manifest), unmapped(key))
-            for name, config in scorers.items()
+            for name, config in configs.items()
         }
         batch_of = {id(fut): (name, batch) for name, futs in futures.items() for batch, fut in zip(batches, futs)}
         outcomes: dict[int, dict[str, list[dict]]] = {}
@@ -108,7 +111,7 @@ def score(pool_manifest: str, scorers: dict[str, dict[str, Any]], model: str = "
         for m in missing:
             log.error("scorer %s: shard %s failed after retries (%s); rerun to retry only the missing shards",
                       name, m["shard"], m["error"])
-        manifests[name] = score_manifest_task(name, scorers[name], model, pool_manifest, entries, missing, store)
+        manifests[name] = score_manifest_task(name, configs[name], model, pool_manifest, entries, missing, store)
         done = manifests[name]
         print(f"{name}: {len(entries)}/{len(shards)} shards ({done['shards_scored']} scored, "
               f"{done['shards_cached']} cached), {len(missing)} missing, in {len(futs)} task runs")
@@ -118,9 +121,9 @@ def score(pool_manifest: str, scorers: dict[str, dict[str, Any]], model: str = "
     return finish(manifests, [problem])
 
 
-def _say_the_plan(scorers: dict[str, dict[str, Any]], pool_manifest: str, model: str, store: str | None) -> list[dict]:
-    """Log what the stage will do and how long it takes (``syllabus score``'s plan lines); an
-    estimate that cannot be made is said in one line and never stops the stage."""
+def _say_the_plan(scorers: dict[str, Any], pool_manifest: str, model: str, store: str | None) -> list[dict]:
+    """Log what the stage will do and how long it takes (``say_plan``: ``syllabus score``'s
+    plan lines); an estimate that cannot be made is said in one line and never stops the stage."""
     try:
         preview = stage_preview(scorers, pool_manifest, model, store)
     except Exception as exc:  # an estimate, not a check: the tasks report real problems
@@ -131,9 +134,8 @@ def _say_the_plan(scorers: dict[str, dict[str, Any]], pool_manifest: str, model:
             preview = score_plan_task.submit(scorers, pool_manifest, model, store).result()
         except Exception as exc:  # the plan below says which scorers have no time
             log.warning("could not calibrate the scorers (%s: %s)", type(exc).__name__, exc)
-    for line in preview_lines(", ".join(scorers), model, preview):
-        log.info("%s", line)
-    return preview
+    return say_plan(", ".join(scorers), model, max((p["samples"] for p in preview), default=0),
+                    lambda line: log.info("%s", line), preview)
 
 
 def score_markdown(manifests: dict[str, dict[str, Any]], problem: str | None = None) -> str:

@@ -53,18 +53,24 @@ class Plan:
         return self.methods[method].instances
 
 
-def scorer_config(instance: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` validated by the scorer's pydantic config; an error names the instance,
-    the bad field and its value."""
+def validated_config(instance: str, config: Mapping[str, Any]) -> Any:
+    """``config`` as the scorer's typed config (its pydantic ScorerConfig); an error names
+    the instance, the bad field and its value."""
     from pydantic import ValidationError
 
     from syllabus import registry
 
     cls = registry.lookup("scorer", scorer_of(instance)).config_cls
     try:
-        cls.model_validate(dict(config))
+        return cls.model_validate(dict(config))
     except ValidationError as exc:  # keys named from the instance: difficulty.max_new_tokens
         raise ValueError(f"scorer {instance} config: {describe_errors(exc, cls, instance)}") from None
+
+
+def scorer_config(instance: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` checked by :func:`validated_config`, kept as the plain changes the plan
+    records (a scoring stage validates it once more, into the object its shards share)."""
+    validated_config(instance, config)
     return dict(config)
 
 

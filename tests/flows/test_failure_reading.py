@@ -38,7 +38,7 @@ def test_a_partial_pipeline_reads_as_one(tmp_path, tiny_model_dir, mlflow_server
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
     from prefect.flow_engine import flow_run_logger, run_flow
 
-    from syllabus.pipeline.config import PipelineParams
+    from syllabus.pipeline.config import IngestConfig, PipelineParams
     from syllabus.pipeline.stages import ingest
     from syllabus.pool.manifest import load_manifest
     from syllabus_flows.outcome import PartialFailure
@@ -47,7 +47,7 @@ def test_a_partial_pipeline_reads_as_one(tmp_path, tiny_model_dir, mlflow_server
     faults = tmp_path / "faults"
     faults.mkdir()
     pool, store = write_pool(tmp_path / "pool.jsonl", 8), str(tmp_path / "store")
-    shard = load_manifest(ingest([pool], store, 4)["manifest"])["shards"][1]
+    shard = load_manifest(ingest(IngestConfig(inputs=[pool], shard_size=4), store)["manifest"])["shards"][1]
     (faults / f"fail-{shard['first_sample_id']}").touch()  # this shard fails on every attempt
     longest = fault_recipe(tmp_path / "longest.yaml", "longest", faults)
     strict = fault_recipe(tmp_path / "strict.yaml", "strict", faults, topk=", drop_below: 1000000000.0")  # selects nothing

@@ -41,6 +41,7 @@ def test_a_released_lease_is_taken_quietly_and_an_expired_one_is_reported(tmp_pa
 
 
 def test_a_retried_shard_does_not_report_its_own_lease_as_expired(tmp_path, tiny_model_dir, caplog):
+    from syllabus.pipeline.config import IngestConfig
     from syllabus.pipeline.stages import ingest
     from syllabus.pool.manifest import load_manifest
     from syllabus_flows.score import score
@@ -48,7 +49,7 @@ def test_a_retried_shard_does_not_report_its_own_lease_as_expired(tmp_path, tiny
     faults = tmp_path / "faults"
     faults.mkdir()
     store = str(tmp_path / "store")
-    manifest = ingest([write_pool(tmp_path / "pool.jsonl", 8)], store, 4)["manifest"]
+    manifest = ingest(IngestConfig(inputs=[write_pool(tmp_path / "pool.jsonl", 8)], shard_size=4), store)["manifest"]
     target = load_manifest(manifest)["shards"][1]["first_sample_id"]
     (faults / f"flaky-{target}").touch()  # fails on its first attempt only
     caplog.set_level(logging.INFO, logger="syllabus.store.lease")

@@ -11,6 +11,7 @@ import pytest
 from prefect import flow
 
 from flow_helpers import write_pool
+from syllabus.pipeline.config import IngestConfig
 from syllabus.pipeline.stages import ingest as ingest_pool
 
 pytestmark = pytest.mark.flow
@@ -46,7 +47,7 @@ def test_library_logs_and_scoring_progress_reach_the_run(tmp_path, tiny_model_di
 
     pool = write_pool(tmp_path / "pool.jsonl", 12)
     store = str(tmp_path / "store")
-    manifest = ingest_pool([pool], store, 4)["manifest"]
+    manifest = ingest_pool(IngestConfig(inputs=[pool], shard_size=4), store)["manifest"]
     faults = tmp_path / "faults"
     faults.mkdir()
     state = score(manifest, {"fault": {"fault_dir": str(faults)}}, tiny_model_dir, store, return_state=True)

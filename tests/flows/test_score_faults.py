@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from flow_helpers import write_pool
+from syllabus.pipeline.config import IngestConfig
 from syllabus.pipeline.stages import ingest
 from syllabus.store import Store
 
@@ -27,7 +28,7 @@ def setup(tmp_path, tiny_model_dir):
     faults.mkdir()
     pool = write_pool(tmp_path / "pool.jsonl", 20)  # 5 shards of 4
     store = str(tmp_path / "store")
-    manifest = ingest([pool], store, SHARD)["manifest"]
+    manifest = ingest(IngestConfig(inputs=[pool], shard_size=SHARD), store)["manifest"]
     return {"faults": faults, "pool": pool, "store": store, "manifest": manifest, "model": tiny_model_dir}
 
 
@@ -121,7 +122,7 @@ def test_corrupted_and_truncated_objects_are_recomputed(setup):
 def test_appending_data_scores_only_new_shards(setup):
     run_score(setup)
     write_pool(setup["pool"], 6, start=20)  # 10 %+ more: the last shard grows into two
-    setup["manifest"] = ingest([setup["pool"]], setup["store"], SHARD)["manifest"]
+    setup["manifest"] = ingest(IngestConfig(inputs=[setup["pool"]], shard_size=SHARD), setup["store"])["manifest"]
     after = run_score(setup)
     assert (after["shards_scored"], after["shards_cached"]) == (2, 5)
     assert len(scored_rows(after)) == 26

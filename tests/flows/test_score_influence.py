@@ -8,6 +8,7 @@ import json
 import pytest
 
 from flow_helpers import write_pool
+from syllabus.pipeline.config import IngestConfig
 from syllabus.pipeline.stages import ingest
 from syllabus.scoring import gradients as gradients_module
 from syllabus.scoring import influence as influence_module
@@ -25,7 +26,7 @@ def test_validation_gradients_are_computed_once_for_all_shards(tmp_path, tiny_mo
     val = tmp_path / "val.jsonl"
     val.write_text("".join(json.dumps(r) + "\n" for r in VAL))
     store = str(tmp_path / "store")
-    manifest = ingest([write_pool(tmp_path / "pool.jsonl", 9)], store, 3)["manifest"]  # 3 shards
+    manifest = ingest(IngestConfig(inputs=[write_pool(tmp_path / "pool.jsonl", 9)], shard_size=3), store)["manifest"]  # 3 shards
     calls = []
     real = gradients_module.gradient_features
 

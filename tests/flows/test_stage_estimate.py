@@ -32,6 +32,7 @@ class _Lines(logging.Handler):
 
 
 def test_the_score_flow_says_its_plan_and_learns_its_rate(tmp_path, tiny_model_dir, monkeypatch):
+    from syllabus.pipeline.config import IngestConfig
     from syllabus.pipeline.stages import ingest
     from syllabus_flows.score import score
 
@@ -39,7 +40,7 @@ def test_the_score_flow_says_its_plan_and_learns_its_rate(tmp_path, tiny_model_d
     (tmp_path / "faults").mkdir()
     config = {"fault": {"fault_dir": str(tmp_path / "faults"), "sleep_seconds": 0.2}}  # a rate to measure
     store = str(tmp_path / "store")
-    first = ingest([write_pool(tmp_path / "a.jsonl", 12)], store, 4)["manifest"]
+    first = ingest(IngestConfig(inputs=[write_pool(tmp_path / "a.jsonl", 12)], shard_size=4), store)["manifest"]
     seen = _Lines()
     logger = logging.getLogger("flows.score")
     monkeypatch.setattr(logger, "handlers", [*logger.handlers])  # a copy: the handler leaves with the test
@@ -57,7 +58,7 @@ def test_the_score_flow_says_its_plan_and_learns_its_rate(tmp_path, tiny_model_d
     assert seen.take()[1] == "  fault: 0 to score, 12 already in the store"
     assert json.loads((tmp_path / "rates.json").read_text()) == rates
 
-    second = ingest([str(tmp_path / "a.jsonl"), write_pool(tmp_path / "b.jsonl", 8, start=100)], store, 4)["manifest"]
+    second = ingest(IngestConfig(inputs=[str(tmp_path / "a.jsonl"), write_pool(tmp_path / "b.jsonl", 8, start=100)], shard_size=4), store)["manifest"]
     score(second, config, tiny_model_dir, store)
     lines = seen.take()
     assert lines[1].startswith("  fault: 8 to score, 12 already in the store; about "), lines
@@ -71,6 +72,7 @@ def test_a_first_run_is_calibrated_in_a_task_where_the_scoring_runs(tmp_path, ti
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    from syllabus.pipeline.config import IngestConfig
     from syllabus.pipeline.stages import ingest
     from syllabus.scoring.preview import CALIBRATE_FROM, CALIBRATION_SAMPLES
     from syllabus_flows.score import score
@@ -82,7 +84,7 @@ def test_a_first_run_is_calibrated_in_a_task_where_the_scoring_runs(tmp_path, ti
     monkeypatch.setattr(logger, "level", logging.INFO)
     logger.addHandler(seen)
     store = str(tmp_path / "store")
-    manifest = ingest([write_pool(tmp_path / "a.jsonl", CALIBRATE_FROM)], store, 16)["manifest"]
+    manifest = ingest(IngestConfig(inputs=[write_pool(tmp_path / "a.jsonl", CALIBRATE_FROM)], shard_size=16), store)["manifest"]
     state = score(manifest, {"quality": {}}, tiny_model_dir, store, return_state=True)
     assert state.is_completed()
     lines = seen.take()

@@ -53,6 +53,7 @@ def _task_runs(flow_run_id, expected: int, timeout: float = 120.0) -> dict[str, 
 
 
 def test_forty_shards_make_four_task_runs_and_a_failing_shard_is_retried_alone(tmp_path, tiny_model_dir, monkeypatch):
+    from syllabus.pipeline.config import IngestConfig
     from syllabus.pipeline.stages import ingest
     from syllabus.pool.manifest import load_manifest
     from syllabus_flows.outcome import result_of
@@ -62,7 +63,7 @@ def test_forty_shards_make_four_task_runs_and_a_failing_shard_is_retried_alone(t
     faults = tmp_path / "faults"
     faults.mkdir()
     store = str(tmp_path / "store")
-    manifest = ingest([write_pool(tmp_path / "pool.jsonl", 80)], store, 2)["manifest"]
+    manifest = ingest(IngestConfig(inputs=[write_pool(tmp_path / "pool.jsonl", 80)], shard_size=2), store)["manifest"]
     shards = load_manifest(manifest)["shards"]
     assert len(shards) == 40
     broken, flaky = shards[13], shards[17]  # both in the second batch of ten
@@ -116,6 +117,7 @@ def test_forty_shards_make_four_task_runs_and_a_failing_shard_is_retried_alone(t
 def test_a_batch_scores_a_shard_another_worker_holds_last(tmp_path, tiny_model_dir):
     """Leases inside a batch: a shard whose lease another worker holds is left for the end of
     the batch (as ``syllabus score`` does), then waited for, and scored once it is released."""
+    from syllabus.pipeline.config import IngestConfig
     from syllabus.pipeline.stages import ingest, score_shards
     from syllabus.pool.manifest import load_manifest
     from syllabus.scoring.pool import LazyModel, make_scorer
@@ -125,7 +127,7 @@ def test_a_batch_scores_a_shard_another_worker_holds_last(tmp_path, tiny_model_d
     faults = tmp_path / "faults"
     faults.mkdir()
     store_url = str(tmp_path / "store")
-    manifest = ingest([write_pool(tmp_path / "pool.jsonl", 8)], store_url, 2)["manifest"]
+    manifest = ingest(IngestConfig(inputs=[write_pool(tmp_path / "pool.jsonl", 8)], shard_size=2), store_url)["manifest"]
     shards = load_manifest(manifest)["shards"]
     config = {"fault_dir": str(faults)}
     key = make_scorer("fault", config).key(LazyModel(tiny_model_dir).fingerprint, shards[0]["content_hash"])

@@ -86,6 +86,7 @@ def test_retry_continues_the_same_mlflow_run(servers, tmp_path, tiny_model_dir):
     from mlflow.tracking import MlflowClient
     from prefect.states import AwaitingRetry
 
+    from syllabus.pipeline.config import IngestConfig
     from syllabus.pipeline.stages import ingest
     from syllabus.pool.manifest import load_manifest
 
@@ -93,7 +94,7 @@ def test_retry_continues_the_same_mlflow_run(servers, tmp_path, tiny_model_dir):
     faults = tmp_path / "faults"
     faults.mkdir()
     pool = write_pool(tmp_path / "pool.jsonl", 8)
-    shard = load_manifest(ingest([pool], str(tmp_path / "probe-store"), 4)["manifest"])["shards"][1]
+    shard = load_manifest(ingest(IngestConfig(inputs=[pool], shard_size=4), str(tmp_path / "probe-store"))["manifest"])["shards"][1]
     fault = faults / f"fail-{shard['first_sample_id']}"
     fault.touch()  # the second shard fails on every attempt of the first run
     recipe = fault_recipe(tmp_path / "longest.yaml", "longest", faults)

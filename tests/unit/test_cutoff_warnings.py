@@ -94,17 +94,17 @@ def test_score_warns_after_the_quality_stage_before_difficulty_starts(tmp_path, 
 
     class Record(logging.Handler):
         def emit(self, record):
-            if record.levelno == logging.WARNING and record.name == "syllabus.cli.score":
+            if record.levelno == logging.WARNING and record.name == "syllabus.pipeline.stages":
                 events.append(f"warning {record.getMessage()}")
 
     monkeypatch.setattr(pool_module, "score_pool", recording)
     handler = Record()
-    logging.getLogger("syllabus.cli.score").addHandler(handler)
+    logging.getLogger("syllabus.pipeline.stages").addHandler(handler)
     try:
         rc = main(["score", "--pool", manifest, "--method", "3ds", "--model", tiny_model_dir, "--store", store,
                    "--max-new-tokens", "2", "--budget", "1", "--json"])
     finally:
-        logging.getLogger("syllabus.cli.score").removeHandler(handler)
+        logging.getLogger("syllabus.pipeline.stages").removeHandler(handler)
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # What the warning must say follows from the committed quality scores (a random model rates them).

@@ -12,7 +12,7 @@ import pytest
 from syllabus.config import merge_changes
 from syllabus.cli.run import compare_params, register as register_pipeline, run_params
 from syllabus.pipeline.config import PipelineParams
-from syllabus.cli.score import register as register_score, score_plan
+from syllabus.cli.score import register as register_score, score_config
 from syllabus.selection.base import Budget
 from syllabus.selection.recipes import known_recipes
 
@@ -64,7 +64,7 @@ def test_merge_changes_replaces_only_a_union_named_by_an_alternative():
 
 
 def score(*argv: str) -> dict:
-    return score_plan(_parse(register_score, ["score", "--pool", "x", "--model", "m", *argv]))
+    return score_config(_parse(register_score, ["score", "--pool", "x", "--model", "m", *argv])).scorer_configs()
 
 
 def test_a_shared_flag_reaches_every_scorer_that_has_it():

@@ -76,17 +76,17 @@ def test_the_cli_scores_every_method_with_the_pipelines_configs():
     """Same configs, so the same cache keys: a shard scored by `syllabus score --method M` is
     a cache hit for the pipeline running M, and the other way round."""
     from syllabus.pipeline.config import PipelineParams
-    from syllabus.cli.score import score_plan
+    from syllabus.cli.score import score_config
 
     scored = [m for m in known_recipes() if load_recipe(m).scorers]
     assert {"3ds", "3ds-reference", "diq", "ifd", "less"} <= set(scored)
     for method in scored:
         pipeline = PipelineParams(methods=[method], scorer_configs={}, selector_overrides={}).plan()
-        assert score_plan(_score_args("--method", method)) == pipeline.scorers, method
-    assert score_plan(_score_args("--method", "less", "--set", "influence.warmup.epochs=1")) == \
+        assert score_config(_score_args("--method", method)).scorer_configs() == pipeline.scorers, method
+    assert score_config(_score_args("--method", "less", "--set", "influence.warmup.epochs=1")).scorer_configs() == \
         PipelineParams(methods=["less"], scorer_configs={"influence": {"warmup": {"epochs": 1}}}).plan().scorers
     with pytest.raises(ValueError, match="method 'random' needs no scores"):
-        score_plan(_score_args("--method", "random"))
+        score_config(_score_args("--method", "random")).scorer_configs()
 
 
 def test_cli_choices_come_from_the_registry_and_the_recipes():

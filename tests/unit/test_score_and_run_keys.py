@@ -10,7 +10,7 @@ import argparse
 import pytest
 
 from syllabus.pipeline.config import PipelineParams
-from syllabus.cli.score import register, score_plan
+from syllabus.cli.score import register, score_config
 from syllabus.scoring.pool import make_scorer
 from syllabus.selection.recipes import known_recipes
 
@@ -20,7 +20,7 @@ FP, SHARD = "sha256:0123456789abcdef0123", "feedfacecafebeef"
 def _cli_plan(method: str) -> dict:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    return score_plan(parser.parse_args(["score", "--pool", "x", "--model", "m", "--method", method]))
+    return score_config(parser.parse_args(["score", "--pool", "x", "--model", "m", "--method", method])).scorer_configs()
 
 
 @pytest.mark.parametrize("method", sorted(known_recipes()))

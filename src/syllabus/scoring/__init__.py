@@ -15,7 +15,7 @@
   (:mod:`syllabus.scoring.injection`)
 
 Shared machinery (config base, cache keys, per-shard commit) is in :mod:`syllabus.scoring.base`;
-whole pools and the ``syllabus score`` command in :mod:`syllabus.scoring.pool` and
-:mod:`syllabus.cli.score`; plain per-sample yardsticks in :mod:`syllabus.scoring.reference`;
-per-stage timing of a scored pool in :mod:`syllabus.scoring.timing`.
+whole pools in :mod:`syllabus.scoring.pool`, and a ``syllabus score`` run (plan, scorers,
+combined table) in :func:`syllabus.pipeline.stages.score`; plain per-sample yardsticks in
+:mod:`syllabus.scoring.reference`; per-stage timing of a scored pool in :mod:`syllabus.scoring.timing`.
 """

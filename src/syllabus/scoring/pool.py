@@ -1,10 +1,14 @@
 """Score a whole pool: every shard through a scorer instance, committed per shard, then one
-score manifest per instance and (for the CLI) one combined table with a row per sample.
+score manifest per instance and (for ``syllabus score``) one combined table with a row per
+sample and, for a method of several scorers, a composite manifest naming them.
 
-:func:`score_shard_entry` is the one per-shard step: ``syllabus score`` loops over the shards
-with it (:func:`score_pool`) and the pipeline's score flow maps it over shards as a Prefect
-task; both fan in with :func:`write_score_manifest`, so they write the same manifest and, for
-the same method, the same cache keys (the scorer configs come from :mod:`syllabus.plan`).
+:func:`score_shards` is the one loop over shards: ``syllabus score`` runs it over the whole
+pool (:func:`score_pool`, called by :func:`syllabus.pipeline.stages.score`) and the pipeline's
+score flow over batches of shards as Prefect tasks; both fan in with
+:func:`write_score_manifest`, so they write the same manifest and, for the same method, the
+same cache keys (the scorer configs come from :mod:`syllabus.plan`). A stage validates each
+scorer config once (:func:`typed_configs`) and hands the typed object down: a batch builds
+its scorer once, not once a shard.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 
-from syllabus.scoring.base import Scorer, score_shard
+from syllabus.scoring.base import Scorer, ScorerConfig, score_shard
 from syllabus.scoring.manifest import ScoreManifest
 from syllabus.scoring.timing import pool_stages
 from syllabus.store import Store, content_hash
@@ -27,15 +31,26 @@ ALIASES = {"difficulty_d1": "d1", "difficulty_d2": "d2", "difficulty_d3": "d3", 
            "influence_dot": "influence", "diq_difficulty_score": "difficulty"}
 
 
-def make_scorer(name: str, config: Mapping[str, Any] | None = None, store: Store | None = None,
+def typed_configs(configs: Mapping[str, Mapping[str, Any] | ScorerConfig]) -> dict[str, ScorerConfig]:
+    """Scorer instance -> its typed config, validated here once for a whole scoring stage
+    (:func:`syllabus.plan.validated_config`: an error names the instance and the field); a
+    config that is already typed is kept as it is."""
+    from syllabus.plan import validated_config
+
+    return {name: config if isinstance(config, ScorerConfig) else validated_config(name, config)
+            for name, config in configs.items()}
+
+
+def make_scorer(name: str, config: Mapping[str, Any] | ScorerConfig | None = None, store: Store | None = None,
                 pool_manifest: str | None = None) -> Scorer:
-    """The registered scorer ``name`` with ``config``. A scorer with inputs shared by every
-    shard (influence: validation gradients, LESS warm-up checkpoints) is attached to ``store``,
-    where the first shard commits them and the rest read them, and to the pool they warm up on."""
+    """The registered scorer ``name`` with ``config`` (a typed config is used as it is, a
+    mapping validated). A scorer with inputs shared by every shard (influence: validation
+    gradients, LESS warm-up checkpoints) is attached to ``store``, where the first shard
+    commits them and the rest read them, and to the pool they warm up on."""
     from syllabus.plan import scorer_of
     from syllabus.registry import lookup
 
-    scorer = lookup("scorer", scorer_of(name))(dict(config or {}))
+    scorer = lookup("scorer", scorer_of(name))(config if isinstance(config, ScorerConfig) else dict(config or {}))
     if hasattr(scorer, "attach"):
         scorer.attach(store=store, pool_manifest=pool_manifest)
     return scorer
@@ -96,18 +111,16 @@ def _limit_shards(manifest: dict, limit: int | None) -> list[tuple[dict, int | N
 
 def score_shard_entry(
     shard: Mapping[str, Any],
-    instance: str,
-    config: Mapping[str, Any],
+    scorer: Scorer,
     lm: Any,
     store: Store,
-    pool_manifest_url: str | None = None,
     take: int | None = None,
     force: bool = False,
     wait: bool = True,
 ) -> dict[str, Any]:
-    """Score one shard with one scorer instance: the one per-shard step of ``syllabus score``
-    and of the pipeline's score flow (which maps it over shards). Returns the shard's entry
-    in the score manifest; ``skipped`` is true when a committed result was reused.
+    """Score one shard with one scorer instance (built by :func:`make_scorer` once for its
+    batch): the per-shard step of :func:`score_shards`. Returns the shard's entry in the score
+    manifest; ``skipped`` is true when a committed result was reused.
 
     ``take`` scores only the shard's first rows (``--limit``), keyed as their own content.
     With ``wait=False`` a shard another worker holds raises
@@ -116,7 +129,6 @@ def score_shard_entry(
     """
     from syllabus.pool.manifest import read_shard
 
-    scorer = make_scorer(instance, config, store, pool_manifest_url)
     shard_hash = shard["content_hash"]
     if take is not None:
         shard_hash = content_hash({"shard": shard_hash, "rows": take})
@@ -149,7 +161,7 @@ def score_shard_entry(
 
 def write_score_manifest(
     instance: str,
-    config: Mapping[str, Any],
+    config: Mapping[str, Any] | ScorerConfig,
     model_fingerprint: str,
     pool_manifest_url: str,
     entries: Sequence[Mapping[str, Any]],
@@ -200,7 +212,7 @@ def write_score_manifest(
 def score_shards(
     shards: Sequence[Mapping[str, Any]],
     instance: str,
-    config: Mapping[str, Any],
+    config: Mapping[str, Any] | ScorerConfig,
     lm: Any,
     store: Store,
     pool_manifest_url: str | None = None,
@@ -214,6 +226,8 @@ def score_shards(
 ) -> dict[str, Any]:
     """Score a batch of shards with one scorer instance, one :func:`score_shard_entry` per
     shard, each committed as it finishes: a shard that fails loses nothing the others did.
+    The scorer is built once for the batch, from ``config`` (typed by the stage: see
+    :func:`typed_configs`).
 
     A shard that raises is tried again after each of ``retry_delays`` (seconds), unless its
     error is one of ``permanent`` (bad input fails the same way every time); one that still
@@ -225,6 +239,7 @@ def score_shards(
     from syllabus.store.lease import LeaseHeld
 
     takes = takes or {}
+    scorer = make_scorer(instance, config, store, pool_manifest_url)
     entries: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     later: list[Mapping[str, Any]] = []
@@ -233,8 +248,8 @@ def score_shards(
             attempt = 0
             while True:
                 try:
-                    entries[shard["name"]] = score_shard_entry(shard, instance, config, lm, store, pool_manifest_url,
-                                                               take=takes.get(shard["name"]), force=force, wait=wait)
+                    entries[shard["name"]] = score_shard_entry(shard, scorer, lm, store, take=takes.get(shard["name"]),
+                                                               force=force, wait=wait)
                     break
                 except LeaseHeld as held:
                     if wait:  # cannot happen when waiting; reported like any error if it does
@@ -267,7 +282,7 @@ def score_shards(
 def score_pool(
     manifest_url: str,
     instance: str,
-    config: Mapping[str, Any],
+    config: Mapping[str, Any] | ScorerConfig,
     lm: Any,
     store: Store,
     limit: int | None = None,
@@ -317,4 +332,18 @@ def combined_table(manifests: list[dict[str, Any]], store: Store, pool_manifest_
 def commit_combined(table: pa.Table, store: Store, name: str, manifests: list[dict]) -> str:
     key = f"scores/tables/{name}-{content_hash([m['url'] for m in manifests], 20)}.parquet"
     store.commit_table(key, table, {"method": name})
+    return store.url(key)
+
+
+def commit_composite(method: str, manifests: list[dict[str, Any]], pool_manifest_url: str, model_fingerprint: str,
+                     table_url: str, store: Store) -> str:
+    """The score manifest of a method of several scorers (``scores/manifests/<method>-...``):
+    each scorer's manifest URL, the pool, the model and the combined table; selection reads
+    it as it reads one scorer's. Returns its URL."""
+    import json
+
+    key = f"scores/manifests/{method}-{table_url.rsplit('-', 1)[-1].split('.')[0]}.json"
+    composite = {"scorer": method, "components": {m["scorer"]: m["url"] for m in manifests},
+                 "pool_manifest": pool_manifest_url, "model_fingerprint": model_fingerprint, "table": table_url}
+    store.commit(key, json.dumps(composite, indent=1, sort_keys=True).encode(), {"scorer": method})
     return store.url(key)

@@ -28,7 +28,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from syllabus.store import Store, content_hash
 
@@ -160,10 +160,20 @@ def total_line(preview: list[Mapping[str, Any]]) -> str | None:
     return f"  expected: about {format_duration(total)}{rest} (loading the model not included)"
 
 
-def preview_lines(method: str, model: str, preview: list[Mapping[str, Any]]) -> list[str]:
-    samples = max((p["samples"] for p in preview), default=0)
-    total = total_line(preview)
-    return [plan_line(method, model, samples), *map(scorer_line, preview), *([total] if total else [])]
+def say_plan(method: str, model: str, samples: int, say: Callable[[str], None],
+             preview: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Say the plan before the work, as ``syllabus score`` and the score flow both do: the
+    plan's line, each scorer's line as soon as its preview is known (a calibration takes a
+    while), and the expected total. Returns the previews."""
+    say(plan_line(method, model, samples))
+    out = []
+    for p in preview:
+        out.append(p)
+        say(scorer_line(p))
+    total = total_line(out)
+    if total:
+        say(total)
+    return out
 
 
 def stage_preview(configs: Mapping[str, Mapping[str, Any]], manifest_url: str, model: str, store_url: str | None,

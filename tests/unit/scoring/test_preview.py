@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from syllabus.scoring.preview import CALIBRATE_FROM, CALIBRATION_SAMPLES, preview_lines, scorer_line
+from syllabus.scoring.preview import CALIBRATE_FROM, CALIBRATION_SAMPLES, say_plan, scorer_line
 
 
 def _pool(tmp_path, n: int, tag: str) -> str:
@@ -56,7 +56,7 @@ def test_few_samples_are_not_calibrated_and_say_so(tmp_path, tiny_model_dir, cap
     assert "  quality: 5 to score, 0 already in the store; no rate measured yet on this machine" in out
 
 
-def test_preview_lines_add_up_and_name_scorers_without_a_rate():
+def test_the_plan_said_adds_up_and_names_scorers_without_a_rate():
     preview = [
         {"instance": "quality", "samples": 200, "cached": 100, "to_score": 100, "seconds_per_sample": 0.6,
          "rate_source": "calibrated on 4 samples", "seconds": 60.0},
@@ -65,7 +65,8 @@ def test_preview_lines_add_up_and_name_scorers_without_a_rate():
         {"instance": "influence", "samples": 200, "cached": 0, "to_score": 200, "seconds_per_sample": None,
          "rate_source": None, "seconds": None},
     ]
-    lines = preview_lines("diq", "smollm2-135m", preview)
+    lines: list[str] = []
+    assert say_plan("diq", "smollm2-135m", 200, lines.append, iter(preview)) == preview
     assert lines[0] == "plan: score 200 samples for diq with smollm2-135m"
     assert lines[1] == "  quality: 100 to score, 100 already in the store; about 60 s (0.60 s a sample, calibrated on 4 samples)"
     assert lines[-1] == "  expected: about 6 min, plus influence (loading the model not included)"

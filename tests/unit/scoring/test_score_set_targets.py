@@ -7,13 +7,13 @@ import argparse
 
 import pytest
 
-from syllabus.cli.score import register, score_plan
+from syllabus.cli.score import register, score_config
 
 
 def _plan(*argv):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    return score_plan(parser.parse_args(["score", "--pool", "x", "--model", "m", *argv]))
+    return score_config(parser.parse_args(["score", "--pool", "x", "--model", "m", *argv])).scorer_configs()
 
 
 def test_a_change_for_a_scorer_the_method_does_not_run_is_an_error():

@@ -151,39 +151,41 @@ def test_cli_score_3ds_reference_uses_the_recipe_configs(tmp_path, tiny_model_di
 def test_score_plan_puts_the_command_line_over_the_recipe():
     import argparse
 
-    from syllabus.cli.score import register, score_plan
+    from syllabus.cli.score import register, score_config
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     args = parser.parse_args(["score", "--pool", "x", "--method", "3ds-reference", "--model", "m",
                               "--quality-mode", "generate", "--max-new-tokens", "7"])
-    configs = score_plan(args)
+    configs = score_config(args).scorer_configs()
     assert configs["difficulty"] == {"preset": "reference", "max_new_tokens": 7}
     assert configs["quality"] == {"mode": "generate", "max_new_tokens": 7}
     args = parser.parse_args(["score", "--pool", "x", "--method", "difficulty", "--model", "m", "--preset", "reference"])
-    assert score_plan(args) == {"difficulty": {"preset": "reference"}}
+    assert score_config(args).scorer_configs() == {"difficulty": {"preset": "reference"}}
     # --set reaches any field, nested ones deep-merged into the recipe's (LESS keeps its 8,192 dims)
     args = parser.parse_args(["score", "--pool", "x", "--method", "less", "--model", "m",
                               "--set", "influence.gradients.batch_size=2"])
-    gradients = score_plan(args)["influence"]["gradients"]
+    gradients = score_config(args).scorer_configs()["influence"]["gradients"]
     assert gradients["projection"] == {"kind": "rademacher", "dim": 8192} and gradients["batch_size"] == 2
     assert gradients["lora"]["rank"] == 8  # the recipe states its LoRA; --set left it alone
 
 
 def test_pipeline_score_manifest_carries_the_stages(tmp_path, tiny_model_dir, capsys):
     """The pipeline's score stage (one task per shard, then a fan-in) writes the same timing."""
-    from syllabus.pipeline.stages import score_shard, write_score_manifest
+    from syllabus.pipeline.stages import score_shards, write_score_manifest
     from syllabus.pool.manifest import load_manifest
+    from syllabus.scoring.pool import typed_configs
 
     manifest, store_url = _ingest(tmp_path, capsys)
     shard = load_manifest(manifest)["shards"][0]
-    config = {"max_new_tokens": 2}
-    entry = score_shard(shard, "difficulty", config, tiny_model_dir, store_url, manifest)
+    config = typed_configs({"difficulty": {"max_new_tokens": 2}})["difficulty"]  # as the flow types it, once
+    (entry,) = score_shards([shard], "difficulty", config, tiny_model_dir, store_url, manifest)["entries"]
     out = write_score_manifest("difficulty", config, tiny_model_dir, manifest, [entry], [], store_url)
+    assert out["config"]["max_new_tokens"] == 2
     stages = out["timing"]["stages"]
     assert stages["generation"]["samples"] == 3 and stages["forward"]["tokens"] > 0
     assert not out["timing"]["from_cache"]
-    cached = score_shard(shard, "difficulty", config, tiny_model_dir, store_url, manifest)
+    (cached,) = score_shards([shard], "difficulty", config, tiny_model_dir, store_url, manifest)["entries"]
     assert cached["skipped"]
     again = write_score_manifest("difficulty", config, tiny_model_dir, manifest, [cached], [], store_url)
     assert again["timing"]["from_cache"] and again["timing"]["stages"]["forward"] == stages["forward"]
