@@ -252,7 +252,7 @@ def test_a_dataset_info_entry_of_the_same_name_is_refused(selection, tmp_path):
 
 
 def test_an_interrupted_export_leaves_the_old_target_whole(selection, tmp_path, monkeypatch):
-    """A write that stops halfway (here: interrupted after three rows) replaces nothing and
+    """A write that stops halfway (here: interrupted after two rows) replaces nothing and
     leaves no temporary file; the same for a datasets folder that fails while it is saved."""
     import datasets
 
@@ -263,19 +263,21 @@ def test_an_interrupted_export_leaves_the_old_target_whole(selection, tmp_path, 
     (out / "mine.jsonl").write_text("the previous export\n")
     (out / "mine").mkdir()
     (out / "mine" / "precious.txt").write_text("the previous folder")
-    real_dumps, calls = json.dumps, []
+    real_lines, calls = export._jsonl_lines, []
 
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 3:
+    def interrupted(batch):
+        calls.append(batch.num_rows)
+        if len(calls) > 1:
             raise KeyboardInterrupt
-        return real_dumps(*args, **kwargs)
+        return real_lines(batch)
 
-    monkeypatch.setattr(export.json, "dumps", interrupted)
+    # Batches of two rows: the first batch is written, the second is interrupted.
+    monkeypatch.setattr(export, "BATCH_ROWS", 2)
+    monkeypatch.setattr(export, "_jsonl_lines", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_selection(selection["report"], "jsonl", out, name="mine", overwrite=True)
-    monkeypatch.setattr(export.json, "dumps", real_dumps)
-    assert len(calls) == 4  # the write had started
+    monkeypatch.setattr(export, "_jsonl_lines", real_lines)
+    assert calls == [2, 2]  # the write had started
 
     def half_saved(self, path, **kwargs):
         (Path(path) / "data-00000-of-00001.arrow").write_bytes(b"half")
