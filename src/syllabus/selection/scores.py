@@ -6,7 +6,9 @@ single score Parquet file (``sample_id`` plus ``<scorer>_<metric>`` columns); a 
 manifest (``components``: scorer -> manifest URL) stands for its components. Inputs with the
 same columns (one scorer's shards) are stacked; different scorers are joined on
 ``sample_id``. When a pool manifest is known (named by the score manifests or
-passed explicitly) the candidates are exactly the pool's samples, each with its full record;
+passed explicitly) the candidates are exactly the pool's samples, each with its full record
+(left in the pool's shards: only the sample ids are read to build the candidates, and the
+records of the chosen samples are gathered from their shards when the selection is written);
 a pool sample that a scorer did not score has missing values and is dropped, with a reason,
 by any stage that needs them, while a scored id that is not in the known pool is an error (the
 scores belong to another pool) naming a few of them.
@@ -156,13 +158,76 @@ def _read_score_input(url: str, lazy: bool) -> tuple[pa.Table, ScoreInput, dict[
     return table, info, vectors
 
 
+class PoolRecords:
+    """The records of a pool left in its shards, gathered by sample id when asked.
+
+    Building it reads each shard's ``sample_id`` column (checksum-verified, as every shard
+    read); :meth:`take` reads only the shards that hold the ids asked for, one at a time, and
+    keeps only those rows. A selection of 5,000 out of 2,000,000 then holds 2,000,000 ids and
+    5,000 records, not 2,000,000 records (a pool of a million Alpaca records is about a GB)."""
+
+    def __init__(self, manifest: dict[str, Any], url: str):
+        from syllabus.pool.manifest import read_shard
+
+        self.shards = list(manifest["shards"])
+        if not self.shards:
+            raise ValueError(f"pool {url} has no sample_id column; re-ingest it with `syllabus ingest`")
+        first = read_shard(self.shards[0])
+        if "sample_id" not in first.column_names:
+            raise ValueError(f"pool {url} has no sample_id column; re-ingest it with `syllabus ingest`")
+        self.schema = first.schema
+        ids = [first["sample_id"]] + [_shard_ids(s) for s in self.shards[1:]]
+        del first
+        counts = np.array([len(c) for c in ids], dtype=np.int64)
+        self.sample_ids = pc.cast(pa.chunked_array([c for col in ids for c in _chunks(col)], ids[0].type), pa.string())
+        self.starts = np.concatenate([[0], np.cumsum(counts)])  # each shard's first row
+
+    def take(self, sample_ids: pa.Array) -> pa.Table:
+        """The pool's rows for ``sample_ids``, in that order; a null row for an id not in the pool."""
+        from syllabus.pool.manifest import read_shard
+
+        rows = _row_index(sample_ids, self.sample_ids)
+        found = np.flatnonzero(rows >= 0)
+        shard = np.searchsorted(self.starts, rows[found], side="right") - 1
+        order = np.argsort(shard, kind="stable")
+        by_shard, shard = found[order], shard[order]  # the positions asked for, shard by shard
+        shards, first = np.unique(shard, return_index=True)
+        pieces = []
+        for s, lo, hi in zip(shards, first, [*first[1:], len(shard)]):
+            asked = by_shard[lo:hi]
+            table = read_shard(self.shards[int(s)])
+            pieces.append(table.take(pa.array(rows[asked] - self.starts[s])))
+            del table
+        gathered = pa.concat_tables(pieces) if pieces else self.schema.empty_table()
+        where = np.full(len(rows), -1, dtype=np.int64)
+        where[by_shard] = np.arange(len(by_shard))
+        return gathered.take(pa.array(where, mask=where < 0))
+
+
+def _shard_ids(shard: dict[str, Any]) -> pa.ChunkedArray:
+    from syllabus.store import Store
+
+    store, key = Store.open_url(shard["url"])
+    return store.read_table(key, columns=["sample_id"])["sample_id"]
+
+
+def _chunks(column: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
+    return column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+
+
+def _row_index(sample_ids: pa.Array, among: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The row of each id in ``among`` (its first occurrence), -1 where it is absent."""
+    return pc.fill_null(pc.index_in(sample_ids, value_set=among), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 @dataclass
 class Candidates:
     """Everything a selection reads: one pandas row per candidate (sample_id + scores), and
-    the Arrow tables to gather full records from."""
+    where to gather full records from: the pool (its records left in its shards,
+    :class:`PoolRecords`, or a table) and the score tables."""
 
     frame: pd.DataFrame
-    pool: pa.Table | None
+    pool: PoolRecords | pa.Table | None
     score_tables: list[pa.Table]
     inputs: list[ScoreInput]
     pool_url: str | None
@@ -174,21 +239,26 @@ class Candidates:
 
     def records(self, sample_ids: list[str]) -> pa.Table:
         """Full records plus scores for ``sample_ids``, in that order (pool columns first)."""
-        out = pa.table({"sample_id": pa.array(sample_ids, pa.string())})
-        sources = [(self.pool, {}, None)] if self.pool is not None else []
+        wanted = pa.array(sample_ids, pa.string())
+        out = pa.table({"sample_id": wanted})
+        if isinstance(self.pool, PoolRecords):
+            gathered = self.pool.take(wanted)
+            for name in gathered.column_names:
+                if name != "sample_id" and name not in out.column_names:
+                    out = out.append_column(name, gathered[name])
+            del gathered
+        sources = [(self.pool, {}, None)] if isinstance(self.pool, pa.Table) else []
         sources += [(t, self.vectors[i] if i < len(self.vectors) else {},
                      self.column_orders[i] if i < len(self.column_orders) else None)
                     for i, t in enumerate(self.score_tables)]
         for table, vectors, order in sources:
-            index = {sid: i for i, sid in enumerate(table["sample_id"].to_pylist())}
-            rows = [index.get(s) for s in sample_ids]
-            take = pa.array(rows, pa.int64())  # None -> null row
+            rows = _row_index(wanted, table["sample_id"])
+            take = pa.array(rows, mask=rows < 0)  # absent -> null row
             for name in order or table.column_names:
                 if name == "sample_id" or name in out.column_names:
                     continue
                 if name in vectors:  # read from the shards, only these rows
-                    out = out.append_column(name, vectors[name].read(np.array([-1 if r is None else r for r in rows],
-                                                                               dtype=np.int64)))
+                    out = out.append_column(name, vectors[name].read(rows))
                 else:
                     out = out.append_column(name, table[name].take(take))
         return out
@@ -274,13 +344,11 @@ def load_candidates(score_urls: list[str], pool_url: str | None = None) -> Candi
 
     pool = None
     if pool_url:
-        from syllabus.pool.manifest import load_manifest, read_pool
+        from syllabus.pool.manifest import load_manifest
 
-        pool = read_pool(load_manifest(pool_url))
-        if "sample_id" not in pool.column_names:
-            raise ValueError(f"pool {pool_url} has no sample_id column; re-ingest it with `syllabus ingest`")
-        pool = pool.set_column(pool.column_names.index("sample_id"), "sample_id", pc.cast(pool["sample_id"], pa.string()))
-        frame = pd.DataFrame({"sample_id": pool["sample_id"].to_pylist()})
+        # The records stay in the shards (PoolRecords): only the chosen ones are read back.
+        pool = PoolRecords(load_manifest(pool_url), pool_url)
+        frame = pd.DataFrame({"sample_id": pool.sample_ids.to_pylist()})
     elif tables:
         ids = sorted(set().union(*[set(t["sample_id"].to_pylist()) for t in tables]))
         frame = pd.DataFrame({"sample_id": ids})
