@@ -303,3 +303,21 @@ def test_the_pipeline_rewrites_its_own_export_on_a_rerun(selection, tmp_path):
     assert again["files"] == first["files"] and again["fingerprint"] == first["fingerprint"]
     assert list(json.loads((tmp_path / "dataset_info.json").read_text())) == [first["name"]]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "alpaca", "sharegpt", "hf"])
+def test_exports_get_the_umask_mode_not_the_temporary_files_owner_only_one(selection, tmp_path, fmt):
+    """A trainer may run as another user: the renamed-into-place export has the mode ``open``
+    and ``mkdir`` give (0o666/0o777 less the umask), not ``mkstemp``'s owner-only 0o600."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        summary = export_selection(selection["report"], fmt, tmp_path / "out", name="sub")
+    finally:
+        os.umask(old)
+    for written in summary["files"]:
+        path = Path(written)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o755 if path.is_dir() else 0o644), (written, oct(mode))
