@@ -88,27 +88,55 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(home: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_process(cmd: list[str], health_url: str, log_path: Path, env: dict[str, str] | None = None,
+                  timeout: float = 300.0) -> subprocess.Popen:
+    """Start a server command in its own process group (output to ``log_path``) and wait until
+    ``health_url`` answers; stop it with :func:`stop_server`."""
     import urllib.request
 
+    log = open(log_path, "ab")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(health_url, timeout=2)
+            return proc
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                stop_server(proc)
+                raise RuntimeError(f"{Path(cmd[0]).name} did not answer {health_url} within {timeout:.0f} s; see {log_path}")
+            time.sleep(1)
+
+
+def start_server(home: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """``prefect server start`` on 127.0.0.1 (a free port, its own PREFECT_HOME); returns it and its API URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
     env.pop("PREFECT_API_URL", None)
-    log = open(log_path, "ab")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-    deadline = time.time() + 300
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            return proc, url
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                stop_server(proc)
-                raise RuntimeError(f"the Prefect server did not answer {url}/health within 300 s; see {log_path}")
-            time.sleep(1)
+    proc = start_process([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                          "--port", str(port)], f"{url}/health", log_path, env)
+    return proc, url
+
+
+def stand_in_model(path: Path) -> Path:
+    """A model directory the flows can resolve and fingerprint (a config.json and a small
+    stand-in weight file) for synthetic scorers, which never load it."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "synthetic", "note": "never loaded"}))
+    (path / "model.safetensors").write_bytes(b"synthetic stand-in weights, never loaded\n")
+    return path
+
+
+def allow_uncommitted_tree() -> None:
+    """A benchmark of a working tree: let the flows run its uncommitted changes (their
+    provenance check would refuse) and say so, rather than refuse to run."""
+    from syllabus.tracking.provenance import ALLOW_ENV, uncommitted_files
+
+    if uncommitted_files(REPO):
+        os.environ[ALLOW_ENV] = "1"
+        print("note: the working tree has uncommitted changes; the flows run them", flush=True)
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -273,16 +301,10 @@ def main() -> None:
         from syllabus import registry
         from syllabus.pipeline.config import IngestConfig
         from syllabus.pipeline.stages import ingest
-        from syllabus.tracking.provenance import ALLOW_ENV, uncommitted_files
 
-        if uncommitted_files(REPO):  # a benchmark of a working tree: say so rather than refuse to run
-            os.environ[ALLOW_ENV] = "1"
-            print("note: the working tree has uncommitted changes; the flow runs them", flush=True)
+        allow_uncommitted_tree()
         registry.register("scorer", "synthetic", "prefect_tasks:SyntheticScorer")
-        model = work / "synthetic-model"
-        model.mkdir(exist_ok=True)
-        (model / "config.json").write_text(json.dumps({"model_type": "synthetic", "note": "never loaded"}))
-        (model / "model.safetensors").write_bytes(b"synthetic stand-in weights, never loaded\n")
+        model = stand_in_model(work / "synthetic-model")
         pool = work / "pool.jsonl"
         if not pool.exists():
             write_pool(pool, args.n)

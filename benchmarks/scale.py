@@ -25,8 +25,15 @@ ratio = baseline seconds / stage seconds (1.0: as fast as the baseline; 0.2: fiv
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scale.py --n 100000 --dir /tmp/scale-100k
 
-``--real`` (a real Prefect server, moto S3 and an MLflow server) is not implemented yet: it
-exits with that message rather than measuring something else under its name.
+``--real`` runs the same stages through the deployed machinery instead (``benchmarks/scale_real.py``):
+a ``prefect server``, a moto S3 server and an ``mlflow server``, each on a free port of 127.0.0.1
+and stopped at the end; ingest as the pipeline's ``ingest`` task into a local folder and into
+S3, the ``score`` flow per synthetic scorer, and per method the ``pipeline`` flow with
+``stop_after="select"`` (what ``syllabus run --stop-after select`` runs), its why-table and subset
+read back from the MLflow server. Two more columns: the Prefect task runs a stage created and the
+latency of the flow-run page's API requests while it ran.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scale.py --real --n 100000 --stop-after select --embedding-dim 576
 """
 
 from __future__ import annotations
@@ -138,12 +145,34 @@ def _local(url: str) -> str:
     return url[len("file://"):] if url.startswith("file://") else url
 
 
+def _read_bytes(url: str) -> bytes:
+    if "://" not in url or url.startswith("file://"):
+        return Path(_local(url)).read_bytes()
+    from syllabus.selection.scores import read_url_bytes  # s3://: through the store, as the selection reads it
+
+    return read_url_bytes(url)
+
+
+def _read_parquet(url: str) -> Any:
+    import pyarrow.parquet as pq
+
+    if "://" not in url or url.startswith("file://"):
+        return pq.read_table(_local(url))
+    from syllabus.store.store import read_parquet_bytes
+
+    return read_parquet_bytes(_read_bytes(url))
+
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """One stage or baseline, in this (child) process; returns what it measured besides time."""
     import synthetic_scorers
 
     synthetic_scorers.register()
     kind = job["kind"]
+    if kind.startswith("real-"):
+        from scale_real import run_real_job
+
+        return run_real_job(job)
     if kind == "ingest":
         from syllabus.pipeline.config import IngestConfig
         from syllabus.pipeline.stages import ingest
@@ -201,15 +230,14 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         import pyarrow.parquet as pq
 
         # one table per score manifest (the pool's for random, which reads no scores)
-        groups = [[s["url"] for s in json.loads(Path(_local(m)).read_text())["shards"]]
-                  for m in job["score_manifests"] or [job["manifest"]]]
+        groups = [[s["url"] for s in json.loads(_read_bytes(m))["shards"]] for m in job["score_manifests"] or [job["manifest"]]]
         rows = 0
         for urls in groups:
             parts = []
             for url in urls:
                 # every column is read, as the selection reads it; vectors are then dropped so
                 # that the baseline holds one shard's at a time
-                part = pq.read_table(_local(url))
+                part = _read_parquet(url)
                 parts.append(part.drop_columns(_vector_columns(part.schema)))
             table = pa.concat_tables(parts)
             rows = max(rows, table.num_rows)
@@ -300,26 +328,36 @@ def count_files(*roots: Path) -> int:
 
 
 class Table:
-    def __init__(self, n: int, path: Path):
+    def __init__(self, n: int, path: Path, real: bool = False):
         self.rows: list[dict[str, Any]] = []
-        self.n, self.path = n, path
-        print(f"scale benchmark, N = {n:,}, scorers: synthetic (no model)")
-        print(f"{'stage':34s} {'seconds':>9s} {'peak GB':>8s} {'objects':>8s} {'baseline s':>10s} {'ratio':>7s}  note")
+        self.n, self.path, self.real = n, path, real
+        print(f"scale benchmark, N = {n:,}, scorers: synthetic (no model)"
+              + (", real Prefect server, moto S3 and MLflow server" if real else ""))
+        extra = f" {'task runs':>9s} {'API median/max s':>16s}" if real else ""
+        print(f"{'stage':34s} {'seconds':>9s} {'peak GB':>8s} {'objects':>8s} {'baseline s':>10s} {'ratio':>7s}{extra}  note")
 
-    def add(self, stage: str, res: dict[str, Any], objects: int, base: dict[str, Any] | None, note: str = "") -> None:
+    def add(self, stage: str, res: dict[str, Any], objects: int, base: dict[str, Any] | None, note: str = "",
+            task_runs: int | None = None, api: tuple[float, float] | None = None) -> None:
         row = {"stage": stage, "n": self.n, "seconds": res.get("seconds"), "peak_gb": res.get("peak_gb"),
                "objects": objects, "baseline_seconds": base.get("seconds") if base else None,
                "baseline_peak_gb": base.get("peak_gb") if base else None, "error": res.get("error"),
                "note": note, "detail": res}
+        if self.real:
+            row["task_runs"], row["api_median_max_s"] = task_runs, api
+        extra = ""
+        if self.real:
+            t = f"{task_runs:d}" if task_runs is not None else "-"
+            a = f"{api[0]:.3f}/{api[1]:.3f}" if api else "-"
+            extra = f" {t:>9s} {a:>16s}"
         if row["seconds"] and row["baseline_seconds"]:
             row["ratio"] = row["baseline_seconds"] / row["seconds"]
         self.rows.append(row)
         if res.get("error"):
-            print(f"{stage:34s} {'-':>9s} {'-':>8s} {objects:>8d} {'-':>10s} {'-':>7s}  {res['error']}", flush=True)
+            print(f"{stage:34s} {'-':>9s} {'-':>8s} {objects:>8d} {'-':>10s} {'-':>7s}{extra}  {res['error']}", flush=True)
         else:
             b = f"{row['baseline_seconds']:.2f}" if row["baseline_seconds"] else "-"
             r = f"{row['ratio']:.3f}" if row.get("ratio") else "-"
-            print(f"{stage:34s} {row['seconds']:9.2f} {row['peak_gb']:8.2f} {objects:8d} {b:>10s} {r:>7s}  {note}",
+            print(f"{stage:34s} {row['seconds']:9.2f} {row['peak_gb']:8.2f} {objects:8d} {b:>10s} {r:>7s}{extra}  {note}",
                   flush=True)
         self.path.write_text(json.dumps(self.rows, indent=1, default=str))
 
@@ -337,12 +375,16 @@ def main() -> int:
                     help="in this order; export runs after random's selection (3DS's K-Center, the slowest, last)")
     ap.add_argument("--formats", default=",".join(EXPORT_FORMATS))
     ap.add_argument("--rss-cap-gb", type=float, default=12.0, help="kill a stage whose RSS passes this")
-    ap.add_argument("--stop-after", choices=["ingest", "score", "select", "export"], default="export")
+    ap.add_argument("--stop-after", choices=["ingest", "score", "select", "export"], default=None,
+                    help="last stage (default: export; with --real: select, its last stage)")
     ap.add_argument("--score-baselines", default=None, help="comma-separated scorers whose score stage gets its "
                     "baseline (default: all); the baseline repeats the synthetic computation")
     ap.add_argument("--reuse", action="store_true", help="keep the ingest and score rows of the last run in --dir "
                     "(results.json) and run only the stages after them")
-    ap.add_argument("--real", action="store_true", help="real Prefect server, moto S3, MLflow server (not implemented)")
+    ap.add_argument("--real", action="store_true", help="through a real Prefect server, moto S3 and an MLflow server "
+                    "(the ingest task, the score flow, the pipeline flow with stop_after=select)")
+    ap.add_argument("--real-store", choices=["s3", "local"], default="s3",
+                    help="with --real: the store the flows score and select in (ingest is measured into both)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -351,9 +393,12 @@ def main() -> int:
     if args.n < 1:
         ap.error("--n N (the pool size, at least 1) is required")
     if args.real:
-        print("--real (Prefect server, moto S3, MLflow server) is not implemented yet; this benchmark measures the "
-              "library path in process only", file=sys.stderr)
-        return 2
+        if args.stop_after == "export":
+            ap.error("--real stops after select (the pipeline flow's stop_after); export is measured without --real")
+        from scale_real import main_real
+
+        return main_real(args)
+    args.stop_after = args.stop_after or "export"
     from ingest import generate_pool  # benchmarks/ingest.py: the same generated Alpaca records
 
     work = (args.dir or Path(f"/tmp/syllabus-scale-{args.n}")).resolve()

@@ -82,7 +82,51 @@ def test_scale_runs_every_stage_at_a_tiny_n(tmp_path):
     assert "synthetic_quality" in rows["score synthetic_quality"]["detail"]["score_manifest"]
 
 
-def test_real_mode_says_it_is_not_there(tmp_path):
-    proc = subprocess.run([sys.executable, str(BENCH / "scale.py"), "--n", "10", "--real", "--dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "not implemented" in proc.stderr
+def test_real_mode_stops_after_select(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "scale.py"), "--n", "10", "--real", "--stop-after", "export",
+                           "--dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--real stops after select" in proc.stderr
+    assert not list(tmp_path.iterdir())  # refused before any pool or server
+
+
+@pytest.mark.slow  # three servers and a process per stage: about 3 minutes on the loaded 2-core machine
+def test_real_mode_runs_the_flows_against_real_servers(tmp_path):
+    """``--real`` at a small N: the ingest task into S3 (moto) and a local folder, the score flow
+    on a real Prefect server (task runs counted through its API), the pipeline flow with
+    stop_after=select, the subset and why-table read back from a real MLflow server; servers stopped."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PREFECT_LOGGING_LEVEL="WARNING")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "scale.py"), "--real", "--n", "300", "--dir", str(tmp_path), "--shard-size", "100",
+         "--methods", "random,ifd", "--export-rows", "50"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "task runs" in proc.stdout and "API median/max s" in proc.stdout
+    rows = {r["stage"]: r for r in json.loads((tmp_path / "results.json").read_text())}
+    assert sorted(rows) == sorted(["ingest (moto S3)", "ingest (local folder)", "score synthetic_ifd",
+                                   "select random (synthetic, pipeline)", "select ifd (synthetic, pipeline)"])
+    for name, row in rows.items():
+        assert row["error"] is None, (name, row["error"])
+        assert row["seconds"] > 0 and row["peak_gb"] > 0 and row["baseline_seconds"] > 0, name
+        assert row["objects"] > 0 and row["task_runs"] >= 1, name
+    assert rows["ingest (moto S3)"]["detail"]["manifest"].startswith("s3://")
+    assert rows["ingest (local folder)"]["detail"]["records_ok"] == 300
+    score = rows["score synthetic_ifd"]
+    assert score["detail"]["score_manifest"].startswith("s3://") and score["detail"]["shards_scored"] == 3
+    assert score["detail"]["task_runs_by_task"]["score_shards_task"] == 3  # one batch a shard: 3 shards
+    assert score["task_runs"] == sum(score["detail"]["task_runs_by_task"].values())
+    assert score["api_median_max_s"] is not None
+    for method, n in (("random", 50), ("ifd", 30)):  # ifd: the recipe's 10%
+        detail = rows[f"select {method} (synthetic, pipeline)"]["detail"]
+        mlflow = detail["mlflow"]
+        assert mlflow["status"] == "FINISHED" and mlflow["n_selected"] == n
+        assert mlflow["artifacts"]["selection/selected.parquet"]["rows"] == n
+        assert mlflow["artifacts"]["selection/candidates.parquet"]["rows"] == 300  # the why-table: every candidate
+        assert all(c["shards_scored"] == 0 for c in detail["score_costs"].values())  # the score stage's, reused
+    log = (tmp_path / "stages.log").read_text()
+    assert "Traceback" not in log
+    servers = json.loads((tmp_path / "servers.json").read_text())
+    assert all(url.startswith("http://127.0.0.1:") for url in (servers["prefect"], servers["s3"], servers["mlflow"]))
+    for pid in servers["pids"]:  # each server stopped (and reaped) when the benchmark ended
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

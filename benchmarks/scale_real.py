@@ -1,0 +1,312 @@
+"""``benchmarks/scale.py --real``: the scale benchmark through the deployed machinery.
+
+Three servers, each on a free port of 127.0.0.1 and stopped at the end (also on an error):
+``prefect server start`` (``prefect_tasks.start_server``), ``moto_server`` (the S3 API; the
+store reaches it through s3fs with ``AWS_ENDPOINT_URL``, as the tests' ``s3_endpoint`` does) and
+``mlflow server`` (sqlite backend, artifacts proxied into the work folder, as the tests'
+``mlflow_server``). Every stage runs in a process of its own (``scale.run_child``: its peak RSS
+is its own) against those servers:
+
+- ingest: the pipeline's ``ingest`` task, once into S3 and once into a local folder, against
+  ``pyarrow.json.read_json`` of the same file;
+- score: the ``score`` flow (what ``syllabus run`` scores with) for each synthetic scorer, the
+  benchmark's shard size, the flow's default ``max_tasks_per_scorer``; its task runs counted
+  through the API (``prefect_tasks.settled_task_runs``) and the flow-run page's requests timed
+  every 2 s while it runs (``prefect_tasks.PageSampler``); baseline as without ``--real``;
+- select: per method, the ``pipeline`` flow with ``stop_after="select"`` (what ``syllabus run
+  --stop-after select`` runs: ingest, scoring, every shard cached by the score stage, then the
+  arm's selection with its MLflow runs). The row's seconds are the arm's (``time/<arm>_seconds``:
+  selection and its MLflow logging); the note gives the whole flow's. Its why-table
+  (candidates), subset and report are then listed in and read back from the MLflow server
+  (Parquet footers). Task runs: every task run the flow and its score subflow created.
+
+The synthetic scorers reach the flows' workers by registration at run time
+(``synthetic_scorers.register``) in the process that runs the flow: the flows score with the
+thread task runner there. Process workers (Dask, Ray) would need the registration in each
+worker (a ``syllabus.plugins`` entry point), which this benchmark does not set up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+BUCKET = "syllabus-scale"
+
+
+# ------------------------------------------------------------------------------ child jobs
+def run_real_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One stage in this (child) process, against the servers in the environment."""
+    kind = job["kind"]
+    if kind == "real-ingest":
+        from syllabus.pipeline.config import IngestConfig
+        from syllabus_tasks.stages import ingest_task
+
+        summary = ingest_task(IngestConfig(inputs=[job["pool_file"]], shard_size=job["shard_size"]), job["store"])
+        return {"manifest": summary["manifest"], "records_ok": summary["records_ok"], "shards": summary["shards"],
+                "records_rejected": summary["records_rejected"], "duplicates": summary["duplicates"]}
+    if kind in ("real-score", "real-pipeline"):
+        from prefect.client.orchestration import get_client
+        from prefect.flow_engine import run_flow
+
+        from syllabus_flows.outcome import result_of
+
+        if kind == "real-score":
+            from syllabus_flows.score import score as flow
+        else:
+            from syllabus_flows.pipeline import pipeline as flow
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(job["flow_run_id"]))
+        state = run_flow(flow, flow_run=run, parameters=job["parameters"], return_type="state")
+        result = result_of(state)
+        if kind == "real-score":
+            m = result[job["scorer"]]
+            return {"state": state.name, "score_manifest": m["url"], "samples": m["samples"],
+                    "shards_scored": m["shards_scored"], "shards_cached": m["shards_cached"],
+                    "missing": len(m["missing"])}
+        return {"state": state.name, "timings": result["timings"], "mlflow_run_id": result["mlflow_run_id"],
+                "score_costs": result["score_costs"], "mlflow": mlflow_selection(job["tracking_uri"], result["mlflow_run_id"])}
+    raise ValueError(f"unknown job kind {kind!r}")
+
+
+def mlflow_selection(tracking_uri: str, parent_id: str) -> dict[str, Any]:
+    """The arm's nested run on the MLflow server: its selection metrics and, for each Parquet
+    artifact under ``selection/``, its size and the rows its footer says (downloaded from the
+    server, as a teammate would)."""
+    import tempfile
+
+    import mlflow
+    import pyarrow.parquet as pq
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_id)
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    if len(children) != 1:
+        raise RuntimeError(f"MLflow run {parent_id} has {len(children)} nested runs; expected one (one method a run)")
+    child = children[0]
+    out: dict[str, Any] = {"run_id": child.info.run_id, "status": child.info.status,
+                           "n_selected": child.data.metrics.get("select/n_selected"),
+                           "n_candidates": child.data.metrics.get("select/n_candidates"), "artifacts": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for art in client.list_artifacts(child.info.run_id, "selection"):
+            entry: dict[str, Any] = {"bytes": art.file_size}
+            if art.path.endswith(".parquet"):
+                local = mlflow.artifacts.download_artifacts(run_id=child.info.run_id, artifact_path=art.path,
+                                                            dst_path=tmp, tracking_uri=tracking_uri)
+                entry["rows"] = pq.read_metadata(local).num_rows
+                os.unlink(local)
+            out["artifacts"][art.path] = entry
+    return out
+
+
+# ------------------------------------------------------------------------------ parent
+def settled_total(quiet: float = 10.0, timeout: float = 1800.0) -> int:
+    """Every task run the server has recorded, once unchanged for ``quiet`` seconds (task runs
+    arrive as events the server turns into rows in the background)."""
+    from prefect.client.orchestration import get_client
+
+    start, last, since = time.perf_counter(), None, time.perf_counter()
+    with get_client(sync_client=True) as client:
+        while True:
+            response = client._client.post("/task_runs/count", json={})
+            response.raise_for_status()
+            count = int(response.json())
+            if count != last:
+                last, since = count, time.perf_counter()
+            elif time.perf_counter() - since >= quiet or time.perf_counter() - start > timeout:
+                return count
+            time.sleep(2)
+
+
+def api_latency(sampler: Any) -> tuple[float, float] | None:
+    seconds = [x for s in sampler.seconds.values() for x in s]
+    return (statistics.median(seconds), max(seconds)) if seconds else None
+
+
+def s3_objects(s3: Any) -> int:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+    return sum(page.get("KeyCount", 0) for page in pages)
+
+
+def main_real(args: argparse.Namespace) -> int:
+    import boto3
+    import yaml
+
+    import prefect_tasks
+    import scale
+    from ingest import generate_pool  # benchmarks/ingest.py: the same generated Alpaca records
+
+    work = (args.dir or Path(f"/tmp/syllabus-scale-real-{args.n}")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    stop_after = args.stop_after or "select"
+    log_path = work / "stages.log"
+    cap = args.rss_cap_gb
+    table = scale.Table(args.n, work / "results.json", real=True)
+    pool_file = work / f"pool-{args.n}.jsonl"
+    if not pool_file.exists():
+        t0 = time.perf_counter()
+        size = generate_pool(pool_file, args.n, defects=False)
+        print(f"generated {pool_file} ({size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f}s", flush=True)
+
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    os.environ.update({
+        "PREFECT_HOME": str(work / "client-home"), "SYLLABUS_RATES": str(work / "rates.json"),
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+    })
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "syllabus,flows,tasks")  # as the CLI and deployments run flows
+    servers = []
+    try:
+        t0 = time.perf_counter()
+        prefect, api = prefect_tasks.start_server(work / "prefect-home", work / "prefect-server.log")
+        servers.append(prefect)
+        os.environ["PREFECT_API_URL"] = api
+        moto_port, mlflow_port = prefect_tasks.free_port(), prefect_tasks.free_port()
+        endpoint = f"http://127.0.0.1:{moto_port}"
+        servers.append(prefect_tasks.start_process([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
+                                                   f"{endpoint}/moto-api/", work / "moto-server.log"))
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
+        tracking_uri = f"http://127.0.0.1:{mlflow_port}"
+        artifacts = work / f"mlartifacts-{run_id}"
+        servers.append(prefect_tasks.start_process(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{work / f'mlflow-{run_id}.db'}",
+             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(mlflow_port),
+             "--workers", "1"], f"{tracking_uri}/health", work / "mlflow-server.log"))
+        (work / "servers.json").write_text(json.dumps({"pids": [p.pid for p in servers], "prefect": api,
+                                                         "s3": endpoint, "mlflow": tracking_uri}))
+        print(f"servers up in {time.perf_counter() - t0:.1f}s: Prefect {api}, moto S3 {endpoint}, MLflow {tracking_uri}",
+              flush=True)
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        prefect_tasks.allow_uncommitted_tree()
+        model = str(prefect_tasks.stand_in_model(work / "synthetic-model"))
+        stores = {"s3": f"s3://{BUCKET}/store-{run_id}", "local": str(work / f"store-{run_id}")}
+        store = stores[args.real_store]
+
+        def objects() -> int:
+            return s3_objects(s3) + scale.count_files(Path(stores["local"]), artifacts)
+
+        def flow_stage(label: str, flow: Any, parameters: dict[str, Any], job: dict[str, Any],
+                       base_job: dict[str, Any] | None, count: Any) -> tuple:
+            """Create the flow run here, run it in a child while sampling the flow-run page, then count its task runs."""
+            from prefect.client.orchestration import get_client
+
+            with get_client(sync_client=True) as client:
+                run = client.create_flow_run(flow, parameters=parameters)
+            before = objects()
+            sampler = prefect_tasks.PageSampler(run.id)
+            sampler.start()
+            res = scale.run_child({**job, "label": label, "flow_run_id": str(run.id), "parameters": parameters},
+                                  cap, log_path)
+            sampler.stop.set()
+            sampler.join(timeout=120)
+            written = objects() - before
+            counted = count(run.id)
+            base = scale.run_child({**base_job, "label": label + " baseline"}, cap, log_path) \
+                if base_job and not res.get("error") else None
+            return res, base, written, api_latency(sampler), counted
+
+        # ---------------------------------------------------------------- ingest (both stores)
+        ingest_base = scale.run_child({"kind": "ingest-baseline", "pool_file": str(pool_file), "label": "ingest"},
+                                      cap, log_path)
+        manifests: dict[str, str] = {}
+        for kind in (args.real_store, *(k for k in stores if k != args.real_store)):
+            tasks_before, before = settled_total(quiet=4), objects()
+            res = scale.run_child({"kind": "real-ingest", "store": stores[kind], "shard_size": args.shard_size,
+                                   "pool_file": str(pool_file), "label": f"ingest {kind}"}, cap, log_path)
+            written = objects() - before
+            table.add(f"ingest ({'moto S3' if kind == 's3' else 'local folder'})", res, written, ingest_base,
+                      task_runs=settled_total(quiet=4) - tasks_before)
+            if res.get("error"):
+                return 1
+            manifests[kind] = res["manifest"]
+        manifest = manifests[args.real_store]
+        if stop_after == "ingest":
+            return 0
+
+        # ---------------------------------------------------------------- score flow, per scorer
+        from syllabus_flows.pipeline import pipeline
+        from syllabus_flows.score import score
+
+        configs = scale.scorer_configs(args)
+        methods = [m for m in args.methods.split(",") if m]
+        wanted = sorted({s for m in methods for s in scale.recipes("")[m]["scorers"]})
+        score_manifests: dict[str, str] = {}
+        for name in wanted:
+            params = {"pool_manifest": manifest, "scorers": {name: configs[name]}, "model": model, "store": store}
+            base = {"kind": "score-baseline", "store": store, "manifest": manifest, "scorer": name,
+                    "config": configs[name], "scratch": str(work / "baseline" / name)}
+            if args.score_baselines is not None and name not in args.score_baselines.split(","):
+                base = None
+            res, base_res, written, api_s, by_task = flow_stage(
+                f"score {name}", score, params, {"kind": "real-score", "scorer": name}, base,
+                lambda run_id: prefect_tasks.settled_task_runs(run_id, quiet=10)[0])
+            note = ", ".join(f"{t} {c}" for t, c in sorted(by_task.items()))
+            table.add(f"score {name}", {**res, "task_runs_by_task": by_task}, written, base_res,
+                      note=(json.dumps(configs[name]) + " " if configs[name] else "") + note,
+                      task_runs=sum(by_task.values()), api=api_s)
+            if res.get("error") or res.get("missing"):
+                return 1
+            score_manifests[name] = res["score_manifest"]
+        if stop_after == "score":
+            return 0
+
+        # ---------------------------------------------------------------- pipeline flow, stop_after=select, per method
+        (work / "recipes").mkdir(exist_ok=True)
+        failed = False
+        for method in methods:
+            spec = scale.recipes("synthetic_difficulty_embedding")[method]
+            path = work / "recipes" / f"synthetic-{method}.yaml"
+            path.write_text(yaml.safe_dump(spec["recipe"], sort_keys=False))
+            if method == "3ds":
+                budget = {"count": args.kcenter_budget}
+            elif method == "random":
+                budget = {"count": min(args.export_rows, args.n // 2)}
+            else:
+                budget = {"ratio": spec["recipe"]["budget"]["ratio"]}
+            params = {"pool": [str(pool_file)], "shard_size": args.shard_size, "model": model, "methods": [str(path)],
+                      "budget": budget, "store": store, "scorer_configs": {s: configs[s] for s in spec["scorers"]},
+                      "selector_overrides": {}, "benches": [], "stop_after": "select", "evaluate_base": False,
+                      "tracking_uri": tracking_uri, "experiment": f"scale-{args.n}-{run_id}"}
+            base = {"kind": "select-baseline", "store": store, "manifest": manifest, "sort": spec["sort"],
+                    "score_manifests": [score_manifests[s] for s in spec["scorers"]]}
+            tasks_before = settled_total(quiet=4)
+            res, base_res, written, api_s, total = flow_stage(
+                f"select {method}", pipeline, {"params": params},
+                {"kind": "real-pipeline", "tracking_uri": tracking_uri}, base, lambda run_id: settled_total())
+            label = f"select {method} (synthetic, pipeline)"
+            if res.get("error"):
+                table.add(label, res, written, None)
+                failed = True
+                continue
+            timings = res["timings"]
+            arm = next(k for k in timings if k not in ("ingest_seconds", "score_seconds", "total_seconds"))
+            ml = res["mlflow"]
+            arts = ", ".join(f"{Path(p).name} {a.get('rows', '-')} rows" for p, a in sorted(ml["artifacts"].items())
+                             if p.endswith(".parquet"))
+            costs = res["score_costs"].values()
+            note = (f"flow {res['seconds']:.1f}s (ingest {timings['ingest_seconds']:.1f}s, score {timings['score_seconds']:.1f}s: "
+                    f"{sum(c['shards_scored'] for c in costs)} shards scored, {sum(c['shards_cached'] for c in costs)} cached); "
+                    f"MLflow: {arts}")
+            table.add(label, {**res, "seconds": timings[arm], "flow_process_seconds": res["seconds"]}, written, base_res,
+                      note=note, task_runs=total - tasks_before, api=api_s)
+            print(f"    {method}: {ml['n_selected']:,.0f} of {ml['n_candidates']:,.0f}; MLflow run {ml['run_id']} "
+                  f"({ml['status']}): " + ", ".join(sorted(ml["artifacts"])), flush=True)
+            parquet = [p for p in ml["artifacts"] if p.endswith(".parquet")]
+            if ml["status"] != "FINISHED" or len(parquet) < 2:
+                print(f"    {method}: expected the subset and the why-table as Parquet artifacts of a FINISHED run",
+                      flush=True)
+                failed = True
+        return 1 if failed else 0
+    finally:
+        for proc in reversed(servers):
+            prefect_tasks.stop_server(proc)
