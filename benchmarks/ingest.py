@@ -17,6 +17,8 @@ local store. ``--per-record`` measures ingest with its vectorised path turned of
 
     .venv/bin/python benchmarks/ingest.py                 # 1,000,000 records, a 200 MB line
     .venv/bin/python benchmarks/ingest.py --records 200000 --line-mb 0 --dir /tmp
+    git archive COMMIT src | tar -x -C /tmp/old    # then, before and after under the same load:
+    .venv/bin/python benchmarks/ingest.py --inputs clean --also-src /tmp/old/src
 """
 
 from __future__ import annotations
@@ -102,12 +104,14 @@ def phase(name: str, path: str, store: str) -> dict:
     if name == "ingest-per-record":
         ingest_module.VECTORISED = False
 
-    # A one-record ingest first, so the lazy imports (Parquet writer, codecs) and allocator
-    # arenas are in the "after import" figure, not charged to the file being measured.
+    # A small ingest first (100 records: enough for the vectorised path, whose first pyarrow
+    # conversion imports pandas, about 0.7 s), so the lazy imports (Parquet writer, codecs,
+    # pandas) and allocator arenas are in the "after import" figure, not charged to the file
+    # being measured.
     warm = Path(store + "-warm")
     warm.mkdir(parents=True, exist_ok=True)
-    (warm / "one.jsonl").write_text(json.dumps({"instruction": "warm", "output": "up"}) + "\n")
-    ingest_pool([str(warm / "one.jsonl")], Store(str(warm / "store")), progress=False)
+    (warm / "warm.jsonl").write_text("".join(json.dumps({"instruction": f"warm {i}", "output": "up"}) + "\n" for i in range(100)))
+    ingest_pool([str(warm / "warm.jsonl")], Store(str(warm / "store")), progress=False)
     imported = _rss_mb()
     start = time.perf_counter()
     result = ingest_pool([path], Store(store), progress=False)
@@ -117,9 +121,12 @@ def phase(name: str, path: str, store: str) -> dict:
             "rejected": s["records_rejected"] + s["duplicates"], "shards": s["shards"]}
 
 
-def run_phase(name: str, path: Path, store: Path) -> dict:
+def run_phase(name: str, path: Path, store: Path, src: str | None = None) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if src:  # another syllabus source tree (an older commit's src/), ahead of the installed one
+        env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
     out = subprocess.run([sys.executable, __file__, "--phase", name, str(path), str(store)],
-                         capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -128,6 +135,9 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--line-mb", type=int, default=200, help="the long line's size (0: leave it out)")
     ap.add_argument("--per-record", action="store_true", help="also measure ingest with the vectorised path off")
+    ap.add_argument("--also-src", default=None, metavar="DIR",
+                    help="also measure the ingest of another syllabus source tree under the same load, e.g. an older "
+                         "commit's: git archive COMMIT src | tar -x -C /tmp/old, then --also-src /tmp/old/src")
     ap.add_argument("--inputs", default="clean,mixed,long line", help="which inputs to measure (comma-separated)")
     ap.add_argument("--baseline-runs", type=int, default=3, help="runs of the baseline; the fastest counts")
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed after)")
@@ -162,10 +172,12 @@ def main() -> None:
             base = min((run_phase(baseline, path, work / "unused") for _ in range(args.baseline_runs)),
                        key=lambda r: r["seconds"])
             measured = [("syllabus ingest", run_phase("ingest", path, work / f"store-{label.replace(' ', '-')}"))]
+            if args.also_src:
+                measured.append(("  --also-src", run_phase("ingest", path, work / f"store-also-{label.replace(' ', '-')}", args.also_src)))
             if args.per_record:
                 measured.append(("  per-record", run_phase("ingest-per-record", path, work / f"store-pr-{label.replace(' ', '-')}")))
             rows.append((label, baseline, base, measured))
-        print(f"load average after: {os.getloadavg()[0]:.1f}")
+        print(f"load average after: {os.getloadavg()[0]:.1f}" + (f"; --also-src {args.also_src}" if args.also_src else ""))
         print()
         print(f"{'input':<10} {'reader':<16} {'records':>9} {'seconds':>8} {'records/s':>10} {'peak MB':>8} {'after import':>12}")
         for label, baseline, base, measured in rows:

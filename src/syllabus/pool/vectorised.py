@@ -22,10 +22,15 @@ A record is plain, and taken here, when all of this holds; otherwise it is sent 
 A block of fewer than :data:`MIN_ROWS` records (a small file) goes on whole.
 
 For a plain record the sample id, the dedup key, the metadata JSON and the line the shard hash
-covers are written with the json module's own string encoder, in the forms
-:func:`canonical.messages_hash`, :func:`canonical.dedup_key`, :func:`canonical.normalise` and
-:func:`ingest.shard_content_hash` use, so ids, shard hashes and pool fingerprints are those of
-the per-record path (``tests/unit/pool/test_vectorised_golden.py`` holds both paths to it).
+covers are written in the forms :func:`canonical.messages_hash`, :func:`canonical.dedup_key`,
+:func:`canonical.normalise` and :func:`ingest.shard_content_hash` use, so ids, shard hashes and
+pool fingerprints are those of the per-record path (``tests/unit/pool/test_vectorised_golden.py``
+holds both paths to it). Records of ASCII texts, one field per role and every metadata field
+(the usual case) are made column by column with pyarrow compute functions: the json encoder's
+escapes of text with no control character but tab, newline and carriage return are five
+substring replacements, and the strings hashed are joined in Arrow and hashed from its buffers;
+the block's rows stay Arrow columns (:attr:`Prepared.columns`) that the sharder cuts shards from.
+Other plain records are made one by one with the json module's own string encoder.
 """
 
 from __future__ import annotations

@@ -318,3 +318,24 @@ def test_s3_inputs_and_store_read_the_same_both_ways(tmp_path, s3_bucket):
         figures[path] = golden_figures(result)
     assert figures[True] == figures[False]
     assert figures[True]["counts"] == GOLDEN["keep"]["counts"]
+
+
+def test_duplicates_across_blocks_are_found_by_the_run_test(tmp_path, monkeypatch):
+    """A run of new records is deduplicated in one set test (ingest._all_new): a later block's
+    copy of an earlier record, a record whose own id is an earlier record's content-hash id, and
+    a repeated own id are quarantined exactly as the per-record path quarantines them."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(readers, "BLOCK_BYTES", 4096)
+    recs = [_alpaca(i) for i in range(400)]
+    first_id = normalise(recs[0], "dups.jsonl", FieldMap(), MAX_CHARS).sample_id
+    recs += [_alpaca(3), _alpaca(4, input="  Age 34.  "), {"instruction": "own id", "output": "x", "id": first_id},
+             {"instruction": "own id two", "output": "y", "id": "r"}, {"instruction": "own id three", "output": "z", "id": "r"}]
+    recs += [_alpaca(i) for i in range(400, 500)]
+    (tmp_path / "dups.jsonl").write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in recs))
+    figures = {}
+    for path in (True, False):
+        result = ingest_pool(["dups.jsonl"], Store(str(tmp_path / f"s{path}")), shard_size=64, max_chars=MAX_CHARS,
+                             progress=False, vectorised=path)
+        figures[path] = golden_figures(result)
+        assert result.reasons == {"duplicate_content": 2, "duplicate_id": 2}
+    assert figures[True] == figures[False]
