@@ -81,6 +81,8 @@ _BASIS_ROWS = 4096  # rows sampled to find those directions
 _DENSE = 0.5  # a pick that cannot prune this share of the points reads the whole matrix
 _PATIENCE = 64  # picks in a row that prune less than _DENSE before the bound is turned off
 _VERIFY_CHUNK = 256  # candidates re-measured at a time: bounds the candidates x centres temporaries
+_FEW_CENTRES = 8  # beyond this many centres a candidate by the bound, the float32 distance filters them too
+_PAIR_CHUNK = 1024  # candidate-centre pairs re-measured in float64 at a time (1024 x 4,096 floats: 32 MiB)
 
 
 @dataclass(frozen=True)
@@ -249,34 +251,42 @@ class _Points:
         """Float64 squared distance from each of ``cand`` to its nearest of the first ``m``
         centres. Only the centres chosen since a point's last re-measurement are looked at,
         and of those only the ones that can be its nearest: within ``slack`` of its ``min_d``
-        by the bound, or within ``2 E`` by the float32 distance when the bound is off."""
+        by the bound (while it is on), and within ``2 E`` by the float32 distance (when the
+        bound is off, or leaves more than a few centres a point)."""
         for s in range(0, cand.size, _VERIFY_CHUNK):
             part = cand[s : s + _VERIFY_CHUNK]
             since = self.exact_upto[part]
             lo = int(since.min())
             if lo >= m:
                 continue
-            centres = self.chosen[lo:m]
+            cols = np.arange(lo, m)
+            near = cols[None, :] >= since[:, None]
             if self.bounded:
                 a = (self.Y[part] @ self.chosen_y[lo:m].T).astype(np.float64)
                 a *= -2.0
                 a += self.ysq[part][:, None]
-                a += self.ysq[centres][None, :]
-                near = a <= (min_d[part] + self.slack)[:, None]
-            else:
-                a = (self.Xw[part] @ self.chosen_w[lo:m].T).astype(np.float64)
+                a += self.ysq[self.chosen[lo:m]][None, :]
+                near &= a <= (min_d[part] + self.slack)[:, None]
+                if np.count_nonzero(near) > _FEW_CENTRES * part.size:
+                    keep = near.any(axis=0)
+                    cols, near = cols[keep], near[:, keep]
+                else:
+                    cols = None
+            if cols is not None:
+                a = (self.Xw[part] @ self.chosen_w[cols].T).astype(np.float64)
                 a *= -2.0
                 a += self.sq[part][:, None]
-                a += self.sq[centres][None, :]
-                near = a <= (min_d[part] + self.window)[:, None]
-            near &= np.arange(lo, m)[None, :] >= since[:, None]
-            rows, cols = np.nonzero(near)  # rows ascending
-            if rows.size:
-                diff = self.chosen_rows[lo + cols]
-                diff -= self.X[part[rows]].astype(np.float64)
+                a += self.sq[self.chosen[cols]][None, :]
+                near &= a <= (min_d[part] + self.window)[:, None]
+            rows, at = np.nonzero(near)  # rows ascending
+            centre = lo + at if cols is None else cols[at]
+            for q in range(0, rows.size, _PAIR_CHUNK):
+                r = rows[q : q + _PAIR_CHUNK]
+                diff = self.chosen_rows[centre[q : q + _PAIR_CHUNK]]
+                diff -= self.X[part[r]].astype(np.float64)
                 dist = np.einsum("ij,ij->i", diff, diff)
-                starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-                who = part[rows[starts]]
+                starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+                who = part[r[starts]]
                 self.exact[who] = np.minimum(self.exact[who], np.minimum.reduceat(dist, starts))
             self.exact_upto[part] = m
         return self.exact[cand]
@@ -285,8 +295,8 @@ class _Points:
 def _bound_basis(S: np.ndarray, p: int) -> np.ndarray:
     """``d x p`` orthonormal (float64 QR) directions near the top of the rows' spectrum, the
     largest first: a randomized range finder with one power iteration on evenly spaced rows,
-    turned to the principal axes of those rows within it (``S``: the sample, centred, float32). Any orthonormal directions keep
-    the bounds exact; these make them tight."""
+    turned to the principal axes of those rows within it (``S``: the sample, centred,
+    float32). Any orthonormal directions keep the bounds exact; these make them tight."""
     omega = np.random.default_rng(0).standard_normal((S.shape[1], p), dtype=np.float32)
     Z, _ = np.linalg.qr(S @ omega)
     Z, _ = np.linalg.qr(S @ (S.T @ Z))

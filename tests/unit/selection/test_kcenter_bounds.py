@@ -124,3 +124,26 @@ def test_near_duplicates_beyond_max_verify_are_counted_as_truncated():
         assert got.n_truncated > 0
         assert len(set(got.order.tolist())) == 8
         assert {int(i) // 10 for i in got.order[:3]} == {0, 1, 2}  # the three distinct rows first
+
+
+@pytest.mark.parametrize("few, pairs, chunk", [(0, 3, 2), (10**9, 5, 3), (2, 10**6, 10**6)])
+def test_exactness_check_paths_and_chunks_give_the_same_picks(monkeypatch, few, pairs, chunk):
+    """The check's centre filter by the bound alone, by the bound then the float32 distance,
+    and its chunking of candidates and of candidate-centre pairs, all pick the same."""
+    import syllabus.selection.kcenter as kc
+
+    monkeypatch.setattr(kc, "_FEW_CENTRES", few)
+    monkeypatch.setattr(kc, "_PAIR_CHUNK", pairs)
+    monkeypatch.setattr(kc, "_VERIFY_CHUNK", chunk)
+    rng = np.random.default_rng(11)
+    cases = [
+        low_rank(rng, 120, 16, rank=2, noise=0.01),
+        rng.integers(0, 3, (90, 6)).astype(np.float32),  # ties: many candidates per pick
+        rng.standard_normal((70, 12)).astype(np.float32),
+    ]
+    for i, X in enumerate(cases):
+        want, radius = brute_force(X, 40, seed=i)
+        for bound_dim in (0, 2):
+            got = kcenter_greedy(X, 40, seed=i, progress=False, bound_dim=bound_dim)
+            np.testing.assert_array_equal(got.order, want)
+            assert got.radius == pytest.approx(radius, rel=1e-9, abs=1e-12)
