@@ -147,3 +147,15 @@ def test_exactness_check_paths_and_chunks_give_the_same_picks(monkeypatch, few, 
             got = kcenter_greedy(X, 40, seed=i, progress=False, bound_dim=bound_dim)
             np.testing.assert_array_equal(got.order, want)
             assert got.radius == pytest.approx(radius, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_uncentred_points_with_a_large_offset_keep_the_picks(seed):
+    """center=False: the norms are large and the bound's directions include the offset."""
+    rng = np.random.default_rng(100 + seed)
+    X = low_rank(rng, 60, 10, rank=3, noise=0.01, offset=50.0)
+    want, radius = brute_force(X, 25, seed=seed)
+    for bound_dim in (0, 2, 5):
+        got = kcenter_greedy(X, 25, seed=seed, progress=False, center=False, bound_dim=bound_dim)
+        np.testing.assert_array_equal(got.order, want)
+        assert got.radius == pytest.approx(radius, rel=1e-9)
