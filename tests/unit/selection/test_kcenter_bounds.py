@@ -70,7 +70,7 @@ def test_bounded_picks_match_brute_force_on_small_inputs(case):
     want, radius = brute_force(X, k, seed=case)
     for bound_dim in (1, 3):
         got = kcenter_greedy(X, k, seed=case, progress=False, bound_dim=bound_dim)
-        assert got.bound_dim == min(bound_dim, d - 1)
+        assert got.bound_dim == min(bound_dim, d - 1, n)  # no more directions than sampled rows
         np.testing.assert_array_equal(got.order, want)
         assert got.radius == pytest.approx(radius, rel=1e-9, abs=1e-12)
 
