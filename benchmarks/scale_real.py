@@ -129,8 +129,18 @@ def settled_total(quiet: float = 10.0, timeout: float = 1800.0) -> int:
 
 
 def api_latency(sampler: Any) -> tuple[float, float] | None:
+    """Median and max seconds over every flow-run page request sampled (each kind: ``api_requests``)."""
     seconds = [x for s in sampler.seconds.values() for x in s]
     return (statistics.median(seconds), max(seconds)) if seconds else None
+
+
+def api_requests(sampler: Any) -> dict[str, Any]:
+    """Per kind of flow-run page request: how many were timed, their median and max seconds, and errors."""
+    out: dict[str, Any] = {what: {"n": len(s), "median_s": round(statistics.median(s), 3), "max_s": round(max(s), 3),
+                                  "over_2_s": sum(x > 2.0 for x in s)} for what, s in sampler.seconds.items()}
+    if sampler.errors:
+        out["errors"] = sampler.errors[:5]
+    return out
 
 
 def s3_objects(s3: Any) -> int:
@@ -211,6 +221,7 @@ def main_real(args: argparse.Namespace) -> int:
             sampler.join(timeout=120)
             written = objects() - before
             counted = count(run.id)
+            res = {**res, "api_requests": api_requests(sampler)}
             base = scale.run_child({**base_job, "label": label + " baseline"}, cap, log_path) \
                 if base_job and not res.get("error") else None
             return res, base, written, api_latency(sampler), counted
