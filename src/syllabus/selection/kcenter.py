@@ -476,7 +476,8 @@ def _lazy_matrix(values: Any, column: str, status: np.ndarray | None, status_col
         reasons[i] = f"{column} has {lengths[i]} dimensions where the others have {dim}"
     usable = ok & (lengths == dim) & (lengths > 0)
     positions = np.flatnonzero(usable)
-    picked = values.take(pa.array(positions, pa.int64()))
+    # every row usable (the common case): no copy of the whole vector set
+    picked = values if positions.size == n else values.take(pa.array(positions, pa.int64()))
     if isinstance(picked, pa.ChunkedArray):
         picked = picked.combine_chunks()
     flat = picked.flatten() if positions.size else pa.array([], pa.float32())

@@ -63,10 +63,15 @@ class VectorSource:
         for i in np.unique(shard_of):
             rows = positions[want[order[shard_of[order] == i]]] - self.starts[i]
             parts.append(self._shard(int(i)).take(pa.array(rows, pa.int64())))
-        gathered = pa.concat_arrays(parts) if parts else pa.array([], self.type)
+        # Each copy of a 4,096-d survivor set is gigabytes: drop the parts once joined, and take
+        # only when the asked order is not already the shards' order.
+        gathered = parts[0] if len(parts) == 1 else pa.concat_arrays(parts) if parts else pa.array([], self.type)
+        del parts
         # gathered is in shard order (want[order]); put it back in the asked order, nulls for -1
         back = np.full(positions.size, -1, dtype=np.int64)
         back[want[order]] = np.arange(want.size)
+        if want.size == positions.size and np.array_equal(back, np.arange(back.size)):
+            return gathered
         take = pa.array(back, pa.int64(), mask=back < 0)
         return gathered.take(take)
 
