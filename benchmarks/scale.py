@@ -34,6 +34,9 @@ read back from the MLflow server. Two more columns: the Prefect task runs a stag
 latency of the flow-run page's API requests while it ran.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scale.py --real --n 100000 --stop-after select --embedding-dim 576
+
+``--real --compare`` runs the ``compare`` flow with stop_after="select" and every arm after the
+score stages (``scale_real.compare_stage``).
 """
 
 from __future__ import annotations
@@ -383,6 +386,11 @@ def main() -> int:
                     "(results.json) and run only the stages after them")
     ap.add_argument("--real", action="store_true", help="through a real Prefect server, moto S3 and an MLflow server "
                     "(the ingest task, the score flow, the pipeline flow with stop_after=select)")
+    ap.add_argument("--compare", nargs="?", const="only", choices=["only", "after-selects"], default=None,
+                    help="with --real: after the score stages, the compare flow with stop_after=select and every arm "
+                    "(3DS and its easy/medium/hard windows, DIQ, IFD, LESS, random over 3 seeds, full) at one budget "
+                    "(--kcenter-budget); 'only' (the default) skips the per-method pipeline flows, 'after-selects' "
+                    "runs them first")
     ap.add_argument("--real-store", choices=["s3", "local"], default="s3",
                     help="with --real: the store the flows score and select in (ingest is measured into both)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -392,6 +400,8 @@ def main() -> int:
         return 0
     if args.n < 1:
         ap.error("--n N (the pool size, at least 1) is required")
+    if args.compare and not args.real:
+        ap.error("--compare runs the compare flow on the real servers: add --real")
     if args.real:
         if args.stop_after == "export":
             ap.error("--real stops after select (the pipeline flow's stop_after); export is measured without --real")

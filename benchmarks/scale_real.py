@@ -18,7 +18,21 @@ is its own) against those servers:
   arm's selection with its MLflow runs). The row's seconds are the arm's (``time/<arm>_seconds``:
   selection and its MLflow logging); the note gives the whole flow's. Its why-table
   (candidates), subset and report are then listed in and read back from the MLflow server
-  (Parquet footers). Task runs: every task run the flow and its score subflow created.
+  (Parquet footers). Task runs: every task run the flow and its score subflow created;
+- compare (``--compare``): the ``compare`` flow (what ``syllabus compare --stop-after select``
+  runs) with stop_after="select" and every arm of the default compare plus LESS, at one budget
+  (``--kcenter-budget``): the synthetic 3DS, DIQ, IFD and LESS recipes by path, the shipped
+  ``random`` over the default 3 seeds and ``full``, and the difficulty windows easy/medium/hard
+  (``window_method`` is the synthetic 3DS recipe's path: its band selector is moved). The row's
+  seconds are the whole flow's (ingest again, the cached score stage, every arm, the comparison
+  report); baseline: for each arm, reading its score tables (the pool's for random and full) and
+  sorting them, measured once per recipe and counted once per arm. The MLflow parent run (its
+  ``comparison/report.md``) and each nested arm run are checked on the server: FINISHED, with
+  ``selection/selected.parquet`` of ``select/n_selected`` rows, the budget's (every candidate for
+  full), and the why-table. ``--compare`` alone skips the per-method pipeline flows (the compare
+  covers every method); ``--compare after-selects`` runs them first and puts their sum in the
+  compare row's note. The compare's difficulty analysis (D1/D2/D3 correlations) reads the
+  shipped ``difficulty`` scorer's columns, so it is empty over the synthetic scores.
 
 The synthetic scorers reach the flows' workers by registration at run time
 (``synthetic_scorers.register``) in the process that runs the flow: the flows score with the
@@ -54,6 +68,20 @@ def run_real_job(job: dict[str, Any]) -> dict[str, Any]:
         summary = ingest_task(IngestConfig(inputs=[job["pool_file"]], shard_size=job["shard_size"]), job["store"])
         return {"manifest": summary["manifest"], "records_ok": summary["records_ok"], "shards": summary["shards"],
                 "records_rejected": summary["records_rejected"], "duplicates": summary["duplicates"]}
+    if kind == "real-compare":
+        from prefect.client.orchestration import get_client
+        from prefect.flow_engine import run_flow
+
+        from syllabus_flows.compare import compare
+        from syllabus_flows.outcome import result_of
+
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(job["flow_run_id"]))
+        state = run_flow(compare, flow_run=run, parameters=job["parameters"], return_type="state")
+        result = result_of(state)
+        return {"state": state.name, "timings": result["timings"], "mlflow_run_id": result["mlflow_run_id"],
+                "scores": result["scores"], "report": result["report"],
+                "mlflow": mlflow_compare(job["tracking_uri"], result["mlflow_run_id"])}
     if kind in ("real-score", "real-pipeline"):
         from prefect.client.orchestration import get_client
         from prefect.flow_engine import run_flow
@@ -106,6 +134,68 @@ def mlflow_selection(tracking_uri: str, parent_id: str) -> dict[str, Any]:
                 entry["rows"] = pq.read_metadata(local).num_rows
                 os.unlink(local)
             out["artifacts"][art.path] = entry
+    return out
+
+
+def mlflow_compare(tracking_uri: str, parent_id: str) -> dict[str, Any]:
+    """The compare's MLflow parent run (status, its ``comparison/`` artifacts) and each nested
+    arm run: status, ``select/n_selected`` and ``select/n_candidates``, and its ``selection/``
+    artifacts; ``selected.parquet`` is downloaded from the server and its footer's rows read
+    (the why-table, one row per candidate in every arm, is listed with its size, not downloaded)."""
+    import tempfile
+
+    import mlflow
+    import pyarrow.parquet as pq
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_id)
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'",
+                                  max_results=1000)
+    out: dict[str, Any] = {"run_id": parent_id, "status": parent.info.status,
+                           "comparison": sorted(a.path for a in client.list_artifacts(parent_id, "comparison")),
+                           "arms": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for child in children:
+            arm: dict[str, Any] = {"run_id": child.info.run_id, "status": child.info.status,
+                                   "n_selected": child.data.metrics.get("select/n_selected"),
+                                   "n_candidates": child.data.metrics.get("select/n_candidates"), "artifacts": {},
+                                   "stages": {k.removeprefix("select/stage/"): v for k, v in sorted(child.data.metrics.items())
+                                              if k.startswith("select/stage/")}}
+            for art in client.list_artifacts(child.info.run_id, "selection"):
+                entry: dict[str, Any] = {"bytes": art.file_size}
+                if art.path.endswith("selected.parquet"):
+                    local = mlflow.artifacts.download_artifacts(run_id=child.info.run_id, artifact_path=art.path,
+                                                                dst_path=tmp, tracking_uri=tracking_uri)
+                    entry["rows"] = pq.read_metadata(local).num_rows
+                    os.unlink(local)
+                arm["artifacts"][art.path] = entry
+            out["arms"][child.data.tags.get("mlflow.runName", child.info.run_id)] = arm
+    return out
+
+
+def compare_problems(ml: dict[str, Any], expected: dict[str, int | None]) -> list[str]:
+    """What the compare's MLflow runs lack: a FINISHED parent with its report, one FINISHED
+    nested run per expected arm whose ``selection/selected.parquet`` has ``select/n_selected``
+    rows, that count the arm's expected one (``None``: every candidate, as ``full`` selects)."""
+    out = []
+    if ml["status"] != "FINISHED":
+        out.append(f"compare parent run {ml['run_id']} is {ml['status']}, not FINISHED")
+    if "comparison/report.md" not in ml["comparison"]:
+        out.append(f"compare parent run {ml['run_id']} has no comparison/report.md ({ml['comparison']})")
+    if sorted(ml["arms"]) != sorted(expected):
+        out.append(f"nested arm runs {sorted(ml['arms'])}; expected {sorted(expected)}")
+    for name, want in expected.items():
+        arm = ml["arms"].get(name)
+        if arm is None:
+            continue
+        rows = arm["artifacts"].get("selection/selected.parquet", {}).get("rows")
+        want = arm["n_candidates"] if want is None else want
+        if arm["status"] != "FINISHED" or rows is None or rows != arm["n_selected"] or rows != want:
+            out.append(f"arm {name}: run {arm['status']}, selected.parquet {rows} rows, n_selected "
+                       f"{arm['n_selected']}, expected {want}")
+        if "selection/candidates.parquet" not in arm["artifacts"]:
+            out.append(f"arm {name}: no selection/candidates.parquet (the why-table)")
     return out
 
 
@@ -250,7 +340,10 @@ def main_real(args: argparse.Namespace) -> int:
 
         configs = scale.scorer_configs(args)
         methods = [m for m in args.methods.split(",") if m]
-        wanted = sorted({s for m in methods for s in scale.recipes("")[m]["scorers"]})
+        if args.compare == "only":
+            methods = []  # the compare's arms cover every method
+        scored = set(methods) | (set(COMPARE_RECIPES) if args.compare else set())
+        wanted = sorted({s for m in scored for s in scale.recipes("")[m]["scorers"]})
         score_manifests: dict[str, str] = {}
         for name in wanted:
             params = {"pool_manifest": manifest, "scorers": {name: configs[name]}, "model": model, "store": store}
@@ -274,10 +367,14 @@ def main_real(args: argparse.Namespace) -> int:
         # ---------------------------------------------------------------- pipeline flow, stop_after=select, per method
         (work / "recipes").mkdir(exist_ok=True)
         failed = False
+        recipe_paths: dict[str, Path] = {}
+        for method, spec in scale.recipes("synthetic_difficulty_embedding").items():
+            recipe_paths[method] = work / "recipes" / f"synthetic-{method}.yaml"
+            recipe_paths[method].write_text(yaml.safe_dump(spec["recipe"], sort_keys=False))
+        pipeline_rows: list[dict[str, Any]] = []
         for method in methods:
             spec = scale.recipes("synthetic_difficulty_embedding")[method]
-            path = work / "recipes" / f"synthetic-{method}.yaml"
-            path.write_text(yaml.safe_dump(spec["recipe"], sort_keys=False))
+            path = recipe_paths[method]
             if method == "3ds":
                 budget = {"count": args.kcenter_budget}
             elif method == "random":
@@ -310,6 +407,7 @@ def main_real(args: argparse.Namespace) -> int:
                     f"MLflow: {arts}")
             table.add(label, {**res, "seconds": timings[arm], "flow_process_seconds": res["seconds"]}, written, base_res,
                       note=note, task_runs=total - tasks_before, api=api_s)
+            pipeline_rows.append(table.rows[-1])
             print(f"    {method}: {ml['n_selected']:,.0f} of {ml['n_candidates']:,.0f}; MLflow run {ml['run_id']} "
                   f"({ml['status']}): " + ", ".join(sorted(ml["artifacts"])), flush=True)
             parquet = [p for p in ml["artifacts"] if p.endswith(".parquet")]
@@ -317,7 +415,99 @@ def main_real(args: argparse.Namespace) -> int:
                 print(f"    {method}: expected the subset and the why-table as Parquet artifacts of a FINISHED run",
                       flush=True)
                 failed = True
+        if args.compare:
+            failed |= not compare_stage(args, table, flow_stage, recipe_paths, configs, score_manifests, pool_file,
+                                        model, store, manifest, tracking_uri, run_id, cap, log_path, pipeline_rows)
         return 1 if failed else 0
     finally:
         for proc in reversed(servers):
             prefect_tasks.stop_server(proc)
+
+
+# ------------------------------------------------------------------------------ compare
+COMPARE_RECIPES = ("3ds", "diq", "ifd", "less")  # the synthetic recipes; random and full are the shipped ones
+WINDOWS = {"easy": [0.0, 50.0], "medium": [25.0, 75.0], "hard": [50.0, 100.0]}  # CompareParams' default
+
+
+def compare_stage(args: argparse.Namespace, table: Any, flow_stage: Any, recipe_paths: dict[str, Path],
+                  configs: dict[str, dict[str, Any]], score_manifests: dict[str, str], pool_file: Path, model: str,
+                  store: str, manifest: str, tracking_uri: str, run_id: str, cap: float, log_path: Path,
+                  pipeline_rows: list[dict[str, Any]]) -> bool:
+    """The ``compare`` flow (what ``syllabus compare --stop-after select`` runs) with every arm
+    of the default compare plus LESS: the synthetic 3DS, DIQ, IFD and LESS recipes (by path),
+    the shipped ``random`` over ``--seeds`` seeds and ``full``, and the 3DS difficulty windows
+    (easy/medium/hard: the synthetic 3DS recipe's band selector moved, ``window_method`` its
+    path), one budget for all (``--kcenter-budget``). Baseline: for each arm, reading its score
+    tables (the pool's for random and full) and sorting them, measured once per recipe and
+    counted once per arm. Its MLflow parent and nested arm runs are checked on the server."""
+    import scale
+    from syllabus.pipeline.config import CompareParams
+    from syllabus.tracking.names import method_label
+    from syllabus_flows.compare import compare
+
+    seeds = CompareParams.model_fields["seeds"].default  # the default compare's random seeds (3)
+
+    methods = [str(recipe_paths[m]) for m in COMPARE_RECIPES] + ["random", "full"]
+    window_method = str(recipe_paths["3ds"])
+    budget = args.kcenter_budget
+    params = {"pool": [str(pool_file)], "shard_size": args.shard_size, "model": model, "methods": methods,
+              "budget": {"count": budget}, "store": store, "scorer_configs": {s: configs[s] for s in score_manifests},
+              "selector_overrides": {}, "benches": [], "stop_after": "select", "evaluate_base": False,
+              "tracking_uri": tracking_uri, "experiment": f"scale-{args.n}-{run_id}-compare",
+              "seeds": seeds, "windows": WINDOWS, "window_method": window_method}
+    # arm name -> (recipe whose tables the baseline reads, selected rows expected; None: every candidate)
+    threeds = method_label(window_method)
+    arms: dict[str, tuple[str, int | None]] = {method_label(str(recipe_paths[m])): (m, budget) for m in COMPARE_RECIPES}
+    arms.update({f"random@{k}": ("random", budget) for k in range(seeds)})
+    arms["full"] = ("full", None)
+    arms.update({f"{threeds}-{w}": ("3ds", budget) for w in WINDOWS})
+
+    tasks_before = settled_total(quiet=4)
+    res, _, written, api_s, total = flow_stage(
+        "compare", compare, {"params": params}, {"kind": "real-compare", "tracking_uri": tracking_uri}, None,
+        lambda _run: settled_total())
+    label = f"compare, {len(arms)} arms (synthetic)"
+    if res.get("error"):
+        table.add(label, res, written, None)
+        return False
+
+    # the baseline: each recipe's score tables read and sorted, once per recipe, counted per arm
+    base_runs: dict[str, dict[str, Any]] = {}
+    for recipe in sorted({r for r, _ in arms.values()}):
+        spec = scale.recipes("synthetic_difficulty_embedding")[recipe] if recipe != "full" else \
+            {"scorers": [], "sort": "sample_id"}
+        base_runs[recipe] = scale.run_child({"kind": "select-baseline", "store": store, "manifest": manifest,
+                                             "sort": spec["sort"], "label": f"compare baseline {recipe}",
+                                             "score_manifests": [score_manifests[s] for s in spec["scorers"]]},
+                                            cap, log_path)
+    base_ok = all(not b.get("error") for b in base_runs.values())
+    base = {"seconds": sum(base_runs[r]["seconds"] for r, _ in arms.values()),
+            "peak_gb": max(b["peak_gb"] for b in base_runs.values()),
+            "per_recipe": {r: round(b["seconds"], 2) for r, b in base_runs.items()}} if base_ok else None
+
+    timings, ml = res["timings"], res["mlflow"]
+    arm_seconds = {k.removesuffix("_seconds"): v for k, v in timings.items()
+                   if k not in ("ingest_seconds", "score_seconds", "total_seconds")}
+    selected = ", ".join(f"{name} {ml['arms'][name]['n_selected']:,.0f}" if name in ml["arms"] else f"{name} -"
+                         for name in arms)
+    note = (f"flow {res['seconds']:.1f}s (ingest {timings['ingest_seconds']:.1f}s, score {timings['score_seconds']:.1f}s, "
+            f"arms {sum(arm_seconds.values()):.1f}s); selected: {selected}")
+    if pipeline_rows:
+        note += (f"; the per-method pipeline flows above: arms {sum(r['seconds'] for r in pipeline_rows):.1f}s, "
+                 f"flows {sum(r['detail']['flow_process_seconds'] for r in pipeline_rows):.1f}s")
+    table.add(label, {**res, "arm_seconds": arm_seconds, "baseline": base}, written, base, note=note,
+              task_runs=total - tasks_before, api=api_s)
+    for name, (recipe, _) in arms.items():
+        arm = ml["arms"].get(name)
+        if arm:
+            arts = ", ".join(f"{Path(p).name} {a.get('rows', '-')} rows, {a['bytes'] / 1e6:.1f} MB"
+                             for p, a in sorted(arm["artifacts"].items()) if p.endswith(".parquet"))
+            print(f"    {name}: {arm['n_selected']:,.0f} of {arm['n_candidates']:,.0f} in {arm_seconds.get(name, 0):.1f}s; "
+                  f"MLflow run {arm['run_id']} ({arm['status']}): {arts}; stages: "
+                  + ", ".join(f"{k} {v:,.0f}" for k, v in arm["stages"].items()), flush=True)
+    print(f"    compare: MLflow parent run {ml['run_id']} ({ml['status']}): "
+          + ", ".join(ml["comparison"]) + f"; baseline per recipe (s): {base['per_recipe'] if base else '-'}", flush=True)
+    problems = compare_problems(ml, {name: want for name, (_, want) in arms.items()})
+    for problem in problems:
+        print(f"    compare: {problem}", flush=True)
+    return not problems and base_ok

@@ -130,3 +130,51 @@ def test_real_mode_runs_the_flows_against_real_servers(tmp_path):
     for pid in servers["pids"]:  # each server stopped (and reaped) when the benchmark ended
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.slow  # three servers, five score flows and an 11-arm compare: about 4 minutes on the loaded 2-core machine
+def test_real_mode_compare_selects_every_arm(tmp_path):
+    """``--real --compare`` at a small N: after the score flows, the ``compare`` flow with
+    stop_after=select and every arm (the synthetic 3DS, DIQ, IFD and LESS recipes by path,
+    random over 3 seeds, full, and the synthetic 3DS recipe's easy/medium/hard windows), each
+    arm's nested MLflow run FINISHED with its subset read back from the server."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PREFECT_LOGGING_LEVEL="WARNING")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "scale.py"), "--real", "--compare", "--n", "600", "--dir", str(tmp_path),
+         "--shard-size", "200", "--embedding-dim", "16", "--feature-dim", "32", "--kcenter-budget", "10",
+         "--score-baselines", "synthetic_ifd"],
+        capture_output=True, text=True, env=env, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {r["stage"]: r for r in json.loads((tmp_path / "results.json").read_text())}
+    # --compare alone: no per-method pipeline flows, every scorer the compare's arms read
+    assert sorted(rows) == sorted(["ingest (moto S3)", "ingest (local folder)", "compare, 11 arms (synthetic)",
+                                   *(f"score synthetic_{s}" for s in ("difficulty", "diq_difficulty", "ifd",
+                                                                      "influence", "quality"))])
+    row = rows["compare, 11 arms (synthetic)"]
+    assert row["error"] is None and row["seconds"] > 0 and row["peak_gb"] > 0 and row["task_runs"] >= 1
+    assert row["api_median_max_s"] is not None
+    # the baseline: six recipes' tables read and sorted, counted once per arm
+    per_recipe = row["detail"]["baseline"]["per_recipe"]
+    assert sorted(per_recipe) == ["3ds", "diq", "full", "ifd", "less", "random"]
+    assert row["baseline_seconds"] == pytest.approx(4 * per_recipe["3ds"] + 3 * per_recipe["random"] + per_recipe["diq"]
+                                                    + per_recipe["ifd"] + per_recipe["less"] + per_recipe["full"], abs=0.05)
+    ml = row["detail"]["mlflow"]
+    assert ml["status"] == "FINISHED" and "comparison/report.md" in ml["comparison"]
+    arms = ml["arms"]
+    assert sorted(arms) == sorted(["synthetic-3ds", "synthetic-diq", "synthetic-ifd", "synthetic-less", "random@0",
+                                   "random@1", "random@2", "full", "synthetic-3ds-easy", "synthetic-3ds-medium",
+                                   "synthetic-3ds-hard"])
+    for name, arm in arms.items():
+        want = 600 if name == "full" else 10
+        assert arm["status"] == "FINISHED" and arm["n_selected"] == want, name
+        assert arm["artifacts"]["selection/selected.parquet"]["rows"] == want, name
+        assert "selection/candidates.parquet" in arm["artifacts"], name
+    # the windows move the synthetic 3DS recipe's band: medium is its own 25-75, easy and hard are others
+    band = {name: arms[name]["stages"]["2_band_out"] for name in arms if name.startswith("synthetic-3ds")}
+    assert band["synthetic-3ds-medium"] == band["synthetic-3ds"]
+    assert band["synthetic-3ds-easy"] != band["synthetic-3ds-medium"] != band["synthetic-3ds-hard"]
+    assert "Traceback" not in (tmp_path / "stages.log").read_text()
+    for pid in json.loads((tmp_path / "servers.json").read_text())["pids"]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
