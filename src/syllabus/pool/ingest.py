@@ -475,10 +475,20 @@ def ingest_pool(
                     seen_ids[sample_id] = where
                 return None
 
+            def reject(rec: RawRecord, code: str, reason: str) -> None:
+                """Quarantine ``rec``: a duplicate of content counts as a duplicate, anything else
+                as rejected."""
+                quarantine.append(_quarantine_entry(rec, code, reason))
+                reasons[code] += 1
+                if code == "duplicate_content":
+                    stats.duplicates += 1
+                else:
+                    stats.records_rejected += 1
+
             def take(rec: RawRecord) -> None:
                 """The per-record path."""
                 stats.records_in += 1
-                code, reason, duplicate = None, None, False
+                code, reason = None, None
                 sample: Sample | None = None
                 if rec.error is not None:
                     code, reason = rec.error
@@ -496,14 +506,9 @@ def ingest_pool(
                 if sample is not None:
                     dup = seen(sample.sample_id, sample.content_hash, sample.dedup_key, (rec.file, rec.line, rec.row))
                     if dup is not None:
-                        (code, reason), duplicate = dup, dup[0] == "duplicate_content"
+                        code, reason = dup
                 if code is not None:
-                    quarantine.append(_quarantine_entry(rec, code, reason))
-                    reasons[code] += 1
-                    if duplicate:
-                        stats.duplicates += 1
-                    else:
-                        stats.records_rejected += 1
+                    reject(rec, code, reason)
                     return
                 stats.records_ok += 1
                 spelled_counts.add(spelled)
@@ -537,13 +542,7 @@ def ingest_pool(
                         sample_id, content, key, where = prep.sample_ids[k], prep.contents[k], prep.keys[k], prep.wheres[k]
                         dup = seen(sample_id, content, key, where)
                         if dup is not None:
-                            code, reason = dup
-                            quarantine.append(_quarantine_entry(prep.record(k), code, reason))
-                            reasons[code] += 1
-                            if code == "duplicate_content":
-                                stats.duplicates += 1
-                            else:
-                                stats.records_rejected += 1
+                            reject(prep.record(k), *dup)
                             continue
                         stats.records_ok += 1
                         kept.append(k)
