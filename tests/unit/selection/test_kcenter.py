@@ -6,24 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kcenter_reference import SMALL_INPUT_KINDS, brute_force, small_input
+
 from syllabus.selection.kcenter import KCenterSelector, kcenter_greedy
-
-
-def brute_force_kcenter(X: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Farthest-first on the explicit n x n matrix of float64 squared distances."""
-    X = np.asarray(X, dtype=np.float64)
-    n = len(X)
-    D = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
-    first = int(np.random.default_rng(seed).integers(n))
-    order = [first]
-    min_d = D[first].copy()
-    min_d[order] = -np.inf
-    while len(order) < min(k, n):
-        j = int(np.argmax(min_d))  # ties: lowest position
-        order.append(j)
-        min_d = np.minimum(min_d, D[j])
-        min_d[order] = -np.inf
-    return np.array(order)
 
 
 @pytest.mark.parametrize("case", range(60))
@@ -31,21 +16,10 @@ def test_matches_brute_force_on_small_inputs(case):
     rng = np.random.default_rng(case)
     n = int(rng.integers(2, 60))
     d = int(rng.integers(1, 16))
-    kind = case % 5
-    if kind == 0:
-        X = rng.standard_normal((n, d)).astype(np.float32)
-    elif kind == 1:  # a coarse integer grid: many exact ties and duplicates
-        X = rng.integers(0, 3, (n, d)).astype(np.float32)
-    elif kind == 2:  # a large common offset: the norm trick's cancellation case
-        X = (rng.standard_normal((n, d)) * 1e-3 + 100.0).astype(np.float32)
-    elif kind == 3:
-        X = rng.standard_normal((n, d))
-    else:  # clusters of near-duplicates
-        centres = rng.standard_normal((3, d)) * 10
-        X = (centres[rng.integers(0, 3, n)] + rng.standard_normal((n, d)) * 1e-4).astype(np.float32)
+    X = small_input(rng, n, d, case % SMALL_INPUT_KINDS)
     k = int(rng.integers(1, n + 1))
     got = kcenter_greedy(X, k, seed=case, progress=False).order
-    np.testing.assert_array_equal(got, brute_force_kcenter(X, k, seed=case))
+    np.testing.assert_array_equal(got, brute_force(X, k, seed=case)[0])
 
 
 def test_first_centre_is_seeded_and_runs_repeat():
@@ -106,5 +80,5 @@ def test_selector_matches_the_function_on_the_usable_rows():
     frame = embedding_frame(40, d=5, seed=2)
     out = KCenterSelector().apply(frame, 7, 11)
     X = np.stack(frame["difficulty_embedding"].to_list())
-    np.testing.assert_array_equal(out.kept, brute_force_kcenter(X, 7, 11))
+    np.testing.assert_array_equal(out.kept, brute_force(X, 7, 11)[0])
     assert sum(r is not None for r in out.reasons) == 33

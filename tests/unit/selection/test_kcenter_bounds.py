@@ -7,33 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kcenter_reference import SMALL_INPUT_KINDS, brute_force, small_input
+
 from syllabus.selection.kcenter import kcenter_greedy
-
-
-def squared_distances(X: np.ndarray) -> np.ndarray:
-    """The n x n float64 squared distances, a few rows at a time (the broadcast difference of
-    a whole 800 x 800 x 96 input would be 490 MB)."""
-    X = np.asarray(X, dtype=np.float64)
-    D = np.empty((len(X), len(X)))
-    for s in range(0, len(X), 32):
-        D[s : s + 32] = ((X[s : s + 32, None, :] - X[None, :, :]) ** 2).sum(-1)
-    return D
-
-
-def brute_force(X: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, float]:
-    """Farthest-first on the explicit matrix (ties: lowest position), and the radius."""
-    D = squared_distances(X)
-    n = len(D)
-    order = [int(np.random.default_rng(seed).integers(n))]
-    min_d = D[order[0]].copy()
-    min_d[order] = -np.inf
-    while len(order) < min(k, n):
-        j = int(np.argmax(min_d))
-        order.append(j)
-        min_d = np.minimum(min_d, D[j])
-        min_d[order] = -np.inf
-    rest = min_d[np.isfinite(min_d)]
-    return np.array(order), float(np.sqrt(rest.max())) if rest.size else 0.0
 
 
 def low_rank(rng: np.random.Generator, n: int, d: int, rank: int, noise: float, offset: float = 3.0) -> np.ndarray:
@@ -49,17 +25,8 @@ def test_bounded_picks_match_brute_force_on_small_inputs(case):
     n = int(rng.integers(2, 80))
     d = int(rng.integers(2, 24))
     kind = case % 8
-    if kind == 0:
-        X = rng.standard_normal((n, d)).astype(np.float32)
-    elif kind == 1:  # a coarse integer grid: many exact ties and duplicates
-        X = rng.integers(0, 3, (n, d)).astype(np.float32)
-    elif kind == 2:  # a large common offset: the norm trick's cancellation case
-        X = (rng.standard_normal((n, d)) * 1e-3 + 100.0).astype(np.float32)
-    elif kind == 3:
-        X = rng.standard_normal((n, d))
-    elif kind == 4:  # clusters of near-duplicates
-        centres = rng.standard_normal((3, d)) * 10
-        X = (centres[rng.integers(0, 3, n)] + rng.standard_normal((n, d)) * 1e-4).astype(np.float32)
+    if kind < SMALL_INPUT_KINDS:
+        X = small_input(rng, n, d, kind)
     elif kind == 5:  # constant rows: every distance is zero
         X = np.full((n, d), 7.25, dtype=np.float32)
     elif kind == 6:  # exact duplicates of a few rows, in shuffled order
