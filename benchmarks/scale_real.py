@@ -106,70 +106,68 @@ def run_real_job(job: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown job kind {kind!r}")
 
 
-def mlflow_selection(tracking_uri: str, parent_id: str) -> dict[str, Any]:
-    """The arm's nested run on the MLflow server: its selection metrics and, for each Parquet
-    artifact under ``selection/``, its size and the rows its footer says (downloaded from the
-    server, as a teammate would)."""
-    import tempfile
-
+def _selection_run(client: Any, child: Any, tracking_uri: str, tmp: str, download: Any) -> dict[str, Any]:
+    """A nested selection run on the MLflow server: its status, ``select/`` metrics and stage
+    counts, and each artifact under ``selection/`` with its size; the Parquet artifacts that
+    ``download(path)`` names are downloaded from the server, as a teammate would, and their
+    footer's rows read."""
     import mlflow
     import pyarrow.parquet as pq
+
+    run_id = child.info.run_id
+    out: dict[str, Any] = {"run_id": run_id, "status": child.info.status,
+                           "n_selected": child.data.metrics.get("select/n_selected"),
+                           "n_candidates": child.data.metrics.get("select/n_candidates"), "artifacts": {},
+                           "stages": {k.removeprefix("select/stage/"): v for k, v in sorted(child.data.metrics.items())
+                                      if k.startswith("select/stage/")}}
+    for art in client.list_artifacts(run_id, "selection"):
+        entry: dict[str, Any] = {"bytes": art.file_size}
+        if download(art.path):
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=art.path, dst_path=tmp,
+                                                        tracking_uri=tracking_uri)
+            entry["rows"] = pq.read_metadata(local).num_rows
+            os.unlink(local)
+        out["artifacts"][art.path] = entry
+    return out
+
+
+def _nested_runs(client: Any, parent_id: str) -> tuple[Any, list[Any]]:
+    parent = client.get_run(parent_id)
+    return parent, client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'",
+                                      max_results=1000)
+
+
+def mlflow_selection(tracking_uri: str, parent_id: str) -> dict[str, Any]:
+    """The arm's nested run on the MLflow server (:func:`_selection_run`), every Parquet
+    artifact under ``selection/`` read back."""
+    import tempfile
+
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    parent = client.get_run(parent_id)
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    _, children = _nested_runs(client, parent_id)
     if len(children) != 1:
         raise RuntimeError(f"MLflow run {parent_id} has {len(children)} nested runs; expected one (one method a run)")
-    child = children[0]
-    out: dict[str, Any] = {"run_id": child.info.run_id, "status": child.info.status,
-                           "n_selected": child.data.metrics.get("select/n_selected"),
-                           "n_candidates": child.data.metrics.get("select/n_candidates"), "artifacts": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for art in client.list_artifacts(child.info.run_id, "selection"):
-            entry: dict[str, Any] = {"bytes": art.file_size}
-            if art.path.endswith(".parquet"):
-                local = mlflow.artifacts.download_artifacts(run_id=child.info.run_id, artifact_path=art.path,
-                                                            dst_path=tmp, tracking_uri=tracking_uri)
-                entry["rows"] = pq.read_metadata(local).num_rows
-                os.unlink(local)
-            out["artifacts"][art.path] = entry
-    return out
+        return _selection_run(client, children[0], tracking_uri, tmp, lambda path: path.endswith(".parquet"))
 
 
 def mlflow_compare(tracking_uri: str, parent_id: str) -> dict[str, Any]:
     """The compare's MLflow parent run (status, its ``comparison/`` artifacts) and each nested
-    arm run: status, ``select/n_selected`` and ``select/n_candidates``, and its ``selection/``
-    artifacts; ``selected.parquet`` is downloaded from the server and its footer's rows read
-    (the why-table, one row per candidate in every arm, is listed with its size, not downloaded)."""
+    arm run (:func:`_selection_run`); ``selected.parquet`` is read back (the why-table, one row
+    per candidate in every arm, is listed with its size, not downloaded)."""
     import tempfile
 
-    import mlflow
-    import pyarrow.parquet as pq
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    parent = client.get_run(parent_id)
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'",
-                                  max_results=1000)
+    parent, children = _nested_runs(client, parent_id)
     out: dict[str, Any] = {"run_id": parent_id, "status": parent.info.status,
                            "comparison": sorted(a.path for a in client.list_artifacts(parent_id, "comparison")),
                            "arms": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for child in children:
-            arm: dict[str, Any] = {"run_id": child.info.run_id, "status": child.info.status,
-                                   "n_selected": child.data.metrics.get("select/n_selected"),
-                                   "n_candidates": child.data.metrics.get("select/n_candidates"), "artifacts": {},
-                                   "stages": {k.removeprefix("select/stage/"): v for k, v in sorted(child.data.metrics.items())
-                                              if k.startswith("select/stage/")}}
-            for art in client.list_artifacts(child.info.run_id, "selection"):
-                entry: dict[str, Any] = {"bytes": art.file_size}
-                if art.path.endswith("selected.parquet"):
-                    local = mlflow.artifacts.download_artifacts(run_id=child.info.run_id, artifact_path=art.path,
-                                                                dst_path=tmp, tracking_uri=tracking_uri)
-                    entry["rows"] = pq.read_metadata(local).num_rows
-                    os.unlink(local)
-                arm["artifacts"][art.path] = entry
+            arm = _selection_run(client, child, tracking_uri, tmp, lambda path: path.endswith("selected.parquet"))
             out["arms"][child.data.tags.get("mlflow.runName", child.info.run_id)] = arm
     return out
 
