@@ -46,6 +46,7 @@ import math
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -635,22 +636,20 @@ def _place(tmp: Path, path: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _default_mode(base: int) -> int:
-    """``base`` (0o666 a file, 0o777 a folder) less the process's umask: the mode ``open`` and
-    ``mkdir`` would give. ``mkstemp`` and ``mkdtemp`` make owner-only temporaries, and an export
-    renamed into place must stay readable to a trainer that runs as another user."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return base & ~mask
+def _temp_beside(path: Path, suffix: str = "") -> Path:
+    """A new, unused name next to ``path`` for a temporary file or folder. The caller creates it
+    with ``os.open``/``mkdir``, which apply the umask as for any file (``mkstemp`` and
+    ``mkdtemp`` make owner-only ones, and an export renamed into place must stay readable to a
+    trainer that runs as another user)."""
+    return path.parent / f".{path.name}.{uuid.uuid4().hex}{suffix}"
 
 
 def _write_atomic(path: Path, chunks: Iterable[str | bytes | memoryview], overwrite: bool) -> None:
     """Write ``chunks`` (text as UTF-8, or bytes) to a temporary file next to ``path``, then
     rename it into place; the temporary file is removed whatever stops the write."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
+    tmp = _temp_beside(path, ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.fchmod(fd, _default_mode(0o666))
         with os.fdopen(fd, "wb") as fh:
             for chunk in chunks:
                 fh.write(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
@@ -706,9 +705,9 @@ def _save_hf(subset: _Subset, path: Path, overwrite: bool, summary: dict[str, An
     import pyarrow as pa
 
     rows = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.rows-"))
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    tmp = _temp_beside(path)
+    tmp.mkdir()
     try:
-        tmp.chmod(_default_mode(0o777))
         schema = pa.schema([subset.schema.field(c) for c in subset.columns], metadata=subset.schema.metadata)
         with pa.ipc.new_stream(str(rows / "rows.arrow"), schema) as writer:
             for batch in subset.batches():
