@@ -120,3 +120,52 @@ def test_a_fifo_benchmark_or_validation_file_is_refused(tmp_path):
         within_timeout(lambda: read_records(items), items)
     with pytest.raises(FileNotFoundError, match="neither a built-in name"):  # not a file: never opened
         within_timeout(lambda: load_benchmark(items), items)
+
+
+def _never(what: str):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"{what} ran before the bad input was refused")
+    return fail
+
+
+def test_a_fifo_selection_to_compare_with_is_refused_before_scores_are_read(tmp_path, monkeypatch):
+    from syllabus.pipeline.config import SelectConfig
+    from syllabus.pipeline.stages import select
+
+    fifo = str(tmp_path / "selected.parquet")
+    os.mkfifo(fifo)
+    monkeypatch.setattr("syllabus.selection.scores.load_candidates", _never("reading the scores"))
+    config = SelectConfig(method="random", compare=[fifo])
+    with pytest.raises(SpecialFileError, match=r"selection to compare with .*selected.parquet is a FIFO"):
+        within_timeout(lambda: select(config, str(tmp_path / "store")), fifo)
+    missing = SelectConfig(method="random", compare=[str(tmp_path / "gone" / "report.json")])
+    with pytest.raises(FileNotFoundError, match=r"gone/report.json does not exist"):
+        select(missing, str(tmp_path / "store"))
+
+
+@pytest.mark.parametrize("case", ["fifo", "missing", "no-judge"])
+def test_evaluate_checks_compare_and_judge_before_the_model_loads(case, tmp_path, capsys, monkeypatch):
+    fifo = str(tmp_path / "results.parquet")
+    os.mkfifo(fifo)
+    monkeypatch.setattr("syllabus.pipeline.stages.evaluate", _never("the evaluation"))
+    compare = {"fifo": fifo, "missing": str(tmp_path / "evals" / "results.parquet"), "no-judge": fifo}[case]
+    judge = [] if case == "no-judge" else ["--judge", "local:judge-model"]
+    argv = ["evaluate", "--model", "base-model", "--bench", "mmlu-medical", "--compare", compare, *judge,
+            "--store", str(tmp_path / "store")]
+    code = within_timeout(lambda: main(argv), fifo)
+    assert code != 0
+    err = capsys.readouterr().err
+    assert {"fifo": "--compare " + fifo + " is a FIFO (named pipe), not a regular file",
+            "missing": "no committed evaluation results there",
+            "no-judge": "--rubric and --compare need a judge"}[case] in err
+
+
+def test_a_fifo_adapter_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    from syllabus.evaluation.runner import adapter_checksum
+    from syllabus.models.adapters import adapter_bytes
+
+    adapter = str(tmp_path / "adapter.tar")
+    os.mkfifo(adapter)
+    for read in (adapter_checksum, adapter_bytes):
+        with pytest.raises(SpecialFileError, match=r"^adapter .*adapter.tar is a FIFO \(named pipe\)"):
+            within_timeout(lambda: read(adapter), adapter)

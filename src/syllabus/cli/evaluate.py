@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from syllabus.cli import flags
 from syllabus.cli.flags import positive_int
@@ -80,6 +81,25 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(**deep_merge(given, parse_set(args.changes, "cutoff=512")))
 
 
+def _judge_config(args: argparse.Namespace, seed: int) -> Any:
+    """The judge's JudgeConfig when --rubric or --compare asks for one (None otherwise), with
+    the --judge spelling and the --compare results checked: they fail here, not after the
+    evaluation they follow."""
+    if not (args.rubric or args.compare):
+        return None
+    if not args.judge:
+        raise ValueError("--rubric and --compare need a judge: add --judge local:MODEL or --judge openai:MODEL_NAME")
+    from syllabus.evaluation.judges import JudgeConfig
+    from syllabus.evaluation.runner import open_results
+
+    kind, _, name = args.judge.partition(":")
+    if kind not in ("local", "openai") or not name:
+        raise ValueError(f"--judge {args.judge!r} must look like local:MODEL or openai:MODEL_NAME")
+    if args.compare:
+        open_results(args.compare, "--compare")
+    return JudgeConfig(kind=kind, model=name, base_url=args.judge_base_url, seed=seed)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """evaluate a model (and LoRA adapter) on multiple-choice and open-QA benchmarks
 
@@ -90,29 +110,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from syllabus.pipeline.stages import evaluate
 
     config = eval_config(args)
+    judge_config = _judge_config(args, config.seed)  # the judge's settings are checked before the model loads
+    pool_rows = None
+    if args.check_pool:  # and the pool to check is read before it, so a bad path fails first
+        from syllabus.evaluation.decontamination import load_pool_rows
+
+        pool_rows = load_pool_rows(args.check_pool)
     # Without --held-out-from, the default influence validation set is left out (EvalConfig).
     exclude = held_out_ids_of(args.held_out_from) if args.held_out_from else None
     out = evaluate(args.model, args.adapter, args.bench, config, args.store, fields=_fields(args.field),
                    force=args.force, exclude_ids=exclude, progress=True)
-    if args.rubric or args.compare:
-        if not args.judge:
-            raise ValueError("--rubric and --compare need a judge: add --judge local:MODEL or --judge openai:MODEL_NAME")
-        from syllabus.evaluation.judges import JudgeConfig, make_judge
+    if judge_config is not None:
+        from syllabus.evaluation.judges import make_judge
         from syllabus.evaluation.runner import judge_results
 
-        kind, _, name = args.judge.partition(":")
-        if kind not in ("local", "openai") or not name:
-            raise ValueError(f"--judge {args.judge!r} must look like local:MODEL or openai:MODEL_NAME")
-        judge = make_judge(JudgeConfig(kind=kind, model=name, base_url=args.judge_base_url, seed=config.seed))
+        judge = make_judge(judge_config)
         judged = judge_results(Store(args.store), out["results"], judge, args.judge, rubric=args.rubric,
                                compare_url=args.compare, seed=config.seed)
         out["metrics"].update({k: (None if isinstance(v, float) and v != v else v) for k, v in judged.items()})
-    if args.check_pool:
+    if pool_rows is not None:
         from syllabus.evaluation.benchmarks import load_benchmark
-        from syllabus.evaluation.decontamination import decontaminate, load_pool_rows
+        from syllabus.evaluation.decontamination import decontaminate
 
         benches = [load_benchmark(b, _fields(args.field)) for b in args.bench]
-        _, report, matches = decontaminate(load_pool_rows(args.check_pool), benches, enforce=False)
+        _, report, matches = decontaminate(pool_rows, benches, enforce=False)
         out["decontamination"] = {"report": report, "matches": matches[:50]}
         for name, r in report.items():
             if isinstance(r, dict):

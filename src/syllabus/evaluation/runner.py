@@ -211,6 +211,9 @@ def load_eval_model(model_spec: str, adapter_url: str | None = None, device: str
 def adapter_checksum(adapter_url: str | None) -> str | None:
     if not adapter_url:
         return None
+    from syllabus.inputs import refuse_special_file
+
+    refuse_special_file(adapter_url, "adapter")  # before the model loads (load_adapter reads it after)
     store, key = Store.open_url(adapter_url)
     marker = store.marker(key)
     if marker is None:
@@ -277,6 +280,21 @@ def run_evaluation(
 
 
 # ------------------------------------------------------------------ judges
+def open_results(url: str, what: str) -> tuple[Store, str]:
+    """(store, key) of the committed evaluation results at ``url``, checked without reading
+    them: a local FIFO or device is refused unopened, and a URL with no committed results is
+    named with where such a URL comes from."""
+    from syllabus.inputs import refuse_special_file
+
+    refuse_special_file(url, what)
+    store, key = Store.open_url(url)
+    if store.marker(key) is None:
+        raise FileNotFoundError(
+            f"{what} {url}: no committed evaluation results there; pass the results URL that `syllabus evaluate` "
+            "printed (evals/<digest>/results.parquet in its store)")
+    return store, key
+
+
 def judge_results(
     store: Store,
     results_url: str,
@@ -293,13 +311,13 @@ def judge_results(
     results; returns flat metrics (``<bench>/judge/rubric_mean``, ``<bench>/judge/win_rate`` ...)."""
     from syllabus.evaluation.judges import clinical_rubric, pairwise_win_rate
 
-    res_store, res_key = Store.open_url(results_url)
+    res_store, res_key = open_results(results_url, "evaluation results")
     mine = [r for r in res_store.read_table(res_key).to_pylist() if r.get("method") == "open_qa" and r.get("prediction") is not None]
     if not mine:
         raise ValueError(f"{results_url} has no generated open-QA answers to judge; evaluate an open-QA benchmark without --no-generate")
     other: dict = {}
     if compare_url:
-        o_store, o_key = Store.open_url(compare_url)
+        o_store, o_key = open_results(compare_url, "evaluation to compare with")
         other = {(r["benchmark"], r["item_id"]): r for r in o_store.read_table(o_key).to_pylist()
                  if r.get("method") == "open_qa" and r.get("prediction") is not None}
     metrics: dict = {}

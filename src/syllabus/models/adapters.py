@@ -50,7 +50,10 @@ class AdapterPrunedError(FileNotFoundError):
 
 def adapter_bytes(url: str) -> bytes:
     """The committed adapter tar at ``url`` (checksum verified), or an error that says what is
-    missing and how to get it back."""
+    missing and how to get it back. A local FIFO or device is refused unopened."""
+    from syllabus.inputs import refuse_special_file
+
+    refuse_special_file(url, "adapter")
     store, key = Store.open_url(url)
     marker = store.marker(key)
     if marker is None:

@@ -385,7 +385,7 @@ def select(config: SelectConfig, store_url: str | None) -> Selection:
     changes and the score inputs it needs are checked before a score is read. The selection is committed even when it is not a result (empty,
     or short of its budget), to inspect: :attr:`Selection.error` says so."""
     from syllabus.selection.recipes import empty_selection_error, run_recipe, short_selection_error
-    from syllabus.selection.report import write_selection
+    from syllabus.selection.report import read_selection_ids, write_selection
     from syllabus.selection.scores import load_candidates
 
     start = time.perf_counter()
@@ -396,12 +396,14 @@ def select(config: SelectConfig, store_url: str | None) -> Selection:
             f"method {recipe.name!r} reads {', '.join(recipe.required_columns())}; pass the score manifests "
             f"that hold them with --scores (scorers: {', '.join(s.name for s in recipe.scorers)})"
         )
+    # The selections to compare with are read first: a wrong URL fails before the scores are read.
+    others = {url: read_selection_ids(url) for url in config.compare}
     candidates = load_candidates(list(config.scores), config.pool)
     result = run_recipe(candidates.frame, recipe, budget, config.seed)
     report = write_selection(
         Store(store_url), recipe, result, candidates,
         budget_request=budget.model_dump(exclude_none=True) if budget is not None else None,
-        compare=list(config.compare), plots=config.plots, seconds=time.perf_counter() - start,
+        compare=others, plots=config.plots, seconds=time.perf_counter() - start,
     )
     error = (empty_selection_error(report, recipe, candidates.frame)
              or short_selection_error(result, recipe, candidates.frame))

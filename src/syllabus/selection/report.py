@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -52,14 +53,16 @@ def jaccard(a: set[str], b: set[str]) -> float:
 
 
 def read_selection_ids(url: str) -> set[str]:
-    """Sample ids of a selection given as its selected Parquet or its report JSON."""
+    """Sample ids of a selection given as its selected Parquet or its report JSON (a local FIFO
+    or device is refused unopened, a missing one is named)."""
+    what = "selection to compare with"
     if url.endswith(".json"):
-        report = json.loads(read_url_bytes(url))
+        report = json.loads(read_url_bytes(url, what))
         selected = report.get("outputs", {}).get("selected") if isinstance(report, dict) else None
         if not selected:
             raise ValueError(f"{url} is not a selection report (no outputs.selected); pass a report.json or selected.parquet")
         url = selected
-    table = read_parquet_bytes(read_url_bytes(url), columns=["sample_id"])
+    table = read_parquet_bytes(read_url_bytes(url, what), columns=["sample_id"])
     return set(map(str, table["sample_id"].to_pylist()))
 
 
@@ -126,11 +129,13 @@ def write_selection(
     candidates: Candidates,
     *,
     budget_request: dict[str, Any] | None = None,
-    compare: list[str] | None = None,
+    compare: Mapping[str, set[str]] | None = None,
     plots: bool = True,
     seconds: float = 0.0,
 ) -> dict[str, Any]:
-    """Commit the selected Parquet, the candidates Parquet, the pictures and the report.
+    """Commit the selected Parquet, the candidates Parquet, the pictures and the report, with
+    the overlap against each of ``compare`` ({selection URL: its sample ids, as
+    :func:`read_selection_ids` reads them before the selection runs}).
 
     Returns the report (its ``outputs`` hold every URL)."""
     prefix = selection_key(recipe, result, candidates)
@@ -155,8 +160,7 @@ def write_selection(
 
     mine = set(ids)
     overlaps = []
-    for url in compare or []:
-        other = read_selection_ids(url)
+    for url, other in (compare or {}).items():
         overlaps.append({
             "selection": url, "n_other": len(other), "n_both": len(mine & other),
             "jaccard": round(jaccard(mine, other), 6),
