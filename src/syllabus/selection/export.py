@@ -48,7 +48,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 if TYPE_CHECKING:  # pyarrow is imported where it is used: `syllabus --help` loads this module
     import pyarrow as pa
@@ -86,16 +86,23 @@ def selected_url(selection: str) -> str:
     return url
 
 
-def read_selection(selection: str) -> tuple[pa.Table, str]:
-    """The selected rows in rank order and the ``selected.parquet`` URL they came from."""
+def read_selection(selection: str, columns: Sequence[str] | None = None) -> tuple[pa.Table, str]:
+    """The selected rows in rank order and the ``selected.parquet`` URL they came from; with
+    ``columns``, only those columns are decoded (a 500k-row subset's ids, not its texts)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from syllabus.selection.scores import read_url_bytes
-    from syllabus.store.store import read_parquet_bytes
 
     url = selected_url(selection)
-    table = read_parquet_bytes(read_url_bytes(url))
-    missing = [c for c in ("sample_id", "messages") if c not in table.column_names]
+    # ParquetFile.read decodes on the calling thread (see store.read_parquet_bytes).
+    reader = pq.ParquetFile(pa.BufferReader(read_url_bytes(url)), pre_buffer=False)
+    names = reader.schema_arrow.names
+    missing = [c for c in ("sample_id", "messages") if c not in names]
     if missing:
         raise ValueError(f"{url} has no {', '.join(missing)} column; it is not a subset written by `syllabus select`")
+    wanted = None if columns is None else list(dict.fromkeys([*columns, *(["rank"] if "rank" in names else [])]))
+    table = reader.read(columns=wanted, use_threads=False)
     if "rank" in table.column_names:
         table = table.sort_by("rank")
     return table, url

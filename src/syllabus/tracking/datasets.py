@@ -98,7 +98,7 @@ def subset_dataset(selection: Mapping[str, Any]) -> StoreDataset:
     url = (selection.get("outputs") or {}).get("selected")
     if not url:
         raise ValueError("the selection report has no outputs.selected; pass the report `syllabus select` wrote")
-    table, url = read_selection(url)
+    table, url = read_selection(url, columns=["sample_id"])
     profile = {"num_rows": table.num_rows, "method": selection.get("method"), "seed": selection.get("seed"),
                "n_candidates": selection.get("n_candidates")}
     return StoreDataset(url, default_name(url), selection_fingerprint(table["sample_id"].to_pylist()),
