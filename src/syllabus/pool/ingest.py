@@ -26,6 +26,7 @@ unchanged shard is not even rewritten.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -40,10 +41,13 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from syllabus.pool import vectorised
 from syllabus.pool.canonical import DEFAULT_MAX_CHARS, SCHEMA, FieldMap, RecordRejected, Sample, normalise
+from syllabus.pool.dedup import Seen
+from syllabus.pool.prepare_workers import PrepareWorkers
 from syllabus.pool.readers import LineBlock, RawRecord, expand, read, read_blocks
 from syllabus.pool.special_tokens import SpecialTokenCounts, quarantine_reason, spelled_tokens
-from syllabus.pool.vectorised import prepare_batch, prepare_lines
+from syllabus.pool.vectorised import attach, prepare_batch, prepare_lines
 from syllabus.store import Store, content_hash
 
 log = logging.getLogger(__name__)
@@ -218,13 +222,13 @@ class _Sharder:
                 parts.append(seg)
             else:
                 prep, ks = seg
-                ids = (prep.sample_ids[ks[0]], prep.sample_ids[ks[-1]])
+                ids = (prep.sample_id(ks[0]), prep.sample_id(ks[-1]))
                 cols = prep.columns
                 if ks[-1] - ks[0] + 1 == len(ks):
                     cols = cols.slice(ks[0], len(ks))
                 else:
                     cols = cols.take(pa.array(ks))
-                lines = cols.column("line").combine_chunks()
+                lines = _one_chunk(cols.column("line"))
                 offsets = np.frombuffer(lines.buffers()[1], np.int32, len(lines) + 1, lines.offset * 4)
                 h.update(memoryview(lines.buffers()[2])[int(offsets[0]):int(offsets[-1])])
                 parts.append(cols)
@@ -293,25 +297,14 @@ def _shard_table(parts: list) -> pa.Table:
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables).combine_chunks()
 
 
-def _pair_turns(users: pa.Array, outputs: pa.Array) -> pa.Array:
-    """The messages column of rows whose conversation is one user turn and its answer."""
-    n = len(users)
-    messages_type = SCHEMA.field("messages").type
-    interleave = np.empty(2 * n, np.int64)
-    interleave[0::2] = np.arange(n)
-    interleave[1::2] = np.arange(n, 2 * n)
-    contents = pa.concat_arrays([users, outputs]).take(pa.array(interleave))
-    turns = pa.StructArray.from_arrays(
-        [pa.array(["user", "assistant"] * n, pa.string()), contents], fields=list(messages_type.value_type))
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)), turns, type=messages_type)
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    """The column as one array (combine_chunks copies even a single chunk)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _columns_table(cols: pa.Table) -> pa.Table:
     """A table of SCHEMA from a vectorised block's rows (vectorised.ROW_COLUMNS)."""
-    get = lambda name: cols.column(name).combine_chunks()  # noqa: E731
-    arrays = [get("sample_id"), get("source"), get("instruction"), get("input"), get("output"),
-              _pair_turns(get("user"), get("output")), get("metadata")]
-    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+    return pa.Table.from_arrays([_one_chunk(cols.column(name)) for name in SCHEMA.names], schema=SCHEMA)
 
 
 def _table(rows: list[tuple]) -> pa.Table:
@@ -360,43 +353,67 @@ def _quarantine_entry(rec: RawRecord, code: str, reason: str) -> dict[str, Any]:
 
 # Blocks prepared ahead of the one being deduplicated and sharded, by this many threads (see _prepared).
 _AHEAD, _PREPARERS = 3, 2
+# JSONL blocks are prepared by this many worker processes once a file has more than
+# _PROCESS_AFTER blocks (0: threads only). Most of preparing a block holds the GIL (hashing,
+# building the rows' lists, Python between pyarrow's calls), which threads share with the
+# deduplication and sharding here; a process has its own. Starting one costs about a second of
+# imports, so small files (and most tests) keep to threads.
+PREPARE_PROCESSES, _PROCESS_AFTER = 2, 4
 
 
-def _prepared(items: Iterable[Any], source: str, fields: FieldMap, max_chars: int) -> Iterator[Any]:
-    """``items`` (from :func:`readers.read_blocks`) in order, each block made a
-    :class:`vectorised.Prepared` by a worker thread up to :data:`_AHEAD` blocks ahead: pyarrow's
-    parser and compute functions release the GIL, so they run while this thread deduplicates and
-    shards the block before (and the shard writers encode)."""
-    def prepare(item: Any) -> Any:
+class _Preparers:
+    """Where blocks are prepared: threads, and for long JSONL files worker processes
+    (:mod:`syllabus.pool.prepare_workers`), started once per ingest when a file grows past
+    :data:`_PROCESS_AFTER` blocks. Blocks go to threads while the processes start, and for good
+    if they cannot."""
+
+    def __init__(self, processes: int):
+        self.threads = ThreadPoolExecutor(max_workers=_PREPARERS, thread_name_prefix="ingest-prepare")
+        self.processes = processes
+        self.workers: PrepareWorkers | None = None
+
+    def submit(self, item: Any, index: int, source: str, fields: FieldMap, max_chars: int) -> Future:
+        if isinstance(item, LineBlock) and self.processes and index >= _PROCESS_AFTER:
+            if self.workers is None:
+                self.workers = PrepareWorkers(self.processes)
+            if self.workers.ready:
+                return self.workers.submit("prepare_lines", (item, source, fields, max_chars, vectorised.MIN_ROWS),
+                                           _prepare_here, functools.partial(attach, block=item))
         if isinstance(item, LineBlock):
-            return prepare_lines(item, source, fields, max_chars)
-        return prepare_batch(item, source, fields, max_chars)
+            return self.threads.submit(prepare_lines, item, source, fields, max_chars)
+        return self.threads.submit(prepare_batch, item, source, fields, max_chars)
 
+    def close(self) -> None:
+        self.threads.shutdown(wait=True, cancel_futures=True)
+        if self.workers is not None:
+            self.workers.close()
+
+
+def _prepare_here(block: LineBlock, source: str, fields: FieldMap, max_chars: int, min_rows: int) -> Any:
+    """A block that a worker process could not prepare, prepared in this one."""
+    return prepare_lines(block, source, fields, max_chars)
+
+
+def _prepared(items: Iterable[Any], source: str, fields: FieldMap, max_chars: int, preparers: _Preparers) -> Iterator[Any]:
+    """``items`` (from :func:`readers.read_blocks`) in order, each block made a
+    :class:`vectorised.Prepared` by a worker thread or process (see _Preparers) up to
+    :data:`_AHEAD` blocks ahead (with processes, one more per process), while this thread
+    deduplicates and shards the block before (and the shard writers encode)."""
+    ahead = _AHEAD
     pending: deque = deque()
-    pool = ThreadPoolExecutor(max_workers=_PREPARERS, thread_name_prefix="ingest-prepare")
-    try:
-        for item in items:
-            pending.append(item if isinstance(item, RawRecord) else pool.submit(prepare, item))
-            while len(pending) > _AHEAD:
-                head = pending.popleft()
-                yield head if isinstance(head, RawRecord) else head.result()
-        while pending:
+    for index, item in enumerate(items):
+        if isinstance(item, RawRecord):
+            pending.append(item)
+        else:
+            pending.append(preparers.submit(item, index, source, fields, max_chars))
+            if preparers.workers is not None:
+                ahead = _AHEAD + preparers.processes
+        while len(pending) > ahead:
             head = pending.popleft()
             yield head if isinstance(head, RawRecord) else head.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _all_new(keys: list[str], ids: list[str], seen_content: dict, seen_ids: dict) -> bool:
-    """Whether no record of a run (its dedup keys and sample ids) can be a duplicate: its keys,
-    and its ids that are not their keys, are all distinct, and none was seen before. (Stricter
-    than the record-by-record test, which is what a run that fails it takes.)"""
-    fresh = set(keys)
-    if len(fresh) != len(keys):
-        return False
-    own = [i for i, k in zip(ids, keys) if i != k]
-    fresh.update(own)
-    return len(fresh) == len(keys) + len(own) and seen_content.keys().isdisjoint(fresh) and seen_ids.keys().isdisjoint(fresh)
+    while pending:
+        head = pending.popleft()
+        yield head if isinstance(head, RawRecord) else head.result()
 
 
 def ingest_pool(
@@ -429,15 +446,15 @@ def ingest_pool(
     started = time.perf_counter()
     files = expand(list(inputs))
     sharder = _Sharder(store, shard_size, pack=pack_small_files)
+    preparers = _Preparers(PREPARE_PROCESSES)
     quarantine: list[dict[str, Any]] = []
     reasons: Counter = Counter()
     per_file: dict[str, FileStats] = {}
-    # One entry per sample, so kept small (a million records held 390 MB with location
-    # strings in both maps): (file, line, row) shares the file's string, and an id that is the
-    # dedup key (the content hash of text already normalised) needs no second entry, as the
-    # content map already catches its repeats.
-    seen_content: dict[str, tuple[str, int | None, int | None]] = {}  # dedup key -> first copy
-    seen_ids: dict[str, tuple[str, int | None, int | None]] = {}  # an id that is not the dedup key -> its record
+    # The dedup keys and ids of the records kept, mostly as numbers in numpy tables (dicts of
+    # their strings and locations held 390 MB for a million records); an id that is the dedup
+    # key (the content hash of text already normalised) needs no second entry, as the keys
+    # already catch its repeats.
+    kept = Seen()
 
     slugs: set[str] = set()
 
@@ -459,9 +476,9 @@ def ingest_pool(
                 """The duplicate code and reason for a record, or None (and it is recorded)."""
                 # Duplicates are found by the dedup key (canonical's docstring: Unicode spelling,
                 # invisible characters and whitespace do not count); ids stay the exact hashes.
-                first = seen_content.get(key)
+                first = kept.first_copy(key)
                 # An own id may equal another record's content-hash id, and the other way round.
-                prior = seen_ids.get(sample_id) or (seen_content.get(sample_id) if sample_id != content else None)
+                prior = kept.id_holder(sample_id, content)
                 if first is not None:
                     return "duplicate_content", (
                         f"duplicate of the record at {RawRecord(*first).location} (compared after Unicode NFKC "
@@ -470,9 +487,7 @@ def ingest_pool(
                     return "duplicate_id", (
                         f'id "{sample_id}" is already used by the record at {RawRecord(*prior).location} with different '
                         "content; give the records distinct ids")
-                seen_content[key] = where
-                if sample_id != key:
-                    seen_ids[sample_id] = where
+                kept.add(sample_id, key, where)
                 return None
 
             def reject(rec: RawRecord, code: str, reason: str) -> None:
@@ -514,7 +529,7 @@ def ingest_pool(
                 spelled_counts.add(spelled)
                 sharder.add_sample(sample)
 
-            items = _prepared(read_blocks(url, kind, max_chars=max_chars), source, fields, max_chars) if vectorised \
+            items = _prepared(read_blocks(url, kind, max_chars=max_chars), source, fields, max_chars, preparers) if vectorised \
                 else read(url, kind, max_chars=max_chars)
             for prep in items:
                 if isinstance(prep, RawRecord):
@@ -528,16 +543,13 @@ def ingest_pool(
                         continue
                     k0, k1 = run
                     bar.update(k1 - k0)
-                    keys, ids = prep.keys[k0:k1], prep.sample_ids[k0:k1]
-                    wheres = prep.wheres[k0:k1]
                     stats.records_in += k1 - k0
-                    if _all_new(keys, ids, seen_content, seen_ids):
-                        seen_content.update(zip(keys, wheres))
-                        seen_ids.update([(i, w) for i, k, w in zip(ids, keys, wheres) if i != k])
+                    if kept.all_new(prep, k0, k1):
+                        kept.add_run(prep, k0, k1)
                         stats.records_ok += k1 - k0
                         sharder.add_rows(prep, range(k0, k1))
                         continue
-                    kept = []
+                    taken = []
                     for k in range(k0, k1):
                         sample_id, content, key, where = prep.sample_ids[k], prep.contents[k], prep.keys[k], prep.wheres[k]
                         dup = seen(sample_id, content, key, where)
@@ -545,12 +557,13 @@ def ingest_pool(
                             reject(prep.record(k), *dup)
                             continue
                         stats.records_ok += 1
-                        kept.append(k)
-                    sharder.add_rows(prep, kept)
+                        taken.append(k)
+                    sharder.add_rows(prep, taken)
             sharder.end_file()
         sharder.flush()
     finally:
         bar.close()
+        preparers.close()
         sharder.close()  # every shard committed (or the first failure raised)
 
     totals = FileStats()

@@ -36,6 +36,7 @@ Other plain records are made one by one with the json module's own string encode
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -47,7 +48,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from syllabus.pool.canonical import FieldMap, dedup_text
+from syllabus.pool.canonical import SCHEMA, FieldMap, dedup_text
+from syllabus.pool.dedup import code_of, codes
 from syllabus.pool.readers import LineBlock, RawRecord, RowBatch, jsonl_record, too_long_record
 from syllabus.pool.special_tokens import FAMILY_OF
 
@@ -88,8 +90,9 @@ _ROW = ('{"input":%s,"instruction":%s,"messages":[{"content":%s,"role":"user"},{
         '"metadata":%s,"output":%s,"sample_id":%s,"source":%s}\n')
 
 
-# The columns of a block's plain rows (Prepared.columns), in this order.
-ROW_COLUMNS = ("sample_id", "source", "instruction", "input", "output", "user", "metadata", "line")
+# The columns of a block's plain rows (Prepared.columns), in this order: the shard's columns
+# (canonical.SCHEMA), then the row's line as the shard hash covers it.
+ROW_COLUMNS = ("sample_id", "source", "instruction", "input", "output", "messages", "metadata", "line")
 
 
 @dataclass
@@ -97,10 +100,19 @@ class Prepared:
     """A block's records in file order, as ``runs``: each a :class:`RawRecord` for the
     per-record path, or a ``(first, stop)`` range of plain records (their indices ``k``).
 
-    A plain record ``k`` is row ``k`` of ``columns`` (:data:`ROW_COLUMNS`: the sharder's row,
-    ``user`` being the user turn and ``line`` the row's line as the shard hash covers it) and
-    entry ``k`` of ``sample_ids``, ``contents`` (content hashes), ``keys`` (dedup keys) and
-    ``wheres`` ((file, line, row))."""
+    A plain record ``k`` is row ``k`` of ``columns`` (:data:`ROW_COLUMNS`: the shard's row and
+    ``line``, the row's line as the shard hash covers it) and entry ``k`` of ``sample_ids``,
+    ``contents`` (content hashes), ``keys`` (dedup keys) and ``wheres`` ((file, line, row));
+    ``record(k)`` is its RawRecord.
+
+    The same in numbers, for the ingest's deduplication (:mod:`syllabus.pool.dedup`):
+    ``key_codes`` (each key's 64 bits), ``own`` (the records whose sample id is not their key,
+    in order; ``own_hex`` and ``own_codes``: which of those ids are 16 hex digits, and their
+    numbers) and ``positions`` (each record's line, or row, in the file). A Prepared sent to
+    another process carries only these and ``columns``: the lists are made again on first use,
+    so a block whose records are all new costs no Python object per record there. One made
+    by a worker process (:func:`prepare_lines_detached`) comes without ``record``;
+    :func:`attach` gives it back from the block."""
 
     runs: list[Any] = field(default_factory=list)
     columns: pa.Table | None = None
@@ -109,7 +121,46 @@ class Prepared:
     keys: list[str] = field(default_factory=list)
     wheres: list[tuple] = field(default_factory=list)
     record: Callable[[int], RawRecord] | None = None  # a plain record's RawRecord, for the quarantine
+    line_of: np.ndarray | None = None  # per plain record, its line's index in the block (JSONL)
+    key_codes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    own: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    own_hex: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # per own id: 16 hex digits
+    own_codes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # their numbers (0 for others)
+    positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    file: str = ""
+    by_row: bool = False  # positions are rows (Parquet), not lines
     _chunks: list[pa.Table] = field(default_factory=list)
+
+    def __getstate__(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if k not in _LAZY}
+        state["_content_codes"] = codes(self.contents)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for the lists __getstate__ left out (a missing attribute ends here).
+        if name not in _LAZY or "_content_codes" not in self.__dict__:
+            raise AttributeError(name)
+        if name == "sample_ids":
+            value = self.columns.column("sample_id").to_pylist() if self.columns is not None else []
+        elif name == "contents":
+            value = [f"{c:016x}" for c in self._content_codes.tolist()]
+        elif name == "keys":
+            value = [f"{c:016x}" for c in self.key_codes.tolist()]
+        else:
+            value = [self.where(k) for k in range(len(self.positions))]
+        self.__dict__[name] = value
+        return value
+
+    def where(self, k: int) -> tuple:
+        """Record ``k``'s (file, line, row)."""
+        at = int(self.positions[k])
+        return (self.file, None, at) if self.by_row else (self.file, at, None)
+
+    def sample_id(self, k: int) -> str:
+        return self.columns.column("sample_id")[k].as_py()
 
     @property
     def items(self) -> list[Any]:
@@ -123,7 +174,8 @@ class Prepared:
         if self.columns is None:
             return []
         cols = [self.columns.column(name).to_pylist() for name in ROW_COLUMNS]
-        sid, src, a, x, o, u, m, line = cols
+        sid, src, a, x, o, turns, m, line = cols
+        u = [t[0]["content"] for t in turns]
         return list(zip(sid, src, a, x, o, u, [None] * len(sid), m, line, self.contents, self.keys, self.wheres))
 
     def _add(self, chunk: pa.Table, sample_ids: list[str], contents: list[str], keys: list[str], wheres: list[tuple]) -> None:
@@ -137,6 +189,18 @@ class Prepared:
         if self._chunks:
             self.columns = pa.concat_tables(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
         self._chunks = []
+        self.key_codes = codes(self.keys)
+        self.own = np.flatnonzero([i != k for i, k in zip(self.sample_ids, self.keys)]).astype(np.int64)
+        spelled = [code_of(self.sample_ids[k]) for k in self.own.tolist()]
+        self.own_hex = np.array([c is not None for c in spelled], bool)
+        self.own_codes = np.array([c or 0 for c in spelled], np.uint64)
+        if self.wheres:
+            self.file = self.wheres[0][0]
+            self.by_row = self.wheres[0][1] is None
+            self.positions = np.array([w[2] if self.by_row else w[1] for w in self.wheres], np.int64)
+
+
+_LAZY = ("sample_ids", "contents", "keys", "wheres")
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -303,8 +367,9 @@ def _make_rows(prep: Prepared, table: pa.Table, fields: FieldMap, max_chars: int
             made[at] = True
             rows = [row for row in slow if row is not None]
             cols = list(zip(*rows))
-            parts.append((at, pa.table([pa.array(c, pa.string()) for c in cols[:8]], names=list(ROW_COLUMNS)),
-                          list(cols[0]), list(cols[8]), list(cols[9])))
+            arrays = [pa.array(c, pa.string()) for c in cols[:8]]
+            arrays[5] = pair_turns(arrays[5], arrays[4])  # the user turn and the output
+            parts.append((at, pa.table(arrays, names=list(ROW_COLUMNS)), list(cols[0]), list(cols[8]), list(cols[9])))
     if parts:
         if len(parts) == 1:
             at, columns, sids, contents, keys = parts[0]
@@ -465,8 +530,23 @@ def _simple_made(table: pa.Table, roles: list[list[str]], meta_names: list[str],
     line = _join('{"input":"', eX, '","instruction":"', eA, '","messages":[{"content":"', eU,
                  '","role":"user"},{"content":"', eO_, '","role":"assistant"}],"metadata":"', M if not meta_names else _escape(M),
                  '","output":"', eO_, '","sample_id":"', S if S is content_col else _escape(S), '","source":' + _esc(source) + "}\n")
-    columns = pa.table([S, pa.array([source] * n, pa.string()), A, X, O, U, M, line], names=list(ROW_COLUMNS))
+    columns = pa.table([S, pa.array([source] * n, pa.string()), A, X, O, pair_turns(U, O), M, line], names=list(ROW_COLUMNS))
     return columns, sids, content, key, ok
+
+
+_MESSAGES = SCHEMA.field("messages").type
+
+
+def pair_turns(users: pa.Array, outputs: pa.Array) -> pa.Array:
+    """The messages column of rows whose conversation is one user turn and its answer."""
+    n = len(users)
+    interleave = np.empty(2 * n, np.int64)
+    interleave[0::2] = np.arange(n)
+    interleave[1::2] = np.arange(n, 2 * n)
+    contents = pa.concat_arrays([users, outputs]).take(pa.array(interleave))
+    turns = pa.StructArray.from_arrays(
+        [pa.array(["user", "assistant"] * n, pa.string()), contents], fields=list(_MESSAGES.value_type))
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)), turns, type=_MESSAGES)
 
 
 def _parse(buf: memoryview, read_options_size: int) -> pa.Table:
@@ -610,16 +690,38 @@ def prepare_lines(block: LineBlock, source: str, fields: FieldMap, max_chars: in
         plain[kept] = np.arange(before, before + len(kept))
     del refused  # every line not taken goes on, refused or not
     prep._finish()
-
-    def record(i: int) -> RawRecord:
-        s, e = int(begin[i]), int(end[i])
-        if too_long[i]:
-            return too_long_record(block.file, first_line + i, e - s, limit, data[s:s + 1000], offset + s)
-        return jsonl_record(block.file, data[s:e], first_line + i, offset + s)
-
     line_of = np.flatnonzero(plain >= 0)
-    prep.runs = _runs(line_of, np.flatnonzero((plain < 0) & ~block.blank), record)
-    prep.record = lambda k: record(int(line_of[k]))
+    prep.runs = _runs(line_of, np.flatnonzero((plain < 0) & ~block.blank), functools.partial(_line_record, block))
+    prep.line_of = line_of
+    return attach(prep, block)
+
+
+def _line_record(block: LineBlock, i: int) -> RawRecord:
+    """Line ``i`` of ``block`` as the per-line reader reads it."""
+    s, e = int(block.starts[i]), int(block.starts[i + 1])
+    if e - s > block.limit + (block.data[e - 1] == 10):
+        return too_long_record(block.file, block.first_line + i, e - s, block.limit, block.data[s:s + 1000], block.offset + s)
+    return jsonl_record(block.file, block.data[s:e], block.first_line + i, block.offset + s)
+
+
+def _plain_record(block: LineBlock, line_of: np.ndarray, k: int) -> RawRecord:
+    return _line_record(block, int(line_of[k]))
+
+
+def attach(prep: Prepared, block: LineBlock) -> Prepared:
+    """``prep`` (of ``block``'s lines) with its ``record``."""
+    prep.record = functools.partial(_plain_record, block, prep.line_of)
+    return prep
+
+
+def prepare_lines_detached(block: LineBlock, source: str, fields: FieldMap, max_chars: int, min_rows: int) -> Prepared:
+    """:func:`prepare_lines` for another process: the result holds none of the block, which the
+    caller has (it gives ``record`` back with :func:`attach`). ``min_rows``: the caller's
+    :data:`MIN_ROWS`, which a test may have changed."""
+    global MIN_ROWS
+    MIN_ROWS = min_rows
+    prep = prepare_lines(block, source, fields, max_chars)
+    prep.record = None
     return prep
 
 
