@@ -19,6 +19,7 @@ local store. ``--per-record`` measures ingest with its vectorised path turned of
     .venv/bin/python benchmarks/ingest.py --records 200000 --line-mb 0 --dir /tmp
     git archive COMMIT src | tar -x -C /tmp/old    # then, before and after under the same load:
     .venv/bin/python benchmarks/ingest.py --inputs clean --also-src /tmp/old/src
+    .venv/bin/python benchmarks/ingest.py --inputs clean --also-env SYLLABUS_INGEST_WORKERS=0   # threads only
 """
 
 from __future__ import annotations
@@ -117,12 +118,15 @@ def phase(name: str, path: str, store: str) -> dict:
     result = ingest_pool([path], Store(store), progress=False)
     seconds = time.perf_counter() - start
     s = result.summary()
+    # Ingest's worker processes (syllabus.pool.prepare_workers) have their own memory: the
+    # largest one's peak, since they ran at the same time as this process and each other.
+    workers_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"records": s["records_in"], "seconds": seconds, "peak_mb": _rss_mb(), "import_mb": imported,
-            "rejected": s["records_rejected"] + s["duplicates"], "shards": s["shards"]}
+            "rejected": s["records_rejected"] + s["duplicates"], "shards": s["shards"], "workers_mb": workers_mb}
 
 
-def run_phase(name: str, path: Path, store: Path, src: str | None = None) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run_phase(name: str, path: Path, store: Path, src: str | None = None, extra_env: dict | None = None) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})}
     if src:  # another syllabus source tree (an older commit's src/), ahead of the installed one
         env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
     out = subprocess.run([sys.executable, __file__, "--phase", name, str(path), str(store)],
@@ -138,6 +142,9 @@ def main() -> None:
     ap.add_argument("--also-src", default=None, metavar="DIR",
                     help="also measure the ingest of another syllabus source tree under the same load, e.g. an older "
                          "commit's: git archive COMMIT src | tar -x -C /tmp/old, then --also-src /tmp/old/src")
+    ap.add_argument("--also-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="also measure this source's ingest with an environment variable set, e.g. "
+                         "SYLLABUS_INGEST_WORKERS=0 (blocks prepared by threads, not worker processes); repeatable")
     ap.add_argument("--inputs", default="clean,mixed,long line", help="which inputs to measure (comma-separated)")
     ap.add_argument("--baseline-runs", type=int, default=3, help="runs of the baseline; the fastest counts")
     ap.add_argument("--ingest-runs", type=int, default=1, help="runs of each ingest, taking turns; the fastest counts")
@@ -173,17 +180,20 @@ def main() -> None:
             base = min((run_phase(baseline, path, work / "unused") for _ in range(args.baseline_runs)),
                        key=lambda r: r["seconds"])
             slug = label.replace(" ", "-")
-            runs = [("syllabus ingest", "ingest", f"store-{slug}", None)]
+            runs = [("syllabus ingest", "ingest", f"store-{slug}", None, None)]
             if args.also_src:
-                runs.append(("  --also-src", "ingest", f"store-also-{slug}", args.also_src))
+                runs.append(("  --also-src", "ingest", f"store-also-{slug}", args.also_src, None))
+            for n, setting in enumerate(args.also_env):
+                name, _, value = setting.partition("=")
+                runs.append((f"  {setting}", "ingest", f"store-env{n}-{slug}", None, {name: value}))
             if args.per_record:
-                runs.append(("  per-record", "ingest-per-record", f"store-pr-{slug}", None))
+                runs.append(("  per-record", "ingest-per-record", f"store-pr-{slug}", None, None))
             # With --ingest-runs N, the configurations take turns N times (so each sees much the
             # same load) and each counts its fastest run; every run's seconds are printed.
             results: dict[str, list[dict]] = {name: [] for name, *_ in runs}
             for i in range(args.ingest_runs):
-                for name, phase_name, store_name, src in runs:
-                    results[name].append(run_phase(phase_name, path, work / f"{store_name}-{i}", src))
+                for name, phase_name, store_name, src, extra_env in runs:
+                    results[name].append(run_phase(phase_name, path, work / f"{store_name}-{i}", src, extra_env))
             measured = []
             for name, *_ in runs:
                 best = min(results[name], key=lambda r: r["seconds"])
@@ -202,8 +212,9 @@ def main() -> None:
             for name, ing in measured:
                 speed = (ing["records"] / ing["seconds"]) / (base["records"] / base["seconds"])
                 runs_note = f" (fastest of {ing['all_seconds']} s)" if len(ing["all_seconds"]) > 1 else ""
+                workers = f" (and {ing['workers_mb']:,.0f} MB at most in each worker process)" if ing.get("workers_mb") else ""
                 print(f"{label}: {name.strip()} runs at {speed:.3f}x the records/s of {baseline}{runs_note}; peak memory "
-                      f"{ing['peak_mb'] - ing['import_mb']:,.0f} MB above imports against {baseline}' "
+                      f"{ing['peak_mb'] - ing['import_mb']:,.0f} MB above imports{workers} against {baseline}' "
                       f"{base['peak_mb'] - base['import_mb']:,.0f} MB")
 
 if __name__ == "__main__":

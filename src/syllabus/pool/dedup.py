@@ -125,7 +125,9 @@ class Locations:
         first one's ordinal."""
         first = self.size
         self.starts.append(first)
-        self.parts.append((file, positions, by_row))
+        # A copy: a view would keep alive the buffer it came in (a worker's frame, all of a
+        # block's columns) for the whole ingest.
+        self.parts.append((file, np.array(positions, np.int64), by_row))
         self.size += len(positions)
         return first
 

@@ -30,6 +30,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 from collections import Counter, deque
@@ -354,11 +355,12 @@ def _quarantine_entry(rec: RawRecord, code: str, reason: str) -> dict[str, Any]:
 # Blocks prepared ahead of the one being deduplicated and sharded, by this many threads (see _prepared).
 _AHEAD, _PREPARERS = 3, 2
 # JSONL blocks are prepared by this many worker processes once a file has more than
-# _PROCESS_AFTER blocks (0: threads only). Most of preparing a block holds the GIL (hashing,
+# _PROCESS_AFTER blocks (0: threads only; SYLLABUS_INGEST_WORKERS sets it). Most of preparing a block holds the GIL (hashing,
 # building the rows' lists, Python between pyarrow's calls), which threads share with the
 # deduplication and sharding here; a process has its own. Starting one costs about a second of
 # imports, so small files (and most tests) keep to threads.
-PREPARE_PROCESSES, _PROCESS_AFTER = 2, 4
+PREPARE_PROCESSES = int(os.environ.get("SYLLABUS_INGEST_WORKERS") or 2)
+_PROCESS_AFTER = 4
 
 
 class _Preparers:
