@@ -119,7 +119,6 @@ class Prepared:
     sample_ids: list[str] = field(default_factory=list)
     contents: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
-    wheres: list[tuple] = field(default_factory=list)
     record: Callable[[int], RawRecord] | None = None  # a plain record's RawRecord, for the quarantine
     line_of: np.ndarray | None = None  # per plain record, its line's index in the block (JSONL)
     key_codes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
@@ -130,17 +129,16 @@ class Prepared:
     file: str = ""
     by_row: bool = False  # positions are rows (Parquet), not lines
     _chunks: list[pa.Table] = field(default_factory=list)
+    _positions: list[np.ndarray] = field(default_factory=list)
 
     def __getstate__(self) -> dict:
-        state = {k: v for k, v in self.__dict__.items() if k not in _LAZY}
-        state["_content_codes"] = codes(self.contents)
-        return state
+        return {k: v for k, v in self.__dict__.items() if k not in _LAZY}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
 
     def __getattr__(self, name: str) -> Any:
-        # Only for the lists __getstate__ left out (a missing attribute ends here).
+        # Only for the lists made on first use (a missing attribute ends here).
         if name not in _LAZY or "_content_codes" not in self.__dict__:
             raise AttributeError(name)
         if name == "sample_ids":
@@ -178,26 +176,30 @@ class Prepared:
         u = [t[0]["content"] for t in turns]
         return list(zip(sid, src, a, x, o, u, [None] * len(sid), m, line, self.contents, self.keys, self.wheres))
 
-    def _add(self, chunk: pa.Table, sample_ids: list[str], contents: list[str], keys: list[str], wheres: list[tuple]) -> None:
+    def _add(self, chunk: pa.Table, sample_ids: list[str], contents: list[str], keys: list[str], positions: np.ndarray) -> None:
         self._chunks.append(chunk)
         self.sample_ids += sample_ids
         self.contents += contents
         self.keys += keys
-        self.wheres += wheres
+        self._positions.append(positions)
 
     def _finish(self) -> None:
         if self._chunks:
             self.columns = pa.concat_tables(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
         self._chunks = []
         self.key_codes = codes(self.keys)
-        self.own = np.flatnonzero([i != k for i, k in zip(self.sample_ids, self.keys)]).astype(np.int64)
-        spelled = [code_of(self.sample_ids[k]) for k in self.own.tolist()]
+        self._content_codes = codes(self.contents)
+        sids, contents = self.sample_ids, self.contents
+        own = [k for k, (i, key) in enumerate(zip(sids, self.keys)) if i != key]
+        self.own = np.array(own, np.int64)
+        # An own id is mostly the record's content hash (its dedup key is another): that number
+        # is at hand; any other id is read (or found to be no key) one by one.
+        spelled = [int(self._content_codes[k]) if sids[k] == contents[k] else code_of(sids[k]) for k in own]
         self.own_hex = np.array([c is not None for c in spelled], bool)
         self.own_codes = np.array([c or 0 for c in spelled], np.uint64)
-        if self.wheres:
-            self.file = self.wheres[0][0]
-            self.by_row = self.wheres[0][1] is None
-            self.positions = np.array([w[2] if self.by_row else w[1] for w in self.wheres], np.int64)
+        if self._positions:
+            self.positions = np.concatenate(self._positions).astype(np.int64)
+        self._positions = []
 
 
 _LAZY = ("sample_ids", "contents", "keys", "wheres")
@@ -330,10 +332,11 @@ def _sha16(col: pa.Array) -> list[str]:
     return [sha(data[a:b]).hexdigest()[:16] for a, b in zip(offsets, offsets[1:])]
 
 
-def _make_rows(prep: Prepared, table: pa.Table, fields: FieldMap, max_chars: int, source: str, where: list) -> list[bool]:
+def _make_rows(prep: Prepared, table: pa.Table, fields: FieldMap, max_chars: int, source: str, where: np.ndarray) -> list[bool]:
     """Append the canonical rows of ``table`` (all plain as far as columns tell) to ``prep``;
     returns, per row, whether it was taken (a missing or blank text or id, or a record over
-    ``max_chars``, sends it on). A null is a field the record does not have.
+    ``max_chars``, sends it on). A null is a field the record does not have. ``where``: each
+    row's line (or row) in the file.
 
     Rows whose texts are ASCII, with one column per role and every metadata field present, are
     made column by column in Arrow (_simple_made); the others one by one."""
@@ -379,7 +382,7 @@ def _make_rows(prep: Prepared, table: pa.Table, fields: FieldMap, max_chars: int
             columns = pa.concat_tables([p[1] for p in parts]).take(pa.array(order))
             pick = order.tolist()
             sids, contents, keys = ([flat[j] for j in pick] for flat in ([v for p in parts for v in p[i]] for i in (2, 3, 4)))
-        prep._add(columns, sids, contents, keys, [where[j] for j in at.tolist()])
+        prep._add(columns, sids, contents, keys, where[at])
     return made.tolist()
 
 
@@ -682,7 +685,8 @@ def prepare_lines(block: LineBlock, source: str, fields: FieldMap, max_chars: in
             continue
         rows = np.flatnonzero(mask)
         idx = lines[lo:hi][rows]
-        where = [(block.file, i, None) for i in (idx + first_line).tolist()]
+        prep.file = block.file
+        where = idx + first_line
         before = len(prep.sample_ids)
         plain_table = table.select(keep) if len(rows) == table.num_rows else table.select(keep).take(pa.array(rows))
         taken = _make_rows(prep, plain_table, fields, max_chars, source, where)
@@ -734,7 +738,8 @@ def prepare_batch(batch: RowBatch, source: str, fields: FieldMap, max_chars: int
     mask, keep = _plain_rows(table, fields, None) if n >= MIN_ROWS else (np.zeros(n, bool), [])
     if mask.any():
         rows = np.flatnonzero(mask)
-        where = [(batch.file, None, i) for i in (rows + batch.first_row).tolist()]
+        prep.file, prep.by_row = batch.file, True
+        where = rows + batch.first_row
         taken = _make_rows(prep, table.select(keep).take(pa.array(rows)), fields, max_chars, source, where)
         kept = rows[np.asarray(taken, bool)]
         plain[kept] = np.arange(len(kept))
