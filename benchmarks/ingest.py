@@ -42,11 +42,11 @@ def generate_pool(path: Path, records: int, defects: bool = True) -> int:
     broken or a duplicate, so the quarantine path runs too."""
     with open(path, "w", encoding="utf-8") as fh:
         for i in range(records):
-            topic = TOPICS[i % len(TOPICS)]
             if defects and i % 1000 == 999:
                 fh.write('{"instruction": "broken record ' + str(i) + '", "output": \n')
                 continue
             j = i - 1 if defects and i % 1000 == 500 else i  # an exact duplicate of the previous record
+            topic = TOPICS[j % len(TOPICS)]  # of j, not i: with i's topic the "duplicate" was a new record
             rec = {
                 "instruction": f"Patient {j} asks about {topic}: what should they know about treatment option {j % 97}?",
                 "input": "" if j % 3 else f"Age {20 + j % 60}, history of {TOPICS[(j // 8) % len(TOPICS)]}.",
