@@ -88,6 +88,7 @@ _PATIENCE = 64  # picks in a row that prune less than _DENSE before the bound is
 _VERIFY_CHUNK = 256  # candidates re-measured at a time: bounds the candidates x centres temporaries
 _FEW_CENTRES = 8  # beyond this many centres a candidate by the bound, the float32 distance filters them too
 _PAIR_CHUNK = 1024  # candidate-centre pairs re-measured in float64 at a time (1024 x 4,096 floats: 32 MiB)
+_CENTRED_COPY_BYTES = 64 << 20  # points up to this size get a centred copy up front; larger ones are centred as read
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,13 @@ def kcenter_greedy(
 ) -> KCenterResult:
     """Farthest-first traversal of the rows of ``X`` (n x d) down to ``k`` centres.
 
-    Memory: one float32 copy of ``X`` (centred), its ``n x bound_dim`` float32 projection,
-    O(n) vectors and O(k d) for the chosen rows (float64 originals and float32 centred
-    copies); never O(n^2).
+    Memory: ``X`` itself, read and never copied whole while the bound prunes (the centred
+    rows a pick reads are centred as it reads them, into a buffer of ``_BLOCK`` rows), its
+    ``n x bound_dim`` float32 projection, O(n) vectors and O(k d) for the chosen rows
+    (their centred float32 rows; the originals are read from ``X``); never O(n^2). A centred float32 copy of
+    ``X`` is held only where every pick reads every row anyway (no bound, or one turned off
+    because it does not prune) or where it is small (``_CENTRED_COPY_BYTES``). Either way the
+    float32 numbers are the same, and so are the picks and every counter.
 
     ``bound_dim``: directions of the exact pruning bound (module docstring); None chooses
     (128 when ``d >= 512`` and ``n >= 4096``, else none), 0 turns it off. The picks do not
@@ -137,7 +142,13 @@ def kcenter_greedy(
 
 class _Points:
     """The centred float32 rows, their float64 squared norms, and the pruning bound's
-    projection; ``exact_min`` keeps each re-measured point's float64 distance between picks."""
+    projection; ``exact_min`` keeps each re-measured point's float64 distance between picks.
+
+    The centred rows are those of a float32 copy, ``fl32(x - mean)`` row by row, but the copy
+    is held only where it pays (:meth:`centred`): while the bound is on, a pick reads only the
+    rows it may change, and those are centred as they are read, from ``X`` (which the exact
+    re-measurement needs anyway); the copy is made when it is small, when there is no bound,
+    or when the bound is turned off (then every pick reads every row)."""
 
     def __init__(self, X: np.ndarray, k: int, min_d: np.ndarray, *, center: bool, bound_dim: int | None):
         n, d = X.shape
@@ -148,12 +159,17 @@ class _Points:
             for s in range(0, n, _BLOCK):
                 mean += X[s : s + _BLOCK].sum(axis=0, dtype=np.float64)
             mean /= n
+        self.mean = mean
+        # fl32(x - 0) is x for float32 rows: uncentred float32 points are their own centred rows
+        own = not center and X.dtype == np.float32 and X.flags.c_contiguous
+        self.Xw: np.ndarray | None = X if own else None
+        self._buf = None
         if bound_dim is None:
             bound_dim = _BOUND_DIM if d >= 4 * _BOUND_DIM and n >= 4096 else 0
         V = None
         if bound_dim > 0 and d > 1 and n > 1:
             rows = np.unique(np.linspace(0, n - 1, min(n, _BASIS_ROWS)).astype(np.int64))
-            V = _bound_basis((X[rows].astype(np.float64) - mean).astype(np.float32), min(bound_dim, d - 1))
+            V = _bound_basis(self.centred(rows), min(bound_dim, d - 1))
             p = V.shape[1]
             p1 = min(_FIRST_DIM, p)
             # Each row's p coordinates on V and, last, its norm off V, so that the squared
@@ -166,14 +182,14 @@ class _Points:
             self.ysq1 = np.empty(n, dtype=np.float64)
         else:
             self.Y = None
-        # Centre in float64, store in float32: the dot products run at float32 bandwidth.
-        self.Xw = np.empty((n, d), dtype=np.float32)
+        # Centre in float64, use in float32: the dot products run at float32 bandwidth.
+        if self.Y is None or X.nbytes <= _CENTRED_COPY_BYTES:
+            self.keep_centred()
         self.sq = np.empty(n, dtype=np.float64)
         for s in range(0, n, _BLOCK):
             e = min(s + _BLOCK, n)
-            self.Xw[s:e] = X[s:e].astype(np.float64) - mean
             # Norms (and projections) of the float32 rows that the dot products will actually use.
-            b32 = self.Xw[s:e].astype(np.float64)
+            b32 = self.centred(slice(s, e)).astype(np.float64)
             self.sq[s:e] = np.einsum("ij,ij->i", b32, b32)
             if V is not None:
                 y = b32 @ V
@@ -210,15 +226,65 @@ class _Points:
         self.bounded = self.Y is not None  # turned off by the traversal where the bound does not prune
 
         self.chosen = np.empty(k, dtype=np.int64)
-        self.chosen_rows = np.empty((k, d), dtype=np.float64)  # original rows, for exact re-measurement
         self.chosen_w = np.empty((k, d), dtype=np.float32)  # their centred float32 rows
         self.exact = np.full(n, np.inf, dtype=np.float64)  # float64 distance to the nearest of the first exact_upto centres
         self.exact_upto = np.zeros(n, dtype=np.int64)
 
+    def keep_centred(self) -> None:
+        """Hold the centred float32 rows from now on (where every pick reads all of them)."""
+        if self.Xw is not None:
+            return
+        n, d = self.X.shape
+        self.Xw = np.empty((n, d), dtype=np.float32)
+        for s in range(0, n, _BLOCK):
+            self.Xw[s : s + _BLOCK] = self.X[s : s + _BLOCK].astype(np.float64) - self.mean
+        self._buf = None
+
+    def centred(self, rows: Any) -> np.ndarray:
+        """The centred float32 rows at ``rows`` (an index, a slice, positions): the copy's,
+        or computed as it computes them, ``fl32(fl64(x) - mean)``, so the same numbers."""
+        if self.Xw is not None:
+            return self.Xw[rows]
+        x = self.X[rows]
+        # one pass: the subtraction in float64, each result rounded to float32 as it is stored
+        return np.subtract(x, self.mean, out=np.empty(x.shape, dtype=np.float32), dtype=np.float64, casting="same_kind")
+
+    def dot_all(self, c: int, out: np.ndarray) -> None:
+        """``out = Xw @ Xw[c]`` (float32), every row. Without the copy, the rows are centred
+        into a buffer and multiplied a block at a time; a block of ``_BLOCK`` rows (a multiple
+        of the BLAS kernel's row group: OpenBLAS gave other results only for blocks of 8 rows
+        or fewer) gives each row the product the whole matrix gives it, so the float32
+        numbers, and so the exactness checks counted, are the copy's."""
+        if self.Xw is not None:
+            np.dot(self.Xw, self.Xw[c], out=out)
+            return
+        n = self.X.shape[0]
+        cw = self.centred(c)
+        for s in range(0, n, _BLOCK):
+            e = min(s + _BLOCK, n)
+            np.dot(self._centred_block(slice(s, e), e - s), cw, out=out[s:e])
+
+    def dot_rows(self, idx: np.ndarray, c: int) -> np.ndarray:
+        """``Xw[idx] @ Xw[c]`` (float32), a block of ``_BLOCK`` positions at a time."""
+        if self.Xw is not None:
+            return self.Xw[idx] @ self.Xw[c]
+        cw = self.centred(c)
+        out = np.empty(idx.size, dtype=np.float32)
+        for s in range(0, idx.size, _BLOCK):
+            part = idx[s : s + _BLOCK]
+            np.dot(self._centred_block(part, part.size), cw, out=out[s : s + part.size])
+        return out
+
+    def _centred_block(self, rows: Any, m: int) -> np.ndarray:
+        """:meth:`centred` for up to ``_BLOCK`` rows, into a buffer kept between picks."""
+        if self._buf is None:
+            n, d = self.X.shape
+            self._buf = np.empty((min(n, _BLOCK), d), dtype=np.float32)
+        return np.subtract(self.X[rows], self.mean, out=self._buf[:m], dtype=np.float64, casting="same_kind")
+
     def add(self, t: int, c: int) -> None:
         self.chosen[t] = c
-        self.chosen_rows[t] = self.X[c]
-        self.chosen_w[t] = self.Xw[c]
+        self.chosen_w[t] = self.centred(c)
         if self.Y is not None:
             self.chosen_y[t] = self.Y[c]
 
@@ -278,7 +344,7 @@ class _Points:
                 else:
                     cols = None
             if cols is not None:
-                a = (self.Xw[part] @ self.chosen_w[cols].T).astype(np.float64)
+                a = (self.centred(part) @ self.chosen_w[cols].T).astype(np.float64)
                 a *= -2.0
                 a += self.sq[part][:, None]
                 a += self.sq[self.chosen[cols]][None, :]
@@ -287,7 +353,8 @@ class _Points:
             centre = lo + at if cols is None else cols[at]
             for q in range(0, rows.size, _PAIR_CHUNK):
                 r = rows[q : q + _PAIR_CHUNK]
-                diff = self.chosen_rows[centre[q : q + _PAIR_CHUNK]]
+                # the centres' original rows, from X: a k x d float64 copy of them would be 164 MB at 5,000 x 4,096
+                diff = self.X[self.chosen[centre[q : q + _PAIR_CHUNK]]].astype(np.float64)
                 diff -= self.X[part[r]].astype(np.float64)
                 dist = np.einsum("ij,ij->i", diff, diff)
                 starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
@@ -319,12 +386,13 @@ def _kcenter_greedy(X: np.ndarray, k: int, seed: int, *, center: bool, max_verif
     k = int(min(max(k, 0), n))
     if k == 0:
         return KCenterResult(order=np.empty(0, dtype=np.int64), radius=float("nan"), n_verified=0, n_truncated=0)
-    if not np.isfinite(X).all():
-        raise ValueError("K-Center points contain NaN or infinite values; drop those rows before selecting")
+    for s in range(0, n, _BLOCK):  # a block at a time: no n x d temporary
+        if not np.isfinite(X[s : s + _BLOCK]).all():
+            raise ValueError("K-Center points contain NaN or infinite values; drop those rows before selecting")
 
     min_d = np.full(n, np.inf, dtype=np.float64)
     pts = _Points(X, k, min_d, center=center, bound_dim=bound_dim)
-    Xw, sq, window = pts.Xw, pts.sq, pts.window
+    sq, window = pts.sq, pts.window
     rng = np.random.default_rng(seed)
     dot = np.empty(n, dtype=np.float32)
     dist = np.empty(n, dtype=np.float64)
@@ -366,19 +434,20 @@ def _kcenter_greedy(X: np.ndarray, k: int, seed: int, *, center: bool, max_verif
                 dense_run += 1
                 if dense_run >= _PATIENCE and t >= _PATIENCE:
                     pts.bounded = False
+                    pts.keep_centred()  # every pick reads every row from now on
                     log.debug("K-Center: the %d-d bound pruned less than %.0f%% of the points in %d picks in a row; "
                               "reading the whole matrix from pick %d", pts.bound_dim, 100 * _DENSE, _PATIENCE, t)
             else:
                 dense_run = 0
         if idx is None:
-            np.dot(Xw, Xw[c], out=dot)
+            pts.dot_all(c, dot)
             np.multiply(dot, -2.0, out=dist)
             dist += sq
             dist += sq[c]
             np.minimum(min_d, dist, out=min_d)
             n_computed += n
         elif idx.size:
-            near = (Xw[idx] @ Xw[c]).astype(np.float64)
+            near = pts.dot_rows(idx, c).astype(np.float64)
             near *= -2.0
             near += sq[idx]
             near += sq[c]
@@ -414,6 +483,9 @@ def embedding_matrix(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.n
 
     A row is unusable when its status is not ``ok``, its embedding is missing, has a
     different length from the most common one, or holds NaN/inf.
+
+    The matrix is the only copy of the vectors the caller gets, allocated once: K-Center
+    reads it without copying it (:class:`_Points`).
     """
     from syllabus.selection.vectors import lazy_column
 
@@ -421,8 +493,8 @@ def embedding_matrix(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.n
     status_col = status_column(frame, column)
     status = frame[status_col].astype("string").fillna("missing").to_numpy(dtype=object) if status_col else None
     lazy = lazy_column(frame, column)
-    if lazy is not None:  # left in the score shards: read these rows only, as one Arrow array
-        return _lazy_matrix(lazy.to_arrow(), column, status, status_col, reasons)
+    if lazy is not None:  # left in the score shards: read these rows only, straight into the matrix
+        return _lazy_matrix(lazy, column, status, status_col, reasons)
     values = frame[column].to_numpy(dtype=object)
     lengths = np.array([len(v) if v is not None and hasattr(v, "__len__") else -1 for v in values])
     dims = lengths[lengths > 0]
@@ -444,30 +516,41 @@ def embedding_matrix(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.n
     return _finite_rows(matrix, positions, reasons, column)
 
 
+def _keep_rows(matrix: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``matrix[keep]`` (``keep``: ascending row numbers) moved to the front of ``matrix`` in
+    place, a block at a time, and returned as a view of it: no second matrix."""
+    if keep.size == len(matrix):
+        return matrix
+    for s in range(0, keep.size, _BLOCK):
+        # keep[i] >= i: each block is read (into a block-sized temporary) before it is written over
+        part = keep[s : s + _BLOCK]
+        matrix[s : s + part.size] = matrix[part]
+    return matrix[: keep.size]
+
+
 def _finite_rows(matrix: np.ndarray, positions: np.ndarray, reasons: np.ndarray,
                  column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The rows of ``matrix`` whose values are all finite; the others get their reason."""
-    bad = ~np.isfinite(matrix).all(axis=1) if positions.size else np.zeros(0, dtype=bool)
+    """The rows of ``matrix`` (which this takes over) whose values are all finite; the others
+    get their reason. Checked a block of rows at a time: no n x d temporary."""
+    bad = np.zeros(positions.size, dtype=bool)
+    for s in range(0, positions.size, _BLOCK):
+        bad[s : s + _BLOCK] = ~np.isfinite(matrix[s : s + _BLOCK]).all(axis=1)
     if bad.any():
         for p in positions[bad]:
             reasons[p] = f"{column} holds NaN or infinite values"
+        matrix = _keep_rows(matrix, np.flatnonzero(~bad))
         positions = positions[~bad]
-        matrix = matrix[~bad]
     return matrix, positions, reasons
 
 
-def _lazy_matrix(values: Any, column: str, status: np.ndarray | None, status_col: str | None,
+def _lazy_matrix(lazy: Any, column: str, status: np.ndarray | None, status_col: str | None,
                  reasons: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`embedding_matrix` over an Arrow list array: the same rows, reasons and float32
-    matrix as the per-row path, built from the flat values without a per-row copy."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    n = len(values)
-    lengths = pc.fill_null(pc.list_value_length(values), -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    dims = lengths[lengths > 0]
-    dim = int(np.bincount(dims).argmax()) if dims.size else 0
+    """:func:`embedding_matrix` over a :class:`~syllabus.selection.vectors.VectorArray`: the
+    same rows, reasons and float32 matrix as the per-row path, read from the score shards
+    straight into one preallocated matrix (:meth:`VectorSource.read_matrix`)."""
+    n = len(lazy)
     ok = np.ones(n, dtype=bool) if status is None else (status == "ok")
+    lengths, dim, matrix = lazy.source.read_matrix(lazy.positions, ok)
     for i in np.flatnonzero(~ok):
         reasons[i] = f"{column} missing ({status_col} = {status[i]})"
     for i in np.flatnonzero(ok & (lengths <= 0)):
@@ -476,14 +559,8 @@ def _lazy_matrix(values: Any, column: str, status: np.ndarray | None, status_col
         reasons[i] = f"{column} has {lengths[i]} dimensions where the others have {dim}"
     usable = ok & (lengths == dim) & (lengths > 0)
     positions = np.flatnonzero(usable)
-    # every row usable (the common case): no copy of the whole vector set
-    picked = values if positions.size == n else values.take(pa.array(positions, pa.int64()))
-    if isinstance(picked, pa.ChunkedArray):
-        picked = picked.combine_chunks()
-    flat = picked.flatten() if positions.size else pa.array([], pa.float32())
-    del picked
-    matrix = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(positions.size, dim)
-    del flat
+    # the matrix has a row for every ok row with a position, in order: keep the usable ones
+    matrix = _keep_rows(matrix, np.flatnonzero(usable[ok & (lazy.positions >= 0)]))
     return _finite_rows(matrix, positions, reasons, column)
 
 
