@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections import Counter
 
 import numpy as np
 
@@ -64,10 +65,36 @@ class KeyIndex:
         return out
 
     def get(self, code: int | None) -> int | None:
+        """The value of one code (None for None or a code not in the index): probed here, as a
+        numpy call per record would cost more than the probe."""
         if code is None:
             return None
-        value = int(self.find(np.array([code], np.uint64))[0])
-        return None if value < 0 else value
+        if code == 0:
+            return self._zero
+        keys, mask = self._keys, int(self._mask)
+        slot = code & mask
+        while True:
+            found = int(keys[slot])
+            if found == code:
+                return int(self._values[slot])
+            if found == 0:
+                return None
+            slot = (slot + 1) & mask
+
+    def add_one(self, code: int, value: int) -> None:
+        """Add one code (not in the index yet)."""
+        if code == 0:
+            self._zero = value
+            return
+        if 2 * (self._size + 1) > len(self._keys):
+            self._grow(self._size + 1)
+        keys, mask = self._keys, int(self._mask)
+        slot = code & mask
+        while int(keys[slot]) != 0:
+            slot = (slot + 1) & mask
+        keys[slot] = code
+        self._values[slot] = value
+        self._size += 1
 
     def add(self, codes: np.ndarray, values: np.ndarray) -> None:
         """Add ``codes`` (distinct, and none in the index yet) with their ``values``."""
@@ -180,14 +207,14 @@ class Seen:
 
     def add(self, sample_id: str, key: str, where: tuple) -> None:
         """Keep a record (whose key and id were found in neither map)."""
-        ordinal = np.array([self.locations.add(where)], np.int64)
-        self.keys.add(np.array([code_of(key)], np.uint64), ordinal)
+        ordinal = self.locations.add(where)
+        self.keys.add_one(code_of(key), ordinal)
         if sample_id != key:
             code = code_of(sample_id)
             if code is None:
                 self.other_ids[sample_id] = where
             else:
-                self.hex_ids.add(np.array([code], np.uint64), ordinal)
+                self.hex_ids.add_one(code, ordinal)
 
     @staticmethod
     def _own(prep, k0: int, k1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -219,10 +246,46 @@ class Seen:
 
     def add_run(self, prep, k0: int, k1: int) -> None:
         """Keep records ``k0:k1`` of ``prep`` (which passed :meth:`all_new`)."""
-        first = self.locations.add_run(prep.file, prep.positions[k0:k1], prep.by_row)
-        self.keys.add(prep.key_codes[k0:k1], np.arange(first, first + k1 - k0, dtype=np.int64))
-        own, own_hex, own_codes = self._own(prep, k0, k1)
-        if len(own):
-            self.hex_ids.add(own_codes[own_hex], first + (own[own_hex] - k0))
-            for k in own[~own_hex].tolist():
+        self.add_records(prep, np.arange(k0, k1))
+
+    def add_records(self, prep, ks: np.ndarray) -> None:
+        """Keep records ``ks`` (in order) of ``prep``, none of which shares its key or id with a
+        record seen before or another of ``ks``."""
+        if not len(ks):
+            return
+        first = self.locations.add_run(prep.file, prep.positions[ks], prep.by_row)
+        self.keys.add(prep.key_codes[ks], np.arange(first, first + len(ks), dtype=np.int64))
+        at = np.searchsorted(prep.own, ks)
+        mine = (at < len(prep.own)) & (prep.own[np.minimum(at, len(prep.own) - 1)] == ks) if len(prep.own) else np.zeros(len(ks), bool)
+        if mine.any():
+            i = at[mine]  # their entries in prep.own
+            hexed = prep.own_hex[i]
+            self.hex_ids.add(prep.own_codes[i][hexed], first + np.flatnonzero(mine)[hexed])
+            for k in prep.own[i[~hexed]].tolist():
                 self.other_ids[prep.sample_ids[k]] = prep.where(k)
+
+    def split_run(self, prep, k0: int, k1: int) -> tuple[np.ndarray, list[int]]:
+        """Records ``k0:k1`` of ``prep`` as (those that share no key or id with a record seen
+        before or with another of the run, which are all kept whatever order the others are
+        taken in; the rest, in order, for the record-by-record test)."""
+        ks = np.arange(k0, k1)
+        codes = prep.key_codes[k0:k1]
+        own, own_hex, own_codes = self._own(prep, k0, k1)
+        spelled = own_codes[own_hex]
+        # Every 64-bit name in the run (keys, and ids of 16 hex digits): a name used twice
+        # marks each record that uses it.
+        names = np.concatenate([codes, spelled])
+        _, inverse, counts = np.unique(names, return_inverse=True, return_counts=True)
+        shared = counts[inverse] > 1
+        shared |= (self.keys.find(names) >= 0) | (self.hex_ids.find(names) >= 0)
+        suspect = shared[:len(codes)].copy()
+        owner = own[own_hex] - k0
+        suspect[owner[shared[len(codes):]]] = True
+        others = own[~own_hex].tolist()
+        if others:
+            ids = [prep.sample_ids[k] for k in others]
+            seen_twice = {i for i, n in Counter(ids).items() if n > 1}
+            for k, i in zip(others, ids):
+                if i in seen_twice or i in self.other_ids:
+                    suspect[k - k0] = True
+        return ks[~suspect], ks[suspect].tolist()

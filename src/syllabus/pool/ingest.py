@@ -551,16 +551,19 @@ def ingest_pool(
                         stats.records_ok += k1 - k0
                         sharder.add_rows(prep, range(k0, k1))
                         continue
-                    taken = []
-                    for k in range(k0, k1):
-                        sample_id, content, key, where = prep.sample_ids[k], prep.contents[k], prep.keys[k], prep.wheres[k]
-                        dup = seen(sample_id, content, key, where)
+                    # The records sharing no key or id with another are kept at once; the rest
+                    # take the record-by-record test, in order (they can only meet each other).
+                    clean, suspects = kept.split_run(prep, k0, k1)
+                    kept.add_records(prep, clean)
+                    taken = clean.tolist()
+                    for k in suspects:
+                        dup = seen(prep.sample_ids[k], prep.contents[k], prep.keys[k], prep.where(k))
                         if dup is not None:
                             reject(prep.record(k), *dup)
                             continue
-                        stats.records_ok += 1
                         taken.append(k)
-                    sharder.add_rows(prep, taken)
+                    stats.records_ok += len(taken)
+                    sharder.add_rows(prep, sorted(taken))
             sharder.end_file()
         sharder.flush()
     finally:
