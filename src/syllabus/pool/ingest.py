@@ -557,7 +557,7 @@ def ingest_pool(
                     kept.add_records(prep, clean)
                     taken = clean.tolist()
                     for k in suspects:
-                        dup = seen(prep.sample_ids[k], prep.contents[k], prep.keys[k], prep.where(k))
+                        dup = seen(prep.sample_id(k), prep.content(k), prep.key(k), prep.where(k))
                         if dup is not None:
                             reject(prep.record(k), *dup)
                             continue

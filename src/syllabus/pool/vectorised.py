@@ -160,6 +160,14 @@ class Prepared:
     def sample_id(self, k: int) -> str:
         return self.columns.column("sample_id")[k].as_py()
 
+    def content(self, k: int) -> str:
+        """Record ``k``'s content hash (without making the list of them all)."""
+        return f"{int(self._content_codes[k]):016x}"
+
+    def key(self, k: int) -> str:
+        """Record ``k``'s dedup key (without making the list of them all)."""
+        return f"{int(self.key_codes[k]):016x}"
+
     @property
     def items(self) -> list[Any]:
         """Per record, in file order: the index ``k`` of a plain record, or its RawRecord."""
