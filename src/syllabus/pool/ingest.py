@@ -359,7 +359,17 @@ _AHEAD, _PREPARERS = 3, 2
 # building the rows' lists, Python between pyarrow's calls), which threads share with the
 # deduplication and sharding here; a process has its own. Starting one costs about a second of
 # imports, so small files (and most tests) keep to threads.
-PREPARE_PROCESSES = int(os.environ.get("SYLLABUS_INGEST_WORKERS") or 2)
+def _workers_setting(value: str | None) -> int:
+    """SYLLABUS_INGEST_WORKERS: a whole number of worker processes, 0 or more (unset: 2)."""
+    if value is None or not value.strip():
+        return 2
+    if not value.strip().isdigit():
+        raise ValueError(f"SYLLABUS_INGEST_WORKERS={value!r} is not a number of worker processes; set it to 0 "
+                         "(threads only), 1, 2 ... or unset it for the default of 2")
+    return int(value)
+
+
+PREPARE_PROCESSES = _workers_setting(os.environ.get("SYLLABUS_INGEST_WORKERS"))
 _PROCESS_AFTER = 4
 
 

@@ -110,3 +110,18 @@ def test_a_frame_carries_empty_and_unaligned_buffers():
         back = read_frame(src)
     assert [x.tolist() for x in back[:2]] == [[], [0, 1, 2, 3, 4]] and back[2].equals(sent[2])
     assert back[3].tolist() == [] and back[4] == b"raw"
+
+
+@pytest.mark.parametrize("value, workers", [(None, 2), ("", 2), ("0", 0), (" 3 ", 3)])
+def test_the_workers_setting_reads_a_whole_number(value, workers):
+    from syllabus.pool.ingest import _workers_setting
+
+    assert _workers_setting(value) == workers
+
+
+@pytest.mark.parametrize("value", ["two", "-1", "1.5"])
+def test_a_workers_setting_that_is_not_a_number_says_how_to_set_it(value):
+    from syllabus.pool.ingest import _workers_setting
+
+    with pytest.raises(ValueError, match=r"SYLLABUS_INGEST_WORKERS=.* is not a number of worker processes; set it to 0"):
+        _workers_setting(value)
