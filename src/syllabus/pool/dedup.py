@@ -3,10 +3,12 @@
 A dedup key (like a content-hash sample id) is the first 16 hex digits of a SHA-256
 (:func:`canonical.messages_hash`), so it is exactly a 64-bit number: :func:`codes` turns a
 block's keys into a uint64 array in one call, and :class:`KeyIndex` tests and adds them a block
-at a time (open addressing, linear probing, vectorised over the block). A million keys take 32 MB
-and about 0.1 s, against 200 MB and a few seconds of dict lookups and inserts, most of them on
-the thread that deduplicates and shards. Each key keeps an ``int64`` value: the ingest's ordinal
-of the record that holds it, from which :class:`Locations` names the first copy of a duplicate.
+at a time (open addressing, linear probing, vectorised over the block). A dict of the same
+codes as Python ints is the simpler choice and was tried: 1,000,000 clean records ingested in
+5.9 s with it against 5.4 s with this table (best of three each, load 0.8, `benchmarks/ingest.py
+--records 1000000 --also-src`), and the table's ingest peaked about 45 MB lower; the mixed pool
+took 6.6 s either way. Each key keeps an ``int64`` value: the ingest's ordinal of the record
+that holds it, from which :class:`Locations` names the first copy of a duplicate.
 :class:`Seen` holds an ingest's keys and ids.
 """
 
