@@ -639,7 +639,7 @@ def prepare_lines(block: LineBlock, source: str, fields: FieldMap, max_chars: in
     arr = np.frombuffer(data, np.uint8)
     begin, end = starts[:-1], starts[1:]
     newline = arr[end - 1] == 10
-    too_long = (end - begin) > limit + newline
+    too_long = _over_limit(end - begin, newline, limit)
     stop = end - newline  # the line's end without its newline
     stop = stop - ((stop > begin) & (arr[np.maximum(stop - 1, 0)] == 13))
     shaped = ~block.blank & ~too_long & (stop - begin >= 2) & (arr[begin] == ord("{")) & (arr[np.maximum(stop - 1, 0)] == ord("}"))
@@ -708,10 +708,16 @@ def prepare_lines(block: LineBlock, source: str, fields: FieldMap, max_chars: in
     return attach(prep, block)
 
 
+def _over_limit(length: Any, newline: Any, limit: int) -> Any:
+    """Whether lines of ``length`` bytes (``newline``: ending in one, which is not counted) are
+    over the read limit: for one line or, as arrays, for a block's."""
+    return length > limit + newline
+
+
 def _line_record(block: LineBlock, i: int) -> RawRecord:
     """Line ``i`` of ``block`` as the per-line reader reads it."""
     s, e = int(block.starts[i]), int(block.starts[i + 1])
-    if e - s > block.limit + (block.data[e - 1] == 10):
+    if _over_limit(e - s, block.data[e - 1] == 10, block.limit):
         return too_long_record(block.file, block.first_line + i, e - s, block.limit, block.data[s:s + 1000], block.offset + s)
     return jsonl_record(block.file, block.data[s:e], block.first_line + i, block.offset + s)
 
