@@ -354,11 +354,6 @@ def _quarantine_entry(rec: RawRecord, code: str, reason: str) -> dict[str, Any]:
 
 # Blocks prepared ahead of the one being deduplicated and sharded, by this many threads (see _prepared).
 _AHEAD, _PREPARERS = 3, 2
-# JSONL blocks are prepared by this many worker processes once a file has more than
-# _PROCESS_AFTER blocks (0: threads only; SYLLABUS_INGEST_WORKERS sets it). Most of preparing a block holds the GIL (hashing,
-# building the rows' lists, Python between pyarrow's calls), which threads share with the
-# deduplication and sharding here; a process has its own. Starting one costs about a second of
-# imports, so small files (and most tests) keep to threads.
 def _workers_setting(value: str | None) -> int:
     """SYLLABUS_INGEST_WORKERS: a whole number of worker processes, 0 or more (unset: 2)."""
     if value is None or not value.strip():
@@ -369,6 +364,11 @@ def _workers_setting(value: str | None) -> int:
     return int(value)
 
 
+# JSONL blocks are prepared by this many worker processes once a file has more than
+# _PROCESS_AFTER blocks (0: threads only; SYLLABUS_INGEST_WORKERS sets it). Most of preparing a block holds the GIL (hashing,
+# building the rows' lists, Python between pyarrow's calls), which threads share with the
+# deduplication and sharding here; a process has its own. Starting one costs about a second of
+# imports, so small files (and most tests) keep to threads.
 PREPARE_PROCESSES = _workers_setting(os.environ.get("SYLLABUS_INGEST_WORKERS"))
 _PROCESS_AFTER = 4
 
