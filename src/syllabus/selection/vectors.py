@@ -132,21 +132,17 @@ class VectorSource:
         """The vectors at ``positions`` (row numbers over all shards, in order; -1: null), in
         the column's own type. Reads only the shards that hold one of them."""
         positions = np.asarray(positions, dtype=np.int64)
-        want = np.flatnonzero(positions >= 0)
-        shard_of = np.searchsorted(self.starts, positions[want], side="right") - 1
-        order = np.argsort(shard_of, kind="stable")
-        parts: list[pa.Array] = []
-        for i in np.unique(shard_of):
-            rows = positions[want[order[shard_of[order] == i]]] - self.starts[i]
-            parts.append(self._shard(int(i)).take(pa.array(rows, pa.int64())))
+        groups = self._by_shard(positions)
+        parts = [self._shard(i).take(pa.array(positions[asked] - self.starts[i], pa.int64())) for i, asked in groups]
         # Each copy of a 4,096-d survivor set is gigabytes: drop the parts once joined, and take
         # only when the asked order is not already the shards' order.
         gathered = parts[0] if len(parts) == 1 else pa.concat_arrays(parts) if parts else pa.array([], self.type)
         del parts
-        # gathered is in shard order (want[order]); put it back in the asked order, nulls for -1
+        # gathered is in shard order; put it back in the asked order, nulls for -1
+        in_shard_order = np.concatenate([asked for _, asked in groups]) if groups else np.zeros(0, np.int64)
         back = np.full(positions.size, -1, dtype=np.int64)
-        back[want[order]] = np.arange(want.size)
-        if want.size == positions.size and np.array_equal(back, np.arange(back.size)):
+        back[in_shard_order] = np.arange(in_shard_order.size)
+        if in_shard_order.size == positions.size and np.array_equal(back, np.arange(back.size)):
             return gathered
         take = pa.array(back, pa.int64(), mask=back < 0)
         return gathered.take(take)
