@@ -330,9 +330,18 @@ def _parse_json(text: str) -> tuple[Any, tuple[str, str] | None]:
     return value, None
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def jsonl_record(url: str, raw: bytes, lineno: int, offset: int) -> RawRecord | None:
-    """The record of one JSONL line that fits the line limit (``None`` for a blank line)."""
+    """The record of one JSONL line that fits the line limit (``None`` for a blank line).
+
+    A UTF-8 byte order mark before the line's JSON is skipped: Windows tools (PowerShell 5's
+    ``Out-File``, Notepad, Python's ``utf-8-sig``) write one at the start of a file, and
+    concatenated files carry theirs to the start of a later line; json.loads refuses it."""
     stripped = raw.strip()
+    if stripped.startswith(_BOM):
+        stripped = stripped[len(_BOM):].strip()
     if not stripped:
         return None  # blank lines are not records
     try:
@@ -698,8 +707,8 @@ class _CsvLines:
             # quote count of its prefix says whether a quoted field was still open.
             self.quotes += prefix.count(b'"')
             raise _LineTooLong(self.pos.line, length, prefix, start)
-        if self.pos.line == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
+        if self.pos.line == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM):]
         self.quotes += raw.count(b'"')
         text = raw.decode("utf-8", errors="surrogateescape")
         self.record.append((self.line, text))
@@ -770,6 +779,25 @@ def _lines(first: int, last: int) -> str:
     return f"line {first:,}" if first == last else f"lines {first:,}-{last:,}"
 
 
+# Delimiters a .csv file may use instead of the comma: Excel writes ";" where the comma is the
+# decimal separator, and TSV files are often named .csv.
+_OTHER_DELIMITERS = (";", "\t")
+
+
+def _sniffed_header(url: str, row: list[str], delimiter: str, lines: list[tuple[int, str]]) -> tuple[list[str], str]:
+    """The header and the file's delimiter. A .csv header that reads as one comma-free field
+    holding semicolons (or tabs) is that file's delimiter, not a column named "a;b"."""
+    if delimiter != "," or len(row) != 1 or len(lines) != 1:
+        return row, delimiter
+    for other in _OTHER_DELIMITERS:
+        if other in row[0]:
+            header = next(csv.reader([lines[0][1]], delimiter=other))
+            log.info("%s: its header row has no comma but %s; read as a %s-separated file", url,
+                     "semicolons" if other == ";" else "tabs", "semicolon" if other == ";" else "tab")
+            return header, other
+    return row, delimiter
+
+
 def _read_csv(url: str, fh, delimiter: str, limit: int, pos: _Position) -> Iterator[RawRecord]:
     # The csv module's own field limit (131,072 characters) is process-wide and below
     # --max-chars; a line is already bounded, so a field may be as long as a line.
@@ -832,7 +860,9 @@ def _read_csv(url: str, fh, delimiter: str, limit: int, pos: _Position) -> Itera
                 f"{_lines(lineno, lines.line)} were quarantined as one record, check its quoting")))
             continue
         if header is None:
-            header = row
+            header, delimiter = _sniffed_header(url, row, delimiter, lines.record)
+            if delimiter != reader.dialect.delimiter:
+                reader = csv.reader(lines, delimiter=delimiter)
             continue
         if not row:
             continue  # blank lines are not records

@@ -1,0 +1,96 @@
+"""Files as other tools write them: a UTF-8 byte order mark before JSON lines (Windows tools,
+Python's utf-8-sig, concatenated files), and .csv files separated by semicolons (Excel where the
+comma is the decimal separator) or tabs. Each record is read as in the plain file, by both the
+per-record and the vectorised path."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from syllabus.pool.ingest import NothingValidError, ingest_pool
+from syllabus.pool.manifest import read_pool
+from syllabus.store import Store
+
+BOM = "\ufeff"
+
+
+def records(n: int) -> list[dict]:
+    return [{"instruction": f"Question {i}: what lowers a fever?", "output": f"Answer {i}: rest, fluids, paracetamol."}
+            for i in range(n)]
+
+
+def ingest(path, store_dir, vectorised=True) -> tuple[dict, list[dict]]:
+    result = ingest_pool([str(path)], Store(str(store_dir)), progress=False, vectorised=vectorised)
+    return result.summary(), read_pool(result.manifest).to_pylist()
+
+
+def jsonl(recs: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in recs)
+
+
+@pytest.mark.parametrize("n", [5, 200])  # 200: the vectorised path's blocks (MIN_ROWS is 64)
+@pytest.mark.parametrize("vectorised", [True, False])
+def test_a_byte_order_mark_before_jsonl_is_skipped(tmp_path, n, vectorised):
+    recs = records(n)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "bom").mkdir()
+    (tmp_path / "plain" / "pool.jsonl").write_text(jsonl(recs), encoding="utf-8")
+    (tmp_path / "bom" / "pool.jsonl").write_text(jsonl(recs), encoding="utf-8-sig")
+    plain, plain_rows = ingest(tmp_path / "plain" / "pool.jsonl", tmp_path / "s1", vectorised)
+    marked, marked_rows = ingest(tmp_path / "bom" / "pool.jsonl", tmp_path / "s2", vectorised)
+    assert marked["records_ok"] == n and marked["records_rejected"] == 0, marked["rejected_by_reason"]
+    # The same source name, so the same rows, shards and fingerprint as the file without the mark.
+    assert marked["pool_fingerprint"] == plain["pool_fingerprint"]
+    assert [r["sample_id"] for r in marked_rows] == [r["sample_id"] for r in plain_rows]
+    assert marked_rows[0]["instruction"] == recs[0]["instruction"]
+
+
+def test_concatenated_files_keep_the_record_after_each_mark(tmp_path):
+    recs = records(150)
+    path = tmp_path / "cat.jsonl"
+    path.write_text(BOM + jsonl(recs[:100]) + BOM + jsonl(recs[100:]), encoding="utf-8")
+    summary, rows = ingest(path, tmp_path / "store")
+    assert summary["records_ok"] == 150 and summary["records_rejected"] == 0, summary["rejected_by_reason"]
+    assert {r["instruction"] for r in rows} == {r["instruction"] for r in recs}
+
+
+def excel_csv(recs: list[dict], delimiter: str) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter=delimiter)  # "\r\n" line ends, as Excel writes them
+    w.writerow(["instruction", "output"])
+    for r in recs:
+        w.writerow([r["instruction"], r["output"].replace(":", ",")])  # answers holding commas
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_a_csv_separated_by_semicolons_or_tabs_is_read_by_its_header(tmp_path, delimiter, caplog):
+    recs = records(6)
+    path = tmp_path / "export.csv"
+    path.write_text(BOM + excel_csv(recs, delimiter), encoding="utf-8", newline="")
+    with caplog.at_level("INFO", logger="syllabus.pool.readers"):
+        summary, rows = ingest(path, tmp_path / "store")
+    assert summary["records_ok"] == 6 and summary["records_rejected"] == 0, summary["rejected_by_reason"]
+    assert rows[1]["instruction"] == recs[1]["instruction"]
+    assert rows[1]["output"] == "Answer 1, rest, fluids, paracetamol."
+    assert "read as a" in caplog.text and "export.csv" in caplog.text
+
+
+def test_a_comma_csv_keeps_its_semicolons_in_the_text(tmp_path):
+    path = tmp_path / "plain.csv"
+    path.write_text('instruction,output\n"Dose; and timing?","Twice a day; with food."\n', encoding="utf-8")
+    summary, rows = ingest(path, tmp_path / "store")
+    assert summary["records_ok"] == 1
+    assert (rows[0]["instruction"], rows[0]["output"]) == ("Dose; and timing?", "Twice a day; with food.")
+
+
+def test_a_one_column_csv_header_with_a_semicolon_outside_a_header_line_is_not_split(tmp_path):
+    # A header cell quoted over two lines is not a header line to split.
+    path = tmp_path / "odd.csv"
+    path.write_text('"instruction;\nnote"\n"a question"\n', encoding="utf-8")
+    with pytest.raises(NothingValidError, match=r"\(1 records: 1 missing_field\)"):
+        ingest(path, tmp_path / "store")
