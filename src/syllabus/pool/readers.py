@@ -234,7 +234,7 @@ def read(url: str, kind: str, max_chars: int = DEFAULT_MAX_CHARS) -> Iterator[Ra
             if kind == "jsonl":
                 records = _read_jsonl(url, fh, limit, pos)
             elif kind == "json":
-                records = _read_json(url, fh, limit, pos)
+                records = _read_json(url, fh.read(), limit, pos)
             elif kind in ("csv", "tsv"):
                 records = _read_csv(url, fh, "\t" if kind == "tsv" else ",", limit, pos)
             elif kind == "parquet":
@@ -357,11 +357,24 @@ def jsonl_record(url: str, raw: bytes, lineno: int, offset: int) -> RawRecord | 
     return RawRecord(url, lineno, None, value=value, error=error, raw=text, offset=offset)
 
 
-def _read_jsonl(url: str, fh, limit: int, pos: _Position) -> Iterator[RawRecord]:
+def _opens_array(first_line: bytes, limit: int) -> bool:
+    """Whether a "JSONL" file's first line (with its newline) fits the line limit and opens a
+    JSON array: a .json file under the wrong name, read as one (both paths decide alike)."""
+    fits = len(first_line) <= limit + first_line.endswith(b"\n")
+    return fits and first_line.removeprefix(_BOM).lstrip().startswith(b"[")
+
+
+def _read_jsonl(url: str, fh, limit: int, pos: _Position, arrays: bool = True) -> Iterator[RawRecord]:
+    """The records of a JSONL file, line by line. With ``arrays``, a file whose first line opens
+    a JSON array is read as the JSON file it is (see :func:`_read_json`)."""
     while True:
         start = pos.offset
         raw, length, prefix = _readline(fh, limit, pos)
         if not length:
+            return
+        if arrays and start == 0 and not prefix and _opens_array(raw, limit):
+            pos.offset = 0
+            yield from _read_json(url, raw + fh.read(), limit, pos, named_jsonl=True)
             return
         pos.line += 1
         if prefix:
@@ -425,14 +438,15 @@ class _DamagedHere(Exception):
         self.exc = exc
 
 
-def _jsonl_blocks(url: str, fh, limit: int, pos: _Position, block_bytes: int) -> Iterator[RawRecord | LineBlock]:
-    """The lines of a JSONL file in blocks of about ``block_bytes``; a line that runs past
-    ``limit`` beyond a block's end is skipped by the per-line reader's own code (so what it
-    reads, and where it stops in an endless line, are the same) and comes as its record."""
+def _jsonl_blocks(url: str, fh, limit: int, pos: _Position, block_bytes: int, head: bytes = b"") -> Iterator[RawRecord | LineBlock]:
+    """The lines of a JSONL file in blocks of about ``block_bytes`` (``head``: its first bytes,
+    already read); a line that runs past ``limit`` beyond a block's end is skipped by the
+    per-line reader's own code (so what it reads, and where it stops in an endless line, are the
+    same) and comes as its record."""
     pieces: list[bytes] = []  # the line being read, when it began in an earlier chunk
     size = 0
     while True:
-        chunk = fh.read(block_bytes)
+        chunk, head = (head, b"") if head else (fh.read(block_bytes), b"")
         if not chunk:
             if pieces:
                 yield _line_block(url, b"".join(pieces), pos, limit)
@@ -515,7 +529,16 @@ def read_blocks(url: str, kind: str, max_chars: int = DEFAULT_MAX_CHARS, block_b
                     pos.records += batch.num_rows  # rows that are records, as _read_parquet counts
                     yield item
                 return
-            for item in _jsonl_blocks(url, fh, line_limit(max_chars), pos, block_bytes or BLOCK_BYTES):
+            limit, size = line_limit(max_chars), block_bytes or BLOCK_BYTES
+            head = fh.read(size)
+            while b"\n" not in head and len(head) <= limit and (more := fh.read(size)):
+                head += more  # the whole first line, or more than the limit of it
+            if _opens_array(head[:head.find(b"\n") + 1] or head, limit):
+                for rec in _read_json(url, head + fh.read(), limit, pos, named_jsonl=True):
+                    pos.records += 1
+                    yield rec
+                return
+            for item in _jsonl_blocks(url, fh, limit, pos, size, head):
                 if isinstance(item, LineBlock):
                     pos.records += item.records
                 yield item
@@ -543,15 +566,17 @@ def _resume_jsonl(url: str, fs, path: str, compression: str | None, limit: int, 
                 if not got:
                     raise exc
                 left -= len(got)
-            for rec in _read_jsonl(url, fh, limit, pos):
+            for rec in _read_jsonl(url, fh, limit, pos, arrays=False):
                 pos.records += 1
                 yield rec
     except Exception as again:
         yield _damaged(url, "jsonl", pos, again)
 
 
-def _read_json(url: str, fh, limit: int, pos: _Position) -> Iterator[RawRecord]:
-    data = fh.read()
+def _read_json(url: str, data: bytes, limit: int, pos: _Position, named_jsonl: bool = False) -> Iterator[RawRecord]:
+    """The records of a JSON file's ``data``: an array of records, one record, or an object
+    holding one array of records. JSON lines saved as .json are read line by line, and so is a
+    .jsonl file (``named_jsonl``) that opens an array but is not one JSON document."""
     # surrogateescape keeps undecodable bytes as lone surrogates, so one bad string rejects
     # only the record holding it (canonical.normalise finds it) instead of the whole file.
     text = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
@@ -559,8 +584,9 @@ def _read_json(url: str, fh, limit: int, pos: _Position) -> Iterator[RawRecord]:
         value = json.loads(text)
     except (RecursionError, ValueError) as exc:
         first = text.lstrip()[:1]
-        if first == "{" and "\n" in text.strip():
-            yield from _read_jsonl(url, io.BytesIO(data), limit, pos)  # JSON lines saved as .json
+        if (first == "{" or named_jsonl) and "\n" in text.strip():
+            # JSON lines saved as .json, or lines of a .jsonl file that are not one array
+            yield from _read_jsonl(url, io.BytesIO(data), limit, pos, arrays=False)
             return
         if isinstance(exc, RecursionError):
             # One record nests too deep for the parser: parse element by element instead, so
@@ -574,6 +600,8 @@ def _read_json(url: str, fh, limit: int, pos: _Position) -> Iterator[RawRecord]:
             raw_b64=base64.b64encode(data).decode("ascii") if len(data) < 50_000_000 else None,
         )
         return
+    if named_jsonl:
+        log.info("%s holds one JSON document, not JSON lines: read as a JSON file (name it .json)", url)
     if isinstance(value, dict):
         lists = [k for k, v in value.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
         if len(lists) == 1 and not any(k in value for k in ("instruction", "question", "messages", "conversations")):

@@ -94,3 +94,23 @@ def test_a_one_column_csv_header_with_a_semicolon_outside_a_header_line_is_not_s
     path.write_text('"instruction;\nnote"\n"a question"\n', encoding="utf-8")
     with pytest.raises(NothingValidError, match=r"\(1 records: 1 missing_field\)"):
         ingest(path, tmp_path / "store")
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+@pytest.mark.parametrize("indent", [2, None])  # pretty-printed, and one minified line
+def test_a_json_array_named_jsonl_is_read_as_json(tmp_path, vectorised, indent):
+    recs = records(80)
+    (tmp_path / "pool.json").write_text(json.dumps(recs), encoding="utf-8")
+    (tmp_path / "pool.jsonl").write_text(json.dumps(recs, indent=indent), encoding="utf-8")
+    as_json, json_rows = ingest(tmp_path / "pool.json", tmp_path / "s1", vectorised)
+    named, named_rows = ingest(tmp_path / "pool.jsonl", tmp_path / "s2", vectorised)
+    assert named["records_in"] == named["records_ok"] == 80, named["rejected_by_reason"]
+    assert [r["sample_id"] for r in named_rows] == [r["sample_id"] for r in json_rows]
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+def test_jsonl_lines_that_are_arrays_are_still_quarantined_line_by_line(tmp_path, vectorised):
+    path = tmp_path / "arrays.jsonl"
+    path.write_text("".join(json.dumps([r]) + "\n" for r in records(3)) + json.dumps(records(1)[0]) + "\n")
+    summary, rows = ingest(path, tmp_path / "store", vectorised)
+    assert (summary["records_in"], summary["records_ok"], summary["records_rejected"]) == (4, 1, 3)
