@@ -36,6 +36,7 @@ import io
 import json
 import logging
 import posixpath
+import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -315,10 +316,54 @@ def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict:
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return out
+
+
+_KEY_END = re.compile(r'"\s*:')  # what ends every key of a JSON object (and may sit in a string)
+
+
+def _keys(value: Any) -> int:
+    """The number of keys of every object in ``value``."""
+    count, stack = 0, [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            count += len(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return count
+
+
+def strict_loads(text: str) -> Any:
+    """``json.loads``, except that an object naming a key twice raises :class:`_DuplicateKey`
+    (Python keeps the last value silently, other readers the first: which text is the record's
+    is anybody's guess). Objects are checked only when the text holds more key ends (``"`` then
+    ``:``) than the parsed value has keys, as a duplicate makes it. NaN and Infinity, which the
+    standard lacks but Python writes, are read as Python reads them (as a Parquet float column's
+    NaN is kept)."""
+    value = json.loads(text)
+    if isinstance(value, (dict, list)) and len(_KEY_END.findall(text)) > _keys(value):
+        json.loads(text, object_pairs_hook=_unique)
+    return value
+
+
 def _parse_json(text: str) -> tuple[Any, tuple[str, str] | None]:
     """``(value, None)`` or ``(None, (code, reason))``; never raises for any input text."""
     try:
-        value = json.loads(text)
+        value = strict_loads(text)
+    except _DuplicateKey as exc:
+        return None, ("duplicate_key", f'the record names "{exc}" twice, and JSON readers disagree on which value counts; '
+                                       "keep one")
     except json.JSONDecodeError as exc:
         return None, ("malformed_json", f"malformed JSON: {exc.msg} at column {exc.colno}")
     except RecursionError:
@@ -581,7 +626,15 @@ def _read_json(url: str, data: bytes, limit: int, pos: _Position, named_jsonl: b
     # only the record holding it (canonical.normalise finds it) instead of the whole file.
     text = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
     try:
-        value = json.loads(text)
+        value = strict_loads(text)
+    except _DuplicateKey:
+        # Only the records that name a key twice go.
+        if text.lstrip()[:1] == "[":
+            yield from _read_json_elements(url, text)
+        else:
+            value, error = _parse_json(text)
+            yield RawRecord(url, None, None, value=value, error=error, raw=text[:10_000])
+        return
     except (RecursionError, ValueError) as exc:
         first = text.lstrip()[:1]
         if (first == "{" or named_jsonl) and "\n" in text.strip():
@@ -667,9 +720,9 @@ def _read_json_elements(url: str, text: str) -> Iterator[RawRecord]:
             yield RawRecord(url, None, row, error=("malformed_json", f"the file is not valid JSON from row {row} on ({exc}); the rows before it were read, fix the file and re-ingest"))
             return
         else:
-            if isinstance(item, (dict, list)) and depth_exceeds(item):
-                yield RawRecord(url, None, row, error=("too_deep", f"the record nests more than {MAX_DEPTH} levels deep; flatten it"),
-                                raw_prefix=text[i:min(end, i + _PREFIX_BYTES)])
+            item, error = _parse_json(text[i:end])  # the depth and duplicate keys
+            if error is not None:
+                yield RawRecord(url, None, row, error=error, raw_prefix=text[i:min(end, i + _PREFIX_BYTES)])
             else:
                 yield RawRecord(url, None, row, value=item, raw=json.dumps(item, ensure_ascii=True))
         row += 1

@@ -114,3 +114,37 @@ def test_jsonl_lines_that_are_arrays_are_still_quarantined_line_by_line(tmp_path
     path.write_text("".join(json.dumps([r]) + "\n" for r in records(3)) + json.dumps(records(1)[0]) + "\n")
     summary, rows = ingest(path, tmp_path / "store", vectorised)
     assert (summary["records_in"], summary["records_ok"], summary["records_rejected"]) == (4, 1, 3)
+
+
+ODD = [
+    ('{"instruction": "q dup", "instruction": "other", "output": "a"}', "duplicate_key", '"instruction" twice'),
+    ('{"instruction": "q nested", "output": "a", "meta": {"k": 1, "k" : 2}}', "duplicate_key", '"k" twice'),
+]
+# Kept: a key end inside a string is no duplicate, and NaN is read as Python reads it.
+FINE = ['{"instruction": "a key \\": inside a string", "output": "fine"}',
+        '{"instruction": "q nan", "output": "a", "score": NaN}']
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+def test_a_duplicate_key_quarantines_its_record_in_jsonl(tmp_path, vectorised):
+    clean = [json.dumps(r) for r in records(100)]  # enough for the vectorised path
+    path = tmp_path / "odd.jsonl"
+    path.write_text("\n".join(clean[:50] + [line for line, _, _ in ODD] + FINE + clean[50:]) + "\n")
+    result = ingest_pool([str(path)], Store(str(tmp_path / "store")), progress=False, vectorised=vectorised)
+    s = result.summary()
+    assert (s["records_in"], s["records_ok"]) == (104, 102), s["rejected_by_reason"]
+    store, key = Store.open_url(result.quarantine_url)
+    quarantined = [json.loads(line) for line in store.read_committed(key).decode().splitlines()]
+    assert [(q["line"], q["code"]) for q in quarantined] == [(51 + i, code) for i, (_, code, _) in enumerate(ODD)]
+    for q, (_, _, words) in zip(quarantined, ODD):
+        assert words in q["reason"]
+
+
+def test_a_duplicate_key_quarantines_its_element_of_a_json_array(tmp_path):
+    elements = [json.dumps(r) for r in records(3)] + [line for line, _, _ in ODD] + FINE
+    path = tmp_path / "odd.json"
+    path.write_text("[" + ",\n".join(elements) + "]")
+    result = ingest_pool([str(path)], Store(str(tmp_path / "store")), progress=False)
+    s = result.summary()
+    assert (s["records_in"], s["records_ok"]) == (7, 5)
+    assert s["rejected_by_reason"] == {"duplicate_key": 2}
