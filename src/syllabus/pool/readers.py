@@ -888,6 +888,7 @@ def _read_csv(url: str, fh, delimiter: str, limit: int, pos: _Position) -> Itera
     lines = _CsvLines(fh, limit, pos)
     reader = csv.reader(lines, delimiter=delimiter)
     header: list[str] | None = None
+    twice: str | None = None  # a column name the header holds twice
 
     def stray_quote(error: str | None) -> RawRecord | None:
         """A record that spans lines and broke (``error``) or is not well quoted: when the lines
@@ -942,6 +943,7 @@ def _read_csv(url: str, fh, delimiter: str, limit: int, pos: _Position) -> Itera
             continue
         if header is None:
             header, delimiter = _sniffed_header(url, row, delimiter, lines.record)
+            twice = next((name for i, name in enumerate(header) if name in header[:i]), None)
             if delimiter != reader.dialect.delimiter:
                 reader = csv.reader(lines, delimiter=delimiter)
             continue
@@ -954,6 +956,10 @@ def _read_csv(url: str, fh, delimiter: str, limit: int, pos: _Position) -> Itera
                                         f"{len(header)}; quote fields that contain the delimiter"),
                 raw=json.dumps(row, ensure_ascii=True),
             )
+            continue
+        if twice is not None:  # every row: which column is the field is anybody's guess
+            yield RawRecord(url, lineno, None, raw=json.dumps(row, ensure_ascii=True), error=("duplicate_key", (
+                f'the header names "{twice}" twice, so this row\'s "{twice}" is ambiguous; rename one of the columns')))
             continue
         rec = dict(zip(header, row + [None] * (len(header) - len(row))))
         yield RawRecord(url, lineno, None, value=rec, raw=json.dumps(rec, ensure_ascii=True))

@@ -148,3 +148,13 @@ def test_a_duplicate_key_quarantines_its_element_of_a_json_array(tmp_path):
     s = result.summary()
     assert (s["records_in"], s["records_ok"]) == (7, 5)
     assert s["rejected_by_reason"] == {"duplicate_key": 2}
+
+
+def test_a_csv_header_naming_a_column_twice_quarantines_each_row(tmp_path):
+    path = tmp_path / "twice.csv"
+    path.write_text("instruction,output,instruction\nq1,a1,other q1\nq2,a2,other q2\n", encoding="utf-8")
+    with pytest.raises(NothingValidError, match=r"\(2 records: 2 duplicate_key\)") as caught:
+        ingest(path, tmp_path / "store")
+    store, key = Store.open_url(caught.value.quarantine_url)
+    first = json.loads(store.read_committed(key).decode().splitlines()[0])
+    assert first["line"] == 2 and 'names "instruction" twice' in first["reason"]
