@@ -344,7 +344,7 @@ def _keys(value: Any) -> int:
     return count
 
 
-def strict_loads(text: str) -> Any:
+def _strict_loads(text: str) -> Any:
     """``json.loads``, except that an object naming a key twice raises :class:`_DuplicateKey`
     (Python keeps the last value silently, other readers the first: which text is the record's
     is anybody's guess). Objects are checked only when the text holds more key ends (``"`` then
@@ -352,15 +352,18 @@ def strict_loads(text: str) -> Any:
     standard lacks but Python writes, are read as Python reads them (as a Parquet float column's
     NaN is kept)."""
     value = json.loads(text)
-    if isinstance(value, (dict, list)) and len(_KEY_END.findall(text)) > _keys(value):
-        json.loads(text, object_pairs_hook=_unique)
+    if isinstance(value, (dict, list)):
+        # findall's list is the quicker count for a record; a whole file's would hold millions
+        ends = len(_KEY_END.findall(text)) if len(text) < 1 << 20 else sum(1 for _ in _KEY_END.finditer(text))
+        if ends > _keys(value):
+            json.loads(text, object_pairs_hook=_unique)
     return value
 
 
 def _parse_json(text: str) -> tuple[Any, tuple[str, str] | None]:
     """``(value, None)`` or ``(None, (code, reason))``; never raises for any input text."""
     try:
-        value = strict_loads(text)
+        value = _strict_loads(text)
     except _DuplicateKey as exc:
         return None, ("duplicate_key", f'the record names "{exc}" twice, and JSON readers disagree on which value counts; '
                                        "keep one")
@@ -626,7 +629,7 @@ def _read_json(url: str, data: bytes, limit: int, pos: _Position, named_jsonl: b
     # only the record holding it (canonical.normalise finds it) instead of the whole file.
     text = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
     try:
-        value = strict_loads(text)
+        value = _strict_loads(text)
     except _DuplicateKey:
         # Only the records that name a key twice go.
         if text.lstrip()[:1] == "[":

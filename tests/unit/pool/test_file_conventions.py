@@ -140,13 +140,14 @@ def test_a_duplicate_key_quarantines_its_record_in_jsonl(tmp_path, vectorised):
         assert words in q["reason"]
 
 
-def test_a_duplicate_key_quarantines_its_element_of_a_json_array(tmp_path):
-    elements = [json.dumps(r) for r in records(3)] + [line for line, _, _ in ODD] + FINE
+@pytest.mark.parametrize("n", [3, 12_000])  # 12,000: a file of over 1 MiB, whose key ends are counted as they are found
+def test_a_duplicate_key_quarantines_its_element_of_a_json_array(tmp_path, n):
+    elements = [json.dumps(r) for r in records(n)] + [line for line, _, _ in ODD] + FINE
     path = tmp_path / "odd.json"
     path.write_text("[" + ",\n".join(elements) + "]")
     result = ingest_pool([str(path)], Store(str(tmp_path / "store")), progress=False)
     s = result.summary()
-    assert (s["records_in"], s["records_ok"]) == (7, 5)
+    assert (s["records_in"], s["records_ok"]) == (n + 4, n + 2)
     assert s["rejected_by_reason"] == {"duplicate_key": 2}
 
 
