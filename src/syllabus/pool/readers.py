@@ -203,6 +203,61 @@ class _Position:
         self.records = 0
 
 
+class _Utf8(io.RawIOBase):
+    """A text file in another encoding, read as UTF-8 bytes (lone surrogates pass through, so
+    a line holding one is quarantined as invalid UTF-8, as in a UTF-8 file)."""
+
+    def __init__(self, fh, encoding: str):
+        self.text = io.TextIOWrapper(fh, encoding=encoding, errors="surrogatepass", newline="")
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.pending:
+            chunk = self.text.read(1 << 16)
+            if not chunk:
+                return 0
+            self.pending = chunk.encode("utf-8", "surrogatepass")
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self.text.close()
+        super().close()
+
+
+# Byte order marks of the encodings a text file is converted from (UTF-32 before UTF-16: its
+# little-endian mark starts with UTF-16's).
+_OTHER_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def _open_input(url: str, fs, path: str, compression: str | None, kind: str, quiet: bool = False):
+    """A pool file opened for reading, with ``readline(size)`` (so lines stay bounded) and
+    ``peek``. A text file (JSONL, JSON, CSV, TSV) that starts with a UTF-16 or UTF-32 byte order
+    mark (Notepad's and Excel's "Unicode") is read as UTF-8; its offsets count UTF-8 bytes."""
+    try:
+        fh = fs.open(path, "rb", compression=compression)
+    except Exception as exc:
+        raise PoolInputError(f"cannot open pool input {url}: {exc}") from exc
+    if not hasattr(fh, "peek"):
+        # s3fs and memory:// files: readline() takes no size there
+        fh = io.BufferedReader(fh, buffer_size=1 << 16)
+    if kind in ("jsonl", "json", "csv", "tsv"):
+        head = fh.peek(4)[:4]
+        encoding = next((enc for bom, enc in _OTHER_BOMS if head.startswith(bom)), None)
+        if encoding is not None:
+            if not quiet:
+                log.info("%s is %s text (it starts with a %s byte order mark): read as UTF-8", url, encoding.upper(),
+                         encoding.upper())
+            fh = io.BufferedReader(_Utf8(fh, encoding), buffer_size=1 << 16)
+    return fh
+
+
 class _FileTooDamaged(Exception):
     """Reading the rest of a file is pointless (an endless line); carries the reason."""
 
@@ -223,13 +278,7 @@ def read(url: str, kind: str, max_chars: int = DEFAULT_MAX_CHARS) -> Iterator[Ra
             return
         _, compression = _kind(url)
         fs, path = _fs(url)
-        try:
-            fh = fs.open(path, "rb", compression=compression)
-        except Exception as exc:
-            raise PoolInputError(f"cannot open pool input {url}: {exc}") from exc
-        if isinstance(fh, fsspec.spec.AbstractBufferedFile):
-            # Its readline() takes no size (s3fs, memory://): buffer it so lines stay bounded.
-            fh = io.BufferedReader(fh, buffer_size=1 << 16)
+        fh = _open_input(url, fs, path, compression, kind)
         limit = line_limit(max_chars)
         with fh:
             if kind == "jsonl":
@@ -560,12 +609,7 @@ def read_blocks(url: str, kind: str, max_chars: int = DEFAULT_MAX_CHARS, block_b
     _, compression = _kind(url)
     fs, path = _fs(url)
     try:
-        try:
-            fh = fs.open(path, "rb", compression=compression)
-        except Exception as exc:
-            raise PoolInputError(f"cannot open pool input {url}: {exc}") from exc
-        if isinstance(fh, fsspec.spec.AbstractBufferedFile):
-            fh = io.BufferedReader(fh, buffer_size=1 << 16)  # as read(): readline(size) for long lines
+        fh = _open_input(url, fs, path, compression, kind)
         with fh:
             if kind == "parquet":
                 import pyarrow.parquet as pq
@@ -605,9 +649,7 @@ def _resume_jsonl(url: str, fs, path: str, compression: str | None, limit: int, 
     """After a JSONL file broke inside a block: read it again from the last whole block on,
     line by line, so the records up to the damage and where it stops are the per-line reader's."""
     try:
-        with fs.open(path, "rb", compression=compression) as fh:
-            if isinstance(fh, fsspec.spec.AbstractBufferedFile):
-                fh = io.BufferedReader(fh, buffer_size=1 << 16)
+        with _open_input(url, fs, path, compression, "jsonl", quiet=True) as fh:
             left = pos.offset
             while left:
                 got = fh.read(min(left, 1 << 20))

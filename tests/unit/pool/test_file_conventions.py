@@ -159,3 +159,41 @@ def test_a_csv_header_naming_a_column_twice_quarantines_each_row(tmp_path):
     store, key = Store.open_url(caught.value.quarantine_url)
     first = json.loads(store.read_committed(key).decode().splitlines()[0])
     assert first["line"] == 2 and 'names "instruction" twice' in first["reason"]
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+def test_a_utf16_or_utf32_file_with_its_byte_order_mark_is_read_as_utf8(tmp_path, vectorised, encoding):
+    recs = [dict(r, output=r["output"] + " Café, 37 °C 🙂.") for r in records(120)]
+    (tmp_path / "utf8").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "utf8" / "pool.jsonl").write_text(jsonl(recs), encoding="utf-8")
+    # Python's utf-16 and utf-32 write a mark; the -be codec does not, so write it.
+    mark = BOM if encoding.endswith("-be") else ""
+    (tmp_path / "other" / "pool.jsonl").write_bytes((mark + jsonl(recs)).encode(encoding))
+    plain, plain_rows = ingest(tmp_path / "utf8" / "pool.jsonl", tmp_path / "s1", vectorised)
+    other, other_rows = ingest(tmp_path / "other" / "pool.jsonl", tmp_path / "s2", vectorised)
+    assert other["records_ok"] == 120 and other["pool_fingerprint"] == plain["pool_fingerprint"]
+    assert other_rows == plain_rows
+
+
+def test_excel_unicode_text_is_read(tmp_path):
+    # Excel's "Unicode Text" export: UTF-16 (little-endian, with its mark), tab-separated, CRLF.
+    path = tmp_path / "excel.tsv"
+    path.write_text("instruction\toutput\r\nWhat is gout?\tA form of arthritis.\r\nIs it painful?\tOften, in the big toe.\r\n",
+                    encoding="utf-16", newline="")
+    summary, rows = ingest(path, tmp_path / "store")
+    assert summary["records_ok"] == 2
+    assert rows[1]["output"] == "Often, in the big toe."
+
+
+def test_a_broken_utf16_line_is_quarantined_alone(tmp_path):
+    lines = jsonl(records(3)).splitlines(keepends=True)
+    data = "\ufeff".encode("utf-16-le") + b"".join(
+        line.encode("utf-16-le") if i != 1 else line.replace("Question", "Quest\ud800ion").encode("utf-16-le", "surrogatepass")
+        for i, line in enumerate(lines))
+    path = tmp_path / "broken.jsonl"
+    path.write_bytes(data)
+    result = ingest_pool([str(path)], Store(str(tmp_path / "store")), progress=False)
+    s = result.summary()
+    assert (s["records_in"], s["records_ok"]) == (3, 2) and s["rejected_by_reason"] == {"invalid_utf8": 1}
