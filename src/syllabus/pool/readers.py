@@ -615,6 +615,11 @@ def read_blocks(url: str, kind: str, max_chars: int = DEFAULT_MAX_CHARS, block_b
                 import pyarrow.parquet as pq
 
                 pf = pq.ParquetFile(fh, pre_buffer=False)
+                if _named_twice(pf.schema_arrow.names) is not None:  # every row quarantined, as read() does
+                    for rec in _parquet_records(url, pf, pos):
+                        pos.records += 1
+                        yield rec
+                    return
                 for batch in pf.iter_batches(batch_size=batch_rows, use_threads=False):
                     item = RowBatch(url, batch, pos.row)
                     pos.row += batch.num_rows
@@ -988,7 +993,7 @@ def _read_csv(url: str, fh, delimiter: str, limit: int, pos: _Position) -> Itera
             continue
         if header is None:
             header, delimiter = _sniffed_header(url, row, delimiter, lines.record)
-            twice = next((name for i, name in enumerate(header) if name in header[:i]), None)
+            twice = _named_twice(header)
             if delimiter != reader.dialect.delimiter:
                 reader = csv.reader(lines, delimiter=delimiter)
             continue
@@ -1015,11 +1020,30 @@ def _read_parquet(url: str, fh, pos: _Position) -> Iterator[RawRecord]:
 
     # A file that is not Parquet at all fails here and, like a damaged page later, becomes
     # one damaged_file record (see read()): the input exists and was opened.
-    pf = pq.ParquetFile(fh, pre_buffer=False)
+    yield from _parquet_records(url, pq.ParquetFile(fh, pre_buffer=False), pos)
+
+
+def _parquet_records(url: str, pf, pos: _Position) -> Iterator[RawRecord]:
+    """The rows of a Parquet file as records. A file with two columns of one name (Arrow allows
+    it) makes every row ambiguous, and each is quarantined as ``duplicate_key``."""
+    twice = _named_twice(pf.schema_arrow.names)
     for batch in pf.iter_batches(batch_size=2048, use_threads=False):
-        for rec in batch.to_pylist():
-            yield RawRecord(url, None, pos.row, value=rec, raw=None)
+        if twice is None:
+            for rec in batch.to_pylist():
+                yield RawRecord(url, None, pos.row, value=rec, raw=None)
+                pos.row += 1
+            continue
+        names = batch.schema.names
+        for values in zip(*[column.to_pylist() for column in batch.columns]):
+            yield RawRecord(url, None, pos.row, raw=json.dumps(list(zip(names, values)), ensure_ascii=True, default=str),
+                            error=("duplicate_key", f'the file has two columns named "{twice}", so each row\'s "{twice}" '
+                                                    "is ambiguous; rename one of the columns"))
             pos.row += 1
+
+
+def _named_twice(names: list[str]) -> str | None:
+    """The first name that ``names`` holds twice."""
+    return next((name for i, name in enumerate(names) if name in names[:i]), None)
 
 
 def _read_hf(url: str, pos: _Position) -> Iterator[RawRecord]:

@@ -197,3 +197,19 @@ def test_a_broken_utf16_line_is_quarantined_alone(tmp_path):
     result = ingest_pool([str(path)], Store(str(tmp_path / "store")), progress=False)
     s = result.summary()
     assert (s["records_in"], s["records_ok"]) == (3, 2) and s["rejected_by_reason"] == {"invalid_utf8": 1}
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+def test_a_parquet_file_with_two_columns_of_one_name_quarantines_each_row(tmp_path, vectorised):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 100
+    table = pa.Table.from_arrays([pa.array([f"q{i}" for i in range(n)]), pa.array([f"a{i}" for i in range(n)]),
+                                  pa.array([f"other {i}" for i in range(n)])], names=["instruction", "output", "instruction"])
+    pq.write_table(table, tmp_path / "twice.parquet")
+    with pytest.raises(NothingValidError, match=rf"\({n} records: {n} duplicate_key\)") as caught:
+        ingest(tmp_path / "twice.parquet", tmp_path / "store", vectorised)
+    store, key = Store.open_url(caught.value.quarantine_url)
+    first = json.loads(store.read_committed(key).decode().splitlines()[0])
+    assert first["row"] == 0 and 'two columns named "instruction"' in first["reason"] and "other 0" in first["raw"]
