@@ -195,6 +195,8 @@ def _conversation(name: str, turns: Any) -> list[dict[str, str]]:
                 "bad_conversation",
                 f"{name}[{i}] has role {role!r}; expected one of {', '.join(sorted(set(_ROLE_ALIASES)))}",
             )
+        if isinstance(content, list):
+            content = _text_parts(f"{name}[{i}].content", content)
         content = _check_text(f"{name}[{i}].content", content, required=role_norm != "system")
         out.append({"role": role_norm, "content": content})
     if out[-1]["role"] != "assistant":
@@ -204,6 +206,20 @@ def _conversation(name: str, turns: Any) -> list[dict[str, str]]:
     if not any(t["role"] == "user" for t in out[:-1]):
         raise RecordRejected("bad_conversation", f'"{name}" has no user turn before the final answer')
     return out
+
+
+def _text_parts(name: str, parts: list) -> str:
+    """A turn's content given as parts (OpenAI's ``[{"type": "text", "text": ...}]``): their
+    texts joined with nothing between them, as chat templates that take parts write them. A part
+    that is not text (an image, audio) rejects the record: Syllabus trains on text."""
+    texts = []
+    for j, part in enumerate(parts):
+        if not (isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+            kind = f"a part of type {part.get('type')!r}" if isinstance(part, Mapping) else f"a {type(part).__name__}"
+            raise RecordRejected("wrong_type", f'{name}[{j}] is {kind}, not a text part ({{"type": "text", "text": ...}}); '
+                                               "Syllabus reads text only: drop the record or its other parts")
+        texts.append(part["text"])
+    return "".join(texts)
 
 
 def messages_hash(messages: list[dict[str, str]]) -> str:

@@ -213,3 +213,26 @@ def test_a_parquet_file_with_two_columns_of_one_name_quarantines_each_row(tmp_pa
     store, key = Store.open_url(caught.value.quarantine_url)
     first = json.loads(store.read_committed(key).decode().splitlines()[0])
     assert first["row"] == 0 and 'two columns named "instruction"' in first["reason"] and "other 0" in first["raw"]
+
+
+def test_content_given_as_text_parts_is_read_as_its_text(tmp_path):
+    def turns(user, answer):
+        return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+
+    as_text = [turns("What is gout?", "A form of arthritis."), turns("And its cause?", "Uric acid crystals in a joint.")]
+    as_parts = [turns([{"type": "text", "text": "What is gout?"}], [{"type": "text", "text": "A form of arthritis."}]),
+                turns([{"type": "text", "text": "And its "}, {"type": "text", "text": "cause?"}],
+                      [{"type": "text", "text": "Uric acid crystals in a joint."}])]
+    image = turns([{"type": "image_url", "image_url": {"url": "https://example.org/x.png"}}, {"type": "text", "text": "This?"}],
+                  "A rash.")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "chat.jsonl").write_text(jsonl(as_text))
+    (tmp_path / "b" / "chat.jsonl").write_text(jsonl(as_parts + [image]))
+    _, text_rows = ingest(tmp_path / "a" / "chat.jsonl", tmp_path / "s1")
+    result = ingest_pool([str(tmp_path / "b" / "chat.jsonl")], Store(str(tmp_path / "s2")), progress=False)
+    parts_rows = read_pool(result.manifest).to_pylist()
+    assert parts_rows == text_rows  # the same ids, texts and turns
+    assert result.summary()["rejected_by_reason"] == {"wrong_type": 1}
+    store, key = Store.open_url(result.quarantine_url)
+    assert "messages[0].content[0] is a part of type 'image_url'" in store.read_committed(key).decode()
