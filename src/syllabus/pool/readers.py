@@ -150,6 +150,15 @@ def expand(inputs: list[str]) -> list[tuple[str, str, str]]:
             # One detailed listing gives every entry's type: no stat (an S3 request) per file.
             entries = fs.find(path, withdirs=True, detail=True)
             files = sorted(p for p, info in entries.items() if info["type"] != "directory")
+            # Hidden files and whatever lies in hidden folders (.git, .cache, Jupyter's
+            # .ipynb_checkpoints copies) are not the pool.
+            hidden = {p: name for p in files
+                      if (name := next((part for part in posixpath.relpath(p, path).split("/") if part.startswith(".")), None))}
+            if hidden:
+                names = sorted(set(hidden.values()))
+                log.info("%s: skipping %d hidden files or files in hidden folders (%s%s)", url, len(hidden),
+                         ", ".join(names[:5]), ", ..." if len(names) > 5 else "")
+                files = [p for p in files if p not in hidden]
             hf_dirs = sorted(
                 {posixpath.dirname(p) for p in files if posixpath.basename(p) in _HF_MARKERS and _is_hf_dir(fs, posixpath.dirname(p))}
             )
@@ -160,7 +169,7 @@ def expand(inputs: list[str]) -> list[tuple[str, str, str]]:
                 if any(p.startswith(r + "/") for r in hf_roots):
                     continue
                 base = posixpath.basename(p)
-                if base.startswith(".") or base.endswith(".done.json"):
+                if base.endswith(".done.json"):
                     continue
                 kind, _ = _kind(p)
                 if kind is None:

@@ -236,3 +236,18 @@ def test_content_given_as_text_parts_is_read_as_its_text(tmp_path):
     assert result.summary()["rejected_by_reason"] == {"wrong_type": 1}
     store, key = Store.open_url(result.quarantine_url)
     assert "messages[0].content[0] is a part of type 'image_url'" in store.read_committed(key).decode()
+
+
+def test_hidden_folders_of_a_directory_are_not_the_pool(tmp_path, caplog):
+    root = tmp_path / "dataset"
+    for folder in ("data", ".ipynb_checkpoints", ".git/objects", "__MACOSX/data"):
+        (root / folder).mkdir(parents=True)
+    (root / "data" / "train.jsonl").write_text(jsonl(records(4)))
+    (root / ".ipynb_checkpoints" / "train-checkpoint.jsonl").write_text(jsonl(records(6)))  # Jupyter's copy
+    (root / ".git" / "objects" / "meta.json").write_text('{"a": 1}')
+    (root / "__MACOSX" / "data" / "._train.jsonl").write_bytes(b"\x00\x05\x16\x07 mac resource fork")
+    with caplog.at_level("INFO", logger="syllabus.pool.readers"):
+        summary, rows = ingest(root, tmp_path / "store")
+    assert (summary["records_in"], summary["records_ok"]) == (4, 4)
+    assert {r["source"] for r in rows} == {"data/train.jsonl"}
+    assert "skipping 3 hidden files or files in hidden folders (._train.jsonl, .git, .ipynb_checkpoints)" in caplog.text
