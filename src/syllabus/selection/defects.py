@@ -79,7 +79,7 @@ def load_labels(path: str) -> dict[str, str]:
         raise LabelsError(str(exc)) from None
     try:
         with fsspec.open(path, "rb") as f:
-            text = f.read().decode("utf-8")
+            text = f.read().decode("utf-8-sig")  # a byte order mark (Windows tools) is not a label
     except FileNotFoundError:
         raise LabelsError(f"labels file {path} does not exist; write one with `syllabus plant-defects`") from None
     except UnicodeDecodeError as exc:

@@ -31,6 +31,12 @@ def test_only_true_ish_values_are_defects(tmp_path):
     assert labels == {"d0": "defect", "d1": "defect", "d2": "defect", "d3": "defect", "d4": "defect", "d5": "truncated"}
 
 
+def test_a_labels_file_with_a_byte_order_mark_reads_its_first_line(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"sample_id": "a", "defect": "truncated"}\n{"sample_id": "b", "defect": null}\n', encoding="utf-8-sig")
+    assert load_labels(str(path)) == {"a": "truncated"}
+
+
 def test_an_audit_counts_only_the_true_ish_labels(tmp_path):
     path = write_labels(tmp_path / "labels.jsonl", [{"sample_id": "s0", "defect": "boilerplate"}, {"sample_id": "s1", "defect": None},
                                                    {"sample_id": "s2", "defect": False}, {"sample_id": "s3", "defect": ""},
