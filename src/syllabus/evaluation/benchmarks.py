@@ -144,7 +144,7 @@ def _read_records(path: str | Path) -> list[dict]:
         return pq.read_table(path).to_pylist()
     opener = gzip.open if name.endswith(".gz") else open
     base = name[:-3] if name.endswith(".gz") else name
-    with opener(path, "rt", encoding="utf-8") as fh:
+    with opener(path, "rt", encoding="utf-8-sig") as fh:  # utf-8-sig: a byte order mark (Windows tools) is skipped
         if base.endswith(".csv"):
             return list(csv.DictReader(fh))
         if base.endswith(".json"):

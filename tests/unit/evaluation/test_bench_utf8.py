@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import pytest
 
@@ -21,3 +22,17 @@ def test_bad_utf8_names_the_file_and_line(tmp_path, name):
         line = 2
     with pytest.raises(ValueError, match=rf"benchmark file .*{name} line {line} \(byte 0xe9\) is not valid UTF-8"):
         read_records(tmp_path / name)
+
+
+@pytest.mark.parametrize("name", ["bench.jsonl", "bench.json", "bench.csv", "bench.csv.gz"])
+def test_a_byte_order_mark_is_skipped(tmp_path, name):
+    rows = [{"question": "What is gout?", "answer": "A"}, {"question": "Is it painful?", "answer": "B"}]
+    if ".csv" in name:
+        body = "question,answer\n" + "".join(f"{r['question']},{r['answer']}\n" for r in rows)
+    elif name.endswith(".json"):
+        body = json.dumps(rows)
+    else:
+        body = "".join(json.dumps(r) + "\n" for r in rows)
+    data = ("\ufeff" + body).encode("utf-8")
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    assert read_records(tmp_path / name) == rows
