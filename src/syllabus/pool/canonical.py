@@ -136,9 +136,16 @@ class Sample:
 
 
 def _first(record: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str | None, Any]:
+    """The first of ``names`` the record has a value for, and that value. Names are compared
+    ignoring case (spreadsheets write ``Question``), the exact spelling first; of two other
+    spellings of one name, the record's first."""
     for name in names:
-        if name in record and record[name] is not None:
+        if record.get(name) is not None:
             return name, record[name]
+        folded = name.casefold()
+        for key, value in record.items():
+            if value is not None and isinstance(key, str) and key != name and key.casefold() == folded:
+                return key, value
     return None, None
 
 

@@ -217,6 +217,24 @@ def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
+def _role_columns(table: pa.Table, fields: FieldMap) -> pa.Table | None:
+    """``table`` with each column that spells a field name in other case (``Question``) renamed
+    to that name, as :func:`canonical.normalise` matches names ignoring case; ``None`` (every
+    row goes on) when a name has its exact column too, or two other spellings, where the
+    per-record path picks per record."""
+    names = table.column_names
+    renames: dict[str, str] = {}
+    for candidate in (*fields.instruction, *fields.output, *fields.input, *fields.id, *fields.messages):
+        folded = candidate.casefold()
+        variants = [n for n in names if n != candidate and n.casefold() == folded]
+        if not variants:
+            continue
+        if candidate in names or len(variants) > 1 or variants[0] in renames:
+            return None
+        renames[variants[0]] = candidate
+    return table.rename_columns([renames.get(n, n) for n in names]) if renames else table
+
+
 def _plain_rows(table: pa.Table, fields: FieldMap, absent: np.ndarray | None) -> tuple[np.ndarray, list[str]]:
     """Which rows of ``table`` may be plain (see the module docstring), as far as columns tell,
     and the columns they may have values in (text, and integer ids).
@@ -688,6 +706,9 @@ def prepare_lines(block: LineBlock, source: str, fields: FieldMap, max_chars: in
     plain = np.zeros(n, np.int64) - 1  # line -> index of its row in prep, or -1
     first_line, offset = block.first_line, block.offset
     for lo, hi, table in tables:
+        table = _role_columns(table, fields)
+        if table is None:
+            continue
         mask, keep = _plain_rows(table, fields, absent[lo:hi])
         if not mask.any():
             continue
@@ -749,12 +770,13 @@ def prepare_batch(batch: RowBatch, source: str, fields: FieldMap, max_chars: int
     n = table.num_rows
     prep = Prepared()
     plain = np.zeros(n, np.int64) - 1
-    mask, keep = _plain_rows(table, fields, None) if n >= MIN_ROWS else (np.zeros(n, bool), [])
+    renamed = _role_columns(table, fields)
+    mask, keep = _plain_rows(renamed, fields, None) if n >= MIN_ROWS and renamed is not None else (np.zeros(n, bool), [])
     if mask.any():
         rows = np.flatnonzero(mask)
         prep.file, prep.by_row = batch.file, True
         where = rows + batch.first_row
-        taken = _make_rows(prep, table.select(keep).take(pa.array(rows)), fields, max_chars, source, where)
+        taken = _make_rows(prep, renamed.select(keep).take(pa.array(rows)), fields, max_chars, source, where)
         kept = rows[np.asarray(taken, bool)]
         plain[kept] = np.arange(len(kept))
     prep._finish()

@@ -251,3 +251,47 @@ def test_hidden_folders_of_a_directory_are_not_the_pool(tmp_path, caplog):
     assert (summary["records_in"], summary["records_ok"]) == (4, 4)
     assert {r["source"] for r in rows} == {"data/train.jsonl"}
     assert "skipping 3 hidden files or files in hidden folders (._train.jsonl, .git, .ipynb_checkpoints)" in caplog.text
+
+
+def capitalised(recs: list[dict]) -> list[dict]:
+    return [{"Question": r["instruction"], "Answer": r["output"], "Source": "sheet", "ID": f"row-{i}"} for i, r in enumerate(recs)]
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "csv"])
+def test_field_names_match_whatever_their_case(tmp_path, vectorised, kind):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    recs = records(100)
+    recs[7]["output"] += " <|im_end|>"  # a special token in a capitalised field is found (and counted) as in a lower-case one
+    lower = [{"question": r["instruction"], "answer": r["output"], "Source": "sheet", "id": f"row-{i}"} for i, r in enumerate(recs)]
+    upper = capitalised(recs)
+    rows_by_case = []
+    for folder, data in (("lower", lower), ("upper", upper)):
+        (tmp_path / folder).mkdir()
+        path = tmp_path / folder / f"pool.{kind}"
+        if kind == "jsonl":
+            path.write_text(jsonl(data))
+        elif kind == "parquet":
+            pq.write_table(pa.Table.from_pylist(data), path)
+        else:
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=list(data[0]))
+            w.writeheader()
+            w.writerows(data)
+            path.write_text(buf.getvalue())
+        result = ingest_pool([str(path)], Store(str(tmp_path / f"store-{folder}")), progress=False, vectorised=vectorised)
+        assert result.summary()["records_ok"] == 100 and result.summary()["special_tokens"]["records"] == 1
+        rows_by_case.append(read_pool(result.manifest).to_pylist())
+    assert rows_by_case[0] == rows_by_case[1]  # the same ids, texts and metadata ({"Source": "sheet"})
+    assert rows_by_case[1][3]["sample_id"] == "row-3" and json.loads(rows_by_case[1][3]["metadata"]) == {"Source": "sheet"}
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+def test_two_spellings_of_one_field_take_the_exact_one_first(tmp_path, vectorised):
+    recs = [{"question": f"exact {i}" if i % 2 else None, "Question": f"other {i}", "answer": f"a {i}"} for i in range(100)]
+    path = tmp_path / "both.jsonl"
+    path.write_text(jsonl(recs))
+    _, rows = ingest(path, tmp_path / "store", vectorised)
+    assert [r["instruction"] for r in rows[:3]] == ["other 0", "exact 1", "other 2"]
