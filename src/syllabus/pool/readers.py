@@ -23,7 +23,8 @@ its lines. Swallowed lines are read again once, so a file full of stray quotes s
 (:class:`LineBlock`, :class:`RowBatch`) for the vectorised path (:mod:`syllabus.pool.vectorised`).
 
 Formats: JSONL (``.jsonl``, ``.ndjson``), JSON arrays (``.json``; a ``.json`` file that holds
-JSON lines is read as JSONL), Parquet, CSV/TSV, any of them gzip-compressed (``.gz``),
+JSON lines is read as JSONL), Parquet, CSV/TSV, any of them compressed (``.gz``, ``.zst``,
+``.bz2``, ``.xz``),
 directories of them (recursively), a directory saved by ``datasets.save_to_disk``, and
 ``s3://`` (or any fsspec) URLs of all of these.
 """
@@ -99,11 +100,17 @@ def _fs(url: str):
         raise PoolInputError(f"cannot open pool input {url}: {exc}") from exc
 
 
+# Compressed files, by suffix: zstd (the usual compression of large scraped pools) is read by
+# pyarrow's codec, the others by fsspec's (the standard library's).
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
+
+
 def _kind(path: str) -> tuple[str | None, str | None]:
     name = path.lower()
-    compression = None
-    if name.endswith(".gz"):
-        compression, name = "gzip", name[:-3]
+    stem, suffix = posixpath.splitext(name)
+    compression = COMPRESSIONS.get(suffix)
+    if compression is not None:
+        name = stem
     return SUFFIXES.get(posixpath.splitext(name)[1]), compression
 
 
@@ -183,7 +190,8 @@ def expand(inputs: list[str]) -> list[tuple[str, str, str]]:
             if kind is None:
                 raise PoolInputError(
                     f"pool input {url} has an unsupported file type; supported: "
-                    f"{', '.join(sorted(SUFFIXES))} (optionally .gz), directories and saved datasets"
+                    f"{', '.join(sorted(SUFFIXES))} (optionally compressed: {', '.join(COMPRESSIONS)}), directories and "
+                    "saved datasets"
                 )
             _refuse_special(fs, path, url)
             out.append((url, kind, posixpath.basename(path)))
@@ -250,7 +258,12 @@ def _open_input(url: str, fs, path: str, compression: str | None, kind: str, qui
     ``peek``. A text file (JSONL, JSON, CSV, TSV) that starts with a UTF-16 or UTF-32 byte order
     mark (Notepad's and Excel's "Unicode") is read as UTF-8; its offsets count UTF-8 bytes."""
     try:
-        fh = fs.open(path, "rb", compression=compression)
+        if compression == "zstd":
+            import pyarrow as pa
+
+            fh = io.BufferedReader(pa.CompressedInputStream(fs.open(path, "rb"), "zstd"), buffer_size=1 << 16)
+        else:
+            fh = fs.open(path, "rb", compression=compression)
     except Exception as exc:
         raise PoolInputError(f"cannot open pool input {url}: {exc}") from exc
     if not hasattr(fh, "peek"):

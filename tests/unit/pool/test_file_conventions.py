@@ -295,3 +295,47 @@ def test_two_spellings_of_one_field_take_the_exact_one_first(tmp_path, vectorise
     path.write_text(jsonl(recs))
     _, rows = ingest(path, tmp_path / "store", vectorised)
     assert [r["instruction"] for r in rows[:3]] == ["other 0", "exact 1", "other 2"]
+
+
+def compress(data: bytes, suffix: str) -> bytes:
+    import bz2
+    import gzip
+    import lzma
+
+    import pyarrow as pa
+
+    if suffix == ".zst":
+        sink = pa.BufferOutputStream()
+        with pa.CompressedOutputStream(sink, "zstd") as out:
+            out.write(data)
+        return sink.getvalue().to_pybytes()
+    return {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}[suffix](data)
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+@pytest.mark.parametrize("suffix", [".zst", ".bz2", ".xz", ".gz"])
+def test_compressed_pools_read_as_the_plain_file(tmp_path, vectorised, suffix):
+    text = jsonl(records(300))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "pool.jsonl").write_text(text)
+    (tmp_path / "packed").mkdir()
+    (tmp_path / "packed" / f"pool.jsonl{suffix}").write_bytes(compress(text.encode(), suffix))
+    (tmp_path / "packed" / f"table.csv{suffix}").write_bytes(compress(b"instruction,output\nq,a\n", suffix))
+    plain, plain_rows = ingest(tmp_path / "plain" / "pool.jsonl", tmp_path / "s1", vectorised)
+    packed, packed_rows = ingest(tmp_path / "packed" / f"pool.jsonl{suffix}", tmp_path / "s2", vectorised)
+    assert packed["records_ok"] == 300
+    assert [r["sample_id"] for r in packed_rows] == [r["sample_id"] for r in plain_rows]
+    both, _ = ingest(tmp_path / "packed", tmp_path / "s3", vectorised)  # a directory finds both files
+    assert both["records_ok"] == 301
+
+
+def test_a_truncated_zstd_file_keeps_the_records_before_the_damage(tmp_path):
+    data = compress(jsonl(records(20_000)).encode(), ".zst")
+    path = tmp_path / "cut.jsonl.zst"
+    path.write_bytes(data[: len(data) // 2])
+    summaries = [ingest_pool([str(path)], Store(str(tmp_path / f"store-{v}")), progress=False, vectorised=v).summary()
+                 for v in (True, False)]
+    for s in summaries:
+        assert s["rejected_by_reason"] == {"damaged_file": 1}
+        assert 0 < s["records_ok"] < 20_000
+    assert summaries[0]["pool_fingerprint"] == summaries[1]["pool_fingerprint"]  # both paths stop at the same line
