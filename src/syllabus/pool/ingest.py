@@ -406,7 +406,8 @@ def _prepare_here(block: LineBlock, source: str, fields: FieldMap, max_chars: in
     return prepare_lines(block, source, fields, max_chars)
 
 
-def _prepared(items: Iterable[Any], source: str, fields: FieldMap, max_chars: int, preparers: _Preparers) -> Iterator[Any]:
+def _prepared(items: Iterable[Any], url: str, source: str, fields: FieldMap, max_chars: int,
+              preparers: _Preparers) -> Iterator[Any]:
     """``items`` (from :func:`readers.read_blocks`) in order, each block made a
     :class:`vectorised.Prepared` by a worker thread or process (see _Preparers) up to
     :data:`_AHEAD` blocks ahead (with processes, one more per process), while this thread
@@ -417,7 +418,10 @@ def _prepared(items: Iterable[Any], source: str, fields: FieldMap, max_chars: in
         if isinstance(item, RawRecord):
             pending.append(item)
         else:
-            pending.append(preparers.submit(item, index, source, fields, max_chars))
+            # A saved dataset's split is named url[split], and its rows' source keeps the split.
+            file = item.file
+            suffix = file[len(url):] if file != url and file.startswith(url) else ""
+            pending.append(preparers.submit(item, index, source + suffix, fields, max_chars))
             if preparers.workers is not None:
                 ahead = _AHEAD + preparers.processes
         while len(pending) > ahead:
@@ -541,7 +545,7 @@ def ingest_pool(
                 spelled_counts.add(spelled)
                 sharder.add_sample(sample)
 
-            items = _prepared(read_blocks(url, kind, max_chars=max_chars), source, fields, max_chars, preparers) if vectorised \
+            items = _prepared(read_blocks(url, kind, max_chars=max_chars), url, source, fields, max_chars, preparers) if vectorised \
                 else read(url, kind, max_chars=max_chars)
             for prep in items:
                 if isinstance(prep, RawRecord):

@@ -40,7 +40,7 @@ import posixpath
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import fsspec
 
@@ -526,11 +526,14 @@ class LineBlock:
 
 @dataclass
 class RowBatch:
-    """Consecutive rows of a Parquet file, for the vectorised path."""
+    """Consecutive rows of a Parquet file or a saved dataset, for the vectorised path."""
 
     file: str
     batch: Any  # pyarrow.RecordBatch
     first_row: int
+    # The records at these rows of the file as the per-record reader gives them (None: the
+    # batch's own rows, RecordBatch.to_pylist); a saved dataset's, as ``datasets`` decodes them.
+    records: Callable[[list[int]], list[dict]] | None = None
 
 
 class _Rewound:
@@ -617,17 +620,26 @@ BLOCK_BYTES = 1 << 20
 def read_blocks(url: str, kind: str, max_chars: int = DEFAULT_MAX_CHARS, block_bytes: int | None = None,
                 batch_rows: int = 2048) -> Iterator[RawRecord | LineBlock | RowBatch]:
     """:func:`read`, with the records of JSONL files in :class:`LineBlock` s and those of
-    Parquet files in :class:`RowBatch` es, for the vectorised path; other kinds come as records.
+    Parquet files and saved datasets in :class:`RowBatch` es, for the vectorised path; other
+    kinds come as records.
 
     The consumer turns a block's records into the :class:`RawRecord` s :func:`read` would
     have yielded, where it needs them. When a file breaks while it is read, the part from the
     last whole block on is read again line by line, so the records before the damage and the
     ``damaged_file`` record are those :func:`read` gives.
     """
-    if kind not in ("jsonl", "parquet"):
+    if kind not in ("jsonl", "parquet", "hf"):
         yield from read(url, kind, max_chars=max_chars)
         return
     pos = _Position()
+    if kind == "hf":
+        try:
+            yield from _hf_blocks(url, pos, batch_rows)
+        except PoolInputError:
+            raise
+        except Exception as exc:  # as read() ends a saved dataset that breaks
+            yield _damaged(url, kind, pos, exc)
+        return
     _, compression = _kind(url)
     fs, path = _fs(url)
     try:
@@ -1068,7 +1080,8 @@ def _named_twice(names: list[str]) -> str | None:
     return next((name for i, name in enumerate(names) if name in names[:i]), None)
 
 
-def _read_hf(url: str, pos: _Position) -> Iterator[RawRecord]:
+def _hf_splits(url: str) -> list[tuple[str, Any]]:
+    """A saved dataset's splits: (the name its records carry, the split)."""
     import datasets
 
     try:
@@ -1076,8 +1089,32 @@ def _read_hf(url: str, pos: _Position) -> Iterator[RawRecord]:
     except Exception as exc:
         raise PoolInputError(f"cannot load the saved dataset at {url}: {exc}") from exc
     splits = ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]
-    for split, part in splits:
-        name = f"{url}[{split}]" if split else url
+    return [(f"{url}[{split}]" if split else url, part) for split, part in splits]
+
+
+def _read_hf(url: str, pos: _Position) -> Iterator[RawRecord]:
+    for name, part in _hf_splits(url):
         for i, rec in enumerate(part):
             yield RawRecord(name, None, i, value=rec)
             pos.row = i + 1
+
+
+def _hf_blocks(url: str, pos: _Position, batch_rows: int) -> Iterator[RawRecord | RowBatch]:
+    """A saved dataset's rows in Arrow batches (its files are Arrow tables already); a split
+    whose rows are a selection of its table (an indices mapping) comes record by record."""
+    for name, part in _hf_splits(url):
+        if part._indices is not None:
+            for i, rec in enumerate(part):
+                pos.records += 1
+                yield RawRecord(name, None, i, value=rec)
+            continue
+
+        def records(rows: list[int], part=part) -> list[dict]:
+            return [part[i] for i in rows]
+
+        pos.row = 0
+        for batch in part.data.table.to_batches(max_chunksize=batch_rows):
+            item = RowBatch(name, batch, pos.row, records)
+            pos.records += batch.num_rows
+            pos.row += batch.num_rows
+            yield item

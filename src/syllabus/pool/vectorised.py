@@ -781,8 +781,14 @@ def prepare_batch(batch: RowBatch, source: str, fields: FieldMap, max_chars: int
         plain[kept] = np.arange(len(kept))
     prep._finish()
     other = np.flatnonzero(plain < 0)
-    # The rows going on are read as the per-record reader reads them (RecordBatch.to_pylist).
-    values = batch.batch.take(pa.array(other)).to_pylist() if len(other) else []
+    # The rows going on are read as the per-record reader reads them (RecordBatch.to_pylist, or
+    # the saved dataset's own decoding).
+    if not len(other):
+        values = []
+    elif batch.records is not None:
+        values = batch.records((other + batch.first_row).tolist())
+    else:
+        values = batch.batch.take(pa.array(other)).to_pylist()
     value_of = dict(zip(other.tolist(), values))
     line_of = np.flatnonzero(plain >= 0)
     prep.runs = _runs(line_of, other, lambda i: RawRecord(batch.file, None, batch.first_row + i, value=value_of[i]))

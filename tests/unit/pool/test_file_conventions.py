@@ -339,3 +339,38 @@ def test_a_truncated_zstd_file_keeps_the_records_before_the_damage(tmp_path):
         assert s["rejected_by_reason"] == {"damaged_file": 1}
         assert 0 < s["records_ok"] < 20_000
     assert summaries[0]["pool_fingerprint"] == summaries[1]["pool_fingerprint"]  # both paths stop at the same line
+
+
+def test_a_saved_dataset_takes_the_vectorised_path_with_the_same_result(tmp_path, monkeypatch):
+    import datasets
+
+    from syllabus.pool import vectorised as vectorised_module
+
+    recs = [dict(r, score=i, tags=["a", "b"] if i % 10 == 0 else [], note=f"n{i}") for i, r in enumerate(records(300))]
+    recs[5]["output"] = "   "  # empty: quarantined
+    recs[6]["output"] += " <|im_end|>"  # a spelled token: counted
+    recs[8] = dict(recs[7])  # a duplicate
+    recs[9]["note"] = None  # a null metadata value: the per-record path keeps it
+    full = datasets.Dataset.from_list(recs)
+    # A dataset and a dataset dict of two splits (records named url[split], rows numbered per split).
+    full.save_to_disk(str(tmp_path / "one"))
+    datasets.DatasetDict({"train": full.select(range(200)), "test": full.select(range(200, 300))}).save_to_disk(
+        str(tmp_path / "two"))
+    calls = []
+    real = vectorised_module.prepare_batch
+    monkeypatch.setattr("syllabus.pool.ingest.prepare_batch", lambda *a: calls.append(1) or real(*a))
+    for folder in ("one", "two"):
+        results = {}
+        for vectorised in (True, False):
+            result = ingest_pool([str(tmp_path / folder)], Store(str(tmp_path / f"store-{folder}-{vectorised}")),
+                                 progress=False, vectorised=vectorised)
+            store, key = Store.open_url(result.quarantine_url)
+            quarantine = [{k: v for k, v in json.loads(line).items() if k != "file"}
+                          for line in store.read_committed(key).decode().splitlines()]
+            results[vectorised] = (result.summary()["pool_fingerprint"], read_pool(result.manifest).to_pylist(), quarantine,
+                                   result.summary()["special_tokens"])
+        assert results[True] == results[False]
+        fingerprint, rows, quarantine, spelled = results[True]
+        assert len(rows) == 298 and [q["code"] for q in quarantine] == ["empty_field", "duplicate_content"]
+        assert spelled["records"] == 1
+    assert calls  # the batches went through the vectorised path
