@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from syllabus.pool.canonical import SCHEMA, FieldMap, dedup_text
+from syllabus.pool.canonical import _ROLE_ALIASES, SCHEMA, FieldMap, dedup_text
 from syllabus.pool.dedup import code_of, codes
 from syllabus.pool.readers import LineBlock, RawRecord, RowBatch, jsonl_record, too_long_record
 from syllabus.pool.special_tokens import FAMILY_OF
@@ -233,6 +233,56 @@ def _role_columns(table: pa.Table, fields: FieldMap) -> pa.Table | None:
             return None
         renames[variants[0]] = candidate
     return table.rename_columns([renames.get(n, n) for n in names]) if renames else table
+
+
+_USERS = pa.array(sorted(a for a, r in _ROLE_ALIASES.items() if r == "user"))
+_ASSISTANTS = pa.array(sorted(a for a, r in _ROLE_ALIASES.items() if r == "assistant"))
+
+
+def _flat_conversations(table: pa.Table, fields: FieldMap) -> tuple[pa.Table, np.ndarray | None]:
+    """A conversation column whose rows are one user turn and its answer, as the instruction
+    and output columns the per-record path makes of them (:func:`canonical.normalise`: the
+    same messages, sample id and row), and which rows those are. ``(table, None)`` as it is
+    (:func:`_plain_rows` then sends every row that has a conversation on) without a
+    conversation column, or with one whose rows cannot be read column by column: turns with
+    other keys than a role and a text, or a table that also has instruction, output or input
+    columns (the per-record path keeps those as metadata beside a conversation)."""
+    names = table.column_names
+    convs = [name for name in names if name in fields.messages]
+    if not convs:
+        return table, None
+    roles_text = [*fields.instruction, *fields.output, *fields.input]
+    if len(convs) > 1 or any(name in roles_text for name in names):
+        return table, None
+    col = table.column(convs[0])
+    kind = col.type
+    if not (pa.types.is_list(kind) and pa.types.is_struct(kind.value_type)):
+        return table, None
+    keys = {f.name: f.type for f in kind.value_type}
+    role = next((k for k in ("role", "from") if k in keys), None)
+    text = next((k for k in ("content", "value") if k in keys), None)
+    if len(keys) != 2 or role is None or text is None or not (_is_text(keys[role]) and _is_text(keys[text])):
+        return table, None
+    turns = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(turns)
+    two = _numpy(pc.fill_null(pc.equal(pc.list_value_length(turns), 2), False))
+    first = np.asarray(turns.offsets)[:-1].astype(np.int64)
+    first = np.where(two, first, 0)
+    flat = turns.values  # every turn of every row
+    if len(flat) == 0:
+        return table, None
+    at0, at1 = pa.array(first), pa.array(np.where(two, first + 1, 0))
+    roles, texts = flat.field(role), flat.field(text)
+    ok = two.copy()
+    for at, allowed in ((at0, _USERS), (at1, _ASSISTANTS)):
+        r = roles.take(at)
+        ok &= _numpy(pc.fill_null(pc.is_in(pc.utf8_lower(r), value_set=allowed), False)) & _ascii(r)
+        ok &= _numpy(flat.is_valid().take(at)) & _numpy(texts.is_valid().take(at))
+    mask = pa.array(ok)
+    user = pc.if_else(mask, texts.take(at0), pa.scalar(None, texts.type))
+    answer = pc.if_else(mask, texts.take(at1), pa.scalar(None, texts.type))
+    out = table.drop_columns([convs[0]]).append_column(fields.instruction[0], user).append_column(fields.output[0], answer)
+    return out, ok
 
 
 def _plain_rows(table: pa.Table, fields: FieldMap, absent: np.ndarray | None) -> tuple[np.ndarray, list[str]]:
@@ -709,7 +759,10 @@ def prepare_lines(block: LineBlock, source: str, fields: FieldMap, max_chars: in
         table = _role_columns(table, fields)
         if table is None:
             continue
+        table, turns = _flat_conversations(table, fields)
         mask, keep = _plain_rows(table, fields, absent[lo:hi])
+        if turns is not None:
+            mask &= turns
         if not mask.any():
             continue
         rows = np.flatnonzero(mask)
@@ -770,8 +823,12 @@ def prepare_batch(batch: RowBatch, source: str, fields: FieldMap, max_chars: int
     n = table.num_rows
     prep = Prepared()
     plain = np.zeros(n, np.int64) - 1
-    renamed = _role_columns(table, fields)
+    renamed, turns = _role_columns(table, fields), None
+    if renamed is not None:
+        renamed, turns = _flat_conversations(renamed, fields)
     mask, keep = _plain_rows(renamed, fields, None) if n >= MIN_ROWS and renamed is not None else (np.zeros(n, bool), [])
+    if turns is not None:
+        mask &= turns
     if mask.any():
         rows = np.flatnonzero(mask)
         prep.file, prep.by_row = batch.file, True

@@ -374,3 +374,68 @@ def test_a_saved_dataset_takes_the_vectorised_path_with_the_same_result(tmp_path
         assert len(rows) == 298 and [q["code"] for q in quarantine] == ["empty_field", "duplicate_content"]
         assert spelled["records"] == 1
     assert calls  # the batches went through the vectorised path
+
+
+def conversations(n: int, sharegpt: bool) -> list[dict]:
+    role, text = ("from", "value") if sharegpt else ("role", "content")
+    user, answer = ("human", "gpt") if sharegpt else ("user", "assistant")
+    return [{"conversations" if sharegpt else "messages": [{role: user, text: r["instruction"]}, {role: answer, text: r["output"]}],
+             "lang": "en", **({"id": f"c{i}"} if i % 3 == 0 else {})} for i, r in enumerate(records(n))]
+
+
+def odd_conversations(recs: list[dict], sharegpt: bool) -> list[dict]:
+    """The same conversations with rows the per-record path must see: a system turn, a tool
+    role, a blank answer, a spelled token, one turn, a duplicate."""
+    recs = [json.loads(json.dumps(r)) for r in recs]
+    role, text = ("from", "value") if sharegpt else ("role", "content")
+    turns = [r.get("conversations") or r.get("messages") for r in recs]
+    turns[1].insert(0, {role: "system", text: "Be brief."})
+    turns[3][0][role] = "tool"
+    turns[5][1][text] = "  "
+    turns[7][1][text] += " <|im_end|>"
+    del turns[11][1]
+    recs[13] = json.loads(json.dumps(recs[1]))  # a duplicate
+    return recs
+
+
+@pytest.mark.parametrize("sharegpt", [True, False])
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "hf"])
+def test_conversations_of_one_exchange_take_the_vectorised_path_with_the_same_result(tmp_path, kind, sharegpt, monkeypatch):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from syllabus.pool import vectorised as vectorised_module
+
+    recs = odd_conversations(conversations(300, sharegpt), sharegpt)
+    if kind == "jsonl":
+        path = tmp_path / "chat.jsonl"
+        path.write_text(jsonl(recs))
+    elif kind == "parquet":
+        path = tmp_path / "chat.parquet"
+        pq.write_table(pa.Table.from_pylist(recs), path)
+    else:
+        path = tmp_path / "chat"
+        datasets.Dataset.from_list(recs).save_to_disk(str(path))
+    taken = []
+    real = vectorised_module._flat_conversations
+
+    def spy(table, fields):
+        out, ok = real(table, fields)
+        taken.append(0 if ok is None else int(ok.sum()))
+        return out, ok
+
+    monkeypatch.setattr(vectorised_module, "_flat_conversations", spy)
+    results = {}
+    for vectorised in (True, False):
+        result = ingest_pool([str(path)], Store(str(tmp_path / f"store-{vectorised}")), progress=False, vectorised=vectorised)
+        store, key = Store.open_url(result.quarantine_url)
+        results[vectorised] = (result.summary(), read_pool(result.manifest).to_pylist(), store.read_committed(key))
+    assert results[True][1] == results[False][1]  # every row, id and metadata
+    assert results[True][2] == results[False][2]  # the quarantine, byte for byte
+    assert results[True][0]["pool_fingerprint"] == results[False][0]["pool_fingerprint"]
+    assert sum(taken) >= 290  # the one-exchange rows were read column by column
+    rows = results[True][1]
+    assert [t["role"] for t in rows[0]["messages"]] == ["user", "assistant"] and rows[0]["sample_id"] == "c0"
+    assert [t["role"] for t in rows[1]["messages"]] == ["system", "user", "assistant"]
+    assert results[True][0]["rejected_by_reason"] == {"bad_conversation": 2, "duplicate_content": 1, "empty_field": 1}
