@@ -532,8 +532,9 @@ class RowBatch:
     batch: Any  # pyarrow.RecordBatch
     first_row: int
     # The records at these rows of the file as the per-record reader gives them (None: the
-    # batch's own rows, RecordBatch.to_pylist); a saved dataset's, as ``datasets`` decodes them.
-    records: Callable[[list[int]], list[dict]] | None = None
+    # batch's own rows, RecordBatch.to_pylist): a saved dataset's as ``datasets`` decodes them,
+    # a JSON array's elements as parsed.
+    records: Callable[[list[int]], list[RawRecord]] | None = None
 
 
 class _Rewound:
@@ -628,7 +629,7 @@ def read_blocks(url: str, kind: str, max_chars: int = DEFAULT_MAX_CHARS, block_b
     last whole block on is read again line by line, so the records before the damage and the
     ``damaged_file`` record are those :func:`read` gives.
     """
-    if kind not in ("jsonl", "parquet", "hf"):
+    if kind not in ("jsonl", "json", "parquet", "hf"):
         yield from read(url, kind, max_chars=max_chars)
         return
     pos = _Position()
@@ -661,13 +662,18 @@ def read_blocks(url: str, kind: str, max_chars: int = DEFAULT_MAX_CHARS, block_b
                     yield item
                 return
             limit, size = line_limit(max_chars), block_bytes or BLOCK_BYTES
+            if kind == "json":
+                for item in _read_json(url, fh.read(), limit, pos, batch_rows=batch_rows):
+                    pos.records += 1 if isinstance(item, RawRecord) else item.batch.num_rows
+                    yield item
+                return
             head = fh.read(size)
             while b"\n" not in head and len(head) <= limit and (more := fh.read(size)):
                 head += more  # the whole first line, or more than the limit of it
             if _opens_array(head[:head.find(b"\n") + 1] or head, limit):
-                for rec in _read_json(url, head + fh.read(), limit, pos, named_jsonl=True):
-                    pos.records += 1
-                    yield rec
+                for item in _read_json(url, head + fh.read(), limit, pos, named_jsonl=True, batch_rows=batch_rows):
+                    pos.records += 1 if isinstance(item, RawRecord) else item.batch.num_rows
+                    yield item
                 return
             for item in _jsonl_blocks(url, fh, limit, pos, size, head):
                 if isinstance(item, LineBlock):
@@ -702,10 +708,13 @@ def _resume_jsonl(url: str, fs, path: str, compression: str | None, limit: int, 
         yield _damaged(url, "jsonl", pos, again)
 
 
-def _read_json(url: str, data: bytes, limit: int, pos: _Position, named_jsonl: bool = False) -> Iterator[RawRecord]:
+def _read_json(url: str, data: bytes, limit: int, pos: _Position, named_jsonl: bool = False,
+               batch_rows: int | None = None) -> Iterator[RawRecord | RowBatch]:
     """The records of a JSON file's ``data``: an array of records, one record, or an object
     holding one array of records. JSON lines saved as .json are read line by line, and so is a
-    .jsonl file (``named_jsonl``) that opens an array but is not one JSON document."""
+    .jsonl file (``named_jsonl``) that opens an array but is not one JSON document. With
+    ``batch_rows``, the array's objects come as :class:`RowBatch` es of that many (a run whose
+    values pyarrow cannot type, or that holds a non-object, comes element by element)."""
     # surrogateescape keeps undecodable bytes as lone surrogates, so one bad string rejects
     # only the record holding it (canonical.normalise finds it) instead of the whole file.
     text = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
@@ -748,12 +757,40 @@ def _read_json(url: str, data: bytes, limit: int, pos: _Position, named_jsonl: b
     if not isinstance(value, list):
         yield RawRecord(url, None, None, error=("wrong_type", f"the file holds a JSON {type(value).__name__}; expected an array of objects"), raw=text[:10_000])
         return
-    for i, item in enumerate(value):
+    items = value
+
+    def element(i: int) -> RawRecord:
+        item = items[i]
         if isinstance(item, (dict, list)) and depth_exceeds(item):
-            yield RawRecord(url, None, i, error=("too_deep", f"the record nests more than {MAX_DEPTH} levels deep; flatten it"),
-                            raw_prefix=json.dumps(item, ensure_ascii=True)[:_PREFIX_BYTES] if not depth_exceeds(item, 500) else None)
-            continue
-        yield RawRecord(url, None, i, value=item, raw=json.dumps(item, ensure_ascii=True))
+            return RawRecord(url, None, i, error=("too_deep", f"the record nests more than {MAX_DEPTH} levels deep; flatten it"),
+                             raw_prefix=json.dumps(item, ensure_ascii=True)[:_PREFIX_BYTES] if not depth_exceeds(item, 500) else None)
+        return RawRecord(url, None, i, value=item, raw=json.dumps(item, ensure_ascii=True))
+
+    if batch_rows is None:
+        yield from (element(i) for i in range(len(items)))
+        return
+    import pyarrow as pa
+
+    def records(rows: list[int]) -> list[RawRecord]:
+        return [element(i) for i in rows]
+
+    for start in range(0, len(items), batch_rows):
+        chunk = items[start:start + batch_rows]
+        table = None
+        if all(type(item) is dict for item in chunk):
+            # Every key of the run, each a column typed over all its values (from_pylist would
+            # take the first object's keys only); a key an object lacks is a null there, and
+            # rows with nulls go on (see vectorised.prepare_batch), read as they are.
+            keys = list(dict.fromkeys(key for item in chunk for key in item))
+            try:
+                table = pa.table({key: pa.array([item.get(key) for item in chunk]) for key in keys})
+            except (pa.ArrowException, OverflowError, RecursionError, TypeError, ValueError):
+                table = None  # types pyarrow cannot put in one column: element by element
+        batches = table.combine_chunks().to_batches() if table is not None and table.num_columns else []
+        if len(batches) != 1 or batches[0].num_rows != len(chunk):
+            yield from (element(i) for i in range(start, start + len(chunk)))
+        else:
+            yield RowBatch(url, batches[0], start, records)
 
 
 _WS = " \t\r\n"
@@ -1109,8 +1146,8 @@ def _hf_blocks(url: str, pos: _Position, batch_rows: int) -> Iterator[RawRecord 
                 yield RawRecord(name, None, i, value=rec)
             continue
 
-        def records(rows: list[int], part=part) -> list[dict]:
-            return [part[i] for i in rows]
+        def records(rows: list[int], part=part, name=name) -> list[RawRecord]:
+            return [RawRecord(name, None, i, value=part[i]) for i in rows]
 
         pos.row = 0
         for batch in part.data.table.to_batches(max_chunksize=batch_rows):

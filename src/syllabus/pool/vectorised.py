@@ -841,17 +841,20 @@ def prepare_batch(batch: RowBatch, source: str, fields: FieldMap, max_chars: int
     # The rows going on are read as the per-record reader reads them (RecordBatch.to_pylist, or
     # the saved dataset's own decoding).
     if not len(other):
-        values = []
+        going = []
     elif batch.records is not None:
-        values = batch.records((other + batch.first_row).tolist())
+        going = batch.records((other + batch.first_row).tolist())
     else:
-        values = batch.batch.take(pa.array(other)).to_pylist()
-    value_of = dict(zip(other.tolist(), values))
+        going = [RawRecord(batch.file, None, batch.first_row + i, value=v)
+                 for i, v in zip(other.tolist(), batch.batch.take(pa.array(other)).to_pylist())]
+    record_of = dict(zip(other.tolist(), going))
     line_of = np.flatnonzero(plain >= 0)
-    prep.runs = _runs(line_of, other, lambda i: RawRecord(batch.file, None, batch.first_row + i, value=value_of[i]))
+    prep.runs = _runs(line_of, other, record_of.__getitem__)
 
     def record(k: int) -> RawRecord:
         i = int(line_of[k])
+        if batch.records is not None:
+            return batch.records([batch.first_row + i])[0]
         return RawRecord(batch.file, None, batch.first_row + i, value=table.slice(i, 1).to_pylist()[0])
 
     prep.record = record

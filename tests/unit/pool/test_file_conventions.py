@@ -439,3 +439,40 @@ def test_conversations_of_one_exchange_take_the_vectorised_path_with_the_same_re
     assert [t["role"] for t in rows[0]["messages"]] == ["user", "assistant"] and rows[0]["sample_id"] == "c0"
     assert [t["role"] for t in rows[1]["messages"]] == ["system", "user", "assistant"]
     assert results[True][0]["rejected_by_reason"] == {"bad_conversation": 2, "duplicate_content": 1, "empty_field": 1}
+
+
+def test_a_json_array_takes_the_vectorised_path_with_the_same_result(tmp_path, monkeypatch):
+    from syllabus.pool import vectorised as vectorised_module
+
+    deep: object = "x"
+    for _ in range(120):
+        deep = [deep]
+    recs: list = [dict(r, source="sheet") for r in records(5000)]
+    recs[10] = "a string, not a record"  # its run of 2,048 goes element by element
+    b = 2048  # the second run: all objects, read as one Arrow batch
+    recs[b + 3]["input"] = "Age 40."
+    recs[b + 4].pop("source")  # a key the others have: goes on, read as it is
+    recs[b + 5]["source"] = None  # a null: kept in the metadata by the per-record path
+    recs[b + 6]["score"] = 1.5  # a number
+    recs[b + 7]["output"] = ""  # empty: quarantined
+    recs[b + 8] = dict(recs[b + 2])  # a duplicate
+    recs[b + 9]["nested"] = {"a": [1, 2]}
+    recs[b + 11]["deep"] = deep  # too deep: quarantined
+    recs[b + 12]["output"] += " [INST]"  # a spelled token
+    recs[2 * b + 1]["id"] = 7  # the third run: an integer id and a text id, no one column type
+    recs[2 * b + 2]["id"] = "seven"
+    path = tmp_path / "pool.json"
+    path.write_text(json.dumps(recs))
+    batches = []
+    real = vectorised_module.prepare_batch
+    monkeypatch.setattr("syllabus.pool.ingest.prepare_batch", lambda *a: batches.append(a[0].first_row) or real(*a))
+    results = {}
+    for vectorised in (True, False):
+        result = ingest_pool([str(path)], Store(str(tmp_path / f"store-{vectorised}")), progress=False, vectorised=vectorised)
+        store, key = Store.open_url(result.quarantine_url)
+        results[vectorised] = (result.summary(), read_pool(result.manifest).to_pylist(), store.read_committed(key))
+    assert results[True][1] == results[False][1]
+    assert results[True][2] == results[False][2]
+    assert results[True][0]["pool_fingerprint"] == results[False][0]["pool_fingerprint"]
+    assert results[True][0]["rejected_by_reason"] == {"duplicate_content": 1, "empty_field": 1, "too_deep": 1, "wrong_type": 1}
+    assert b in batches  # the second run was read as an Arrow batch
