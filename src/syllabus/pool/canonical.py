@@ -25,6 +25,7 @@ A required text (the instruction, the answer, every non-system turn) that is emp
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -94,6 +95,13 @@ class FieldMap:
     messages: tuple[str, ...] = ("messages", "conversations", "conversation")
     id: tuple[str, ...] = ("id", "sample_id", "uid", "uuid", "_id")
 
+    @functools.cached_property
+    def folded(self) -> bool:
+        """Whether case-folding leaves every name as it is (then only a record key that folding
+        changes can be another spelling of one)."""
+        return all(name == name.casefold() for role in (self.instruction, self.input, self.output, self.messages, self.id)
+                   for name in role)
+
     @classmethod
     def from_overrides(cls, overrides: Mapping[str, str] | None) -> "FieldMap":
         """``{"instruction": "Q", "output": "A"}`` makes those the only candidates for their roles."""
@@ -135,17 +143,33 @@ class Sample:
         }
 
 
-def _first(record: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str | None, Any]:
+def _cased_keys(record: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The record's keys that case-folding changes (``Question``), by their folded form."""
+    out: dict[str, list[str]] = {}
+    for key in record:
+        if isinstance(key, str) and key != (folded := key.casefold()):
+            out.setdefault(folded, []).append(key)
+    return out
+
+
+def _first(record: Mapping[str, Any], names: tuple[str, ...], cased: dict[str, list[str]] | None) -> tuple[str | None, Any]:
     """The first of ``names`` the record has a value for, and that value. Names are compared
     ignoring case (spreadsheets write ``Question``), the exact spelling first; of two other
-    spellings of one name, the record's first."""
+    spellings of one name, the record's first. ``cased``: :func:`_cased_keys` of the record, or
+    None where no key can be another spelling of a name (see :attr:`FieldMap.folded`)."""
     for name in names:
-        if record.get(name) is not None:
+        if name in record and record[name] is not None:
             return name, record[name]
+        if cased is None:
+            continue
         folded = name.casefold()
-        for key, value in record.items():
-            if value is not None and isinstance(key, str) and key != name and key.casefold() == folded:
-                return key, value
+        if folded == name:  # the other spellings are keys that folding changes
+            others = cased.get(folded, ())
+        else:  # a name given in capitals (--field): any key may fold to it
+            others = [k for k in record if isinstance(k, str) and k != name and k.casefold() == folded]
+        for key in others:
+            if record[key] is not None:
+                return key, record[key]
     return None, None
 
 
@@ -262,15 +286,18 @@ def normalise(
     if not isinstance(record, Mapping):
         raise RecordRejected("wrong_type", f"the record is a JSON {type(record).__name__}, expected an object")
     used: set[str] = set()
-    msg_name, turns = _first(record, fields.messages)
+    cased: dict[str, list[str]] | None = _cased_keys(record)
+    if not cased and fields.folded:  # the usual record: only exact spellings can match
+        cased = None
+    msg_name, turns = _first(record, fields.messages, cased)
     if msg_name is not None:
         messages = _conversation(msg_name, turns)
         used.add(msg_name)
         last_user = max(i for i, t in enumerate(messages[:-1]) if t["role"] == "user")
         instruction, input_text, output = messages[last_user]["content"], "", messages[-1]["content"]
     else:
-        ins_name, ins_val = _first(record, fields.instruction)
-        out_name, out_val = _first(record, fields.output)
+        ins_name, ins_val = _first(record, fields.instruction, cased)
+        out_name, out_val = _first(record, fields.output, cased)
         if ins_name is None:
             raise RecordRejected(
                 "missing_field",
@@ -282,7 +309,7 @@ def normalise(
                 "missing_field",
                 f"no response field (looked for {', '.join(fields.output)}); map yours with --field output=NAME",
             )
-        inp_name, inp_val = _first(record, fields.input)
+        inp_name, inp_val = _first(record, fields.input, cased)
         instruction = _check_text(ins_name, ins_val, required=True)
         output = _check_text(out_name, out_val, required=True)
         input_text = _check_text(inp_name, inp_val, required=False) if inp_name else ""
@@ -295,7 +322,7 @@ def normalise(
         raise RecordRejected(
             "too_long", f"the record has {size:,} characters, over the limit of {max_chars:,} (--max-chars)"
         )
-    id_name, id_val = _first(record, fields.id)
+    id_name, id_val = _first(record, fields.id, cased)
     content = messages_hash(messages)
     if id_name is not None:
         if isinstance(id_val, bool) or not isinstance(id_val, (str, int)) or not str(id_val).strip():

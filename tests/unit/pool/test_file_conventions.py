@@ -476,3 +476,13 @@ def test_a_json_array_takes_the_vectorised_path_with_the_same_result(tmp_path, m
     assert results[True][0]["pool_fingerprint"] == results[False][0]["pool_fingerprint"]
     assert results[True][0]["rejected_by_reason"] == {"duplicate_content": 1, "empty_field": 1, "too_deep": 1, "wrong_type": 1}
     assert b in batches  # the second run was read as an Arrow batch
+
+
+def test_a_field_named_in_capitals_on_the_command_line_matches_any_case():
+    from syllabus.pool.canonical import FieldMap, normalise
+
+    fields = FieldMap.from_overrides({"instruction": "Frage", "output": "ANTWORT"})
+    assert not fields.folded and FieldMap().folded
+    sample = normalise({"frage": "Was ist Gicht?", "Antwort": "Eine Arthritis.", "Frage2": "x"}, "s", fields)
+    assert (sample.instruction, sample.output) == ("Was ist Gicht?", "Eine Arthritis.")
+    assert sample.metadata == {"Frage2": "x"}
