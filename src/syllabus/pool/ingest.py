@@ -406,6 +406,12 @@ def _prepare_here(block: LineBlock, source: str, fields: FieldMap, max_chars: in
     return prepare_lines(block, source, fields, max_chars)
 
 
+def _source_of(file: str, url: str, source: str) -> str:
+    """The source rows of ``file`` (read from input ``url``, named ``source``) record: a saved
+    dataset's split is named url[split], and its rows keep the split."""
+    return source + file[len(url):] if file != url and file.startswith(url) else source
+
+
 def _prepared(items: Iterable[Any], url: str, source: str, fields: FieldMap, max_chars: int,
               preparers: _Preparers) -> Iterator[Any]:
     """``items`` (from :func:`readers.read_blocks`) in order, each block made a
@@ -418,10 +424,7 @@ def _prepared(items: Iterable[Any], url: str, source: str, fields: FieldMap, max
         if isinstance(item, RawRecord):
             pending.append(item)
         else:
-            # A saved dataset's split is named url[split], and its rows' source keeps the split.
-            file = item.file
-            suffix = file[len(url):] if file != url and file.startswith(url) else ""
-            pending.append(preparers.submit(item, index, source + suffix, fields, max_chars))
+            pending.append(preparers.submit(item, index, _source_of(item.file, url, source), fields, max_chars))
             if preparers.workers is not None:
                 ahead = _AHEAD + preparers.processes
         while len(pending) > ahead:
@@ -524,10 +527,8 @@ def ingest_pool(
                 if rec.error is not None:
                     code, reason = rec.error
                 else:
-                    # A saved dataset's records are named url[split]: keep the split in the source.
-                    suffix = rec.file[len(url):] if rec.file != url and rec.file.startswith(url) else ""
                     try:
-                        sample = normalise(rec.value, source + suffix, fields, max_chars)
+                        sample = normalise(rec.value, _source_of(rec.file, url, source), fields, max_chars)
                     except RecordRejected as exc:
                         code, reason = exc.code, exc.reason
                 spelled = spelled_tokens(t["content"] for t in sample.messages) if sample is not None else []

@@ -662,16 +662,14 @@ def read_blocks(url: str, kind: str, max_chars: int = DEFAULT_MAX_CHARS, block_b
                     yield item
                 return
             limit, size = line_limit(max_chars), block_bytes or BLOCK_BYTES
-            if kind == "json":
-                for item in _read_json(url, fh.read(), limit, pos, batch_rows=batch_rows):
-                    pos.records += 1 if isinstance(item, RawRecord) else item.batch.num_rows
-                    yield item
-                return
-            head = fh.read(size)
-            while b"\n" not in head and len(head) <= limit and (more := fh.read(size)):
-                head += more  # the whole first line, or more than the limit of it
-            if _opens_array(head[:head.find(b"\n") + 1] or head, limit):
-                for item in _read_json(url, head + fh.read(), limit, pos, named_jsonl=True, batch_rows=batch_rows):
+            head = b""
+            if kind == "jsonl":
+                head = fh.read(size)
+                while b"\n" not in head and len(head) <= limit and (more := fh.read(size)):
+                    head += more  # the whole first line, or more than the limit of it
+            if kind == "json" or _opens_array(head[:head.find(b"\n") + 1] or head, limit):
+                data = head + fh.read()
+                for item in _read_json(url, data, limit, pos, named_jsonl=kind == "jsonl", batch_rows=batch_rows):
                     pos.records += 1 if isinstance(item, RawRecord) else item.batch.num_rows
                     yield item
                 return

@@ -264,7 +264,6 @@ def _flat_conversations(table: pa.Table, fields: FieldMap) -> tuple[pa.Table, np
     if len(keys) != 2 or role is None or text is None or not (_is_text(keys[role]) and _is_text(keys[text])):
         return table, None
     turns = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    n = len(turns)
     two = _numpy(pc.fill_null(pc.equal(pc.list_value_length(turns), 2), False))
     first = np.asarray(turns.offsets)[:-1].astype(np.int64)
     first = np.where(two, first, 0)
@@ -272,15 +271,16 @@ def _flat_conversations(table: pa.Table, fields: FieldMap) -> tuple[pa.Table, np
     if len(flat) == 0:
         return table, None
     at0, at1 = pa.array(first), pa.array(np.where(two, first + 1, 0))
-    roles, texts = flat.field(role), flat.field(text)
+    roles, texts, present = flat.field(role), flat.field(text), flat.is_valid()
     ok = two.copy()
+    picked = []  # the user turn's text, then the answer's
     for at, allowed in ((at0, _USERS), (at1, _ASSISTANTS)):
-        r = roles.take(at)
+        r, t = roles.take(at), texts.take(at)
         ok &= _numpy(pc.fill_null(pc.is_in(pc.utf8_lower(r), value_set=allowed), False)) & _ascii(r)
-        ok &= _numpy(flat.is_valid().take(at)) & _numpy(texts.is_valid().take(at))
+        ok &= _numpy(present.take(at)) & _numpy(t.is_valid())
+        picked.append(t)
     mask = pa.array(ok)
-    user = pc.if_else(mask, texts.take(at0), pa.scalar(None, texts.type))
-    answer = pc.if_else(mask, texts.take(at1), pa.scalar(None, texts.type))
+    user, answer = (pc.if_else(mask, t, pa.scalar(None, texts.type)) for t in picked)
     out = table.drop_columns([convs[0]]).append_column(fields.instruction[0], user).append_column(fields.output[0], answer)
     return out, ok
 
